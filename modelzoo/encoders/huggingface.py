@@ -1,0 +1,132 @@
+"""Any Hugging Face transformer as a sentence encoder: mean pooling plus L2 normalisation.
+
+Mean pooling over real tokens is what sentence-transformers models are trained with, and it
+is a reasonable default for plain encoders too; normalising makes dot products cosines, so
+downstream heads see embeddings on one scale whatever the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from modelzoo.encoders.base import TextEncoder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Tokenizers report this (or larger) when they do not know their model's limit.
+_UNKNOWN_MAX_LENGTH = 1_000_000
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the token vectors that are not padding, so batch padding never shifts a row."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    summed = (hidden * mask).sum(dim=1)  # (B, D)
+    counts = mask.sum(dim=1).clamp(min=1e-9)  # (B, 1)
+    return summed / counts  # (B, D)
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True for names that can only mean a directory, never a hub id like `org/model`.
+
+    Lets a missing local model fail at once instead of going to the hub, which retries for
+    most of a minute when there is no network.
+    """
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def load_hf_pretrained(
+    name_or_path: str | Path, *, local_files_only: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer in float32, the dtype CPU feature extraction is fast and exact in."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=local_files_only)
+    model = AutoModel.from_pretrained(
+        str(name_or_path), local_files_only=local_files_only, dtype=torch.float32
+    )
+    return model, tokenizer
+
+
+class HuggingFaceTextEncoder(TextEncoder):
+    """A transformer's last hidden states, mean-pooled and L2-normalised to (B, hidden_size)."""
+
+    pooling = "mean"
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_id: str
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.dim = int(model.config.hidden_size)
+        self.max_positions = _max_positions(model, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> HuggingFaceTextEncoder:
+        """Load a local directory, or a hub id from the local cache (or the hub when online).
+
+        Every failure becomes an OSError naming the model, so a typo in params.yaml reads as
+        such rather than as a transformers traceback.
+        """
+        local = Path(name_or_path).expanduser()
+        if local.is_dir():
+            try:
+                model, tokenizer = load_hf_pretrained(local, local_files_only=True)
+            except (OSError, ValueError) as err:
+                raise OSError(
+                    f"text encoder {name_or_path!r}: no local weights were found in {local} "
+                    f"that transformers can load ({err})"
+                ) from err
+        elif looks_like_local_path(name_or_path):
+            raise OSError(
+                f"text encoder {name_or_path!r}: not a registered name and no local weights were "
+                f"found: directory {local} does not exist"
+            )
+        else:
+            try:
+                model, tokenizer = load_hf_pretrained(name_or_path)
+            except (OSError, ValueError) as err:
+                raise OSError(
+                    f"text encoder {name_or_path!r}: not a registered name and no local weights "
+                    f"were found: no such directory, not in the Hugging Face cache, and the hub "
+                    f"could not provide it ({err})"
+                ) from err
+        return cls(model, tokenizer, model_id=name_or_path)
+
+    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        """Pad to the batch's own longest row: padding to max_length would waste most compute.
+
+        Truncation is capped at what the position embeddings can hold, so a generous
+        max_length in params.yaml cannot index past them.
+        """
+        if max_length < 2:
+            raise ValueError(f"max_length must leave room for special tokens, got {max_length}")
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=min(max_length, self.max_positions),
+            return_tensors="pt",
+        )
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # input_ids, attention_mask: (B, T)
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = mean_pool(hidden, attention_mask)  # (B, D)
+        return F.normalize(pooled, p=2, dim=1)  # (B, D)
+
+
+def _max_positions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Longest input the model accepts; the tokenizer knows offsets (RoBERTa) the config hides."""
+    from_tokenizer = int(getattr(tokenizer, "model_max_length", _UNKNOWN_MAX_LENGTH))
+    if from_tokenizer < _UNKNOWN_MAX_LENGTH:
+        return from_tokenizer
+    from_config = getattr(model.config, "max_position_embeddings", None)
+    return int(from_config) if from_config else _UNKNOWN_MAX_LENGTH

@@ -1,0 +1,39 @@
+"""Early fusion: project every block, concatenate, and let one MLP see everything at once.
+
+The simplest head and the baseline the others must beat.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from modelzoo.heads._blocks import BlockProjections, mlp
+from modelzoo.registry import register
+
+
+@register("head", "concat")
+class ConcatFusion(nn.Module):
+    """Per-block projection (missing rows -> learned embedding) -> concat -> MLP -> out_dim."""
+
+    class Config(BaseModel):
+        """Options read from params.yaml `fusion:` beside `head: concat`."""
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        hidden: int = Field(256, ge=1)
+        dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
+        super().__init__()
+        if out_dim < 1:
+            raise ValueError(f"out_dim must be positive, got {out_dim}")
+        self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
+        self.mlp = mlp(len(self.blocks.names) * cfg.hidden, cfg.hidden, out_dim, cfg.dropout)
+
+    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        # inputs[k]: (B, D_k), present[k]: (B,) bool
+        embedded = self.blocks(inputs, present)  # K x (B, H), sorted block order
+        fused = torch.cat(embedded, dim=-1)  # (B, K * H)
+        return self.mlp(fused)  # (B, out_dim)

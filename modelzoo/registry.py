@@ -1,0 +1,52 @@
+"""Name -> component registry for encoders and fusion heads.
+
+One registry for every kind of component, so that params.yaml can name any of them and a
+new one is added by decorating a class in its own module; nothing else has to change.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+KINDS = ("text_encoder", "image_encoder", "head")
+_REGISTRY: dict[str, dict[str, object]] = {kind: {} for kind in KINDS}
+
+
+def register(kind: str, name: str) -> Callable[[T], T]:
+    """Decorator that records a component under `kind`/`name`."""
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown component kind {kind!r}; known kinds: {', '.join(KINDS)}")
+
+    def decorate(component: T) -> T:
+        if name in _REGISTRY[kind]:
+            raise ValueError(f"{kind} {name!r} is registered twice")
+        _REGISTRY[kind][name] = component
+        return component
+
+    return decorate
+
+
+def lookup(kind: str, name: str) -> object:
+    """The component registered as `kind`/`name`; KeyError lists the names that exist."""
+    _load_builtin_components(kind)
+    try:
+        return _REGISTRY[kind][name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY.get(kind, {}))) or "none"
+        raise KeyError(f"no {kind} named {name!r}; registered: {known}") from None
+
+
+def names(kind: str) -> list[str]:
+    """Registered names of one kind, sorted so that listings and tests are stable."""
+    _load_builtin_components(kind)
+    return sorted(_REGISTRY[kind])
+
+
+def _load_builtin_components(kind: str) -> None:
+    # Importing a package runs its modules' @register decorators. Done lazily and per kind:
+    # validating params needs the heads, not the (heavy) encoder libraries.
+    importlib.import_module("modelzoo.heads" if kind == "head" else "modelzoo.encoders")

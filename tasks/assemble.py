@@ -1,0 +1,78 @@
+"""Assemble the in-memory FeatureSet from the aligned table and the per-modality feature files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tasks.align import ID, SPLIT, TARGET
+from tasks.dataset import FeatureSet
+from tasks.errors import DataError
+from tasks.feature_store import read_blocks
+from tasks.paths import MODALITIES, Layout
+
+
+def encode_target(values: pd.Series, task: str, classes: tuple[str, ...] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Targets as numbers: class indices for classification, floats for regression.
+
+    Classes are sorted (numerically when they all look like numbers, so '2' < '10'), which
+    makes the positive class of a 0/1 or false/true target the second one, as users expect.
+    """
+    if task == "regression":
+        return values.astype("float64").to_numpy(dtype=np.float32), ()
+    labels = values.astype(str)
+    if classes is None:
+        distinct = labels.unique().tolist()
+        try:
+            classes = tuple(sorted(distinct, key=float))
+        except ValueError:
+            classes = tuple(sorted(distinct))
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = ~labels.isin(index)
+    if unknown.any():
+        raise DataError(f"target has classes unseen in training: {sorted(set(labels[unknown]))[:5]}", column=TARGET)
+    codes = labels.map(index).to_numpy(dtype=np.int64)
+    return (codes.astype(np.float32) if task == "binary" else codes), classes
+
+
+def feature_metadata(layout: Layout) -> dict[str, dict]:
+    """Metadata each feature file carries (encoder fingerprints, tabular state), by modality."""
+    return {
+        modality: read_blocks(layout.feature_file(modality))[3]
+        for modality in MODALITIES
+        if layout.feature_file(modality).exists()
+    }
+
+
+def load_feature_set(layout: Layout, task: str, classes: tuple[str, ...] | None = None) -> FeatureSet:
+    """Join targets, splits and every modality's blocks on row_id."""
+    aligned = pd.read_parquet(layout.aligned, columns=[ID, SPLIT, TARGET])
+    ids = aligned[ID].astype(str).to_numpy(dtype=object)
+    position = pd.Index(ids)
+    inputs: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    for modality in MODALITIES:
+        path = layout.feature_file(modality)
+        if not path.exists():
+            continue
+        file_ids, blocks, masks, _ = read_blocks(path)
+        order = position.get_indexer(pd.Index(file_ids))
+        if (order < 0).any() or len(file_ids) != len(ids):
+            raise DataError("feature rows do not match the aligned table; rerun extract", file=str(path))
+        for name, block in blocks.items():
+            if block.shape[1] == 0:
+                continue
+            dense = np.empty_like(block)
+            dense[order] = block
+            mask = np.empty_like(masks[name])
+            mask[order] = masks[name]
+            inputs[name], present[name] = dense, mask
+    target, classes = encode_target(aligned[TARGET], task, classes)
+    return FeatureSet(
+        ids=ids,
+        split=aligned[SPLIT].astype(str).to_numpy(),
+        target=target,
+        inputs=inputs,
+        present=present,
+        classes=classes,
+    )

@@ -1,0 +1,195 @@
+"""The one typed configuration, read from params.yaml at the edge and passed down.
+
+Everything is validated up front (unknown keys, wrong types, impossible values) so that a
+typo fails in a second with the key's path instead of an hour into a run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SourceConfig(_Strict):
+    """One input table; all tables are joined on `data.id`."""
+
+    path: str
+    format: Literal["csv", "parquet", "jsonl"] | None = None
+
+
+class ColumnsConfig(_Strict):
+    """Column roles. Any list may be empty: the pipeline uses the modalities that exist."""
+
+    categorical: list[str] = []
+    numeric: list[str] = []
+    text: list[str] = []
+    image: list[str] = []
+
+    def all(self) -> list[str]:
+        return [*self.categorical, *self.numeric, *self.text, *self.image]
+
+
+class FractionsConfig(_Strict):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> FractionsConfig:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        return self
+
+
+class SplitConfig(_Strict):
+    column: str | None = None
+    fractions: FractionsConfig = FractionsConfig()
+    seed: int = 42
+
+
+class DemoConfig(_Strict):
+    """When set, ingest first renders the synthetic demo dataset at the source path."""
+
+    rows: int = Field(2000, ge=50)
+    seed: int = 7
+
+
+class DataConfig(_Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    id: str
+    target: str
+    task: Literal["binary", "multiclass", "regression"]
+    columns: ColumnsConfig = ColumnsConfig()
+    image_root: str = "."
+    split: SplitConfig = SplitConfig()
+    demo: DemoConfig | None = None
+
+    @model_validator(mode="after")
+    def _roles_are_disjoint(self) -> DataConfig:
+        seen: dict[str, str] = {self.id: "id", self.target: "target"}
+        for role in ("categorical", "numeric", "text", "image"):
+            for column in getattr(self.columns, role):
+                if column in seen:
+                    raise ValueError(f"column {column!r} is both {seen[column]} and {role}")
+                seen[column] = role
+        if not self.columns.all():
+            raise ValueError("columns: declare at least one feature column")
+        return self
+
+
+class TextEncoderConfig(_Strict):
+    model: str = "minilm"
+    max_length: int = Field(256, ge=8, le=8192)
+    batch_size: int = Field(64, ge=1)
+
+
+class ImageEncoderConfig(_Strict):
+    model: str = "efficientnet_lite0"
+    image_size: int = Field(224, ge=32, le=1024)
+    batch_size: int = Field(32, ge=1)
+
+
+class EncodersConfig(_Strict):
+    text: TextEncoderConfig = TextEncoderConfig()
+    image: ImageEncoderConfig = ImageEncoderConfig()
+
+
+class FusionConfig(BaseModel):
+    """`head` names a registered fusion head; the other keys are that head's own options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    head: str = "concat"
+
+    @model_validator(mode="after")
+    def _options_fit_head(self) -> FusionConfig:
+        self.head_config()  # raises with the offending key
+        return self
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def head_config(self) -> BaseModel:
+        """The head's own Config, validated from the keys beside `head`."""
+        from modelzoo.registry import lookup
+
+        try:
+            head_cls = lookup("head", self.head)
+        except KeyError as err:
+            raise ValueError(str(err.args[0])) from None
+        try:
+            return head_cls.Config.model_validate(self.options(), strict=True)
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = ".".join(str(part) for part in first["loc"])
+            message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+            raise ValueError(f"{key}: {message} (for head {self.head!r})") from None
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    patience: int = Field(5, ge=1)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class Params(_Strict):
+    """The whole params.yaml."""
+
+    data: DataConfig
+    encoders: EncodersConfig = EncodersConfig()
+    fusion: FusionConfig = FusionConfig()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("fusion", mode="before")
+    @classmethod
+    def _fusion_from_mapping(cls, value: Any) -> Any:
+        # strict mode refuses a plain dict for a non-strict sub-model; build it here instead.
+        return FusionConfig.model_validate(value) if isinstance(value, dict) else value
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; any problem becomes a ConfigError naming the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return params_from_dict(raw, source=str(path))
+
+
+def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
+    """Validate an already-parsed mapping (tests and `dvc exp -S` overrides come this way)."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"] if part not in ("function-after",))
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key or '<root>'}: {message}")
+    return "\n".join(lines)

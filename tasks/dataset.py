@@ -1,0 +1,67 @@
+"""The in-memory table that training and evaluation work on.
+
+Features are small once encoded (a few KB per row), so they are held as dense arrays:
+one per input block, keyed like `tabular`, `text.title`, `image.photo`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Encoded rows: one float32 block per input, a presence mask per input, and the target.
+
+    Attributes:
+        ids: row ids (N,), as strings.
+        split: "train" | "val" | "test" per row (N,).
+        target: (N,) float32 for binary/regression, int64 class index for multiclass.
+        inputs: block name -> (N, D) float32. Block names are `<modality>.<column>` except the
+            single `tabular` block; the modality is the part before the first dot.
+        present: block name -> (N,) bool; False where the row has no value for that block.
+        classes: class labels in index order (classification), else empty.
+    """
+
+    ids: np.ndarray
+    split: np.ndarray
+    target: np.ndarray
+    inputs: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+    classes: tuple[str, ...] = ()
+
+    def rows(self, mask: np.ndarray) -> FeatureSet:
+        """The subset of rows where `mask` is True."""
+        return FeatureSet(
+            ids=self.ids[mask],
+            split=self.split[mask],
+            target=self.target[mask],
+            inputs={k: v[mask] for k, v in self.inputs.items()},
+            present={k: v[mask] for k, v in self.present.items()},
+            classes=self.classes,
+        )
+
+    def of_split(self, name: str) -> FeatureSet:
+        return self.rows(self.split == name)
+
+    def only_modalities(self, modalities: set[str]) -> FeatureSet:
+        """Keep the blocks of some modalities: how single-modality baselines are made."""
+        keep = [k for k in self.inputs if modality_of(k) in modalities]
+        return FeatureSet(
+            ids=self.ids,
+            split=self.split,
+            target=self.target,
+            inputs={k: self.inputs[k] for k in keep},
+            present={k: self.present[k] for k in keep},
+            classes=self.classes,
+        )
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted({modality_of(k) for k in self.inputs})
+
+
+def modality_of(block: str) -> str:
+    return block.split(".", 1)[0]

@@ -1,0 +1,58 @@
+"""Feature files: one Parquet per modality, one fixed-size float32 list column per block.
+
+Fixed-size lists keep each embedding contiguous, so reading a block back into a dense
+(N, D) array is a zero-copy reshape rather than a per-row Python loop.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.atomic import write_parquet
+
+ID = "row_id"
+PRESENT = "present__"
+_META_KEY = b"fuseline"
+
+
+def write_blocks(
+    path: Path,
+    ids: np.ndarray,
+    blocks: dict[str, np.ndarray],
+    present: dict[str, np.ndarray],
+    metadata: dict,
+) -> None:
+    """Write embeddings (N, D) per block with presence masks and JSON metadata, atomically."""
+    columns: dict[str, pa.Array] = {ID: pa.array(ids.astype(str), type=pa.string())}
+    for name in sorted(blocks):
+        matrix = np.ascontiguousarray(blocks[name], dtype=np.float32)
+        width = matrix.shape[1]
+        flat = pa.array(matrix.reshape(-1), type=pa.float32())
+        columns[name] = pa.FixedSizeListArray.from_arrays(flat, width)
+        columns[PRESENT + name] = pa.array(present[name].astype(bool), type=pa.bool_())
+    table = pa.table(columns)
+    table = table.replace_schema_metadata({_META_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    write_parquet(table, path)
+
+
+def read_blocks(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """(ids, blocks, presence, metadata) as written by write_blocks."""
+    table = pq.read_table(path)
+    metadata = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
+    ids = np.asarray(table.column(ID).to_pylist(), dtype=object)
+    blocks: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        if name == ID or name.startswith(PRESENT):
+            continue
+        column = table.column(name).combine_chunks()
+        width = column.type.list_size
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        blocks[name] = values.reshape(-1, width).astype(np.float32, copy=False)
+        present[name] = table.column(PRESENT + name).to_numpy(zero_copy_only=False).astype(bool)
+    return ids, blocks, present, metadata

@@ -1,0 +1,84 @@
+"""Tabular preprocessing: fit on train rows only, apply the same state everywhere.
+
+The fitted state is plain JSON so the model bundle can carry it to batch prediction, where
+unseen categories fall into an explicit 'unknown' slot instead of failing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+MAX_CATEGORIES = 50  # one-hot width per column; rarer values share the 'unknown' slot
+_CLIP = 10.0  # standardised values beyond this are clipped so one huge value can't dominate
+
+
+@dataclass(frozen=True)
+class TabularState:
+    """Vocabularies and scaling learned from the training split."""
+
+    categorical: dict[str, list[str]]
+    numeric: dict[str, tuple[float, float]]
+
+    @property
+    def width(self) -> int:
+        # per categorical column: missing + unknown + vocab; per numeric: value + missing flag
+        return sum(len(v) + 2 for v in self.categorical.values()) + 2 * len(self.numeric)
+
+    def feature_names(self) -> list[str]:
+        names: list[str] = []
+        for column, vocab in self.categorical.items():
+            names += [f"{column}=<missing>", f"{column}=<unknown>"] + [f"{column}={v}" for v in vocab]
+        for column in self.numeric:
+            names += [column, f"{column}:missing"]
+        return names
+
+    def to_json(self) -> dict:
+        return {"categorical": self.categorical, "numeric": {k: list(v) for k, v in self.numeric.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TabularState:
+        return cls(
+            categorical={k: list(v) for k, v in data["categorical"].items()},
+            numeric={k: (float(v[0]), float(v[1])) for k, v in data["numeric"].items()},
+        )
+
+
+def fit_tabular(train: pd.DataFrame, categorical: list[str], numeric: list[str]) -> TabularState:
+    """Learn vocabularies (most frequent first, ties by value) and mean/std from train rows."""
+    vocab: dict[str, list[str]] = {}
+    for column in categorical:
+        counts = train[column].dropna().astype(str).value_counts()
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        vocab[column] = [value for value, _ in ranked[:MAX_CATEGORIES]]
+    scaling: dict[str, tuple[float, float]] = {}
+    for column in numeric:
+        values = train[column].astype("float64").replace([np.inf, -np.inf], np.nan).dropna()
+        mean = float(values.mean()) if len(values) else 0.0
+        std = float(values.std(ddof=0)) if len(values) > 1 else 1.0
+        scaling[column] = (mean, std if std > 0 else 1.0)
+    return TabularState(vocab, scaling)
+
+
+def transform_tabular(frame: pd.DataFrame, state: TabularState) -> np.ndarray:
+    """(N, state.width) float32 matrix: one-hot categoricals, standardised numerics + flags."""
+    blocks: list[np.ndarray] = []
+    for column, vocab in state.categorical.items():
+        slots = {value: i + 2 for i, value in enumerate(vocab)}
+        values = frame[column]
+        codes = np.array(
+            [0 if pd.isna(v) else slots.get(str(v), 1) for v in values], dtype=np.int64
+        )
+        one_hot = np.zeros((len(frame), len(vocab) + 2), dtype=np.float32)
+        one_hot[np.arange(len(frame)), codes] = 1.0
+        blocks.append(one_hot)
+    for column, (mean, std) in state.numeric.items():
+        values = frame[column].astype("float64").replace([np.inf, -np.inf], np.nan).to_numpy()
+        missing = np.isnan(values)
+        scaled = np.clip(np.where(missing, 0.0, (values - mean) / std), -_CLIP, _CLIP)
+        blocks.append(np.stack([scaled, missing.astype(np.float64)], axis=1).astype(np.float32))
+    if not blocks:
+        return np.zeros((len(frame), 0), dtype=np.float32)
+    return np.concatenate(blocks, axis=1)

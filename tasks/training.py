@@ -1,0 +1,356 @@
+"""Train a fusion head on cached embeddings.
+
+The embeddings fit in memory (a few KB per row), so the whole table is moved to the device
+once and batches are cut from it with index tensors; a DataLoader would only add per-batch
+Python overhead. The loop is deliberately plain: seeded, early-stopped on validation loss,
+and deterministic on CPU so that two runs of the pipeline give the same metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple, cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from modelzoo.registry import lookup
+from tasks.config import FusionConfig, TrainConfig
+from tasks.dataset import FeatureSet
+from tasks.device import pick_device
+from tasks.errors import DataError, FuselineError
+
+TASKS = ("binary", "multiclass", "regression")
+
+Batch = tuple[dict[str, Tensor], dict[str, Tensor]]
+
+
+class TargetScaling(NamedTuple):
+    """Mean/std of the training target, so regression trains on a unit-scale target.
+
+    Kept with the model because predictions must be mapped back with the same numbers. A
+    NamedTuple so that it is also the plain (mean, std) pair a bundle's JSON stores.
+    """
+
+    mean: float
+    std: float
+
+    def apply(self, y: Tensor) -> Tensor:
+        return (y - self.mean) / self.std
+
+
+@dataclass
+class TrainResult:
+    """Everything later steps need: the model, how to rebuild it, and how training went."""
+
+    model: nn.Module  # on CPU, in eval mode, best validation epoch's weights
+    in_dims: dict[str, int]
+    out_dim: int
+    target_scaling: TargetScaling | None  # regression only
+    history: list[dict[str, float]] = field(default_factory=list)  # {epoch, train_loss, val_loss}
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+
+
+def train_model(
+    features: FeatureSet,
+    task: str,
+    fusion: FusionConfig,
+    train: TrainConfig,
+    progress: bool = True,
+) -> TrainResult:
+    """Fit `fusion.head` on the train rows, early-stopping on the val rows."""
+    _check_task(task)
+    train_rows, val_rows = _split_rows(features)
+    device = pick_device(train.device)
+    with _deterministic(device):
+        _seed_everything(train.seed)
+        in_dims = {name: int(block.shape[1]) for name, block in sorted(features.inputs.items())}
+        out_dim = output_dim(task, features)
+        _check_target(task, features.target, out_dim)
+        scaling = fit_target_scaling(train_rows.target) if task == "regression" else None
+        model = build_head(fusion, in_dims, out_dim).to(device)
+        train_data = _to_device(train_rows, task, scaling, device)
+        val_data = _to_device(val_rows, task, scaling, device)
+        started = time.perf_counter()
+        history, best_epoch = _fit(model, task, train_data, val_data, train, device, progress)
+        seconds = time.perf_counter() - started
+    model.cpu().eval()
+    return TrainResult(model, in_dims, out_dim, scaling, history, best_epoch, seconds)
+
+
+def predict(
+    model: nn.Module,
+    features: FeatureSet,
+    task: str,
+    target_scaling: tuple[float, float] | None,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Predictions in the task's natural units.
+
+    binary -> P(class 1) (N,); multiclass -> probabilities (N, C); regression -> values (N,)
+    on the original target scale. `target_scaling` is the (mean, std) from training
+    (a TargetScaling or the plain pair a bundle stores); regression only.
+    """
+    _check_task(task)
+    if task == "regression" and target_scaling is None:
+        # Without it the numbers would be silently on the standardised scale.
+        raise ValueError("regression predictions need the target_scaling from training")
+    device = next(model.parameters()).device
+    model.eval()
+    inputs, present = _blocks_to_tensors(features, device)
+    n_rows = len(features.ids)
+    rows = torch.arange(n_rows, device=device)
+    # An empty table still runs one (empty) batch, so the result keeps its (0, C) shape.
+    batches = rows.split(batch_size) or (rows,)
+    outputs = []
+    with torch.no_grad():
+        for index in batches:
+            logits = model(*_take((inputs, present), index)).float()  # (b, out_dim)
+            outputs.append(_to_prediction(task, logits).cpu())
+    prediction = torch.cat(outputs).numpy()
+    if task == "regression" and target_scaling is not None:
+        mean, std = target_scaling
+        prediction = prediction * std + mean
+    return prediction
+
+
+# --- set-up -----------------------------------------------------------------------------
+
+
+def output_dim(task: str, features: FeatureSet) -> int:
+    """One logit for binary/regression, one per class for multiclass."""
+    if task != "multiclass":
+        return 1
+    if features.classes:
+        return len(features.classes)
+    return int(features.target.max()) + 1 if len(features.target) else 1
+
+
+def fit_target_scaling(target: np.ndarray) -> TargetScaling:
+    """Standardise on train rows only, so validation/test never leak into the scaling."""
+    mean = float(np.mean(target, dtype=np.float64))
+    std = float(np.std(target, dtype=np.float64))
+    # A constant target would divide by zero; leave its scale alone instead.
+    return TargetScaling(mean, std if std > 1e-12 else 1.0)
+
+
+def build_head(fusion: FusionConfig, in_dims: dict[str, int], out_dim: int) -> nn.Module:
+    """Instantiate the registered head named in params with its validated options."""
+    head_cls = cast(Callable[..., nn.Module], lookup("head", fusion.head))
+    return head_cls(in_dims, out_dim, fusion.head_config())
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def _check_target(task: str, target: np.ndarray, out_dim: int) -> None:
+    """Catch bad labels here, where the message can say what is wrong, not inside the loss."""
+    if task == "regression":
+        if not np.isfinite(target).all():
+            raise DataError("the regression target has missing or infinite values")
+        return
+    allowed = {0, 1} if task == "binary" else set(range(out_dim))
+    unexpected = sorted(set(np.unique(target).tolist()) - allowed)
+    if unexpected:
+        shown = ", ".join(str(v) for v in unexpected[:5])
+        raise DataError(f"{task} target has values outside {sorted(allowed)}: {shown}")
+
+
+def _split_rows(features: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
+    train_rows = features.of_split("train")
+    val_rows = features.of_split("val")
+    if len(train_rows.ids) == 0:
+        raise DataError("no rows in the train split; check data.split")
+    if len(val_rows.ids) == 0:
+        raise DataError("no rows in the val split; early stopping needs validation rows")
+    return train_rows, val_rows
+
+
+def _seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on CPU for the duration of training, then the caller's setting back.
+
+    Only on CPU: on CUDA it would demand CUBLAS_WORKSPACE_CONFIG and slower kernels, and
+    bf16 autocast is not bit-reproducible across GPUs anyway.
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+# --- tensors ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DeviceData:
+    """One split, already on the training device, in the form the loss wants."""
+
+    inputs: dict[str, Tensor]  # block -> (N, D)
+    present: dict[str, Tensor]  # block -> (N,) bool
+    target: Tensor  # (N,) float32 (binary/regression, standardised) or int64 (multiclass)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.target.shape[0])
+
+
+def _to_device(
+    rows: FeatureSet, task: str, scaling: TargetScaling | None, device: torch.device
+) -> _DeviceData:
+    inputs, present = _blocks_to_tensors(rows, device)
+    if task == "multiclass":
+        target = torch.as_tensor(rows.target, dtype=torch.int64, device=device)
+    else:
+        target = torch.as_tensor(rows.target, dtype=torch.float32, device=device)
+        if scaling is not None:
+            target = scaling.apply(target)
+    return _DeviceData(inputs, present, target)
+
+
+def _blocks_to_tensors(rows: FeatureSet, device: torch.device) -> Batch:
+    inputs = {
+        k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device)
+        for k, v in rows.inputs.items()
+    }
+    present = {
+        k: torch.as_tensor(np.asarray(v, dtype=bool), device=device) for k, v in rows.present.items()
+    }
+    return inputs, present
+
+
+def _take(batch: Batch, index: Tensor) -> Batch:
+    """Rows `index` of every block: (N, D) -> (b, D), (N,) -> (b,)."""
+    inputs, present = batch
+    return (
+        {k: v.index_select(0, index) for k, v in inputs.items()},
+        {k: v.index_select(0, index) for k, v in present.items()},
+    )
+
+
+# --- loss and outputs -------------------------------------------------------------------
+
+
+def _loss(task: str, logits: Tensor, target: Tensor) -> Tensor:
+    """Mean loss of a batch; logits (b, out_dim) in float32."""
+    if task == "multiclass":
+        return nn.functional.cross_entropy(logits, target)
+    if task == "binary":
+        return nn.functional.binary_cross_entropy_with_logits(logits.squeeze(-1), target)
+    return nn.functional.mse_loss(logits.squeeze(-1), target)
+
+
+def _to_prediction(task: str, logits: Tensor) -> Tensor:
+    if task == "multiclass":
+        return torch.softmax(logits, dim=-1)  # (b, C)
+    if task == "binary":
+        return torch.sigmoid(logits.squeeze(-1))  # (b,)
+    return logits.squeeze(-1)  # (b,), still standardised
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+
+def _fit(
+    model: nn.Module,
+    task: str,
+    train_data: _DeviceData,
+    val_data: _DeviceData,
+    cfg: TrainConfig,
+    device: torch.device,
+    progress: bool,
+) -> tuple[list[dict[str, float]], int]:
+    """Epochs with early stopping; leaves the best validation epoch's weights in `model`."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Shuffle with a private CPU generator: the order depends on the seed alone, not on the
+    # device or on whatever else consumed the global RNG.
+    shuffler = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
+    stale = 0
+    with tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", disable=not progress) as bar:
+        for epoch in bar:
+            order = torch.randperm(train_data.n_rows, generator=shuffler).to(device)
+            train_loss = _train_epoch(model, task, train_data, order, optimizer, cfg, device)
+            val_loss = _evaluate_loss(model, task, val_data, cfg.batch_size)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+            bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
+            if val_loss < best_loss:
+                best_loss, best_epoch, stale = val_loss, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+    model.load_state_dict(best_state)
+    return history, best_epoch
+
+
+def _train_epoch(
+    model: nn.Module,
+    task: str,
+    data: _DeviceData,
+    order: Tensor,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> float:
+    """One pass over the train rows in `order`; returns the row-weighted mean loss."""
+    model.train()
+    batch_all = (data.inputs, data.present)
+    total = torch.zeros((), device=device)  # accumulate on device: no sync per batch
+    for index in order.split(cfg.batch_size):
+        inputs, present = _take(batch_all, index)
+        with _autocast(device):
+            logits = model(inputs, present)  # (b, out_dim)
+        loss = _loss(task, logits.float(), data.target.index_select(0, index))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * index.numel()
+    mean_loss = float(total) / data.n_rows
+    if not math.isfinite(mean_loss):
+        raise FuselineError("training diverged (loss is not finite); try a lower train.lr")
+    return mean_loss
+
+
+def _evaluate_loss(model: nn.Module, task: str, data: _DeviceData, batch_size: int) -> float:
+    """Row-weighted mean loss, in float32 even on CUDA.
+
+    Early stopping compares these numbers across epochs, so they should not carry bf16 noise.
+    """
+    model.eval()
+    batch_all = (data.inputs, data.present)
+    rows = torch.arange(data.n_rows, device=data.target.device)
+    total = torch.zeros((), device=data.target.device)
+    with torch.no_grad():
+        for index in rows.split(batch_size):
+            logits = model(*_take(batch_all, index)).float()  # (b, out_dim)
+            total += _loss(task, logits, data.target.index_select(0, index)) * index.numel()
+    return float(total) / data.n_rows
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast on CUDA (tensor-core matmuls; unlike fp16 it needs no loss scaling)."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
