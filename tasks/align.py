@@ -180,7 +180,7 @@ def _presence(values: pd.Series) -> pd.Series:
 
 def _split(data: DataConfig, aligned: pd.DataFrame, given: pd.Series | None) -> np.ndarray:
     fractions = data.split.fractions
-    stratify = data.task != "regression"
+    target = aligned[TARGET].to_numpy()
     if given is not None:
         labels = given.reindex(aligned[ID]).astype("string").str.strip().str.lower().map(_SPLIT_ALIASES)
         unknown = labels.isna()
@@ -193,26 +193,32 @@ def _split(data: DataConfig, aligned: pd.DataFrame, given: pd.Series | None) -> 
         split = labels.to_numpy(dtype=object)
         if not (split == "val").any():
             train_idx = np.flatnonzero(split == "train")
-            val_share = fractions.val / (fractions.train + fractions.val)
-            _, val_idx = train_test_split(
-                train_idx,
-                test_size=val_share,
-                random_state=data.split.seed,
-                stratify=aligned[TARGET].to_numpy()[train_idx] if stratify else None,
-            )
+            val_count = round(len(train_idx) * fractions.val / (fractions.train + fractions.val))
+            _, val_idx = _carve(data, train_idx, val_count, target)
             split[val_idx] = "val"
         return split.astype(str)
     index = np.arange(len(aligned))
-    target = aligned[TARGET].to_numpy()
-    rest, test_idx = train_test_split(
-        index, test_size=fractions.test, random_state=data.split.seed, stratify=target if stratify else None
-    )
-    train_idx, val_idx = train_test_split(
-        rest,
-        test_size=fractions.val / (fractions.train + fractions.val),
-        random_state=data.split.seed,
-        stratify=target[rest] if stratify else None,
-    )
+    # Row counts, not fractions: sklearn rounds a fractional size up, so float error in
+    # 0.15 / 0.85 would move a row (200 rows gave 139/31/30 rather than 140/30/30).
+    rest, test_idx = _carve(data, index, round(len(index) * fractions.test), target)
+    train_idx, val_idx = _carve(data, rest, round(len(index) * fractions.val), target)
     split = np.empty(len(aligned), dtype=object)
     split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
     return split.astype(str)
+
+
+def _carve(
+    data: DataConfig, index: np.ndarray, count: int, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, carved): `count` rows of `index` drawn at random, stratified for classification."""
+    count = min(max(count, 1), len(index) - 1)
+    stratify = target[index] if data.task != "regression" else None
+    try:
+        kept, carved = train_test_split(
+            index, test_size=count, random_state=data.split.seed, stratify=stratify
+        )
+    except ValueError as err:
+        raise DataError(
+            f"cannot split {len(index)} rows into the configured fractions ({err})", column=data.target
+        ) from None
+    return kept, carved

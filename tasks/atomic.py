@@ -17,6 +17,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# tempfile creates private files (0600) and directories (0700); what we rename into place
+# should get the permissions any other new file would. Read once: os.umask can only be read
+# by setting it, which is not safe once threads are running.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
@@ -27,6 +33,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        tmp.chmod(0o666 & ~_UMASK)
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, target)
@@ -47,6 +54,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        tmp.chmod(0o777 & ~_UMASK)
         yield tmp
         for child in tmp.rglob("*"):
             if child.is_file():

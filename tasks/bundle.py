@@ -86,7 +86,10 @@ def load_bundle(directory: Path) -> tuple[nn.Module, BundleMeta]:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise BundleError(f"{weights_path}: not a valid safetensors file ({err}); refusing to load") from None
-    model = build_head(meta)
+    try:
+        model = build_head(meta)
+    except (ValueError, TypeError, KeyError) as err:  # pydantic's ValidationError is a ValueError
+        raise BundleError(f"{meta_path}: cannot build the declared head ({err})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -7,6 +7,7 @@ typo fails in a second with the key's path instead of an hour into a run.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,7 +78,15 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _roles_are_disjoint(self) -> DataConfig:
+        if self.target == self.id:
+            raise ValueError(f"column {self.id!r} is both id and target")
         seen: dict[str, str] = {self.id: "id", self.target: "target"}
+        if self.split.column is not None:
+            if self.split.column in seen:
+                raise ValueError(
+                    f"column {self.split.column!r} is both {seen[self.split.column]} and split.column"
+                )
+            seen[self.split.column] = "split.column"
         for role in ("categorical", "numeric", "text", "image"):
             for column in getattr(self.columns, role):
                 if column in seen:
@@ -162,11 +171,26 @@ class Params(_Strict):
         return FusionConfig.model_validate(value) if isinstance(value, dict) else value
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` and `1.5e3` as floats, as YAML 1.2 (and DVC) do.
+
+    YAML 1.1's float needs a dot and a signed exponent (`1.0e-3`), so a learning rate written
+    `1e-3` would otherwise arrive as the string "1e-3" and fail validation.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; any problem becomes a ConfigError naming the key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader: builds no objects
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:

@@ -76,7 +76,13 @@ _MISSING_PRICE = 0.05
 _EMPTY_DESCRIPTION = 0.03
 
 # --- image vocabulary: (name, base hue in degrees, effect) -------------------------------
-_COLOURS = (("red", 0.0, 1.0), ("yellow", 52.0, 0.45), ("green", 125.0, -0.1), ("blue", 220.0, -0.55), ("purple", 285.0, -0.95))
+_COLOURS = (
+    ("red", 0.0, 1.0),
+    ("yellow", 52.0, 0.45),
+    ("green", 125.0, -0.1),
+    ("blue", 220.0, -0.55),
+    ("purple", 285.0, -0.95),
+)
 _SHAPES = (("star", 1.0), ("circle", 0.35), ("square", -0.35), ("triangle", -1.0))
 _TEXTURES = ("plain", "stripes", "dots")
 
@@ -127,7 +133,18 @@ _FILLERS = (
     "Sold as a single unit.",
 )
 _BRANDS = ("Norvik", "Ashby", "Kestrel", "Lumo", "Verdane", "Tallis", "Halden", "Orrin")
-_NOUNS = ("organizer", "tray", "storage box", "stand", "holder", "rack", "caddy", "bin", "shelf unit", "crate")
+_NOUNS = (
+    "organizer",
+    "tray",
+    "storage box",
+    "stand",
+    "holder",
+    "rack",
+    "caddy",
+    "bin",
+    "shelf unit",
+    "crate",
+)
 _TITLE_TEMPLATES = (
     "{brand} {Material} {noun}",
     "{Material} {noun} by {brand}",
@@ -352,7 +369,11 @@ def _render_image(data: _Rows, i: int) -> bytes:
         reach = big * 1.5
         for k in range(-int(reach / step), int(reach / step) + 1):
             ox, oy = cx - dy * k * step, cy + dx * k * step
-            draw.line([(ox - dx * reach, oy - dy * reach), (ox + dx * reach, oy + dy * reach)], fill=dark, width=int(1.5 * s))
+            draw.line(
+                [(ox - dx * reach, oy - dy * reach), (ox + dx * reach, oy + dy * reach)],
+                fill=dark,
+                width=int(1.5 * s),
+            )
     elif texture == "dots":
         light = tuple(round(c + (255 - c) * 0.6) for c in fill)
         dot = 1.4 * s
@@ -367,14 +388,18 @@ def _render_image(data: _Rows, i: int) -> bytes:
     canvas.paste(obj, (0, 0), mask)
     small = canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
 
-    noise = np.random.default_rng(int(data.pixel_seed[i])).integers(-6, 7, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.int16)
+    noise = np.random.default_rng(int(data.pixel_seed[i])).integers(
+        -6, 7, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.int16
+    )
     pixels = np.clip(np.asarray(small, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, **_JPEG_SETTINGS)
     return buffer.getvalue()
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: float, angle: float) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: float, angle: float
+) -> None:
     if shape == "circle":
         r = radius * 0.85
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)

@@ -64,7 +64,7 @@ def metrics_report(
 def plot_tables(task: str, test: FeatureSet, predictions: np.ndarray) -> dict[str, pd.DataFrame]:
     """Data files for DVC plots: ROC and confusion (classification) or predicted vs true."""
     if task == "regression":
-        return {"pred_vs_true.csv": pd.DataFrame({"true": test.target, "predicted": predictions})}
+        return {"pred_vs_true.csv": pd.DataFrame({"target": test.target, "prediction": predictions})}
     classes = np.asarray(test.classes)
     if task == "binary":
         predicted = (predictions >= 0.5).astype(int)

@@ -34,7 +34,10 @@ class SourceSnapshot:
 
 def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
     """Validate every source against the declared roles and snapshot them into `out_dir`."""
-    frames = [(source.path, read_source(source)) for source in data.sources]
+    as_text = [data.id, *data.columns.categorical, *data.columns.text, *data.columns.image]
+    if data.split.column is not None:
+        as_text.append(data.split.column)
+    frames = [(source.path, read_source(source, text_columns=as_text)) for source in data.sources]
     _check_declared_columns(data, frames)
     snapshots: list[SourceSnapshot] = []
     with atomic_dir(out_dir) as tmp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
@@ -27,18 +28,24 @@ def source_format(source: SourceConfig) -> str:
     return _SUFFIX_FORMATS[suffix]
 
 
-def read_source(source: SourceConfig) -> pd.DataFrame:
-    """Read one table as the user wrote it; an unreadable or empty file is a DataError."""
+def read_source(source: SourceConfig, text_columns: Collection[str] = ()) -> pd.DataFrame:
+    """Read one table as the user wrote it; an unreadable or empty file is a DataError.
+
+    `text_columns` (ids, categories, text, image paths) are read from CSV as the strings in
+    the file, so an id `007` stays `007` instead of becoming the number 7. JSON lines keep the
+    types JSON gives them: pandas' guessing would turn the string "007" into 7 and a number in
+    a column named `*_at` into a date.
+    """
     fmt = source_format(source)
     path = source.path
     try:
         if fmt == "csv":
             # keep_default_na with empty strings as NaN, but never let pandas guess dates.
-            frame = pd.read_csv(path, low_memory=False)
+            frame = pd.read_csv(path, low_memory=False, dtype={c: str for c in text_columns})
         elif fmt == "parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_json(path, lines=True)
+            frame = pd.read_json(path, lines=True, dtype=False)
     except FileNotFoundError:
         raise DataError("source file not found", file=path) from None
     except pd.errors.EmptyDataError:

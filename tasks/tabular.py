@@ -56,10 +56,24 @@ def fit_tabular(train: pd.DataFrame, categorical: list[str], numeric: list[str])
     scaling: dict[str, tuple[float, float]] = {}
     for column in numeric:
         values = train[column].astype("float64").replace([np.inf, -np.inf], np.nan).dropna()
-        mean = float(values.mean()) if len(values) else 0.0
-        std = float(values.std(ddof=0)) if len(values) > 1 else 1.0
-        scaling[column] = (mean, std if std > 0 else 1.0)
+        scaling[column] = _mean_std(values)
     return TabularState(vocab, scaling)
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    """Mean and population std, always finite (std > 0) so the state is valid JSON."""
+    if not len(values):
+        return 0.0, 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(values.mean())
+        std = float(values.std(ddof=0)) if len(values) > 1 else 1.0
+        if not (np.isfinite(mean) and np.isfinite(std)):
+            # sums of huge values (~1e308) overflow to inf; work in units of the largest value
+            scale = float(values.abs().max())
+            unit = values / scale
+            mean = float(unit.mean()) * scale
+            std = float(unit.std(ddof=0)) * scale if len(values) > 1 else 1.0
+    return mean, (std if np.isfinite(std) and std > 0 else 1.0)
 
 
 def transform_tabular(frame: pd.DataFrame, state: TabularState) -> np.ndarray:
@@ -77,7 +91,8 @@ def transform_tabular(frame: pd.DataFrame, state: TabularState) -> np.ndarray:
     for column, (mean, std) in state.numeric.items():
         values = frame[column].astype("float64").replace([np.inf, -np.inf], np.nan).to_numpy()
         missing = np.isnan(values)
-        scaled = np.clip(np.where(missing, 0.0, (values - mean) / std), -_CLIP, _CLIP)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values overflow to +-inf, then clip
+            scaled = np.clip(np.where(missing, 0.0, (values - mean) / std), -_CLIP, _CLIP)
         blocks.append(np.stack([scaled, missing.astype(np.float64)], axis=1).astype(np.float32))
     if not blocks:
         return np.zeros((len(frame), 0), dtype=np.float32)

@@ -44,7 +44,8 @@ def timm_image_encoder(name: str, image_size: int) -> BackboneImageEncoder:
     import timm
     import timm.data
 
-    if not timm.is_model(name):
+    # `hf-hub:org/repo` names are resolved by create_model itself, not the model registry.
+    if not name.startswith("hf-hub:") and not timm.is_model(name):
         raise ValueError(
             f"image encoder {name!r}: not a registered name, not a {TORCHVISION_PREFIX}<arch> name "
             f"and not a timm model; no local weights were found for it"

@@ -18,6 +18,7 @@ from modelzoo.encoders.efficientnet_lite0 import (
     stage_depths_of,
 )
 from modelzoo.encoders.loading import encoder_fingerprint, load_image_encoder, load_text_encoder
+from modelzoo.encoders.minilm import packaged_model_dir
 from modelzoo.encoders.vision import strip_classifier
 from modelzoo.registry import names
 
@@ -80,6 +81,13 @@ def test_minilm_tokenize_pads_to_longest_row_not_max_length(minilm: TextEncoder)
     longest = len(minilm.tokenize(texts[1:], max_length=128)["input_ids"][0])
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, longest)
     assert longest < 128
+
+
+def test_generic_hf_encoder_loads_a_local_directory(minilm: TextEncoder) -> None:
+    generic = load_text_encoder(str(packaged_model_dir()))
+    texts = ["A man is playing a guitar.", "The stock market fell today."]
+    assert (generic.model_id, generic.dim) == (str(packaged_model_dir()), 384)
+    torch.testing.assert_close(embed(generic, texts), embed(minilm, texts))
 
 
 def test_lite0_finds_a_cat_in_its_top5(lite0: ImageEncoder) -> None:

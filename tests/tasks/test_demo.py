@@ -80,7 +80,7 @@ def test_new_arguments_regenerate_and_drop_stale_images(tmp_path: Path) -> None:
     assert len(_read(table)) == 12
     assert sorted(p.name for p in images.glob("*.jpg")) == [f"item-{i:05d}.jpg" for i in range(1, 13)]
     assert (images / "notes.txt").read_text() == "not ours"
-    assert f'"rows": 12' in (images / STAMP_NAME).read_text()
+    assert '"rows": 12' in (images / STAMP_NAME).read_text()
 
 
 def test_csv_has_exact_columns_and_rows(tmp_path: Path) -> None:
@@ -165,7 +165,9 @@ def text_proxy(frame: pd.DataFrame) -> object:
 def tabular_proxy(frame: pd.DataFrame) -> np.ndarray:
     log_price = np.log(pd.to_numeric(frame.price.replace("", np.nan)))
     missing = log_price.isna().to_numpy(float)
-    return np.column_stack([pd.get_dummies(frame.category).to_numpy(float), log_price.fillna(log_price.median()), missing])
+    return np.column_stack(
+        [pd.get_dummies(frame.category).to_numpy(float), log_price.fillna(log_price.median()), missing]
+    )
 
 
 def _oof(features: object, y: np.ndarray, c: float, scale: bool) -> np.ndarray:
