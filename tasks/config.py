@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -212,8 +213,12 @@ def _describe(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for problem in err.errors():
         key = ".".join(str(part) for part in problem["loc"] if part not in ("function-after",))
-        message = problem["msg"]
+        message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key"
+        nested = re.match(r"([A-Za-z_][\w.]*): (.*)", message, re.DOTALL)
+        if problem["type"] == "value_error" and nested:
+            # a component's own option (e.g. a head's `hidden`) reports its key in the message
+            key, message = f"{key}.{nested.group(1)}" if key else nested.group(1), nested.group(2)
         lines.append(f"  {key or '<root>'}: {message}")
     return "\n".join(lines)

