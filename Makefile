@@ -8,7 +8,12 @@ INSTALLED := $(VENV)/.installed
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test install server-stop clean
+.PHONY: demo test install server-stop clean ui serve retrain dvc-remote ui-screenshot
+
+# Where `make demo` puts a DVC remote when none is configured: a directory beside the clone,
+# so every clone on this machine pushes to and pulls from the same one. Override:
+# make dvc-remote DVC_REMOTE=/mnt/shared/fuseline-dvc
+DVC_REMOTE ?= ../fuseline-dvc-remote
 
 install: $(INSTALLED)
 
@@ -20,22 +25,42 @@ $(INSTALLED): pyproject.toml
 
 demo: $(INSTALLED)
 	@test -d .dvc || dvc init --quiet
+	@$(MAKE) --no-print-directory dvc-remote
 	fuseline server start
 	dvc repro
 	@echo
 	@echo "Results:"
 	@echo "  metrics      reports/metrics.json   (dvc metrics show)"
 	@echo "  plots        reports/plots/, reports/train/   (dvc plots show)"
-	@echo "  model bundle models/"
+	@echo "  model bundle models/   (dvc push stores it in the DVC remote)"
 	@echo "  Prefect UI   http://127.0.0.1:4200   (stop it with: make server-stop)"
 	@$(BIN)/python -c "import json; m = json.load(open('reports/metrics.json')); k = m['primary_metric']; \
 	print(f'  {k}: fused {m[\"test\"][k]:.4f}; ' + ', '.join(f'{b} only {v[k]:.4f}' for b, v in m['baselines'].items()))"
 
 test: $(INSTALLED)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 server-stop: $(INSTALLED)
 	fuseline server stop
+
+ui: $(INSTALLED)
+	fuseline ui
+
+serve: $(INSTALLED)
+	fuseline serve
+
+retrain: $(INSTALLED)
+	fuseline retrain
+
+# A local DVC remote unless a default remote exists (kept in .dvc/config.local, not committed).
+dvc-remote:
+	@dvc remote default >/dev/null 2>&1 || { dvc remote add --local --default local '$(DVC_REMOTE)' >/dev/null && \
+		echo "DVC remote 'local' -> $(DVC_REMOTE)  (dvc push / dvc pull)"; }
+
+# Headless Chromium screenshot of a pipeline run in the Prefect UI (needs: apt-get install chromium).
+ui-screenshot: $(INSTALLED)
+	$(BIN)/python scripts/ui_screenshot.py --output reports/ui/flow-run.png
 
 clean:
 	rm -rf data/raw data/aligned data/features models reports

@@ -4,6 +4,9 @@ Without PREFECT_API_URL, each `python -m flows.<stage>` would start its own temp
 server (~10 s). When a local fuseline server is up (`fuseline server start`, which
 `make demo` runs), stages use it instead: runs land in one UI and start in a fraction of that.
 This must run before Prefect reads its settings, hence from the package's __init__.
+
+It also turns `runtime.task_runner` into a Prefect task runner (imported only when chosen,
+so a stage that never fans out pays nothing for Dask or Ray).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -37,3 +41,43 @@ def configure_prefect() -> None:
     url = local_api_url()
     if server_is_up(url):
         os.environ["PREFECT_API_URL"] = url
+
+
+def task_runner_for(task_runner: str, address: str | None = None, workers: int = 2) -> Any:
+    """The Prefect task runner that `runtime.task_runner` names (imports it only when chosen).
+
+    local: Prefect's thread pool with one thread, so chunks run one after another in this
+    process and torch keeps every core. dask/ray: chunks run in parallel on a cluster, the one
+    at `address` or, without one, a local cluster of `workers` single-threaded processes
+    started for this run and stopped after it.
+    """
+    if task_runner == "local":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=1)
+    if task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": ":0",  # any free port: 8787 may be taken
+            }
+        )
+    if task_runner == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            from tasks.errors import ConfigError
+
+            raise ConfigError(
+                "runtime.task_runner: ray needs the prefect-ray package (pip install prefect-ray)"
+            ) from None
+        if address:
+            return RayTaskRunner(address=address)
+        return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False})
+    raise ValueError(f"unknown task runner {task_runner!r}")

@@ -1,4 +1,4 @@
-"""The `fuseline` command: run the pipeline or one stage, and manage the local Prefect server."""
+"""The `fuseline` command: run the pipeline or one stage, serve the schedule, predict, and the UI."""
 
 from __future__ import annotations
 
@@ -23,6 +23,23 @@ def main(argv: list[str] | None = None) -> None:
     server = commands.add_parser("server", help="the project's local Prefect server (UI on 127.0.0.1)")
     server.add_argument("action", choices=("start", "stop", "status"))
     server.add_argument("--port", type=int, default=None)
+    ui = commands.add_parser("ui", help="start the local Prefect server (SQLite) and print the UI address")
+    ui.add_argument("--port", type=int, default=None)
+    serve = commands.add_parser("serve", help="serve the retrain deployment on schedule.cron until stopped")
+    serve.add_argument("--params", default="params.yaml")
+    serve.add_argument("--name", default=None, help="deployment name (default scheduled-retrain)")
+    retrain = commands.add_parser(
+        "retrain", help="one scheduled run now: repro, evaluate, promote if not worse"
+    )
+    retrain.add_argument("--params", default="params.yaml")
+    predict = commands.add_parser("predict", help="predict new raw rows with a bundle or registry")
+    predict.add_argument(
+        "--model", default="models", help="bundle directory (models/) or registry (registry/)"
+    )
+    predict.add_argument("--input", required=True, help="csv, parquet or jsonl with the training columns")
+    predict.add_argument("--output", default="predictions.parquet")
+    predict.add_argument("--params", default="params.yaml", help="read for `runtime` only (where chunks run)")
+    predict.add_argument("--image-root", default=None, help="default: the bundle's data.image_root")
     args = parser.parse_args(argv)
     try:
         _dispatch(args)
@@ -35,6 +52,28 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "server":
         _server(args.action, args.port)
         return
+    if args.command == "ui":
+        _server("start", args.port)
+        print("Runs of `dvc repro`, `fuseline run`, `fuseline serve` and `fuseline predict` from this")
+        print("directory report here. Elsewhere: export PREFECT_API_URL=" + _api_url(args.port))
+        return
+    if args.command == "serve":
+        _ensure_api()
+        from flows.deploy import DEPLOYMENT, serve
+
+        serve(params_path=args.params, name=args.name or DEPLOYMENT)
+        return
+    if args.command == "retrain":
+        from flows.deploy import retrain
+
+        retrain(params_path=args.params)
+        return
+    if args.command == "predict":
+        from flows.predict import predict
+
+        summary = predict(args.model, args.input, args.output, args.params, args.image_root)
+        print(f"{summary['rows']} predictions -> {summary['output']}")
+        return
     if args.command == "run":
         from flows.pipeline import pipeline
 
@@ -46,6 +85,25 @@ def _dispatch(args: argparse.Namespace) -> None:
     flow_fn = {"align": "align_flow"}.get(args.name, args.name)
     kwargs = {"modality": args.modality} if args.name == "extract" and args.modality else {}
     getattr(module, flow_fn)(params_path=args.params, **kwargs)
+
+
+def _api_url(port: int | None) -> str:
+    from flows._runtime import local_api_url
+
+    return local_api_url(port)
+
+
+def _ensure_api() -> None:
+    """A served deployment needs a lasting API: PREFECT_API_URL, else the local server (started if down)."""
+    import os
+
+    if "PREFECT_API_URL" in os.environ:
+        return
+    from flows.server import start_server
+
+    url = start_server()
+    os.environ["PREFECT_API_URL"] = url
+    print(f"Prefect UI: {url.removesuffix('/api')}")
 
 
 def _server(action: str, port: int | None) -> None:

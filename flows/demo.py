@@ -21,7 +21,9 @@ def demo(params_path: str = "params.yaml") -> None:
     logger = get_run_logger()
     if params.data.demo is None:
         # dvc.yaml declares data/demo as this stage's output, so leave a note rather than nothing.
-        write_text("The demo dataset is disabled (data.demo: null in params.yaml).\n", DEMO_DIR / "DISABLED.txt")
+        write_text(
+            "The demo dataset is disabled (data.demo: null in params.yaml).\n", DEMO_DIR / "DISABLED.txt"
+        )
         logger.info("demo data disabled; using the sources in params.yaml")
         return
     (DEMO_DIR / "DISABLED.txt").unlink(missing_ok=True)

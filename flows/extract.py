@@ -1,24 +1,47 @@
 """Stage `extract`: tabular preprocessing and pretrained text/image embeddings per modality.
 
 dvc.yaml runs one stage per modality (`extract@text`, ...), so changing the image encoder
-reruns only image extraction.
+reruns only image extraction. Text and image embeddings go through the row-level cache
+(`cache.dir`): a plan task per modality, then one task per chunk of cache misses (each
+commits a shard, so a killed run resumes from there), then a task that writes the feature
+file. Each run publishes a `fuseline-extract` table artifact: rows seen, computed, reused.
+With `runtime.task_runner: dask | ray` the misses are first encoded on that cluster
+(flows/scaleout.py), so the local pass only finds cached contents and writes the file.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from flows._entry import run_from_command_line
-from modelzoo.encoders.loading import encoder_fingerprint, load_image_encoder, load_text_encoder
+from flows.scaleout import fill_cache
+from tasks.cache import FeatureCache
 from tasks.config import Params, load_params
-from tasks.device import pick_device, use_all_cores
-from tasks.extract import embed_images, embed_texts, image_blocks, row_ids, tabular_features, text_blocks
+from tasks.device import pick_device
+from tasks.extract import (
+    Extraction,
+    ExtractStats,
+    configure_threads,
+    encode_chunk,
+    plan_modality,
+    row_ids,
+    tabular_features,
+    write_features,
+)
 from tasks.feature_store import write_blocks
 from tasks.paths import MODALITIES, Layout
+from tasks.wide import wide_blocks
+
+ARTIFACT_KEY = "fuseline-extract"
+# Chunk progress and cache hit/miss counts are INFO records of these loggers; Prefect forwards
+# the `tasks` loggers (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves them at the root's WARNING.
+_PROGRESS_LOGGERS = ("tasks.extract", "tasks.cache")
 
 
 @task(name="extract-tabular")
@@ -28,65 +51,83 @@ def extract_tabular(params: Params, aligned: pd.DataFrame, target: Path) -> int:
     present = matrix.shape[1] > 0
     blocks = {"tabular": matrix} if present else {}
     masks = {"tabular": aligned.index.to_numpy() >= 0} if present else {}
-    write_blocks(target, row_ids(aligned), blocks, masks, {"tabular_state": state.to_json()})
+    wide, wide_present, wide_state = wide_blocks(aligned, params)  # hashed ids for wide_deep's wide part
+    write_blocks(
+        target, row_ids(aligned), {**blocks, **wide}, {**masks, **wide_present},
+        {"tabular_state": state.to_json(), "wide_state": wide_state},
+    )  # fmt: skip
     return len(aligned)
 
 
-@task(name="extract-text")
-def extract_text(params: Params, aligned: pd.DataFrame, target: Path) -> int:
-    cfg = params.encoders.text
-    columns = list(params.data.columns.text)
+# Extraction objects hold an encoder and big arrays: never hash them for Prefect's cache.
+@task(name="extract-plan", task_run_name="plan-{modality}", cache_policy=NO_CACHE)
+def plan(
+    params: Params, modality: str, aligned: pd.DataFrame, cache: FeatureCache, source: str
+) -> Extraction:
+    return plan_modality(params, modality, aligned, cache, source)
+
+
+@task(name="extract-chunk", task_run_name="encode-{modality}-{index}", cache_policy=NO_CACHE)
+def encode(job: Extraction, modality: str, index: int) -> int:
+    return encode_chunk(job, index)
+
+
+@task(name="extract-write", task_run_name="write-{modality}", cache_policy=NO_CACHE)
+def write(job: Extraction, modality: str, aligned: pd.DataFrame, target: Path) -> ExtractStats:
+    return write_features(job, row_ids(aligned), target)
+
+
+def embed_modality(
+    params: Params, modality: str, aligned: pd.DataFrame, cache: FeatureCache, layout: Layout
+) -> ExtractStats:
+    """plan -> encode per chunk -> write, each a Prefect task; the scratch arrays always go."""
+    target = layout.feature_file(modality)
+    columns = params.data.columns.text if modality == "text" else params.data.columns.image
     if not columns:
         write_blocks(target, row_ids(aligned), {}, {}, {})
-        return 0
-    device = pick_device(params.train.device)
-    encoder = load_text_encoder(cfg.model)
-    blocks, present = text_blocks(
-        aligned, columns, lambda texts: embed_texts(encoder, texts, cfg.max_length, cfg.batch_size, device)
-    )
-    fingerprint = encoder_fingerprint(encoder, max_length=cfg.max_length)
-    write_blocks(target, row_ids(aligned), blocks, present, {"encoder": fingerprint})
-    return int(sum(mask.sum() for mask in present.values()))
-
-
-@task(name="extract-image")
-def extract_image(params: Params, aligned: pd.DataFrame, target: Path) -> int:
-    cfg = params.encoders.image
-    columns = list(params.data.columns.image)
-    if not columns:
-        write_blocks(target, row_ids(aligned), {}, {}, {})
-        return 0
-    device = pick_device(params.train.device)
-    encoder = load_image_encoder(cfg.model, cfg.image_size)
-    blocks, present = image_blocks(
-        aligned,
-        columns,
-        Path(params.data.image_root),
-        lambda paths: embed_images(encoder, paths, cfg.batch_size, device),
-    )
-    fingerprint = encoder_fingerprint(encoder, image_size=cfg.image_size)
-    write_blocks(target, row_ids(aligned), blocks, present, {"encoder": fingerprint})
-    return int(sum(mask.sum() for mask in present.values()))
-
-
-_EXTRACTORS = {"tabular": extract_tabular, "text": extract_text, "image": extract_image}
+        return ExtractStats(modality, rows=len(aligned))
+    if params.runtime.task_runner != "local":
+        fill_cache(params, modality, aligned, str(layout.aligned))
+    job = plan(params, modality, aligned, cache, str(layout.aligned))
+    try:
+        for index in range(job.chunk_count):
+            encode(job, modality, index)
+        return write(job, modality, aligned, target)
+    finally:
+        job.close()
 
 
 @flow(name="extract")
-def extract(params_path: str = "params.yaml", modality: str | None = None) -> dict[str, int]:
+def extract(params_path: str = "params.yaml", modality: str | None = None) -> dict[str, dict]:
     """Write data/features/<modality>.parquet for one modality, or all when none is named."""
     params = load_params(params_path)
     layout = Layout()
-    use_all_cores()
+    configure_threads(pick_device(params.train.device))
     aligned = pd.read_parquet(layout.aligned)
+    cache = FeatureCache(params.cache.dir)
     logger = get_run_logger()
-    encoded: dict[str, int] = {}
+    for name in _PROGRESS_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    report: dict[str, dict] = {}
     for name in [modality] if modality else MODALITIES:
-        started = time.perf_counter()
-        encoded[name] = _EXTRACTORS[name](params, aligned, layout.feature_file(name))
-        seconds = time.perf_counter() - started
-        logger.info("%s: %d values encoded in %.1f s", name, encoded[name], seconds)
-    return encoded
+        if name == "tabular":
+            rows = extract_tabular(params, aligned, layout.feature_file(name))
+            report[name] = ExtractStats(name, rows=rows, values=rows).as_dict()
+            continue
+        stats = embed_modality(params, name, aligned, cache, layout)
+        report[name] = stats.as_dict()
+        logger.info(
+            "%s: %d rows, %d distinct values: %d reused from the cache, %d computed (%.1f/s), "
+            "%d corrupt shards recomputed, %.1f s",
+            name, stats.rows, stats.unique, stats.reused, stats.computed,
+            report[name]["computed_per_s"], stats.corrupt_shards, stats.seconds,
+        )  # fmt: skip
+    create_table_artifact(
+        key=ARTIFACT_KEY,
+        table=[{"modality": name, **row} for name, row in report.items()],
+        description="Extraction: rows seen, distinct values reused from the cache or computed, throughput",
+    )
+    return report
 
 
 if __name__ == "__main__":

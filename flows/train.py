@@ -19,6 +19,7 @@ from tasks.device import use_all_cores
 from tasks.paths import Layout
 from tasks.training import TrainResult, train_model
 
+
 @task(name="train-head")
 def train_head(features: FeatureSet, params: Params, label: str) -> TrainResult:
     result = train_model(features, params.data.task, params.fusion, params.train)
@@ -28,7 +29,9 @@ def train_head(features: FeatureSet, params: Params, label: str) -> TrainResult:
     return result
 
 
-def bundle_meta(result: TrainResult, params: Params, features: FeatureSet, metadata: dict[str, dict]) -> BundleMeta:
+def bundle_meta(
+    result: TrainResult, params: Params, features: FeatureSet, metadata: dict[str, dict]
+) -> BundleMeta:
     scaling = result.target_scaling
     return BundleMeta(
         task=params.data.task,
@@ -60,7 +63,9 @@ def train(params_path: str = "params.yaml") -> dict[str, int]:
     with atomic_dir(layout.models) as tmp:
         write_bundle(tmp, fused.model, bundle_meta(fused, params, features, metadata))
         for modality, result in baselines.items():
-            write_bundle(tmp / BASELINES / modality, result.model, bundle_meta(result, params, features, metadata))
+            write_bundle(
+                tmp / BASELINES / modality, result.model, bundle_meta(result, params, features, metadata)
+            )
     curve = pd.DataFrame(fused.history)
     write_text(curve.to_csv(index=False), layout.train_plots / "learning_curve.csv")
     return {"fused": fused.best_epoch, **{m: r.best_epoch for m, r in baselines.items()}}

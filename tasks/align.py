@@ -3,7 +3,8 @@
 Schema of `data/aligned/aligned.parquet` (one row per item, sorted by `row_id`):
     row_id            string   the id column, as text
     split             string   "train" | "val" | "test"
-    target            string (classification) or float64 (regression)
+    target            string (classification; multilabel: a JSON array of sorted labels,
+                      see tasks/labels.py) or float64 (regression)
     <feature column>  as declared: categorical/text/image as string, numeric as float64;
                       image values are paths relative to image_root, null when unusable
     present__<col>    bool     False where the row has no usable value for that column
@@ -23,14 +24,27 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from tasks.config import DataConfig
-from tasks.errors import DataError
+from tasks.errors import ConfigError, DataError
+from tasks.images import probe
+from tasks.ingest import BAD_VALUES
+from tasks.labels import canonical, check_label_sets
+from tasks.sources import REPLACED_BYTES
+from tasks.tabular import huge_mask
 
 ID, SPLIT, TARGET = "row_id", "split", "target"
 PRESENT = "present__"
 DIGEST = "sha256__"
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 _MIN_ROWS_PER_CLASS = 3
 
 log = logging.getLogger(__name__)
@@ -45,7 +59,12 @@ class AlignReport:
     present: dict[str, int] = field(default_factory=dict)
     images_missing: dict[str, int] = field(default_factory=dict)
     images_refused: dict[str, int] = field(default_factory=dict)
+    images_undecodable: dict[str, int] = field(default_factory=dict)  # made absent (on_bad_image)
     dropped_unmatched_ids: dict[str, int] = field(default_factory=dict)
+    bad_values: dict[str, int] = field(default_factory=dict)  # numeric cells made missing by ingest
+    replaced_bytes: dict[str, int] = field(default_factory=dict)  # cells with non-UTF-8 bytes
+    huge_values: dict[str, int] = field(default_factory=dict)  # left out of scaling, then clipped
+    unseen_categories: dict[str, int] = field(default_factory=dict)  # val/test values not in train
 
 
 def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd.DataFrame, AlignReport]:
@@ -54,23 +73,35 @@ def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd
         if reserved in data.columns.all():
             raise DataError(f"feature column name {reserved!r} is reserved; rename it", column=reserved)
     report = AlignReport()
+    for _, frame in sources:
+        for key, counts in ((BAD_VALUES, report.bad_values), (REPLACED_BYTES, report.replaced_bytes)):
+            for column, count in frame.attrs.get(key, {}).items():
+                counts[column] = counts.get(column, 0) + int(count)
+    root = Path(data.image_root)
+    if data.columns.image and not root.is_dir():
+        raise ConfigError(f"data.image_root: {data.image_root!r} is not a directory")
     table = _join(data, sources, report)
     _check_target(data, table)
-    aligned = pd.DataFrame({ID: table[data.id].astype("string"), TARGET: table[data.target]})
+    target = table[data.target].map(canonical) if data.task == "multilabel" else table[data.target]
+    aligned = pd.DataFrame({ID: table[data.id].astype("string"), TARGET: target})
     for column in data.columns.all():
         aligned[column] = table[column]
     for column in data.columns.image:
-        aligned[column] = _resolve_images(aligned[column], Path(data.image_root), column, report)
+        aligned[column] = _resolve_images(aligned[column], root, column, report)
+        aligned[column], aligned[DIGEST + column] = _inspect_images(
+            aligned[column], aligned[ID], root, column, data.on_bad_image, report
+        )
     for column in data.columns.all():
         aligned[PRESENT + column] = _presence(aligned[column]).to_numpy()
         report.present[column] = int(aligned[PRESENT + column].sum())
-    for column in data.columns.image:
-        aligned[DIGEST + column] = _digests(aligned[column], Path(data.image_root))
+    presence, digests = [PRESENT + c for c in data.columns.all()], [DIGEST + c for c in data.columns.image]
+    aligned = aligned[[ID, TARGET, *data.columns.all(), *presence, *digests]]  # the documented order
     aligned = aligned.sort_values(ID, kind="stable").reset_index(drop=True)
     split_source = table.set_index(data.id)[data.split.column] if data.split.column else None
     aligned.insert(1, SPLIT, _split(data, aligned, split_source))
     report.rows = len(aligned)
     report.rows_per_split = {s: int((aligned[SPLIT] == s).sum()) for s in SPLITS}
+    _count_outliers(data, aligned, report)
     return aligned, report
 
 
@@ -120,6 +151,9 @@ def _check_target(data: DataConfig, table: pd.DataFrame) -> None:
         )
     if data.task == "regression":
         return
+    if data.task == "multilabel":  # list-valued: no per-class row minimum, no stratification
+        check_label_sets(target, column=data.target)
+        return
     counts = target.value_counts()
     if data.task == "binary" and len(counts) != 2:
         raise DataError(f"a binary target needs exactly 2 classes, found {len(counts)}", column=data.target)
@@ -166,9 +200,63 @@ def _resolve_images(paths: pd.Series, root: Path, column: str, report: AlignRepo
     return pd.Series(resolved, index=paths.index, dtype="string")
 
 
-def _digests(paths: pd.Series, root: Path) -> pd.Series:
-    digests = [None if pd.isna(p) else hashlib.sha256((root / str(p)).read_bytes()).hexdigest() for p in paths]
-    return pd.Series(digests, index=paths.index, dtype="string")
+def _inspect_images(
+    paths: pd.Series, ids: pd.Series, root: Path, column: str, on_bad: str, report: AlignReport
+) -> tuple[pd.Series, pd.Series]:
+    """(paths, SHA-256 digests): each file is read once, hashed and test-decoded.
+
+    A file that cannot be decoded (empty, not an image, truncated, too large) is a DataError
+    under `on_bad == "error"`; otherwise its cell becomes absent, counted and logged, so
+    extraction and training treat it as a row without that image.
+    """
+    kept: list[str | None] = []
+    digests: list[str | None] = []
+    bad: list[tuple[str, str, str]] = []  # (row id, path, reason)
+    for row_id, value in zip(ids, paths, strict=True):
+        if pd.isna(value):
+            kept.append(None)
+            digests.append(None)
+            continue
+        try:
+            data = (root / str(value)).read_bytes()
+            reason = probe(data)
+        except OSError as err:  # removed or unreadable since it was resolved
+            data, reason = b"", f"cannot be read ({err.strerror})"
+        if reason is None:
+            kept.append(str(value))
+            digests.append(hashlib.sha256(data).hexdigest())
+        else:
+            bad.append((str(row_id), str(value), reason))
+            kept.append(None)
+            digests.append(None)
+    report.images_undecodable[column] = len(bad)
+    if bad:
+        listed = "; ".join(f"{path}: {reason}" for _, path, reason in bad[:3])
+        message = f"{len(bad)} image files cannot be decoded ({listed})"
+        if on_bad == "error":
+            raise DataError(message, file=str(root), column=column, rows=[row for row, _, _ in bad])
+        log.warning("%s: %s; treated as missing (data.on_bad_image: missing)", column, message)
+    index = paths.index
+    return pd.Series(kept, index=index, dtype="string"), pd.Series(digests, index=index, dtype="string")
+
+
+def _count_outliers(data: DataConfig, aligned: pd.DataFrame, report: AlignReport) -> None:
+    """Count what tabular preprocessing will absorb, so the summary shows it happened.
+
+    Huge numeric values are left out of the fitted scaling and clipped; categorical values in
+    val/test that train never had go to the 'unknown' slot at extraction and prediction.
+    """
+    for column in data.columns.numeric:
+        count = int(huge_mask(aligned[column].to_numpy(dtype=np.float64, na_value=np.nan)).sum())
+        report.huge_values[column] = count
+        if count:
+            log.warning("%s: %d values are so far out that scaling ignores them; clipped", column, count)
+    is_train = (aligned[SPLIT] == "train").to_numpy()
+    for column in data.columns.categorical:
+        values = aligned[column]
+        seen = set(values[is_train].dropna())
+        unseen = values[~is_train].notna() & ~values[~is_train].isin(seen)
+        report.unseen_categories[column] = int(unseen.sum())
 
 
 def _presence(values: pd.Series) -> pd.Series:
@@ -212,7 +300,7 @@ def _carve(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(kept, carved): `count` rows of `index` drawn at random, stratified for classification."""
     count = min(max(count, 1), len(index) - 1)
-    stratify = target[index] if data.task != "regression" else None
+    stratify = target[index] if data.task in ("binary", "multiclass") else None
     try:
         kept, carved = train_test_split(
             index, test_size=count, random_state=data.split.seed, stratify=stratify

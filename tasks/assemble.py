@@ -9,30 +9,57 @@ from tasks.align import ID, SPLIT, TARGET
 from tasks.dataset import FeatureSet
 from tasks.errors import DataError
 from tasks.feature_store import read_blocks
+from tasks.labels import from_canonical
 from tasks.paths import MODALITIES, Layout
 
 
-def encode_target(values: pd.Series, task: str, classes: tuple[str, ...] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Targets as numbers: class indices for classification, floats for regression.
+def encode_target(
+    values: pd.Series, task: str, classes: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Targets as numbers: class indices for classification, floats for regression, and for
+    multilabel an (N, C) float32 0/1 matrix over the labels (`classes`).
 
     Classes are sorted (numerically when they all look like numbers, so '2' < '10'), which
     makes the positive class of a 0/1 or false/true target the second one, as users expect.
     """
     if task == "regression":
         return values.astype("float64").to_numpy(dtype=np.float32), ()
+    if task == "multilabel":
+        return _encode_label_sets(values, classes)
     labels = values.astype(str)
     if classes is None:
-        distinct = labels.unique().tolist()
-        try:
-            classes = tuple(sorted(distinct, key=float))
-        except ValueError:
-            classes = tuple(sorted(distinct))
+        classes = _sorted_classes(labels.unique().tolist())
     index = {c: i for i, c in enumerate(classes)}
     unknown = ~labels.isin(index)
     if unknown.any():
-        raise DataError(f"target has classes unseen in training: {sorted(set(labels[unknown]))[:5]}", column=TARGET)
+        unseen = sorted(set(labels[unknown]))[:5]
+        raise DataError(f"target has classes unseen in training: {unseen}", column=TARGET)
     codes = labels.map(index).to_numpy(dtype=np.int64)
     return (codes.astype(np.float32) if task == "binary" else codes), classes
+
+
+def _sorted_classes(distinct: list[str]) -> tuple[str, ...]:
+    try:
+        return tuple(sorted(distinct, key=float))
+    except ValueError:
+        return tuple(sorted(distinct))
+
+
+def _encode_label_sets(
+    values: pd.Series, classes: tuple[str, ...] | None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Aligned JSON label lists -> (N, C) indicators; rows with no labels are all zeros."""
+    rows = [from_canonical(str(v)) for v in values]
+    if classes is None:
+        classes = _sorted_classes(sorted({label for row in rows for label in row}))
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({label for row in rows for label in row if label not in index})
+    if unknown:
+        raise DataError(f"target has labels unseen in training: {unknown[:5]}", column=TARGET)
+    matrix = np.zeros((len(rows), len(classes)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        matrix[i, [index[label] for label in row]] = 1.0
+    return matrix, classes
 
 
 def feature_metadata(layout: Layout) -> dict[str, dict]:

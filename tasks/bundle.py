@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -86,6 +87,7 @@ def load_bundle(directory: Path) -> tuple[nn.Module, BundleMeta]:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise BundleError(f"{weights_path}: not a valid safetensors file ({err}); refusing to load") from None
+    _check_shapes(meta, state, meta_path, weights_path)
     try:
         model = build_head(meta)
     except (ValueError, TypeError, KeyError) as err:  # pydantic's ValidationError is a ValueError
@@ -95,6 +97,29 @@ def load_bundle(directory: Path) -> tuple[nn.Module, BundleMeta]:
     except RuntimeError as err:
         raise BundleError(f"{weights_path}: weights do not fit the declared head ({err})") from None
     return model.eval(), meta
+
+
+def _check_shapes(
+    meta: BundleMeta, state: dict[str, torch.Tensor], meta_path: Path, weights_path: Path
+) -> None:
+    """Compare the declared head with the weights before allocating it.
+
+    The head is first built on the `meta` device, which allocates nothing, so a crafted
+    bundle.json declaring absurd input sizes is refused instead of exhausting memory.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = build_head(meta)
+    except (ValueError, TypeError, KeyError) as err:
+        raise BundleError(f"{meta_path}: cannot build the declared head ({err})") from None
+    except (NotImplementedError, RuntimeError):  # a head that cannot be built without data
+        return
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    actual = {name: tuple(t.shape) for name, t in state.items()}
+    if expected != actual:
+        differ = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+        shown = ", ".join(f"{k}: declared {expected.get(k)}, stored {actual.get(k)}" for k in differ[:3])
+        raise BundleError(f"{weights_path}: weights do not fit the declared head ({shown})")
 
 
 def baseline_dirs(models: Path) -> dict[str, Path]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +18,8 @@ from tasks.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan=False: `lr: .inf` passes `gt=0` and `.nan` fails every bound silently.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SourceConfig(_Strict):
@@ -71,11 +71,14 @@ class DataConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     id: str
     target: str
-    task: Literal["binary", "multiclass", "regression"]
+    task: Literal["binary", "multiclass", "multilabel", "regression"]  # multilabel: list-valued target
     columns: ColumnsConfig = ColumnsConfig()
     image_root: str = "."
     split: SplitConfig = SplitConfig()
     demo: DemoConfig | None = None
+    # What a dirty cell costs: `missing` keeps the run going and counts it in the align summary.
+    on_bad_value: Literal["error", "missing"] = "missing"  # numeric cell that is not a finite number
+    on_bad_image: Literal["error", "missing"] = "missing"  # image file that cannot be decoded
 
     @model_validator(mode="after")
     def _roles_are_disjoint(self) -> DataConfig:
@@ -131,15 +134,24 @@ class FusionConfig(BaseModel):
         return dict(self.model_extra or {})
 
     def head_config(self) -> BaseModel:
-        """The head's own Config, validated from the keys beside `head`."""
-        from modelzoo.registry import lookup
+        """The head's own Config, validated from the keys beside `head`.
+
+        Keys that only other registered heads declare (say `rank` or `wide` under
+        `head: concat`) are set aside rather than refused: params.yaml can then carry every
+        head's options, and `dvc exp run -S fusion.head=...` switches heads without edits.
+        A key that no head declares is still an unknown key, so typos fail as before.
+        """
+        from modelzoo.registry import lookup, names
 
         try:
             head_cls = lookup("head", self.head)
         except KeyError as err:
             raise ValueError(str(err.args[0])) from None
+        own = set(head_cls.Config.model_fields)
+        others = {key for name in names("head") for key in lookup("head", name).Config.model_fields}
+        options = {k: v for k, v in self.options().items() if k in own or k not in others}
         try:
-            return head_cls.Config.model_validate(self.options(), strict=True)
+            return head_cls.Config.model_validate(options, strict=True)
         except ValidationError as err:
             first = err.errors()[0]
             key = ".".join(str(part) for part in first["loc"])
@@ -155,6 +167,70 @@ class TrainConfig(_Strict):
     patience: int = Field(5, ge=1)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    class_weight: Literal["balanced"] | None = None  # classification: reweight rare classes/labels
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"  # stepped per batch
+    warmup: float = Field(0.0, ge=0, lt=1)  # share of steps warming up (cosine); onecycle's pct_start
+    grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
+    modality_dropout: float = Field(0.0, ge=0, lt=1)  # chance a row's modality is hidden in training
+
+
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#-]+$")
+
+
+class ScheduleConfig(_Strict):
+    """Scheduled retraining (`fuseline serve`): when it runs and when its model replaces the current one.
+
+    `tolerance` is in units of the task's primary metric (auc, accuracy or rmse): a new model
+    is promoted unless it is worse than the promoted one by more than this, so retraining on
+    fresh data is not blocked by noise-level differences.
+    """
+
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+    tolerance: float = Field(0.0, ge=0)
+    registry: str = "registry"  # promoted bundles: <registry>/v0001/, ... and <registry>/current.json
+    pull: bool = False  # `dvc pull` before each scheduled run (needs a DVC remote)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise ValueError(f"expected a 5-field cron expression like '0 3 * * *', got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like 'Europe/Berlin')") from None
+        return value
+
+
+class RuntimeConfig(_Strict):
+    """Where extraction and batch prediction run: this process, or chunks on a Dask/Ray cluster.
+
+    With no `address`, dask and ray start a local cluster of `workers` processes for the run.
+    """
+
+    task_runner: Literal["local", "dask", "ray"] = "local"
+    address: str | None = None  # e.g. tcp://scheduler:8786 (dask) or ray://head:10001 (ray)
+    workers: int = Field(2, ge=1)  # chunks are `cache.chunk_rows` rows (prediction) or contents (extraction)
+
+
+class CacheConfig(_Strict):
+    """The row-level embedding cache (tasks/cache): every distinct text or image is encoded once.
+
+    Neither key changes what extraction produces, only where entries live and how much
+    work one task (and one shard) holds, so no DVC stage watches them.
+    """
+
+    dir: str = ".cache/features"  # relative to where stages run (the project root)
+    chunk_rows: int = Field(1024, ge=1)  # distinct contents encoded per task and committed per shard
 
 
 class Params(_Strict):
@@ -164,12 +240,21 @@ class Params(_Strict):
     encoders: EncodersConfig = EncodersConfig()
     fusion: FusionConfig = FusionConfig()
     train: TrainConfig = TrainConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    cache: CacheConfig = CacheConfig()
 
     @field_validator("fusion", mode="before")
     @classmethod
     def _fusion_from_mapping(cls, value: Any) -> Any:
         # strict mode refuses a plain dict for a non-strict sub-model; build it here instead.
         return FusionConfig.model_validate(value) if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _class_weight_needs_classes(self) -> Params:
+        if self.train.class_weight is not None and self.data.task == "regression":
+            raise ValueError("train.class_weight: only applies to classification, not regression")
+        return self
 
 
 class _Loader(yaml.SafeLoader):
@@ -185,6 +270,20 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
 )
+
+
+def _unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    """Refuse a key written twice: PyYAML would silently keep the last one."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -5,6 +5,12 @@ built to need all three modalities:
 
     score = s_image + s_text + s_tab + noise          label = score > median(score)
 
+The same latent score also gives the other task variants, for comparing heads on every
+task without new data: `label_multiclass` is its quartile (0..3, balanced; 2 and 3 are the
+rows with label 1) and `score` itself (rounded to 4 decimals) is a regression target. Use
+them with `-S data.target=label_multiclass -S data.task=multiclass` or `data.target=score`
+with `data.task=regression`.
+
 Each part is standardised to unit variance and the noise has standard deviation 0.9. With
 three independent unit-variance parts, knowing one part perfectly gives a ROC AUC of about
 0.73, knowing all three about 0.93; thresholding at the median makes the classes balanced.
@@ -61,9 +67,12 @@ from tasks.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: label_multiclass and score columns
 STAMP_NAME = ".demo-stamp.json"
-COLUMNS = ("item_id", "title", "description", "category", "price", "photo", "label")
+COLUMNS = (
+    "item_id", "title", "description", "category", "price", "photo", "label", "label_multiclass", "score"
+)  # fmt: skip
+_MULTICLASS_QUANTILES = (0.25, 0.5, 0.75)
 MIN_ROWS = 10
 
 IMAGE_SIZE = 96
@@ -168,8 +177,9 @@ _LOG_PRICE_SD = 0.55
 def generate_demo(table_path: Path, image_root: Path, rows: int = 2000, seed: int = 7) -> None:
     """Write the demo CSV at `table_path` and one JPEG per row under `image_root`.
 
-    Columns: item_id, title, description, category, price, photo, label (see the module
-    docstring for how the label depends on them). `photo` is relative to `image_root`.
+    Columns: item_id, title, description, category, price, photo, label, label_multiclass,
+    score (see the module docstring for how the targets depend on the others). `photo` is
+    relative to `image_root`.
     Same (rows, seed) -> byte-identical output; a repeat call with an intact stamp, CSV and
     images returns at once. Otherwise everything is rewritten and `item-*.jpg` files left
     over from an earlier, larger run are removed.
@@ -207,6 +217,22 @@ def generate_demo(table_path: Path, image_root: Path, rows: int = 2000, seed: in
     log.info("wrote %d demo rows to %s and images to %s", rows, table_path, image_root)
 
 
+def demo_targets(rows: int = 2000, seed: int = 7) -> dict[str, list]:
+    """The targets of the demo rows (item_id, label, label_multiclass, score), without images.
+
+    What the CSV holds for the same (rows, seed), computed in a fraction of a second: the
+    heads benchmark uses it to train on every task variant from features cached for one.
+    """
+    _check_args(rows, seed)
+    data = _sample(rows, seed)
+    return {
+        "item_id": list(data.item_ids),
+        "label": data.label.tolist(),
+        "label_multiclass": data.label_multiclass.tolist(),
+        "score": [round(float(v), 4) for v in data.score],
+    }
+
+
 # --- sampling -----------------------------------------------------------------------------
 
 
@@ -220,6 +246,8 @@ class _Rows:
     category: np.ndarray  # index into _CATEGORIES, -1 where missing
     price: np.ndarray  # NaN where missing
     label: np.ndarray
+    label_multiclass: np.ndarray  # quartile of score, 0..3
+    score: np.ndarray  # the latent score, noise included
     s_image: np.ndarray
     s_text: np.ndarray
     s_tab: np.ndarray
@@ -283,6 +311,8 @@ def _sample(rows: int, seed: int) -> _Rows:
 
     score = s_image + s_text + s_tab + _NOISE_SD * rng.standard_normal(rows)
     label = (score > np.median(score)).astype(np.int64)
+    # Derived from the score alone (no random draws), so every other column is unchanged.
+    label_multiclass = np.searchsorted(np.quantile(score, _MULTICLASS_QUANTILES), score, side="right")
 
     # blank some tabular values after the label is fixed: missing values lose their signal
     category = np.where(rng.random(rows) < _MISSING_CATEGORY, -1, category)
@@ -290,8 +320,9 @@ def _sample(rows: int, seed: int) -> _Rows:
 
     return _Rows(
         item_ids=_item_ids(rows), titles=titles, descriptions=descriptions, category=category,
-        price=price, label=label, s_image=s_image, s_text=s_text, s_tab=s_tab, colour=colour,
-        hue=hue, sat=sat, val=val, shape=shape, texture=texture, centre=centre, radius=radius,
+        price=price, label=label, label_multiclass=label_multiclass, score=score, s_image=s_image,
+        s_text=s_text, s_tab=s_tab, colour=colour, hue=hue, sat=sat, val=val, shape=shape,
+        texture=texture, centre=centre, radius=radius,
         angle=angle, background=background, stripe_angle=stripe_angle, spacing=spacing,
         pixel_seed=pixel_seed,
     )  # fmt: skip
@@ -432,7 +463,17 @@ def _to_csv(data: _Rows, names: list[str]) -> str:
         category = "" if data.category[i] < 0 else _CATEGORIES[int(data.category[i])][0]
         price = "" if np.isnan(data.price[i]) else f"{float(data.price[i]):.2f}"
         writer.writerow(
-            [item_id, data.titles[i], data.descriptions[i], category, price, names[i], int(data.label[i])]
+            [
+                item_id,
+                data.titles[i],
+                data.descriptions[i],
+                category,
+                price,
+                names[i],
+                int(data.label[i]),
+                int(data.label_multiclass[i]),
+                f"{float(data.score[i]):.4f}",
+            ]  # fmt: skip
         )
     return out.getvalue()
 

@@ -1,20 +1,34 @@
-"""Evaluate: test-split metrics of the fused model next to single-modality baselines.
+"""Evaluate: test-split metrics of the fused model next to the baselines, with uncertainty.
 
 Baselines are the same head trained on one modality's inputs, so the table answers the
-question a user asks first: does fusing the modalities beat using the best one alone?
+question a user asks first: does fusing the modalities beat using the best one alone? The
+bootstrap intervals say whether a difference is larger than the noise of a small test split.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
+import torch
+from scipy.stats import rankdata
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.metrics import precision_recall_curve, roc_curve
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from tasks.bundle import BundleMeta
-from tasks.dataset import FeatureSet
-from tasks.metrics import PRIMARY_METRIC, compute_metrics
+from tasks.dataset import FeatureSet, modality_of
+from tasks.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
 from tasks.training import TargetScaling, predict
+
+FUSED = "fused"
+SKLEARN = "sklearn"
+WITHOUT = "without_"  # prefix of the fused model's predictions with one modality masked
+CALIBRATION_BINS = 10
+TSNE_MAX_ROWS = 1000  # t-SNE up to this many test rows, PCA beyond (t-SNE gets slow on CPU)
 
 
 def with_blocks(features: FeatureSet, blocks: dict[str, int]) -> FeatureSet:
@@ -38,45 +52,198 @@ def predict_with(model: nn.Module, meta: BundleMeta, features: FeatureSet) -> np
     return predict(model, with_blocks(features, meta.in_dims), meta.task, scaling)
 
 
+# --- what each modality contributes -----------------------------------------------------
+
+
+def masked(features: FeatureSet, modality: str) -> FeatureSet:
+    """The rows with every block of `modality` marked absent.
+
+    Heads replace absent blocks with their learned 'missing' embedding, so this asks the
+    fused model what it predicts for rows that simply lack the modality, without retraining.
+    """
+    return FeatureSet(
+        ids=features.ids,
+        split=features.split,
+        target=features.target,
+        inputs=features.inputs,
+        present={
+            block: np.zeros_like(mask) if modality_of(block) == modality else mask
+            for block, mask in features.present.items()
+        },
+        classes=features.classes,
+    )
+
+
+def ablation_predictions(model: nn.Module, meta: BundleMeta, test: FeatureSet) -> dict[str, np.ndarray]:
+    """The fused model's predictions with each of its modalities masked out in turn."""
+    modalities = sorted({modality_of(block) for block in meta.in_dims})
+    if len(modalities) < 2:
+        return {}  # masking the only modality leaves nothing to measure
+    return {m: predict_with(model, meta, masked(test, m)) for m in modalities}
+
+
+# --- metrics and intervals --------------------------------------------------------------
+
+
+def primary_score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The task's primary metric alone, fast enough to recompute on a thousand resamples.
+
+    AUC is the Mann-Whitney rank statistic (ties averaged), which equals sklearn's
+    roc_auc_score without its per-call validation overhead.
+    """
+    if task == "binary":
+        labels = np.asarray(y_true).astype(bool)
+        n_pos = int(labels.sum())
+        n_neg = len(labels) - n_pos
+        if n_pos == 0 or n_neg == 0:
+            return float("nan")
+        ranks = rankdata(y_pred)
+        return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    if task == "multiclass":
+        return float(np.mean(np.asarray(y_pred).argmax(axis=1) == np.asarray(y_true)))
+    if task == "regression":
+        error = np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64)
+        return float(np.sqrt(np.mean(error**2)))
+    return compute_metrics(task, y_true, y_pred)[PRIMARY_METRIC[task]]  # any other task: slower, same number
+
+
+def bootstrap_intervals(
+    task: str,
+    y_true: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Percentile bootstrap intervals of the primary metric, per model and fused-minus-each.
+
+    Every model is scored on the same resampled test rows (one seeded stream), so the
+    difference intervals are paired: they show whether fused beats a baseline on these rows,
+    which the two separate intervals cannot (they overlap even when one model always wins).
+    Resamples where the metric is undefined (one class only, for AUC) are skipped.
+    """
+    y_true = np.asarray(y_true)
+    rng = np.random.default_rng(seed)
+    names = list(predictions)
+    scores = np.empty((resamples, len(names)))
+    for r in range(resamples):
+        rows = rng.integers(0, len(y_true), size=len(y_true))
+        scores[r] = [primary_score(task, y_true[rows], predictions[n][rows]) for n in names]
+    tail = (1 - level) / 2 * 100
+    intervals = {}
+    for i, name in enumerate(names):
+        intervals[name] = _percentiles(scores[:, i], tail)
+    if FUSED in names:
+        fused = scores[:, names.index(FUSED)]
+        for i, name in enumerate(names):
+            if name != FUSED:
+                intervals[f"{FUSED}_minus_{name}"] = _percentiles(fused - scores[:, i], tail)
+    return intervals
+
+
+def _percentiles(values: np.ndarray, tail: float) -> dict[str, float]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return {"low": float("nan"), "high": float("nan")}
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return {"low": float(low), "high": float(high)}
+
+
 def metrics_report(
-    test: FeatureSet,
-    fused: tuple[nn.Module, BundleMeta],
-    baselines: dict[str, tuple[nn.Module, BundleMeta]],
+    task: str,
+    y_true: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    ablation: Mapping[str, np.ndarray],
     rows_per_split: dict[str, int],
-) -> tuple[dict, np.ndarray]:
-    """The metrics.json content and the fused model's test predictions."""
-    model, meta = fused
-    task = meta.task
-    predictions = predict_with(model, meta, test)
-    report = {
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """The metrics.json content.
+
+    `predictions` holds `fused` and one entry per baseline (modalities, `sklearn`);
+    `ablation` the fused model's predictions with a modality masked, by modality. The keys the
+    foundation defined (task, primary_metric, test, baselines, rows) keep their meaning, so
+    `dvc metrics diff` against older runs still lines up.
+    """
+    level = 0.95
+    primary = PRIMARY_METRIC[task]
+    every = {**predictions, **{WITHOUT + m: p for m, p in ablation.items()}}
+    return {
         "task": task,
-        "primary_metric": PRIMARY_METRIC[task],
-        "test": compute_metrics(task, test.target, predictions),
+        "primary_metric": primary,
+        "test": compute_metrics(task, y_true, predictions[FUSED]),
         "baselines": {
-            modality: compute_metrics(task, test.target, predict_with(m, bmeta, test))
-            for modality, (m, bmeta) in sorted(baselines.items())
+            name: compute_metrics(task, y_true, pred)
+            for name, pred in sorted(predictions.items())
+            if name != FUSED
+        },
+        "ablation": {WITHOUT + m: compute_metrics(task, y_true, p) for m, p in sorted(ablation.items())},
+        "intervals": {
+            "metric": primary,
+            "level": level,
+            "resamples": resamples,
+            "seed": seed,
+            "method": "percentile bootstrap over test rows, paired across models",
+            "higher_is_better": higher_is_better(primary),
+            **bootstrap_intervals(task, y_true, every, resamples, level, seed),
         },
         "rows": rows_per_split,
     }
-    return report, predictions
+
+
+# --- data files for DVC plots -----------------------------------------------------------
 
 
 def plot_tables(task: str, test: FeatureSet, predictions: np.ndarray) -> dict[str, pd.DataFrame]:
-    """Data files for DVC plots: ROC and confusion (classification) or predicted vs true."""
+    """Data files for DVC plots of the fused model, by file name (each one plot in dvc.yaml)."""
     if task == "regression":
-        return {"pred_vs_true.csv": pd.DataFrame({"target": test.target, "prediction": predictions})}
+        residual = test.target.astype(np.float64) - predictions
+        return {
+            "pred_vs_true.csv": pd.DataFrame({"target": test.target, "prediction": predictions}),
+            "residuals.csv": pd.DataFrame({"prediction": predictions, "residual": residual}),
+        }
+    if task == "multilabel":  # calibration over every (row, label) probability; no single confusion
+        return {"calibration.csv": calibration_table(predictions.ravel(), test.target.ravel())}
     classes = np.asarray(test.classes)
+    actual = test.target.astype(int)
+    tables: dict[str, pd.DataFrame] = {}
     if task == "binary":
         predicted = (predictions >= 0.5).astype(int)
-        actual = test.target.astype(int)
-        fpr, tpr, thresholds = roc_curve(actual, predictions) if len(set(actual)) == 2 else ([], [], [])
-        tables = {"roc.csv": pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.clip(thresholds, 0, 1)})}
+        confidence, correct = predictions, actual
+        if len(set(actual)) == 2:
+            fpr, tpr, thresholds = roc_curve(actual, predictions)
+            tables["roc.csv"] = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.clip(thresholds, 0, 1)})
+            precision, recall, _ = precision_recall_curve(actual, predictions)
+            tables["pr.csv"] = pd.DataFrame({"recall": recall, "precision": precision})
     else:
         predicted = predictions.argmax(axis=1)
-        actual = test.target.astype(int)
-        tables = {}
+        # Multiclass calibration asks: when the model says 80 % for its top class, is it right
+        # 80 % of the time?
+        confidence, correct = predictions.max(axis=1), (predicted == actual).astype(int)
     tables["confusion.csv"] = pd.DataFrame({"actual": classes[actual], "predicted": classes[predicted]})
+    tables["calibration.csv"] = calibration_table(confidence, correct)
     return tables
+
+
+def calibration_table(
+    confidence: np.ndarray, outcome: np.ndarray, bins: int = CALIBRATION_BINS
+) -> pd.DataFrame:
+    """Mean predicted probability vs observed frequency in equal-count bins.
+
+    Equal-count bins, because on a few hundred test rows fixed-width bins at the extremes
+    hold a handful of rows each and their points are mostly noise.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    outcome = np.asarray(outcome, dtype=np.float64)
+    order = np.argsort(confidence, kind="stable")
+    groups = [g for g in np.array_split(order, min(bins, len(order))) if len(g)]
+    return pd.DataFrame(
+        {
+            "predicted": [float(confidence[g].mean()) for g in groups],
+            "observed": [float(outcome[g].mean()) for g in groups],
+            "rows": [len(g) for g in groups],
+        }
+    )
 
 
 def predictions_table(task: str, test: FeatureSet, predictions: np.ndarray) -> pd.DataFrame:
@@ -86,9 +253,84 @@ def predictions_table(task: str, test: FeatureSet, predictions: np.ndarray) -> p
         for i, label in enumerate(test.classes):
             frame[f"prob_{label}"] = predictions[:, i]
         frame["prediction"] = np.asarray(test.classes)[predictions.argmax(axis=1)]
+    elif task == "multilabel":
+        for i, label in enumerate(test.classes):
+            frame[f"prob_{label}"] = predictions[:, i]
+        frame["prediction"] = ["|".join(np.asarray(test.classes)[row >= 0.5]) for row in predictions]
     elif task == "binary":
         frame[f"prob_{test.classes[1]}"] = predictions
         frame["prediction"] = np.asarray(test.classes)[(predictions >= 0.5).astype(int)]
     else:
         frame["prediction"] = predictions
     return frame
+
+
+# --- the fused embedding ----------------------------------------------------------------
+
+
+def fused_embedding(model: nn.Module, meta: BundleMeta, features: FeatureSet) -> np.ndarray:
+    """(N, E): what the head's output layer(s) read, i.e. the fused representation of each row.
+
+    Found without any cooperation from the head: an output layer is an nn.Linear as wide as
+    the output, called on a (B, D) input. Heads ending in one MLP have one, and its input is
+    the embedding. A late-fusion head has one per block (each block predicts on its own);
+    their inputs side by side are its representation. Scorers applied per block to (B, K, H)
+    inputs (attention) are not output layers and are ignored.
+    """
+    calls: dict[nn.Module, list[torch.Tensor]] = {}
+
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if module.out_features == meta.out_dim and args[0].ndim == 2:
+            calls.setdefault(module, []).append(args[0].detach().float().cpu())  # (b, D)
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        predict_with(model, meta, features)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not calls:
+        raise ValueError("the head has no linear output layer to read an embedding from")
+    # predict() runs in batches, each output layer once per batch, in row order.
+    return torch.cat([torch.cat(batches) for batches in calls.values()], dim=1).numpy()
+
+
+def project_2d(embedding: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """(N, 2) coordinates and the method's name: t-SNE for small test sets, PCA otherwise.
+
+    t-SNE shows cluster structure PCA flattens, but costs too much beyond a few thousand rows.
+    """
+    n_rows = len(embedding)
+    if n_rows < 3 or embedding.shape[1] < 2:
+        return np.zeros((n_rows, 2)), "none (too few rows or dimensions)"
+    if n_rows <= TSNE_MAX_ROWS:
+        perplexity = float(min(30.0, (n_rows - 1) / 3))
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+        with threadpool_limits(limits=1, user_api="openmp"):  # see tasks/sklearn_baseline.py
+            return tsne.fit_transform(embedding), "t-SNE"
+    return PCA(n_components=2, random_state=seed).fit_transform(embedding), "PCA"
+
+
+def contributions_table(metrics: dict, sklearn_name: str | None = None) -> pd.DataFrame:
+    """One row per model with its primary metric and interval: fused, masked, single, sklearn.
+
+    `key` is the model's name in metrics.json's `intervals` (and `fused_minus_<key>`).
+    """
+    primary = metrics["primary_metric"]
+    intervals = metrics["intervals"]
+    rows = [("fused (all modalities)", "fused", FUSED, metrics["test"])]
+    rows += [
+        (f"fused without {k.removeprefix(WITHOUT)}", "masked", k, v) for k, v in metrics["ablation"].items()
+    ]
+    rows += [(f"{k} only", "single", k, v) for k, v in metrics["baselines"].items() if k != SKLEARN]
+    if SKLEARN in metrics["baselines"]:
+        label = f"sklearn ({sklearn_name})" if sklearn_name else "sklearn"
+        rows.append((label, "sklearn", SKLEARN, metrics["baselines"][SKLEARN]))
+    nan = {"low": float("nan"), "high": float("nan")}
+    return pd.DataFrame(
+        [
+            {"model": label, "kind": kind, "key": key, "value": values[primary], **intervals.get(key, nan)}
+            for label, kind, key, values in rows
+        ],
+        columns=["model", "kind", "key", "value", "low", "high"],
+    )

@@ -7,9 +7,12 @@ one well-typed format whatever the user's files were (CSV, Parquet, JSON lines).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,9 +20,14 @@ import pyarrow.parquet as pq
 from tasks.atomic import atomic_dir, write_json
 from tasks.config import DataConfig
 from tasks.errors import DataError, closest_names
-from tasks.sources import read_source
+from tasks.sources import REPLACED_BYTES, read_source
 
 MANIFEST = "manifest.json"
+BAD_VALUES = "fuseline.bad_values"  # frame.attrs key: {column: numeric cells made missing}
+# Spellings of "no value" in hand-made files; pandas' CSV reader already maps most of them.
+_NA_TOKENS = frozenset({"na", "n/a", "nan", "null", "none"})
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,8 @@ class SourceSnapshot:
     file: str
     rows: int
     columns: tuple[str, ...]
+    bad_values: dict[str, int] = field(default_factory=dict)  # numeric cells made missing
+    replaced_bytes: dict[str, int] = field(default_factory=dict)  # cells with non-UTF-8 bytes
 
 
 def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
@@ -46,7 +56,12 @@ def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
             name = f"source-{index}.parquet"
             pa_table = pa.Table.from_pandas(typed, preserve_index=False)
             pq.write_table(pa_table, tmp / name)
-            snapshots.append(SourceSnapshot(path, name, len(typed), tuple(typed.columns)))
+            snapshots.append(
+                SourceSnapshot(
+                    path, name, len(typed), tuple(typed.columns),
+                    typed.attrs.get(BAD_VALUES, {}), typed.attrs.get(REPLACED_BYTES, {}),
+                )
+            )  # fmt: skip
         write_json(
             {"sources": [s.__dict__ for s in snapshots]},
             tmp / MANIFEST,
@@ -55,9 +70,21 @@ def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
 
 
 def read_snapshots(raw_dir: Path) -> list[tuple[str, pd.DataFrame]]:
-    """The typed tables written by ingest, with the source path each came from."""
+    """The typed tables written by ingest, with the source path each came from.
+
+    Each frame's attrs carry ingest's counts (BAD_VALUES, REPLACED_BYTES), so align can put
+    them in its summary without another file to read.
+    """
     manifest = json.loads((raw_dir / MANIFEST).read_text())
-    return [(entry["source"], pd.read_parquet(raw_dir / entry["file"])) for entry in manifest["sources"]]
+    tables = []
+    for entry in manifest["sources"]:
+        frame = pd.read_parquet(raw_dir / entry["file"])
+        frame.attrs = {
+            BAD_VALUES: entry.get("bad_values", {}),
+            REPLACED_BYTES: entry.get("replaced_bytes", {}),
+        }
+        tables.append((entry["source"], frame))
+    return tables
 
 
 def _declared(data: DataConfig) -> list[str]:
@@ -71,7 +98,7 @@ def _check_declared_columns(data: DataConfig, frames: list[tuple[str, pd.DataFra
     for path, frame in frames:
         if data.id not in frame.columns:
             raise DataError(
-                f"the id column {data.id!r} is missing{closest_names(data.id, frame.columns)}",
+                f"the id column {data.id!r} is missing{_suggest(data.id, frame.columns)}",
                 file=path,
                 column=data.id,
             )
@@ -80,28 +107,94 @@ def _check_declared_columns(data: DataConfig, frames: list[tuple[str, pd.DataFra
         if column not in available:
             files = ", ".join(path for path, _ in frames)
             raise DataError(
-                f"declared column {column!r} is in none of the sources"
-                f"{closest_names(column, available)}",
+                f"declared column {column!r} is in none of the sources{_suggest(column, available)}",
                 file=files,
                 column=column,
             )
 
 
+def _suggest(name: str, columns: Iterable[str]) -> str:
+    """The closest names, or when nothing is close, the columns there are (a dozen at most)."""
+    columns = sorted(str(c) for c in columns)
+    close = closest_names(name, columns)
+    if close:
+        return close
+    shown = ", ".join(repr(c) for c in columns[:12])
+    return f" (the columns are {shown}{', ...' if len(columns) > 12 else ''})"
+
+
 def _typed_columns(data: DataConfig, path: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep this source's declared columns, each converted to the type its role needs."""
+    """Keep this source's declared columns, each converted to the type its role needs.
+
+    The result's attrs count what was repaired: BAD_VALUES (numeric cells that were not
+    finite numbers, made missing under `data.on_bad_value: missing`) and REPLACED_BYTES.
+    """
     roles = {c: "categorical" for c in data.columns.categorical}
     roles |= {c: "numeric" for c in data.columns.numeric}
     roles |= {c: "text" for c in data.columns.text}
     roles |= {c: "image" for c in data.columns.image}
     if data.split.column is not None:
         roles[data.split.column] = "categorical"
-    out = pd.DataFrame({data.id: _as_string(frame[data.id])})
+    replaced = dict(frame.attrs.get(REPLACED_BYTES, {}))
+    bad_values: dict[str, int] = {}
+    out = pd.DataFrame({data.id: _as_string(_usable(frame[data.id], "id", path, replaced))})
     for column in frame.columns:
         if column == data.target:
             out[column] = _target_column(frame[column], data.task, path)
         elif column in roles:
-            out[column] = _convert(frame[column], roles[column], path)
+            series = _usable(frame[column], roles[column], path, replaced)
+            if roles[column] == "numeric":
+                out[column], bad = _numeric(series, path, data.on_bad_value)
+                if bad:
+                    bad_values[column] = bad
+            else:
+                out[column] = _convert(series, roles[column])
+    out.attrs = {BAD_VALUES: bad_values, REPLACED_BYTES: {c: n for c, n in replaced.items() if c in out}}
     return out
+
+
+def _usable(series: pd.Series, role: str, path: str, replaced: dict[str, int]) -> pd.Series:
+    """Refuse values no role can use (lists, records, dates as numbers); decode raw bytes.
+
+    Parquet and JSON can hold nested values; turning `[1, 2]` into the string "[1, 2]" would
+    be silent damage, so it is an error naming the column, its type and the first rows.
+    """
+    column = str(series.name)
+    if role == "numeric" and (
+        pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series)
+    ):
+        raise DataError(
+            f"declared numeric but holds {series.dtype} values; convert them to numbers first",
+            file=path,
+            column=column,
+        )
+    if series.dtype != object:
+        return series
+    nested = series.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray)))
+    if nested.any():
+        example = series[nested].iloc[0]
+        raise DataError(
+            f"holds nested values ({type(example).__name__}, e.g. {_short(example)}) that a "
+            f"{role} column cannot use; declare a plain column or flatten it first",
+            file=path,
+            column=column,
+            rows=[int(i) + 1 for i in series.index[nested]],
+        )
+    is_bytes = series.map(lambda v: isinstance(v, (bytes, bytearray)))
+    if is_bytes.any():
+        decoded = series[is_bytes].map(lambda v: bytes(v).decode("utf-8", errors="replace"))
+        hits = int(decoded.str.contains("\ufffd", regex=False).sum())
+        if hits:
+            replaced[column] = replaced.get(column, 0) + hits
+            log.warning("%s: %d cells of %r held non-UTF-8 bytes; replaced by U+FFFD", path, hits, column)
+        series = series.copy()
+        series[is_bytes] = decoded
+    return series
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _as_string(series: pd.Series) -> pd.Series:
@@ -111,34 +204,42 @@ def _as_string(series: pd.Series) -> pd.Series:
     return series.astype("string")
 
 
-def _convert(series: pd.Series, role: str, path: str) -> pd.Series:
-    if role == "numeric":
-        return _numeric(series, path)
+def _convert(series: pd.Series, role: str) -> pd.Series:
     if role == "text":
         return series.astype("string")
     return _as_string(series)
 
 
-def _numeric(series: pd.Series, path: str) -> pd.Series:
+def _numeric(series: pd.Series, path: str, on_bad: str) -> tuple[pd.Series, int]:
+    """float64 values and how many cells were bad (not a finite number) and made missing.
+
+    Blank cells and the usual spellings of "no value" are simply missing, not bad. Under
+    `on_bad == "error"` a bad cell is a DataError naming the file, column and rows.
+    """
     if pd.api.types.is_bool_dtype(series):
-        return series.astype("float64")
+        return series.astype("float64"), 0
     if pd.api.types.is_numeric_dtype(series):
-        return series.astype("float64")
-    converted = pd.to_numeric(series, errors="coerce")
-    bad = series.notna() & converted.isna() & series.astype("string").str.strip().ne("")
-    if bad.any():
-        rows = [int(i) + 1 for i in series.index[bad]]
-        sample = ", ".join(repr(v) for v in series[bad].head(3))
-        raise DataError(
-            f"declared numeric but {int(bad.sum())} values are not numbers (e.g. {sample})",
-            file=path,
-            column=str(series.name),
-            rows=rows,
-        )
-    return converted.astype("float64")
+        converted = series.astype("float64")
+        bad = pd.Series(np.isinf(converted.to_numpy()), index=series.index)
+    else:
+        text = series.astype("string").str.strip()
+        blank = (text.isna() | text.eq("") | text.str.lower().isin(_NA_TOKENS)).fillna(True).astype(bool)
+        converted = pd.to_numeric(text.where(~blank).astype(object), errors="coerce").astype("float64")
+        bad = ~blank & (converted.isna() | np.isinf(converted))
+    if not bad.any():
+        return converted, 0
+    count = int(bad.sum())
+    rows = [int(i) + 1 for i in series.index[bad]]
+    sample = ", ".join(repr(v) for v in series[bad].head(3))
+    message = f"declared numeric but {count} values are not finite numbers (e.g. {sample})"
+    if on_bad == "error":
+        raise DataError(message, file=path, column=str(series.name), rows=rows)
+    log.warning("%s: column %r: %s; made missing (data.on_bad_value: missing)", path, series.name, message)
+    return converted.mask(bad), count
 
 
 def _target_column(series: pd.Series, task: str, path: str) -> pd.Series:
+    """Targets are never repaired: a wrong label would train the model on something false."""
     if task == "regression":
-        return _numeric(series, path)
+        return _numeric(series, path, "error")[0]
     return _as_string(series)

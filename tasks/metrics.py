@@ -19,13 +19,21 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-PRIMARY_METRIC: dict[str, str] = {"binary": "auc", "multiclass": "accuracy", "regression": "rmse"}
+PRIMARY_METRIC: dict[str, str] = {
+    "binary": "auc",
+    "multiclass": "accuracy",
+    "multilabel": "f1_micro",
+    "regression": "rmse",
+}
 
 # Error-like metrics; every other metric we report is a score where larger is better.
-_LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+_LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae", "hamming_loss"})
 _KNOWN = frozenset(
-    {"auc", "accuracy", "f1", "f1_macro", "f1_weighted", "log_loss", "rmse", "mae", "r2"}
-)
+    {
+        "auc", "accuracy", "f1", "f1_macro", "f1_weighted", "log_loss", "rmse", "mae", "r2",
+        "f1_micro", "auc_macro", "subset_accuracy", "hamming_loss",
+    }
+)  # fmt: skip
 
 
 def higher_is_better(metric: str) -> bool:
@@ -39,7 +47,8 @@ def compute_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[s
     """All metrics of a task.
 
     y_pred is what `tasks.training.predict` returns: P(class 1) (N,) for binary,
-    probabilities (N, C) for multiclass, values (N,) for regression.
+    probabilities (N, C) for multiclass, values (N,) for regression, and for multilabel
+    independent probabilities (N, C) against a 0/1 y_true (N, C).
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -49,9 +58,11 @@ def compute_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[s
         return _binary(y_true, y_pred)
     if task == "multiclass":
         return _multiclass(y_true, y_pred)
+    if task == "multilabel":
+        return _multilabel(y_true, y_pred)
     if task == "regression":
         return _regression(y_true, y_pred)
-    raise ValueError(f"unknown task {task!r}; expected binary, multiclass or regression")
+    raise ValueError(f"unknown task {task!r}; expected binary, multiclass, multilabel or regression")
 
 
 def _binary(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
@@ -84,6 +95,32 @@ def _multiclass(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
         "f1_weighted": float(f1_score(labels, predicted, average="weighted", zero_division=0)),
         "log_loss": float(log_loss(labels, prob, labels=list(range(prob.shape[1])))),
     }
+
+
+def _multilabel(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    if prob.ndim != 2 or y_true.shape != prob.shape:
+        raise ValueError(
+            f"multilabel y_true and y_pred must both be (N, C), got {y_true.shape} and {prob.shape}"
+        )
+    labels = y_true.astype(np.int64)
+    predicted = (prob >= 0.5).astype(np.int64)
+    clipped = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)
+    bce = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+    return {
+        "f1_micro": float(f1_score(labels, predicted, average="micro", zero_division=0)),
+        "f1_macro": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        "auc_macro": _macro_auc(labels, prob),
+        "subset_accuracy": float(np.mean((labels == predicted).all(axis=1))) if len(labels) else math.nan,
+        "hamming_loss": float(np.mean(labels != predicted)) if labels.size else math.nan,
+        "log_loss": float(bce.mean()) if bce.size else math.nan,
+    }
+
+
+def _macro_auc(labels: np.ndarray, prob: np.ndarray) -> float:
+    """Mean AUC over the labels that occur both present and absent (others are undefined)."""
+    aucs = [_auc(labels[:, c], prob[:, c]) for c in range(labels.shape[1])]
+    defined = [a for a in aucs if not math.isnan(a)]
+    return float(np.mean(defined)) if defined else math.nan
 
 
 def _regression(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

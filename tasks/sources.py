@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from pathlib import Path
 
@@ -11,7 +12,17 @@ import pyarrow as pa
 from tasks.config import SourceConfig
 from tasks.errors import DataError
 
-_SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+REPLACED_BYTES = "fuseline.replaced_bytes"  # frame.attrs key: {column: cells holding U+FFFD}
+
+log = logging.getLogger(__name__)
+
+_SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
 
 
 def source_format(source: SourceConfig) -> str:
@@ -35,19 +46,32 @@ def read_source(source: SourceConfig, text_columns: Collection[str] = ()) -> pd.
     the file, so an id `007` stays `007` instead of becoming the number 7. JSON lines keep the
     types JSON gives them: pandas' guessing would turn the string "007" into 7 and a number in
     a column named `*_at` into a date.
+
+    Bytes that are not UTF-8 (a Latin-1 export, a stray byte) become U+FFFD rather than
+    failing the whole file; the cells that hold one are counted per column in
+    `frame.attrs[REPLACED_BYTES]` and logged. Errors that rereading cannot fix (missing,
+    empty, unreadable, a directory, permission denied) name the file and are never retried.
     """
     fmt = source_format(source)
     path = source.path
     try:
-        if fmt == "csv":
-            # keep_default_na with empty strings as NaN, but never let pandas guess dates.
-            frame = pd.read_csv(path, low_memory=False, dtype={c: str for c in text_columns})
-        elif fmt == "parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_json(path, lines=True, dtype=False)
+        try:
+            frame = _read(fmt, path, text_columns, "strict")
+            replaced: dict[str, int] = {}
+        except UnicodeDecodeError:
+            frame = _read(fmt, path, text_columns, "replace")
+            replaced = _cells_with_replacement(frame)
+            log.warning(
+                "%s: bytes that are not UTF-8 were replaced by U+FFFD in %s",
+                path,
+                ", ".join(f"{n} cells of {c!r}" for c, n in replaced.items()) or "column names",
+            )
     except FileNotFoundError:
         raise DataError("source file not found", file=path) from None
+    except IsADirectoryError:
+        raise DataError("source path is a directory, not a file", file=path) from None
+    except PermissionError:
+        raise DataError("permission denied reading the source file", file=path) from None
     except pd.errors.EmptyDataError:
         raise DataError("source file is empty", file=path) from None
     except (ValueError, pa.ArrowException, UnicodeDecodeError, pd.errors.ParserError) as err:
@@ -55,4 +79,27 @@ def read_source(source: SourceConfig, text_columns: Collection[str] = ()) -> pd.
     if frame.empty:
         raise DataError("source has a header but no rows", file=path)
     frame.columns = [str(c) for c in frame.columns]
+    frame.attrs[REPLACED_BYTES] = replaced
     return frame
+
+
+def _read(fmt: str, path: str, text_columns: Collection[str], encoding_errors: str) -> pd.DataFrame:
+    if fmt == "csv":
+        # keep_default_na with empty strings as NaN, but never let pandas guess dates.
+        return pd.read_csv(
+            path, low_memory=False, dtype={c: str for c in text_columns}, encoding_errors=encoding_errors
+        )
+    if fmt == "parquet":
+        return pd.read_parquet(path)
+    return pd.read_json(path, lines=True, dtype=False, encoding_errors=encoding_errors)
+
+
+def _cells_with_replacement(frame: pd.DataFrame) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == object or pd.api.types.is_string_dtype(values):
+            hits = int(values.map(lambda v: isinstance(v, str) and "\ufffd" in v).sum())
+            if hits:
+                counts[str(column)] = hits
+    return counts

@@ -6,6 +6,7 @@ unseen categories fall into an explicit 'unknown' slot instead of failing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,11 @@ import pandas as pd
 
 MAX_CATEGORIES = 50  # one-hot width per column; rarer values share the 'unknown' slot
 _CLIP = 10.0  # standardised values beyond this are clipped so one huge value can't dominate
+# A value this many robust spreads (median absolute deviations) from the median is a typo or
+# a sentinel like 1e308, not a measurement; heavy-tailed real columns stay far below it.
+HUGE_SPREADS = 1e6
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,13 +42,22 @@ class TabularState:
         return names
 
     def to_json(self) -> dict:
-        return {"categorical": self.categorical, "numeric": {k: list(v) for k, v in self.numeric.items()}}
+        # Lists, not dicts: bundles are written with sorted keys, and the block's layout
+        # follows column order, so a dict would come back alphabetised and scramble features.
+        return {
+            "categorical": [{"column": c, "vocabulary": list(v)} for c, v in self.categorical.items()],
+            "numeric": [{"column": c, "mean": m, "std": s} for c, (m, s) in self.numeric.items()],
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> TabularState:
+        categorical, numeric = data["categorical"], data["numeric"]
+        if isinstance(categorical, dict):  # written before column order was stored
+            categorical = [{"column": c, "vocabulary": v} for c, v in categorical.items()]
+            numeric = [{"column": c, "mean": v[0], "std": v[1]} for c, v in numeric.items()]
         return cls(
-            categorical={k: list(v) for k, v in data["categorical"].items()},
-            numeric={k: (float(v[0]), float(v[1])) for k, v in data["numeric"].items()},
+            categorical={e["column"]: [str(x) for x in e["vocabulary"]] for e in categorical},
+            numeric={e["column"]: (float(e["mean"]), float(e["std"])) for e in numeric},
         )
 
 
@@ -56,8 +71,33 @@ def fit_tabular(train: pd.DataFrame, categorical: list[str], numeric: list[str])
     scaling: dict[str, tuple[float, float]] = {}
     for column in numeric:
         values = train[column].astype("float64").replace([np.inf, -np.inf], np.nan).dropna()
-        scaling[column] = _mean_std(values)
+        # One 1e308 would make the mean and std so large that every other value scales to ~0.
+        scaling[column] = _mean_std(values[~huge_mask(values.to_numpy())])
     return TabularState(vocab, scaling)
+
+
+def huge_mask(values: np.ndarray) -> np.ndarray:
+    """True for finite values more than HUGE_SPREADS robust spreads from the column's median.
+
+    They are left out of the fitted mean and std and, like any far-out value, clipped at
+    transform time. The spread is the median absolute deviation, or for mostly-constant
+    columns the 99th percentile of deviations, or failing that max(|median|, 1).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    mask = np.zeros(values.shape, dtype=bool)
+    finite = np.isfinite(values)
+    if finite.sum() < 2:
+        return mask
+    with np.errstate(over="ignore", invalid="ignore"):
+        median = float(np.median(values[finite]))
+        deviation = np.abs(values[finite] - median)  # may overflow to inf: then surely huge
+        spread = float(np.median(deviation))
+        if not (np.isfinite(spread) and spread > 0):
+            spread = float(np.quantile(deviation, 0.99))
+        if not (np.isfinite(spread) and spread > 0):
+            spread = max(abs(median), 1.0)
+        mask[finite] = deviation > HUGE_SPREADS * spread
+    return mask
 
 
 def _mean_std(values: pd.Series) -> tuple[float, float]:
@@ -82,9 +122,10 @@ def transform_tabular(frame: pd.DataFrame, state: TabularState) -> np.ndarray:
     for column, vocab in state.categorical.items():
         slots = {value: i + 2 for i, value in enumerate(vocab)}
         values = frame[column]
-        codes = np.array(
-            [0 if pd.isna(v) else slots.get(str(v), 1) for v in values], dtype=np.int64
-        )
+        codes = np.array([0 if pd.isna(v) else slots.get(str(v), 1) for v in values], dtype=np.int64)
+        unknown = int((codes == 1).sum())
+        if unknown:
+            log.info("%s: %d values not in the training vocabulary -> <unknown>", column, unknown)
         one_hot = np.zeros((len(frame), len(vocab) + 2), dtype=np.float32)
         one_hot[np.arange(len(frame)), codes] = 1.0
         blocks.append(one_hot)

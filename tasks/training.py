@@ -3,7 +3,9 @@
 The embeddings fit in memory (a few KB per row), so the whole table is moved to the device
 once and batches are cut from it with index tensors; a DataLoader would only add per-batch
 Python overhead. The loop is deliberately plain: seeded, early-stopped on validation loss,
-and deterministic on CPU so that two runs of the pipeline give the same metrics.
+and deterministic on CPU so that two runs of the pipeline give the same metrics. Options
+(params `train:`) add class weights, a per-batch LR schedule, gradient clipping and
+modality dropout; none of them adds per-batch host work beyond a few tensor ops.
 """
 
 from __future__ import annotations
@@ -21,13 +23,28 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from modelzoo.heads._blocks import is_wide_block
 from modelzoo.registry import lookup
 from tasks.config import FusionConfig, TrainConfig
-from tasks.dataset import FeatureSet
+from tasks.dataset import FeatureSet, modality_of
 from tasks.device import pick_device
 from tasks.errors import DataError, FuselineError
+from tasks.objectives import TASKS, Objective, balanced_weights, check_target, check_task, to_prediction
+from tasks.objectives import output_dim as _output_dim
+from tasks.schedules import make_scheduler
 
-TASKS = ("binary", "multiclass", "regression")
+__all__ = [
+    "TASKS",
+    "ModalityDropout",
+    "TargetScaling",
+    "TrainResult",
+    "build_head",
+    "fit_target_scaling",
+    "head_features",
+    "output_dim",
+    "predict",
+    "train_model",
+]  # fmt: skip  (TASKS is re-exported: callers have imported it from here)
 
 Batch = tuple[dict[str, Tensor], dict[str, Tensor]]
 
@@ -67,20 +84,23 @@ def train_model(
     progress: bool = True,
 ) -> TrainResult:
     """Fit `fusion.head` on the train rows, early-stopping on the val rows."""
-    _check_task(task)
+    check_task(task)
+    features = head_features(features, fusion.head)
     train_rows, val_rows = _split_rows(features)
     device = pick_device(train.device)
     with _deterministic(device):
         _seed_everything(train.seed)
         in_dims = {name: int(block.shape[1]) for name, block in sorted(features.inputs.items())}
         out_dim = output_dim(task, features)
-        _check_target(task, features.target, out_dim)
+        check_target(task, features.target, out_dim)
         scaling = fit_target_scaling(train_rows.target) if task == "regression" else None
+        weight = balanced_weights(task, train_rows.target, out_dim) if train.class_weight else None
+        objective = Objective(task, weight).to(device)
         model = build_head(fusion, in_dims, out_dim).to(device)
         train_data = _to_device(train_rows, task, scaling, device)
         val_data = _to_device(val_rows, task, scaling, device)
         started = time.perf_counter()
-        history, best_epoch = _fit(model, task, train_data, val_data, train, device, progress)
+        history, best_epoch = _fit(model, objective, train_data, val_data, train, device, progress)
         seconds = time.perf_counter() - started
     model.cpu().eval()
     return TrainResult(model, in_dims, out_dim, scaling, history, best_epoch, seconds)
@@ -95,11 +115,13 @@ def predict(
 ) -> np.ndarray:
     """Predictions in the task's natural units.
 
-    binary -> P(class 1) (N,); multiclass -> probabilities (N, C); regression -> values (N,)
-    on the original target scale. `target_scaling` is the (mean, std) from training
-    (a TargetScaling or the plain pair a bundle stores); regression only.
+    binary -> P(class 1) (N,); multiclass -> probabilities (N, C); multilabel -> independent
+    label probabilities (N, C); regression -> values (N,) on the original target scale.
+    `target_scaling` is the (mean, std) from training (a TargetScaling or the plain pair a
+    bundle stores); regression only. Rows whose blocks are marked absent are predicted from
+    the head's learned "missing" embeddings, so every row gets a prediction.
     """
-    _check_task(task)
+    check_task(task)
     if task == "regression" and target_scaling is None:
         # Without it the numbers would be silently on the standardised scale.
         raise ValueError("regression predictions need the target_scaling from training")
@@ -114,7 +136,7 @@ def predict(
     with torch.no_grad():
         for index in batches:
             logits = model(*_take((inputs, present), index)).float()  # (b, out_dim)
-            outputs.append(_to_prediction(task, logits).cpu())
+            outputs.append(to_prediction(task, logits).cpu())
     prediction = torch.cat(outputs).numpy()
     if task == "regression" and target_scaling is not None:
         mean, std = target_scaling
@@ -126,12 +148,30 @@ def predict(
 
 
 def output_dim(task: str, features: FeatureSet) -> int:
-    """One logit for binary/regression, one per class for multiclass."""
-    if task != "multiclass":
-        return 1
-    if features.classes:
-        return len(features.classes)
-    return int(features.target.max()) + 1 if len(features.target) else 1
+    """One logit for binary/regression, one per class (multiclass) or label (multilabel)."""
+    return _output_dim(task, features.target, features.classes)
+
+
+def head_features(features: FeatureSet, head: str) -> FeatureSet:
+    """The blocks a head reads: hashed `*.__wide__` blocks only for heads that declare them.
+
+    The wide blocks are written for every run (so switching heads needs no re-extraction),
+    but they hold feature ids, not features: a dense head would read them as numbers.
+    """
+    head_cls = lookup("head", head)
+    if getattr(head_cls, "consumes_wide_blocks", False):
+        return features
+    keep = [name for name in features.inputs if not is_wide_block(name)]
+    if not keep:
+        raise DataError(f"head {head!r} has no input blocks to read (only hashed wide blocks)")
+    return FeatureSet(
+        ids=features.ids,
+        split=features.split,
+        target=features.target,
+        inputs={name: features.inputs[name] for name in keep},
+        present={name: features.present[name] for name in keep},
+        classes=features.classes,
+    )
 
 
 def fit_target_scaling(target: np.ndarray) -> TargetScaling:
@@ -146,24 +186,6 @@ def build_head(fusion: FusionConfig, in_dims: dict[str, int], out_dim: int) -> n
     """Instantiate the registered head named in params with its validated options."""
     head_cls = cast(Callable[..., nn.Module], lookup("head", fusion.head))
     return head_cls(in_dims, out_dim, fusion.head_config())
-
-
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-
-
-def _check_target(task: str, target: np.ndarray, out_dim: int) -> None:
-    """Catch bad labels here, where the message can say what is wrong, not inside the loss."""
-    if task == "regression":
-        if not np.isfinite(target).all():
-            raise DataError("the regression target has missing or infinite values")
-        return
-    allowed = {0, 1} if task == "binary" else set(range(out_dim))
-    unexpected = sorted(set(np.unique(target).tolist()) - allowed)
-    if unexpected:
-        shown = ", ".join(str(v) for v in unexpected[:5])
-        raise DataError(f"{task} target has values outside {sorted(allowed)}: {shown}")
 
 
 def _split_rows(features: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
@@ -207,7 +229,9 @@ class _DeviceData:
 
     inputs: dict[str, Tensor]  # block -> (N, D)
     present: dict[str, Tensor]  # block -> (N,) bool
-    target: Tensor  # (N,) float32 (binary/regression, standardised) or int64 (multiclass)
+    # (N,) float32 (binary; regression standardised), (N,) int64 (multiclass), (N, C) float32
+    # 0/1 (multilabel)
+    target: Tensor
 
     @property
     def n_rows(self) -> int:
@@ -220,6 +244,8 @@ def _to_device(
     inputs, present = _blocks_to_tensors(rows, device)
     if task == "multiclass":
         target = torch.as_tensor(rows.target, dtype=torch.int64, device=device)
+    elif task == "multilabel":
+        target = torch.as_tensor(rows.target, dtype=torch.float32, device=device)  # (N, C)
     else:
         target = torch.as_tensor(rows.target, dtype=torch.float32, device=device)
         if scaling is not None:
@@ -229,12 +255,9 @@ def _to_device(
 
 def _blocks_to_tensors(rows: FeatureSet, device: torch.device) -> Batch:
     inputs = {
-        k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device)
-        for k, v in rows.inputs.items()
+        k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device) for k, v in rows.inputs.items()
     }
-    present = {
-        k: torch.as_tensor(np.asarray(v, dtype=bool), device=device) for k, v in rows.present.items()
-    }
+    present = {k: torch.as_tensor(np.asarray(v, dtype=bool), device=device) for k, v in rows.present.items()}
     return inputs, present
 
 
@@ -247,32 +270,12 @@ def _take(batch: Batch, index: Tensor) -> Batch:
     )
 
 
-# --- loss and outputs -------------------------------------------------------------------
-
-
-def _loss(task: str, logits: Tensor, target: Tensor) -> Tensor:
-    """Mean loss of a batch; logits (b, out_dim) in float32."""
-    if task == "multiclass":
-        return nn.functional.cross_entropy(logits, target)
-    if task == "binary":
-        return nn.functional.binary_cross_entropy_with_logits(logits.squeeze(-1), target)
-    return nn.functional.mse_loss(logits.squeeze(-1), target)
-
-
-def _to_prediction(task: str, logits: Tensor) -> Tensor:
-    if task == "multiclass":
-        return torch.softmax(logits, dim=-1)  # (b, C)
-    if task == "binary":
-        return torch.sigmoid(logits.squeeze(-1))  # (b,)
-    return logits.squeeze(-1)  # (b,), still standardised
-
-
 # --- the loop ---------------------------------------------------------------------------
 
 
 def _fit(
     model: nn.Module,
-    task: str,
+    objective: Objective,
     train_data: _DeviceData,
     val_data: _DeviceData,
     cfg: TrainConfig,
@@ -281,17 +284,23 @@ def _fit(
 ) -> tuple[list[dict[str, float]], int]:
     """Epochs with early stopping; leaves the best validation epoch's weights in `model`."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg, math.ceil(train_data.n_rows / cfg.batch_size))
     # Shuffle with a private CPU generator: the order depends on the seed alone, not on the
-    # device or on whatever else consumed the global RNG.
+    # device or on whatever else consumed the global RNG. Modality dropout has its own, so
+    # switching it on does not change the order of the batches.
     shuffler = torch.Generator().manual_seed(cfg.seed)
+    hider = ModalityDropout(train_data.present, cfg.modality_dropout, cfg.seed)
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
     stale = 0
     with tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", disable=not progress) as bar:
         for epoch in bar:
             order = torch.randperm(train_data.n_rows, generator=shuffler).to(device)
-            train_loss = _train_epoch(model, task, train_data, order, optimizer, cfg, device)
-            val_loss = _evaluate_loss(model, task, val_data, cfg.batch_size)
+            present = hider.epoch_masks()
+            train_loss = _train_epoch(
+                model, objective, train_data, present, order, optimizer, scheduler, cfg, device
+            )
+            val_loss = _evaluate_loss(model, objective, val_data, cfg.batch_size)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
             bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
             if val_loss < best_loss:
@@ -305,35 +314,72 @@ def _fit(
     return history, best_epoch
 
 
+class ModalityDropout:
+    """Hides whole modalities of random train rows, one fresh draw per epoch.
+
+    A row keeps each modality with probability 1 - p; all blocks of a hidden modality are
+    marked absent together (the head then sees its learned "missing" embeddings), so the
+    model learns to predict without the image, the text, ... A draw that would hide every
+    modality of a row hides none of them: a row with nothing left teaches nothing.
+    Masks are drawn on CPU from a private generator, so they depend on the seed alone.
+    """
+
+    def __init__(self, present: dict[str, Tensor], p: float, seed: int) -> None:
+        self.present = present
+        self.p = p
+        self.modalities = sorted({modality_of(name) for name in present})
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def epoch_masks(self) -> dict[str, Tensor]:
+        """block -> (N,) bool presence for this epoch (the real masks when p == 0)."""
+        if self.p == 0 or len(self.modalities) < 2:
+            return self.present
+        n_rows = next(iter(self.present.values())).shape[0]
+        hide = torch.rand(n_rows, len(self.modalities), generator=self.generator) < self.p  # (N, M)
+        hide &= ~hide.all(dim=1, keepdim=True)
+        device = next(iter(self.present.values())).device
+        keep = (~hide).to(device)  # (N, M)
+        column = {m: i for i, m in enumerate(self.modalities)}
+        return {name: mask & keep[:, column[modality_of(name)]] for name, mask in self.present.items()}
+
+
 def _train_epoch(
     model: nn.Module,
-    task: str,
+    objective: Objective,
     data: _DeviceData,
+    present: dict[str, Tensor],
     order: Tensor,
     optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     cfg: TrainConfig,
     device: torch.device,
 ) -> float:
     """One pass over the train rows in `order`; returns the row-weighted mean loss."""
     model.train()
-    batch_all = (data.inputs, data.present)
+    batch_all = (data.inputs, present)
     total = torch.zeros((), device=device)  # accumulate on device: no sync per batch
     for index in order.split(cfg.batch_size):
-        inputs, present = _take(batch_all, index)
+        inputs, batch_present = _take(batch_all, index)
         with _autocast(device):
-            logits = model(inputs, present)  # (b, out_dim)
-        loss = _loss(task, logits.float(), data.target.index_select(0, index))
+            logits = model(inputs, batch_present)  # (b, out_dim)
+        loss = objective.loss(logits.float(), data.target.index_select(0, index))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += loss.detach() * index.numel()
     mean_loss = float(total) / data.n_rows
     if not math.isfinite(mean_loss):
-        raise FuselineError("training diverged (loss is not finite); try a lower train.lr")
+        raise FuselineError(
+            "training diverged (loss is not finite); try a lower train.lr or set train.grad_clip"
+        )
     return mean_loss
 
 
-def _evaluate_loss(model: nn.Module, task: str, data: _DeviceData, batch_size: int) -> float:
+def _evaluate_loss(model: nn.Module, objective: Objective, data: _DeviceData, batch_size: int) -> float:
     """Row-weighted mean loss, in float32 even on CUDA.
 
     Early stopping compares these numbers across epochs, so they should not carry bf16 noise.
@@ -345,7 +391,7 @@ def _evaluate_loss(model: nn.Module, task: str, data: _DeviceData, batch_size: i
     with torch.no_grad():
         for index in rows.split(batch_size):
             logits = model(*_take(batch_all, index)).float()  # (b, out_dim)
-            total += _loss(task, logits, data.target.index_select(0, index)) * index.numel()
+            total += objective.loss(logits, data.target.index_select(0, index)) * index.numel()
     return float(total) / data.n_rows
 
 

@@ -79,9 +79,7 @@ def remap_efficientnet_pytorch_keys(
     N into a position. Which conv names a block uses depends on whether it expands, read off
     the presence of `_expand_conv`. Any key no rule covers is an error, not silently dropped.
     """
-    positions = [
-        (stage, index) for stage, depth in enumerate(stage_depths) for index in range(depth)
-    ]
+    positions = [(stage, index) for stage, depth in enumerate(stage_depths) for index in range(depth)]
     expands: set[int] = set()
     for key in state_dict:
         match = _BLOCK_KEY.fullmatch(key)

@@ -57,9 +57,7 @@ class HuggingFaceTextEncoder(TextEncoder):
 
     pooling = "mean"
 
-    def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_id: str
-    ) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_id: str) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer

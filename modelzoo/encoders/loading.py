@@ -56,9 +56,7 @@ def load_image_encoder(name: str, image_size: int) -> ImageEncoder:
     return encoder.eval()
 
 
-def encoder_fingerprint(
-    encoder: TextEncoder | ImageEncoder, **preprocessing: Any
-) -> dict[str, Any]:
+def encoder_fingerprint(encoder: TextEncoder | ImageEncoder, **preprocessing: Any) -> dict[str, Any]:
     """Everything that decides an encoder's features, as a JSON-ready cache key.
 
     Weights are identified by content, not name, so a re-trained checkpoint under an old

@@ -20,8 +20,7 @@ def packaged_model_dir() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise OSError(
-            f"text encoder 'minilm': no local weights were found: "
-            f"package {PACKAGE} is not installed"
+            f"text encoder 'minilm': no local weights were found: package {PACKAGE} is not installed"
         )
     directory = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (directory / "config.json").is_file():

@@ -80,8 +80,7 @@ def torchvision_image_encoder(name: str, image_size: int) -> BackboneImageEncode
         weights = torchvision.models.get_model_weights(arch).DEFAULT  # type: ignore[attr-defined]
     except ValueError as err:
         raise ValueError(
-            f"image encoder {name!r}: torchvision has no model {arch!r}; "
-            f"no local weights were found for it"
+            f"image encoder {name!r}: torchvision has no model {arch!r}; no local weights were found for it"
         ) from err
     try:
         backbone = torchvision.models.get_model(arch, weights=weights)

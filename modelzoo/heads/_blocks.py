@@ -9,6 +9,7 @@ so comparing heads compares the fusion, not the missing-value handling.
 from __future__ import annotations
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 
@@ -70,9 +71,7 @@ class BlockProjections(nn.Module):
         ]
 
 
-def check_blocks(
-    expected: tuple[str, ...], inputs: dict[str, Tensor], present: dict[str, Tensor]
-) -> None:
+def check_blocks(expected: tuple[str, ...], inputs: dict[str, Tensor], present: dict[str, Tensor]) -> None:
     """Fail with the block names when a batch does not match the blocks the head was built for.
 
     Without this a renamed column shows up as a bare KeyError deep inside forward.
@@ -96,3 +95,27 @@ def mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential
         nn.Dropout(dropout),
         nn.Linear(hidden, out_dim),
     )
+
+
+class HeadOptions(BaseModel):
+    """Options every head shares; a head's own Config subclasses this and adds its keys.
+
+    Sharing `hidden` and `dropout` lets one params.yaml `fusion:` section serve every head,
+    so `dvc exp run -S fusion.head=...` compares heads without editing anything else.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+# Blocks whose name ends with this hold hashed feature ids for a wide (linear) part, not
+# dense features: `tabular.__wide__`, `text.__wide__`. The prefix keeps the modality, so
+# baselines and modality ablation treat them with the rest of their modality.
+WIDE_SUFFIX = ".__wide__"
+
+
+def is_wide_block(name: str) -> bool:
+    """True for hashed-id blocks, which only heads that declare `consumes_wide_blocks` read."""
+    return name.endswith(WIDE_SUFFIX)

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-
-from tests.conftest import REPO, tiny_params
 
 pytestmark = pytest.mark.slow
-
-PROJECT_FILES = ("dvc.yaml", "flows", "tasks", "modelzoo")
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -26,35 +18,14 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
     return result
 
 
-@pytest.fixture(scope="module")
-def repo(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A git + DVC repo holding the project code and a 200-row demo params.yaml, reproduced once."""
-    root = tmp_path_factory.mktemp("dvc-repo")
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
-    params = tiny_params(rows=200, encoders={"image": {"model": "efficientnet_lite0", "image_size": 128, "batch_size": 32}})
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    bin_dir = str(Path(sys.executable).parent)
-    env = dict(os.environ, PREFECT_API_URL=prefect_api, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    env.pop("PYTHONPATH", None)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    _run(["git", "init", "-q"], root, env)
-    _run(["dvc", "init", "-q"], root, env)
-    _run([*git, "add", "-A"], root, env)
-    _run([*git, "commit", "-qm", "init"], root, env)
-    _run(["dvc", "repro"], root, env)
-    return root, env
+# `repo` (one reproduced project per session) lives in tests/e2e/conftest.py.
 
 
 def test_repro_writes_metrics_for_fused_and_baselines(repo: tuple[Path, dict[str, str]]) -> None:
     root, _ = repo
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     assert metrics["test"]["auc"] > 0.5
-    assert set(metrics["baselines"]) == {"tabular", "text", "image"}
+    assert set(metrics["baselines"]) == {"tabular", "text", "image", "sklearn"}
 
 
 def test_second_repro_is_a_fast_no_op(repo: tuple[Path, dict[str, str]]) -> None:

@@ -19,7 +19,9 @@ def pipeline_run(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> 
     from flows.pipeline import pipeline
 
     workdir = tmp_path_factory.mktemp("pipeline")
-    params = tiny_params(rows=120, encoders={"image": {"model": "efficientnet_lite0", "image_size": 96, "batch_size": 32}})
+    params = tiny_params(
+        rows=120, encoders={"image": {"model": "efficientnet_lite0", "image_size": 96, "batch_size": 32}}
+    )
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
@@ -32,7 +34,7 @@ def test_pipeline_writes_metrics_with_the_documented_shape(pipeline_run: tuple[P
     metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
     assert metrics["task"] == "binary" and metrics["primary_metric"] == "auc"
     assert set(metrics["test"]) == {"auc", "accuracy", "f1", "log_loss"}
-    assert set(metrics["baselines"]) == {"tabular", "text", "image"}
+    assert set(metrics["baselines"]) == {"tabular", "text", "image", "sklearn"}
     assert metrics == report
 
 

@@ -110,9 +110,7 @@ def test_lite0_preprocessing_matches_timm_tf_lite_config(lite0: ImageEncoder) ->
 def test_lite0_remap_loads_strictly() -> None:
     raw = torch.load(packaged_weights_path(), weights_only=True, map_location="cpu")
     model = build_timm_lite0()
-    result = model.load_state_dict(
-        remap_efficientnet_pytorch_keys(raw, stage_depths_of(model)), strict=True
-    )
+    result = model.load_state_dict(remap_efficientnet_pytorch_keys(raw, stage_depths_of(model)), strict=True)
     assert (result.missing_keys, result.unexpected_keys) == ([], [])
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from tasks.align import DIGEST, ID, PRESENT, SPLIT, TARGET, align
 from tasks.config import DataConfig
@@ -247,8 +248,8 @@ def test_unknown_split_value_fails_naming_rows() -> None:
 def image_tree(tmp_path: Path) -> Path:
     root = tmp_path / "images"
     (root / "sub").mkdir(parents=True)
-    (root / "a.jpg").write_bytes(b"\xff\xd8 image a")
-    (root / "sub" / "b.jpg").write_bytes(b"\xff\xd8 image b, different bytes")
+    Image.new("RGB", (4, 4), (200, 0, 0)).save(root / "a.jpg")  # align test-decodes every image
+    Image.new("RGB", (4, 4), (0, 0, 200)).save(root / "sub" / "b.jpg")
     (tmp_path / "secret.txt").write_text("outside the root")
     os.symlink(tmp_path / "secret.txt", root / "link.jpg")
     return root

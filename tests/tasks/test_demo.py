@@ -119,6 +119,24 @@ def test_labels_are_balanced(signal_data: tuple[pd.DataFrame, Path]) -> None:
     assert abs(frame.label.astype(int).mean() - 0.5) <= 0.01
 
 
+def test_multiclass_label_is_the_quartile_of_the_score(signal_data: tuple[pd.DataFrame, Path]) -> None:
+    frame, _ = signal_data
+    classes, score = frame.label_multiclass.astype(int), frame.score.astype(float)
+    assert classes.value_counts().sort_index().tolist() == [150, 150, 150, 150]
+    assert all(score[classes == k].max() < score[classes == k + 1].min() for k in range(3))
+    assert ((classes >= 2) == (frame.label == "1")).all()
+
+
+def test_demo_targets_match_the_csv(tmp_path: Path) -> None:
+    table, _ = _make(tmp_path, rows=24)
+    frame = _read(table)
+    targets = demo.demo_targets(rows=24, seed=7)
+    assert targets["item_id"] == frame.item_id.tolist()
+    assert [str(v) for v in targets["label"]] == frame.label.tolist()
+    assert [str(v) for v in targets["label_multiclass"]] == frame.label_multiclass.tolist()
+    assert [f"{v:.4f}" for v in targets["score"]] == frame.score.tolist()
+
+
 def test_text_never_names_colour_or_shape(signal_data: tuple[pd.DataFrame, Path]) -> None:
     frame, _ = signal_data
     words = set(re.findall(r"[a-z]+", " ".join(frame.title + " " + frame.description).lower()))

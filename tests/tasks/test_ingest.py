@@ -160,7 +160,7 @@ def test_missing_id_column_fails(tmp_path: Path) -> None:
 
 def test_non_numeric_value_in_numeric_column_names_column_and_rows(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "items.csv", {**ROWS, "price": ["1.5", "cheap", "3", "n/a!"]})
-    error = ingest_error(data_config(path), tmp_path / "raw")
+    error = ingest_error(data_config(path, on_bad_value="error"), tmp_path / "raw")
     assert error.column == "price"
     assert error.rows == [2, 4]
     assert "'price'" in str(error)
@@ -220,5 +220,5 @@ def test_failed_ingest_leaves_previous_snapshot_intact(tmp_path: Path) -> None:
     ingest_sources(data_config(good), tmp_path / "raw")
     before = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
     bad = write_csv(tmp_path / "bad.csv", {**ROWS, "price": ["x"] * 4})
-    ingest_error(data_config(bad), tmp_path / "raw")
+    ingest_error(data_config(bad, on_bad_value="error"), tmp_path / "raw")
     assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before

@@ -142,3 +142,15 @@ def test_state_round_trips_through_json() -> None:
     assert restored == state
     data = frame(["red", "blue", "purple", None], [1.0, np.nan, 1e9, 2.5])
     np.testing.assert_array_equal(transform_tabular(data, restored), transform_tabular(data, state))
+
+
+def test_column_order_survives_a_bundle_written_with_sorted_keys() -> None:
+    """bundle.json is dumped with sort_keys; the block layout must still follow fit order."""
+    data = pd.DataFrame(
+        {"zone": ["n", "s", "n"], "area": ["x", "y", "y"], "width": [1.0, 2.0, 3.0], "age": [9.0, 8.0, 7.0]}
+    )
+    state = fit_tabular(data, ["zone", "area"], ["width", "age"])
+    restored = TabularState.from_json(json.loads(json.dumps(state.to_json(), sort_keys=True)))
+    assert list(restored.categorical) == ["zone", "area"]
+    assert list(restored.numeric) == ["width", "age"]
+    np.testing.assert_array_equal(transform_tabular(data, restored), transform_tabular(data, state))

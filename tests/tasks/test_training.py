@@ -1,20 +1,41 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+import torch
 
+from modelzoo.registry import names
 from tasks.config import FusionConfig, TrainConfig
 from tasks.dataset import FeatureSet
 from tasks.errors import DataError
-from tasks.training import TrainResult, predict, train_model
+from tasks.training import ModalityDropout, TrainResult, build_head, head_features, predict, train_model
+from tests.threads import torch_threads
 
 N_CLASSES = 3
+HEADS = names("head")
 FUSION = FusionConfig.model_validate({"head": "concat", "hidden": 32, "dropout": 0.0})
 FAST = TrainConfig(epochs=15, lr=3e-3, batch_size=64, patience=15, seed=0, device="cpu")
+TINY = TrainConfig(epochs=6, lr=3e-3, batch_size=64, patience=6, seed=0, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+def head_config(head: str) -> FusionConfig:
+    """Small versions of every head, so that the all-heads tests stay fast."""
+    return FusionConfig.model_validate({"head": head, "hidden": 16, "dropout": 0.0, "token_dim": 8})
 
 
 def synthetic(task: str, n_rows: int = 600, noise: float = 0.0, seed: int = 0) -> FeatureSet:
-    """A learnable problem: the target is a fixed function of the tabular and text blocks."""
+    """A learnable problem: the target is a fixed function of the tabular and text blocks.
+
+    multilabel: label c is on where signal c > 0, so rows carry 0..3 labels at once.
+    """
     rng = np.random.default_rng(seed)
     tabular = rng.normal(size=(n_rows, 6)).astype(np.float32)
     text = rng.normal(size=(n_rows, 8)).astype(np.float32)
@@ -26,6 +47,8 @@ def synthetic(task: str, n_rows: int = 600, noise: float = 0.0, seed: int = 0) -
         target = (signal[:, 0] > 0).astype(np.float32)
     elif task == "multiclass":
         target = signal.argmax(axis=1).astype(np.int64)
+    elif task == "multilabel":
+        target = (signal > 0).astype(np.float32)  # (N, C)
     else:
         target = (10.0 * signal[:, 0] + 50.0).astype(np.float32)
     split = np.array(["train", "val", "test"])[rng.choice(3, size=n_rows, p=[0.6, 0.2, 0.2])]
@@ -35,7 +58,7 @@ def synthetic(task: str, n_rows: int = 600, noise: float = 0.0, seed: int = 0) -
         target=target,
         inputs={"tabular": tabular, "text.a": text},
         present={"tabular": np.ones(n_rows, dtype=bool), "text.a": text_present},
-        classes=tuple(f"c{i}" for i in range(N_CLASSES)) if task == "multiclass" else (),
+        classes=tuple(f"c{i}" for i in range(N_CLASSES)) if task in ("multiclass", "multilabel") else (),
     )
 
 
@@ -148,3 +171,151 @@ def test_predict_accepts_the_plain_scaling_pair_a_bundle_stores() -> None:
         predict(result.model, features, "regression", plain),
         predict(result.model, features, "regression", result.target_scaling),
     )
+
+
+# --- every head, every task ---------------------------------------------------------------
+
+
+def with_wide_block(features: FeatureSet) -> FeatureSet:
+    """Add a hashed-id block as tasks/wide.py writes it: ids 1..8 from the sign of two columns."""
+    tabular = features.inputs["tabular"]
+    ids = np.stack([1 + (tabular[:, 0] > 0), 3 + (tabular[:, 1] > 0) * 2], axis=1).astype(np.float32)
+    n_rows = len(features.ids)
+    return FeatureSet(
+        features.ids,
+        features.split,
+        features.target,
+        {**features.inputs, "tabular.__wide__": ids},
+        {**features.present, "tabular.__wide__": np.ones(n_rows, dtype=bool)},
+        features.classes,
+    )
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel", "regression"])
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_learns_every_task(head: str, task: str) -> None:
+    features = with_wide_block(synthetic(task, n_rows=400))
+    result = train_model(features, task, head_config(head), TINY, progress=False)
+    history = result.history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert min(h["val_loss"] for h in history) < history[0]["val_loss"]
+
+
+ALL_OPTIONS = TINY.model_copy(
+    update={
+        "class_weight": "balanced",
+        "schedule": "cosine",
+        "warmup": 0.2,
+        "grad_clip": 1.0,
+        "modality_dropout": 0.3,
+    }
+)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_same_params_and_data_give_identical_predictions_for_every_head(head: str) -> None:
+    features = with_wide_block(synthetic("binary", n_rows=300))
+    runs = [train_model(features, "binary", head_config(head), ALL_OPTIONS, progress=False) for _ in range(2)]
+    assert runs[0].history == runs[1].history
+    rows = head_features(features, head)
+    np.testing.assert_array_equal(
+        predict(runs[0].model, rows, "binary", None), predict(runs[1].model, rows, "binary", None)
+    )
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_rows_without_a_modality_still_get_predictions(head: str) -> None:
+    features = synthetic("binary", n_rows=300)
+    result = train_model(features, "binary", head_config(head), TINY, progress=False)
+    test = features.of_split("test")
+    no_text = FeatureSet(
+        test.ids, test.split, test.target, test.inputs,
+        {**test.present, "text.a": np.zeros(len(test.ids), dtype=bool)},
+    )  # fmt: skip
+    with_text = predict(result.model, test, "binary", None)
+    without_text = predict(result.model, no_text, "binary", None)
+    assert without_text.shape == with_text.shape
+    assert np.isfinite(without_text).all() and ((without_text >= 0) & (without_text <= 1)).all()
+    assert not np.allclose(with_text, without_text)
+
+
+def test_wide_blocks_reach_only_heads_that_consume_them() -> None:
+    features = with_wide_block(synthetic("binary", n_rows=200))
+    one_epoch = TINY.model_copy(update={"epochs": 1})
+    concat = train_model(features, "binary", head_config("concat"), one_epoch, progress=False)
+    wide = train_model(features, "binary", head_config("wide_deep"), one_epoch, progress=False)
+    assert "tabular.__wide__" not in concat.in_dims
+    assert wide.in_dims["tabular.__wide__"] == 2
+
+
+# --- options ------------------------------------------------------------------------------
+
+
+def imbalanced(n_rows: int = 800) -> FeatureSet:
+    """Binary with 10% positives and a noisy signal, so a model is unsure about many rows."""
+    features = synthetic("regression", n_rows=n_rows, noise=2.0)
+    target = (features.target > np.quantile(features.target, 0.9)).astype(np.float32)
+    return FeatureSet(features.ids, features.split, target, features.inputs, features.present)
+
+
+def test_balanced_class_weight_raises_the_minority_class_probability() -> None:
+    features = imbalanced()
+    test = features.of_split("test")
+    plain = fit("binary", features)
+    balanced = fit("binary", features, FAST.model_copy(update={"class_weight": "balanced"}))
+    p_plain = predict(plain.model, test, "binary", None)
+    p_balanced = predict(balanced.model, test, "binary", None)
+    positives = test.target == 1
+    assert p_balanced[positives].mean() > p_plain[positives].mean() + 0.1
+    assert (p_balanced >= 0.5).sum() > (p_plain >= 0.5).sum()
+
+
+def test_grad_clip_is_applied_to_every_step() -> None:
+    # Clipped to a norm of 1e-12, gradients sink far below Adam's epsilon (1e-8), so a step
+    # moves a weight by at most about lr * 1e-4; unclipped, the first steps move by about lr.
+    features = synthetic("binary", n_rows=200)
+    clipped = FAST.model_copy(update={"epochs": 1, "patience": 1, "grad_clip": 1e-12, "weight_decay": 0.0})
+    result = fit("binary", features, clipped)
+    torch.manual_seed(clipped.seed)
+    initial = build_head(FUSION, result.in_dims, 1)
+    moved = max(
+        float((p - q).abs().max())
+        for p, q in zip(result.model.state_dict().values(), initial.state_dict().values(), strict=True)
+    )
+    assert moved < 0.01 * clipped.lr
+
+
+def test_modality_dropout_hides_all_blocks_of_a_modality_together() -> None:
+    present = {k: torch.ones(5000, dtype=torch.bool) for k in ("tabular", "text.a", "text.b")}
+    masks = ModalityDropout(present, p=0.5, seed=0).epoch_masks()
+    assert torch.equal(masks["text.a"], masks["text.b"])
+    assert not masks["text.a"].all() and not masks["tabular"].all()
+
+
+def test_modality_dropout_never_hides_every_modality_of_a_row() -> None:
+    present = {k: torch.ones(5000, dtype=torch.bool) for k in ("tabular", "text.a", "image.p")}
+    masks = ModalityDropout(present, p=0.9, seed=0).epoch_masks()
+    assert torch.stack(list(masks.values())).any(dim=0).all()
+
+
+def test_modality_dropout_hides_a_modality_at_the_configured_rate() -> None:
+    # Two modalities at p = 0.3: hidden alone with p (1 - p) = 0.21; both-hidden draws hide none.
+    present = {k: torch.ones(20000, dtype=torch.bool) for k in ("tabular", "text.a")}
+    masks = ModalityDropout(present, p=0.3, seed=0).epoch_masks()
+    assert (~masks["tabular"]).float().mean().item() == pytest.approx(0.21, abs=0.015)
+
+
+def test_modality_dropout_keeps_rows_that_were_already_absent_absent() -> None:
+    present = {"tabular": torch.ones(100, dtype=torch.bool), "text.a": torch.arange(100) % 2 == 0}
+    masks = ModalityDropout(present, p=0.5, seed=0).epoch_masks()
+    assert not masks["text.a"][1::2].any()
+
+
+def test_multilabel_predictions_are_independent_label_probabilities() -> None:
+    features = synthetic("multilabel")
+    prob = predict(fit("multilabel", features).model, features, "multilabel", None)
+    assert prob.shape == (600, N_CLASSES)
+    assert ((prob >= 0) & (prob <= 1)).all()
+    assert not np.allclose(prob.sum(axis=1), 1.0)
+    accuracy = ((prob >= 0.5) == (features.target == 1)).mean()
+    assert accuracy > 0.85

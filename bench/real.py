@@ -1,0 +1,240 @@
+"""The whole pipeline on the real datasets in ../shared/data, next to the baselines a user would try.
+
+    python bench/real.py [--json] [--datasets flipkart,pokemon] [--workdir DIR]
+
+Per dataset, in a fresh working directory (a temporary one unless --workdir), this writes a
+params.yaml (the repository's params.yaml with the dataset's `data:` section: default
+encoders and the default `concat` head) and runs the stage flows in order, in this process:
+ingest, align, extract (tabular, text, image), train, evaluate. It then reports the rows per
+split, the fused model's primary test metric with its 95 % bootstrap interval, the best
+single-modality model, the scikit-learn baseline, the fused model with each modality masked,
+and each stage's wall time.
+
+  flipkart  flipkart_products.csv, multiclass `category_l1` (7 balanced classes). Columns as
+            the data README assigns them; product_category_tree, product_url, category_l2
+            and product_name are left out: they contain the category.
+  pokemon   pokemon_unique.csv, multiclass `type1` (18 classes), one row per Pokemon, so the
+            split is by name: pokemon.csv repeats 409 Pokemon (the same image in each type
+            folder) and would leak them across splits. type2 and the image-folder columns
+            are left out (they name the type); the image *path* is never a feature, only pixels.
+
+Timing: seconds are wall time on a CPU other processes may share, so absolute numbers are
+noisy; `share` is each stage's fraction of the dataset's total, measured in the same run.
+Missing datasets are skipped (reported under `skipped`), never an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the project's packages come first
+
+from tasks.config import params_from_dict  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+SPLIT_SEED = 42
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "flipkart": {
+        "sources": [{"path": "flipkart_products/flipkart_products.csv"}],
+        "id": "uniq_id",
+        "target": "category_l1",
+        "task": "multiclass",
+        "columns": {
+            "categorical": [
+                "brand", "spec_color", "spec_material", "spec_type", "spec_ideal_for",
+                "is_FK_Advantage_product",
+            ],
+            "numeric": [
+                "retail_price", "discounted_price", "discount_pct", "n_spec_fields", "product_rating",
+                "overall_rating",
+            ],
+            "text": ["description"],
+            "image": ["image_path"],
+        },
+        "image_root": "flipkart_products",
+    },
+    "pokemon": {
+        "sources": [{"path": "pokemon/pokemon_unique.csv"}],
+        "id": "name",
+        "target": "type1",
+        "task": "multiclass",
+        "columns": {
+            "categorical": [
+                "generation", "growth_rate", "color", "shape", "habitat", "is_baby", "has_prevolution",
+            ],
+            "numeric": [
+                "hp", "attack", "defense", "special_attack", "special_defense", "speed", "base_total",
+                "height_dm", "weight_hg", "base_experience", "capture_rate", "base_happiness",
+                "hatch_counter",
+            ],
+            "text": ["description", "genus", "abilities"],
+            "image": ["image_path"],
+        },
+        "image_root": "pokemon",
+    },
+}  # fmt: skip
+
+
+def dataset_params(name: str, data_root: Path) -> dict[str, Any]:
+    """The repository's params.yaml with this dataset's `data:` (absolute paths), validated."""
+    spec = json.loads(json.dumps(DATASETS[name]))  # deep copy
+    spec["sources"] = [{"path": str(data_root / s["path"])} for s in spec["sources"]]
+    spec["image_root"] = str(data_root / spec["image_root"])
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"] = {**spec, "split": {"seed": SPLIT_SEED}, "demo": None}
+    params_from_dict(params)  # a typo fails here, before minutes of extraction
+    return params
+
+
+def run_stages(workdir: Path) -> dict[str, float]:
+    """Each stage flow in order, in `workdir`; wall seconds per stage."""
+    from flows.align import align_flow
+    from flows.evaluate import evaluate
+    from flows.extract import extract
+    from flows.ingest import ingest
+    from flows.train import train
+
+    stages: list[tuple[str, Callable[[], object]]] = [
+        ("ingest", lambda: ingest("params.yaml")),
+        ("align", lambda: align_flow("params.yaml")),
+        ("extract_tabular", lambda: extract("params.yaml", modality="tabular")),
+        ("extract_text", lambda: extract("params.yaml", modality="text")),
+        ("extract_image", lambda: extract("params.yaml", modality="image")),
+        ("train", lambda: train("params.yaml")),
+        ("evaluate", lambda: evaluate("params.yaml")),
+    ]
+    seconds: dict[str, float] = {}
+    previous = Path.cwd()
+    os.chdir(workdir)
+    try:
+        for name, run in stages:
+            started = time.perf_counter()
+            run()
+            seconds[name] = time.perf_counter() - started
+    finally:
+        os.chdir(previous)
+    return seconds
+
+
+def summarise(workdir: Path, params: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
+    """The numbers a reader compares, taken from the metrics.json evaluate wrote."""
+    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    primary = metrics["primary_metric"]
+    higher = metrics["intervals"]["higher_is_better"]
+    intervals = metrics["intervals"]
+
+    def scored(key: str, values: dict[str, float]) -> dict[str, Any]:
+        interval = intervals.get(key, {})
+        return {
+            "value": _round(values[primary]),
+            "ci95": [_round(interval.get("low")), _round(interval.get("high"))],
+        }
+
+    singles = {k: v for k, v in metrics["baselines"].items() if k != "sklearn"}
+    best = (max if higher else min)(singles, key=lambda k: singles[k][primary]) if singles else None
+    total = sum(seconds.values())
+    result: dict[str, Any] = {
+        "source": params["data"]["sources"][0]["path"],
+        "task": metrics["task"],
+        "target": params["data"]["target"],
+        "split_seed": SPLIT_SEED,
+        "head": params["fusion"]["head"],
+        "rows": {"total": sum(metrics["rows"].values()), **metrics["rows"]},
+        "primary_metric": primary,
+        "fused": scored("fused", metrics["test"]),
+        "best_single_modality": {"modality": best, **scored(best, singles[best])} if best else None,
+        "single_modalities": {k: _round(v[primary]) for k, v in singles.items()},
+        "fused_minus_best_single_ci95": _pair(intervals.get(f"fused_minus_{best}")),
+        "fused_with_modality_masked": {k: _round(v[primary]) for k, v in metrics["ablation"].items()},
+        "stage_seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "stage_share": {k: round(v / total, 3) for k, v in seconds.items()},
+        "total_seconds": round(total, 1),
+    }
+    if "sklearn" in metrics["baselines"]:
+        result["sklearn"] = {
+            "model": metrics["sklearn"]["selected"],
+            **scored("sklearn", metrics["baselines"]["sklearn"]),
+        }
+        result["fused_minus_sklearn_ci95"] = _pair(intervals.get("fused_minus_sklearn"))
+    result["fused_all_metrics"] = {k: _round(v) for k, v in metrics["test"].items()}
+    return result
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def _pair(interval: dict[str, float] | None) -> list[float | None] | None:
+    return [_round(interval["low"]), _round(interval["high"])] if interval else None
+
+
+def bench_dataset(name: str, data_root: Path, workdir: Path) -> dict[str, Any]:
+    params = dataset_params(name, data_root)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    seconds = run_stages(workdir)
+    return {**summarise(workdir, params, seconds), "workdir": str(workdir)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: flipkart,pokemon")
+    parser.add_argument("--data-root", type=Path, default=SHARED, help="the shared data folder")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep each run under DIR/<dataset>")
+    args = parser.parse_args(argv)
+    wanted = [d for d in args.datasets.split(",") if d]
+    unknown = sorted(set(wanted) - set(DATASETS))
+    if unknown:
+        parser.error(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}")
+
+    report: dict[str, Any] = {
+        "benchmark": "bench/real.py",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "timing_note": "wall seconds on a possibly shared CPU; stage_share is within one run",
+        "datasets": {},
+        "skipped": {},
+    }
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="fuseline-bench-real-"))
+    for name in wanted:
+        source = args.data_root / DATASETS[name]["sources"][0]["path"]
+        if not source.is_file():
+            report["skipped"][name] = f"{source} not found"
+            continue
+        report["datasets"][name] = bench_dataset(name, args.data_root, root / name)
+        if not args.json:
+            _print_human(name, report["datasets"][name])
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif report["skipped"]:
+        print(f"skipped: {report['skipped']}")
+
+
+def _print_human(name: str, result: dict[str, Any]) -> None:
+    metric = result["primary_metric"]
+    best = result["best_single_modality"] or {}
+    sklearn = result.get("sklearn", {})
+    print(
+        f"{name}: {result['rows']['total']} rows ({result['rows']['test']} test), {metric}: "
+        f"fused {result['fused']['value']} {result['fused']['ci95']}, "
+        f"best single {best.get('modality')} {best.get('value')}, "
+        f"sklearn {sklearn.get('model')} {sklearn.get('value')}; "
+        f"stages {result['stage_seconds']} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

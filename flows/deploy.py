@@ -1,0 +1,195 @@
+"""Scheduled retraining: the `fuseline-retrain` flow and the deployment that serves it on a cron.
+
+Each run (optionally) pulls data and caches from the DVC remote, reruns what changed, then
+promotes the new bundle into the registry only if its primary metric is not worse than the
+promoted one's by more than `schedule.tolerance`; the run's artifact says which and why.
+
+In a DVC project (a `.dvc` directory here) the work is `dvc repro`, so an unchanged stage
+costs nothing; elsewhere the `fuseline-pipeline` flow runs as a subflow.
+`python -m flows.deploy` (or `fuseline serve`) serves the deployment from this process;
+prefect.yaml describes the same deployment for a work pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows._retry import IO_RETRIES
+from tasks.config import ScheduleConfig, load_params
+from tasks.errors import ConfigError
+from tasks.paths import Layout
+from tasks.promotion import current_entry, decide, promote, record, tree_digest
+
+DEPLOYMENT = "scheduled-retrain"
+_RAN = re.compile(r"Running stage '([^']+)'")
+
+
+def _dvc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def _stage_env() -> dict[str, str]:
+    """dvc.yaml runs `python -m flows.<stage>`: this interpreter's `python` first on PATH, and
+    this run's Prefect API, so the stage runs land on the same server as the retrain run."""
+    from prefect.settings import PREFECT_API_URL
+
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    if PREFECT_API_URL.value():
+        env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
+    return env
+
+
+@task(name="dvc-pull", **IO_RETRIES)
+def dvc_pull() -> None:
+    """Fetch the data, features and models the remote has, so repro reuses them."""
+    result = subprocess.run(_dvc("pull", "--allow-missing"), capture_output=True, text=True, env=_stage_env())
+    get_run_logger().info("dvc pull:\n%s", (result.stdout + result.stderr).strip()[-2000:])
+    if result.returncode != 0:
+        raise RuntimeError(f"dvc pull failed (exit {result.returncode}); is a DVC remote configured?")
+
+
+@task(name="dvc-repro")
+def dvc_repro() -> list[str]:
+    """Run `dvc repro`, streaming its output into this task's log; the stages that actually ran."""
+    logger = get_run_logger()
+    ran: list[str] = []
+    tail: list[str] = []
+    with subprocess.Popen(
+        _dvc("repro"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_stage_env()
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if match := _RAN.search(line):
+                ran.append(match.group(1))
+            if line:
+                logger.info("dvc: %s", line)
+                tail = [*tail[-40:], line]
+    if process.returncode != 0:
+        raise RuntimeError(f"dvc repro failed (exit {process.returncode}):\n" + "\n".join(tail))
+    return ran
+
+
+@task(name="promote-if-not-worse")
+def promote_if_not_worse(schedule: ScheduleConfig, layout: Layout) -> dict[str, Any]:
+    """Compare the fresh model with the promoted one and promote it if it is not worse."""
+    metrics = json.loads(layout.metrics.read_text())
+    metric = metrics["primary_metric"]
+    candidate = float(metrics["test"][metric])
+    registry = Path(schedule.registry)
+    entry = current_entry(registry)
+    if entry is not None and entry.get("models_digest") == tree_digest(layout.models):
+        return {
+            "outcome": "unchanged",
+            "version": entry["version"],
+            "metric": metric,
+            "candidate": candidate,
+            "current": entry["value"],
+            "reason": f"the trained model is the promoted {entry['version']}",
+        }
+    current = float(entry["value"]) if entry is not None and entry.get("metric") == metric else None
+    decision = decide(metric, candidate, current, schedule.tolerance)
+    version = promote(registry, layout.models, metrics, decision) if decision.promote else None
+    record(registry, decision, version)
+    kept = entry["version"] if entry is not None else None
+    return {
+        "outcome": "promoted" if decision.promote else "kept",
+        "version": version or kept,
+        "metric": metric,
+        "candidate": candidate,
+        "current": current,
+        "reason": decision.reason,
+    }
+
+
+@flow(name="fuseline-retrain")
+def retrain(params_path: str = "params.yaml") -> dict[str, Any]:
+    """Pull (if configured), rerun what changed, evaluate, promote only if not worse."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    params = load_params(params_path)
+    if params.schedule.pull:
+        dvc_pull()
+    if Path(".dvc").is_dir():
+        if Path(params_path).resolve() != Path("params.yaml").resolve():
+            raise ConfigError(
+                f"{params_path}: dvc repro reads params.yaml; a DVC project retrains with that file"
+            )
+        stages = dvc_repro()
+    else:
+        from flows.pipeline import pipeline
+
+        pipeline(params_path)
+        stages = ["pipeline"]
+    result = promote_if_not_worse(params.schedule, Layout())
+    result |= {"stages_rerun": stages, "seconds": round(time.perf_counter() - started, 1)}
+    logger.info("%s: %s", result["outcome"], result["reason"])
+    publish_promotion(result)
+    return result
+
+
+@task(name="publish-promotion")
+def publish_promotion(result: dict[str, Any]) -> None:
+    """The decision as the run's artifact (from a task: Prefect 3.8 drops artifacts made in a flow body)."""
+    create_markdown_artifact(
+        key="fuseline-promotion", markdown=_markdown(result), description="Model promotion"
+    )
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    headline = {
+        "promoted": f"Promoted the new model as **{result['version']}**",
+        "kept": f"Kept the current model **{result['version']}**; the new one was not promoted",
+        "unchanged": f"Nothing new to promote: the model is still **{result['version']}**",
+    }[result["outcome"]]
+    current = "none" if result["current"] is None else f"{result['current']:.4f}"
+    stages = ", ".join(result["stages_rerun"]) or "none (nothing changed)"
+    return "\n".join(
+        [
+            f"# {headline}",
+            "",
+            f"- reason: {result['reason']}",
+            f"- {result['metric']}: new {result['candidate']:.4f}, current {current}",
+            f"- stages rerun: {stages}",
+            f"- run time: {result['seconds']} s",
+        ]
+    )
+
+
+def deployment(params_path: str = "params.yaml", name: str = DEPLOYMENT) -> Any:
+    """The retrain flow as a deployment on `schedule.cron` in `schedule.timezone`."""
+    from prefect.schedules import Cron
+
+    schedule = load_params(params_path).schedule
+    return retrain.to_deployment(
+        name=name,
+        schedule=Cron(schedule.cron, timezone=schedule.timezone),
+        parameters={"params_path": params_path},
+        description=f"Retrain on '{schedule.cron}' ({schedule.timezone}); promote unless worse by "
+        f"more than {schedule.tolerance:g}",
+        tags=["fuseline"],
+    )
+
+
+def serve(params_path: str = "params.yaml", name: str = DEPLOYMENT) -> None:
+    """Register the deployment and execute its scheduled (and manually triggered) runs until stopped."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(deployment(params_path, name))
+
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    main(["serve", *sys.argv[1:]])

@@ -1,0 +1,167 @@
+"""Flow `predict`: a trained bundle (or the promoted one in a registry) on new raw rows.
+
+Rows are cut into chunks of `cache.chunk_rows`; each chunk is an independent task that
+encodes its rows (reading the row-level feature cache, committing what it encodes as new
+shards) and predicts them, so `runtime.task_runner: dask | ray` spreads the work over a
+cluster while `local` runs the same tasks here, one after another. Workers of a cluster
+need the project installed and the input, images and cache directory at the same paths.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from flows._runtime import task_runner_for
+from flows.scaleout import threads_per_task
+from tasks.atomic import write_parquet
+from tasks.cache import FeatureCache
+from tasks.config import CacheConfig, RuntimeConfig, load_params
+from tasks.device import pick_device
+from tasks.predict import cached_predictor, chunk_bounds, read_new_rows
+from tasks.promotion import resolve_model_dir
+
+
+class ChunkJob(BaseModel):
+    """What every chunk task shares: which bundle, which cache, where images are, how many threads."""
+
+    bundle_dir: str
+    bundle_mtime_ns: int
+    cache_dir: str
+    image_root: str
+    threads: int  # torch intra-op threads; 0 leaves the worker's default
+
+
+@task(name="predict-chunk", cache_policy=NO_CACHE)
+def predict_chunk(chunk: ChunkJob, rows_file: str) -> str:
+    """Encode and predict one chunk; writes <rows_file>.pred.parquet beside it and returns that path.
+
+    Chunks travel as files, not task arguments, so a worker reads only its own rows and the
+    results come back without passing through Prefect's parameter handling.
+    """
+    if chunk.threads > 0:
+        torch.set_num_threads(chunk.threads)
+    predictor = cached_predictor(chunk.bundle_dir, chunk.bundle_mtime_ns, chunk.cache_dir)
+    rows = pd.read_parquet(rows_file)
+    device = pick_device("auto")
+    predictions = predictor.predict(rows, Path(chunk.image_root), FeatureCache(chunk.cache_dir), device)
+    out = f"{rows_file}.pred.parquet"
+    write_parquet(pa.Table.from_pandas(predictions, preserve_index=False), out)
+    return out
+
+
+@flow(name="predict-chunks")
+def predict_chunks(chunk: ChunkJob, rows_files: list[str]) -> list[str]:
+    """Every chunk on whichever task runner this subflow was given (see `predict`)."""
+    futures = [predict_chunk.submit(chunk, path) for path in rows_files]
+    return [future.result() for future in futures]
+
+
+@flow(name="predict")
+def predict(
+    model: str = "models",
+    input_path: str = "new.csv",
+    output_path: str = "predictions.parquet",
+    params_path: str | None = "params.yaml",
+    image_root: str | None = None,
+) -> dict:
+    """Write `output_path` (row_id, prob_<class>..., prediction) for every row of `input_path`.
+
+    `model` is a bundle directory (models/) or a registry (registry/: its current version).
+    From `params_path` only `runtime` (where chunks run) and `cache` (the feature cache and
+    chunk size) are read; everything about the data and encoders comes from the bundle. Image
+    paths are relative to the bundle's image_root unless `image_root` is given.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    runtime, cache = _machine_settings(params_path)
+    # Absolute paths: cluster workers need not share this process's working directory.
+    bundle_dir = str(resolve_model_dir(Path(model)).resolve())
+    cache_dir = str(Path(cache.dir).resolve())
+    mtime = _bundle_mtime_ns(bundle_dir)
+    predictor = cached_predictor(bundle_dir, mtime, cache_dir)  # fails fast on a fingerprint mismatch
+    root = Path(image_root or predictor.data.image_root).resolve()
+    rows = read_new_rows(input_path, predictor.data, root)
+    bounds = chunk_bounds(len(rows), cache.chunk_rows)
+    chunk = ChunkJob(
+        bundle_dir=bundle_dir,
+        bundle_mtime_ns=mtime,
+        cache_dir=cache_dir,
+        image_root=str(root),
+        threads=threads_per_task(runtime),
+    )
+    out = Path(output_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".chunks", dir=out.parent))
+    try:
+        rows_files = []
+        for i, (start, stop) in enumerate(bounds):
+            path = work / f"chunk-{i:05d}.parquet"
+            rows.iloc[start:stop].to_parquet(path, index=False)
+            rows_files.append(str(path.resolve()))
+        runner = task_runner_for(runtime.task_runner, runtime.address, runtime.workers)
+        parts = predict_chunks.with_options(task_runner=runner)(chunk, rows_files)
+        predictions = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_parquet(pa.Table.from_pandas(predictions, preserve_index=False), out)
+    seconds = time.perf_counter() - started
+    summary = {
+        "rows": len(predictions),
+        "chunks": len(bounds),
+        "task_runner": runtime.task_runner,
+        "model": bundle_dir,
+        "output": str(out),
+        "seconds": round(seconds, 2),
+    }
+    logger.info("predicted %d rows in %d chunks on %s in %.1f s -> %s", len(predictions), len(bounds),
+                runtime.task_runner, seconds, out)  # fmt: skip
+    _publish(summary, predictions)
+    return summary
+
+
+def _machine_settings(params_path: str | None) -> tuple[RuntimeConfig, CacheConfig]:
+    """runtime and cache from the project's params.yaml; defaults when predicting outside a project."""
+    if params_path and Path(params_path).exists():
+        params = load_params(params_path)
+        return params.runtime, params.cache
+    return RuntimeConfig(), CacheConfig()
+
+
+@task(name="publish-predictions", cache_policy=NO_CACHE)
+def _publish(summary: dict, predictions: pd.DataFrame) -> None:
+    """A summary artifact (from a task: Prefect 3.8 drops artifacts made in a flow body)."""
+    counts = predictions["prediction"].value_counts().head(20) if len(predictions) else pd.Series(dtype=int)
+    lines = [f"# Batch prediction: {summary['rows']} rows", ""]
+    lines += [f"- {key}: `{value}`" for key, value in summary.items()]
+    if predictions["prediction"].dtype == object and len(counts):
+        lines += ["", "| prediction | rows |", "|---|---|"] + [f"| {k} | {v} |" for k, v in counts.items()]
+    create_markdown_artifact(
+        markdown="\n".join(lines), key="fuseline-predictions", description="Batch prediction"
+    )
+
+
+def _bundle_mtime_ns(bundle_dir: str) -> int:
+    return (
+        max(p.stat().st_mtime_ns for p in Path(bundle_dir).iterdir() if p.is_file())
+        if Path(bundle_dir).is_dir()
+        else 0
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    from flows.cli import main
+
+    main(["predict", *sys.argv[1:]])

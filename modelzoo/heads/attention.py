@@ -1,0 +1,55 @@
+"""Modality-level attention: each row weighs its blocks, and the weights can be inspected.
+
+The weights answer "which modality did the model rely on for this row?": `attention_weights`
+returns them, one row per example, in `block_names` order. A missing block is not masked
+out; it enters as its learned "missing" embedding, so the head can learn how much (usually
+little) an absent modality should count, and a row with everything missing still works.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from modelzoo.heads._blocks import BlockProjections, HeadOptions, mlp
+from modelzoo.registry import register
+
+
+@register("head", "attention")
+class AttentionFusion(nn.Module):
+    """Per-block projection + block-type embedding -> additive attention over blocks -> MLP."""
+
+    class Config(HeadOptions):
+        """Options beside `head: attention` (only the shared ones)."""
+
+    def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
+        super().__init__()
+        if out_dim < 1:
+            raise ValueError(f"out_dim must be positive, got {out_dim}")
+        self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
+        n_blocks = len(self.blocks.names)
+        # Tells the scorer (and the MLP) which block an embedding came from.
+        self.block_type = nn.Parameter(torch.empty(n_blocks, cfg.hidden))
+        nn.init.normal_(self.block_type, std=0.02)
+        self.score = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, 1))
+        self.mlp = mlp(cfg.hidden, cfg.hidden, out_dim, cfg.dropout)
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return self.blocks.names
+
+    def _attend(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        embedded = torch.stack(self.blocks(inputs, present), dim=1)  # (B, K, H)
+        embedded = embedded + self.block_type.to(embedded.dtype)  # (B, K, H)
+        weights = torch.softmax(self.score(embedded).squeeze(-1).float(), dim=1)  # (B, K)
+        fused = (weights.to(embedded.dtype).unsqueeze(-1) * embedded).sum(dim=1)  # (B, H)
+        return fused, weights
+
+    def attention_weights(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        """(B, K) per-row weights over `block_names`; each row sums to 1."""
+        return self._attend(inputs, present)[1]
+
+    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        # inputs[k]: (B, D_k), present[k]: (B,) bool
+        fused, _ = self._attend(inputs, present)  # (B, H)
+        return self.mlp(fused)  # (B, out_dim)

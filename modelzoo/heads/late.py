@@ -1,0 +1,47 @@
+"""Late fusion: one predictor per input block, their logits averaged with learned weights.
+
+Each block decides on its own, so the head degrades gracefully: a row without its image
+still gets the text and tabular predictors' opinions (the image predictor then sees the
+learned "missing" embedding and contributes a learned prior). It cannot model interactions
+between modalities, which is exactly what makes it a useful reference for the other heads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from modelzoo.heads._blocks import BlockProjections, HeadOptions, mlp
+from modelzoo.registry import register
+
+
+@register("head", "late")
+class LateFusion(nn.Module):
+    """Per-block projection -> per-block MLP predictor -> softmax-weighted sum of logits."""
+
+    class Config(HeadOptions):
+        """Options beside `head: late` (only the shared ones)."""
+
+    def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
+        super().__init__()
+        if out_dim < 1:
+            raise ValueError(f"out_dim must be positive, got {out_dim}")
+        self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
+        self.predictors = nn.ModuleList(
+            mlp(cfg.hidden, cfg.hidden, out_dim, cfg.dropout) for _ in self.blocks.names
+        )
+        # Equal weights at the start: no block is trusted more before the data says so.
+        self.weight_logits = nn.Parameter(torch.zeros(len(self.blocks.names)))
+
+    def block_weights(self) -> Tensor:
+        """(K,) weights of the blocks' predictions, in `blocks.names` order; they sum to 1."""
+        return torch.softmax(self.weight_logits, dim=0)
+
+    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        # inputs[k]: (B, D_k), present[k]: (B,) bool
+        embedded = self.blocks(inputs, present)  # K x (B, H)
+        logits = torch.stack(
+            [predict(e) for predict, e in zip(self.predictors, embedded, strict=True)], dim=1
+        )  # (B, K, out_dim)
+        weights = self.block_weights().to(logits.dtype).view(1, -1, 1)  # (1, K, 1)
+        return (logits * weights).sum(dim=1)  # (B, out_dim)

@@ -1,0 +1,114 @@
+"""Remembered encoder fingerprints, so a run with nothing to encode never loads a model.
+
+A fingerprint needs the weights' digest, which needs the model loaded (seconds for MiniLM,
+most of a warm run). The memo maps a cheap identity of the same inputs to the fingerprint
+computed last time: the encoder name and preprocessing, the size and mtime of every weights
+file, the versions of the libraries that change outputs, and the source of
+`modelzoo/encoders`. Any of those changing is a memo miss and the model is loaded and hashed
+again. Encoders whose weights live somewhere we cannot stat cheaply (hub ids, timm or
+torchvision names) get no identity and are always loaded; the memo only ever saves time.
+Extraction also re-checks the memo against the real fingerprint whenever it loads the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tasks.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+# The libraries whose versions encoder_fingerprint records, plus the ones that run before it.
+_VERSIONED = ("torch", "transformers", "tokenizers", "timm", "torchvision", "pillow", "numpy")
+
+
+class FingerprintMemo:
+    """identity -> fingerprint, one small JSON file per identity under `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def get(self, identity: str | None) -> dict[str, Any] | None:
+        if identity is None:
+            return None
+        try:
+            return json.loads((self.directory / f"{identity}.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None  # absent, or half-written by a tool other than ours: recompute
+
+    def put(self, identity: str | None, fingerprint: dict[str, Any]) -> None:
+        if identity is not None:
+            write_json(fingerprint, self.directory / f"{identity}.json")
+
+
+def encoder_identity(kind: str, model: str, preprocessing: dict[str, Any]) -> str | None:
+    """A hash of everything a fingerprint depends on that is cheap to read; None if unknowable."""
+    location = _weights_location(kind, model)
+    if location is None:
+        return None
+    files = sorted(location.rglob("*")) if location.is_dir() else [location]
+    stats = []
+    for file in files:
+        if file.is_file():
+            info = file.stat()
+            stats.append([file.relative_to(location).as_posix(), info.st_size, info.st_mtime_ns])
+    identity = {
+        "kind": kind,
+        "model": model,
+        "location": str(location),
+        "preprocessing": preprocessing,
+        "files": stats,
+        "versions": _versions(),
+        "code": _encoder_code_digest(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _weights_location(kind: str, model: str) -> Path | None:
+    """Where the weights of the packaged encoders, or of a local model directory, live."""
+    from modelzoo.registry import names
+
+    try:
+        if kind == "text" and model == "minilm":
+            from modelzoo.encoders.minilm import packaged_model_dir
+
+            return packaged_model_dir()
+        if kind == "image" and model == "efficientnet_lite0":
+            from modelzoo.encoders.efficientnet_lite0 import packaged_weights_path
+
+            return packaged_weights_path()
+    except OSError:
+        return None  # not installed: loading will say so properly
+    if kind == "text" and model not in names("text_encoder"):
+        local = Path(model).expanduser()
+        if local.is_dir():
+            return local.resolve()
+    return None
+
+
+@lru_cache(maxsize=1)
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for package in _VERSIONED:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def _encoder_code_digest() -> str:
+    """The encoders' own source: a change to pooling or loading code must not reuse a memo."""
+    import modelzoo.encoders as encoders
+
+    digest = hashlib.sha256()
+    for source in sorted(Path(encoders.__file__).parent.glob("*.py")):
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,100 @@
+"""From cache entries to the per-modality feature file, in bounded memory.
+
+Each distinct content gets one slot in a disk-backed (n, dim) array filled from cache hits
+and freshly encoded chunks; the feature file is then streamed out row group by row group.
+Peak memory is one shard or one row group, not the whole (rows, dim) matrix, so a dataset
+whose embeddings exceed RAM still extracts. The file format is `tasks/feature_store.py`'s
+(train and evaluate read it with `read_blocks`); only the writing is streamed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.atomic import atomic_path
+from tasks.feature_store import _META_KEY, ID, PRESENT
+
+ROWS_PER_GROUP = 16_384
+_STALE_SECONDS = 24 * 3600
+
+
+class SlotVectors:
+    """One (dim,) float32 vector and an ok flag per distinct content, backed by a temp file."""
+
+    def __init__(self, count: int, dim: int, scratch: Path) -> None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(scratch)
+        self._dir = Path(tempfile.mkdtemp(prefix="slots-", dir=scratch))
+        self.dim = dim
+        if count:
+            self.vectors = np.lib.format.open_memmap(
+                self._dir / "vectors.npy", mode="w+", dtype=np.float32, shape=(count, dim)
+            )  # (count, dim)
+        else:
+            self.vectors = np.zeros((0, dim), np.float32)
+        self.ok = np.zeros(count, dtype=bool)  # (count,)
+        self.filled = np.zeros(count, dtype=bool)  # (count,)
+
+    def put(self, slots: np.ndarray, vectors: np.ndarray, ok: np.ndarray) -> None:
+        self.vectors[slots] = vectors
+        self.ok[slots] = ok
+        self.filled[slots] = True
+
+    def close(self) -> None:
+        self.vectors = np.zeros((0, self.dim), np.float32)  # drop the mapping before deleting it
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _sweep_stale(scratch: Path) -> None:
+    """Scratch arrays of killed runs; a day old means no live run owns them."""
+    cutoff = time.time() - _STALE_SECONDS
+    for directory in scratch.glob("slots-*"):
+        try:
+            if directory.stat().st_mtime < cutoff:
+                shutil.rmtree(directory, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(frozen=True)
+class BlockRows:
+    """One feature block: for every table row, its content's slot (-1 when the cell is absent)."""
+
+    name: str
+    slots: np.ndarray  # (rows,) int64
+
+
+def write_feature_file(
+    path: Path, ids: np.ndarray, blocks: list[BlockRows], slots: SlotVectors, metadata: dict
+) -> None:
+    """Write `feature_store` format atomically; a row is present when its slot exists and is ok."""
+    ordered = sorted(blocks, key=lambda block: block.name)
+    fields = [pa.field(ID, pa.string())]
+    for block in ordered:
+        fields.append(pa.field(block.name, pa.list_(pa.float32(), slots.dim)))
+        fields.append(pa.field(PRESENT + block.name, pa.bool_()))
+    schema = pa.schema(fields, metadata={_META_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    ids = np.asarray(ids).astype(str)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, max(len(ids), 1), ROWS_PER_GROUP):
+            stop = min(start + ROWS_PER_GROUP, len(ids))
+            columns: list[pa.Array] = [pa.array(ids[start:stop], type=pa.string())]
+            for block in ordered:
+                slot = block.slots[start:stop]
+                have = slot >= 0
+                present = np.zeros(len(slot), dtype=bool)
+                present[have] = slots.ok[slot[have]]
+                matrix = np.zeros((len(slot), slots.dim), dtype=np.float32)  # (group, dim)
+                matrix[present] = slots.vectors[slot[present]]
+                columns.append(pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), slots.dim))
+                columns.append(pa.array(present, type=pa.bool_()))
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))

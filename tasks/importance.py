@@ -1,0 +1,195 @@
+"""What the fused model relies on: permutation importance and the head's own block weights.
+
+Permutation importance shuffles one input column across the test rows and measures how much
+the primary metric worsens: model-agnostic, and in the metric's own units. A tabular column is
+one group of one-hot/scaled features inside the `tabular` block; a text or image column is a
+whole block, shuffled together with its presence mask so a missing value moves with its row.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from tasks.dataset import FeatureSet, modality_of
+from tasks.tabular import TabularState
+
+TABULAR = "tabular"
+
+
+@dataclass(frozen=True)
+class FeatureGroup:
+    """One column a user declared, located in the model's input blocks."""
+
+    name: str  # the column name from params.yaml
+    modality: str
+    block: str
+    index: np.ndarray | None  # positions inside a tabular block; None: the whole block and its mask
+
+
+def feature_groups(
+    in_dims: dict[str, int],
+    tabular_state: dict | None,
+    categorical: Sequence[str] = (),
+    numeric: Sequence[str] = (),
+) -> list[FeatureGroup]:
+    """Every declared column as a group, in block order (tabular columns in encoding order).
+
+    The tabular positions follow tasks.tabular.transform_tabular: each categorical column is
+    `len(vocab) + 2` one-hot slots, then each numeric column is value + missing flag, in the
+    order the columns are declared in params (`categorical`, `numeric`). That order is passed
+    in rather than read from the state, because stored states are JSON written with sorted
+    keys: their dict order is alphabetical, not the order the block was built in.
+    """
+    groups: list[FeatureGroup] = []
+    for block in sorted(in_dims):
+        if block != TABULAR:
+            groups.append(FeatureGroup(block.split(".", 1)[-1], modality_of(block), block, None))
+            continue
+        groups += _tabular_groups(block, in_dims[block], tabular_state, list(categorical), list(numeric))
+    return groups
+
+
+def _tabular_groups(
+    block: str, width: int, tabular_state: dict | None, categorical: list[str], numeric: list[str]
+) -> list[FeatureGroup]:
+    if tabular_state is None:
+        raise ValueError("the model has a tabular block but the bundle carries no tabular state")
+    state = TabularState.from_json(tabular_state)
+    if sorted(state.categorical) != sorted(categorical) or sorted(state.numeric) != sorted(numeric):
+        raise ValueError(
+            f"tabular state columns {sorted(state.categorical)} + {sorted(state.numeric)} differ from the "
+            f"declared {sorted(categorical)} + {sorted(numeric)}"
+        )
+    if state.width != width:
+        raise ValueError(f"tabular state is {state.width} wide but the model's block is {width}")
+    widths = [(c, len(state.categorical[c]) + 2) for c in categorical] + [(c, 2) for c in numeric]
+    groups, start = [], 0
+    for column, size in widths:
+        groups.append(FeatureGroup(column, TABULAR, block, np.arange(start, start + size)))
+        start += size
+    return groups
+
+
+def permuted(features: FeatureSet, group: FeatureGroup, order: np.ndarray) -> FeatureSet:
+    """`features` with the group's values taken from rows `order` (all else untouched)."""
+    inputs = dict(features.inputs)
+    present = dict(features.present)
+    if group.index is None:
+        inputs[group.block] = features.inputs[group.block][order]
+        present[group.block] = features.present[group.block][order]
+    else:
+        block = features.inputs[group.block].copy()
+        block[:, group.index] = block[order][:, group.index]
+        inputs[group.block] = block
+    return FeatureSet(features.ids, features.split, features.target, inputs, present, features.classes)
+
+
+def permutation_importance(
+    score: Callable[[FeatureSet], float],
+    features: FeatureSet,
+    groups: list[FeatureGroup],
+    repeats: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Drop in `score` (higher is better) when each group is shuffled, mean and std over repeats.
+
+    Positive means the model uses the column; around zero means it does not; the std says how
+    much of that is shuffle noise. Rows are sorted by importance, largest first.
+    """
+    baseline = score(features)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for group in groups:
+        drops = [
+            baseline - score(permuted(features, group, rng.permutation(len(features.ids))))
+            for _ in range(repeats)
+        ]
+        rows.append(
+            {
+                "feature": group.name,
+                "modality": group.modality,
+                "importance": float(np.mean(drops)),
+                "std": float(np.std(drops)),
+                "repeats": repeats,
+            }
+        )
+    table = pd.DataFrame(rows, columns=["feature", "modality", "importance", "std", "repeats"])
+    return table.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
+
+
+# --- weights the head exposes -----------------------------------------------------------
+
+
+def block_weights(model: nn.Module, features: FeatureSet, batch_size: int = 1024) -> pd.DataFrame | None:
+    """(N rows x blocks) weight the head gives each input block, where it exposes one; else None.
+
+    The hook is an optional method on the head, looked up in this order (all in the head's
+    sorted block order, `block_names` or `blocks.names`):
+      - `attention_weights(inputs, present) -> (B, K)`: per-row attention over blocks;
+      - `gates(inputs, present) -> (B, K, H)`: per-unit gates, averaged over the H units;
+      - `block_weights(inputs, present) -> (B, K)` or `block_weights() -> (K,)`: per-row or
+        global weights (a late-fusion mixture), the latter repeated for every row.
+    A head with none of these is skipped, not an error: most heads have no such weights.
+    """
+    read = _weight_reader(model)
+    names = _block_names(model)
+    if read is None or names is None:
+        return None
+    device = next(model.parameters()).device
+    model.eval()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(features.ids), batch_size):
+            rows = slice(start, start + batch_size)
+            inputs = {
+                k: torch.as_tensor(v[rows], dtype=torch.float32, device=device)
+                for k, v in features.inputs.items()
+            }
+            present = {
+                k: torch.as_tensor(v[rows], dtype=torch.bool, device=device)
+                for k, v in features.present.items()
+            }
+            weights = read(inputs, present).detach().float().cpu()  # (b, K)
+            if weights.ndim == 1:  # global weights: the same for every row
+                weights = weights.expand(len(next(iter(inputs.values()))), -1)
+            parts.append(pd.DataFrame(weights.numpy(), columns=list(names)))
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def _weight_reader(model: nn.Module) -> Callable[[dict, dict], torch.Tensor] | None:
+    if callable(getattr(model, "attention_weights", None)):
+        return model.attention_weights
+    if callable(getattr(model, "gates", None)):
+        return lambda inputs, present: (
+            model.gates(inputs, present).float().mean(dim=-1)
+        )  # (B, K, H) -> (B, K)
+    method = getattr(model, "block_weights", None)
+    if not callable(method):
+        return None
+    if len(inspect.signature(method).parameters) == 0:
+        return lambda inputs, present: method()  # (K,)
+    return method
+
+
+def _block_names(model: nn.Module) -> tuple[str, ...] | None:
+    names = getattr(model, "block_names", None)
+    if names is None:
+        names = getattr(getattr(model, "blocks", None), "names", None)
+    return tuple(names) if names is not None else None
+
+
+def weights_by_group(weights: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
+    """Mean weight of each block per label: long form (label, block, weight, rows) for plots and tables."""
+    frame = weights.assign(label=np.asarray(labels))
+    means = frame.groupby("label", sort=True).mean()
+    counts = frame.groupby("label", sort=True).size()
+    long = means.reset_index().melt(id_vars="label", var_name="block", value_name="weight")
+    long["rows"] = long["label"].map(counts).astype(int)
+    return long

@@ -1,0 +1,63 @@
+"""Multilabel targets: reading a list-valued cell, and its one canonical form in aligned.parquet.
+
+Users write label lists in whatever their format allows: a real list in Parquet or JSON
+lines, a JSON array or "a|b|c" in a CSV cell. By the time a cell reaches align it may also
+be the text form of a list (ingest stores targets as strings: "['a', 'b']" for a Python
+list, "['a' 'b']" for a NumPy array). Every form becomes a sorted, duplicate-free JSON array
+string, so aligned.parquet has one plain string column, DVC diffs stay readable, and later
+stages need no guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from tasks.errors import DataError
+
+SEPARATOR = "|"
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
+
+
+def parse_labels(value: object) -> list[str]:
+    """The labels in one target cell (possibly none); see the module docstring for the forms."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return _clean(str(item) for item in value)
+    text = str(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, list):
+            return _clean(str(item) for item in parsed)
+        inner = text[1:-1]
+        quoted = [single or double for single, double in _QUOTED.findall(inner)]
+        return _clean(quoted if quoted else re.split(r"[,\s]+", inner))
+    return _clean(text.split(SEPARATOR))
+
+
+def canonical(value: object) -> str:
+    """The aligned form: a JSON array of sorted, distinct labels."""
+    return json.dumps(parse_labels(value))
+
+
+def from_canonical(text: str) -> list[str]:
+    return [str(label) for label in json.loads(text)]
+
+
+def _clean(labels: Iterable[str]) -> list[str]:
+    return sorted({label.strip() for label in labels if label.strip()})
+
+
+def check_label_sets(target: pd.Series, column: str) -> None:
+    """A multilabel target needs at least two distinct labels over all rows to learn anything."""
+    distinct = {label for value in target for label in parse_labels(value)}
+    if len(distinct) < 2:
+        raise DataError(
+            f"a multilabel target needs at least 2 distinct labels, found {sorted(distinct)}", column=column
+        )

@@ -1,0 +1,278 @@
+"""Batch prediction: new raw rows through the same ingest -> align -> extract path as training.
+
+Everything that shaped the training inputs comes from the bundle, not from today's
+params.yaml: the column roles, the fitted tabular state and the encoders' fingerprints. A
+bundle refuses to run with encoders whose fingerprints differ, because other weights (or
+another library version) would feed the head inputs it never saw, and the predictions would
+be wrong without any error.
+
+Text and image embeddings go through extraction's own plan/encode steps and its row-level
+cache: a text or image the pipeline has already encoded is read back, not recomputed, so
+predicting rows that were in training gives evaluate's numbers exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+# align's own helpers, so image paths, digests and presence are decided exactly as in training.
+from tasks.align import DIGEST, ID, PRESENT, AlignReport, _inspect_images, _presence, _resolve_images
+from tasks.bundle import BundleMeta, load_bundle
+from tasks.cache import FeatureCache
+from tasks.cache.fingerprints import encoder_identity
+from tasks.config import DataConfig, EncodersConfig, SourceConfig
+from tasks.dataset import FeatureSet
+from tasks.encode_chunks import ProcessEncoderSpec
+from tasks.errors import BundleError, DataError, closest_names
+from tasks.evaluation import predict_with, predictions_table
+from tasks.extract import (
+    Contents,
+    EncoderSpec,
+    Extraction,
+    encode_chunk,
+    image_contents,
+    plan_extraction,
+    row_ids,
+    text_contents,
+)
+from tasks.ingest import _typed_columns
+from tasks.sources import read_source
+from tasks.tabular import TabularState, transform_tabular
+
+# --- reading new rows -----------------------------------------------------------------------
+
+
+def read_new_rows(path: str | Path, data: DataConfig, image_root: Path) -> pd.DataFrame:
+    """The raw file as an aligned-like table: row_id, typed feature columns, present__ masks.
+
+    No target and no split: new rows have neither. Errors name the file, column and rows.
+    """
+    path = str(path)
+    text_like = [data.id, *data.columns.categorical, *data.columns.text, *data.columns.image]
+    frame = read_source(SourceConfig(path=path), text_columns=text_like)
+    for column in [data.id, *data.columns.all()]:
+        if column not in frame.columns:
+            raise DataError(
+                f"column {column!r}, which the model was trained on, is missing"
+                f"{closest_names(column, frame.columns)}",
+                file=path,
+                column=column,
+            )
+    # A target (or split) column in the new rows is irrelevant to prediction: never let it fail.
+    ignored = [c for c in (data.target, data.split.column) if c is not None and c in frame.columns]
+    typed = _typed_columns(data, path, frame.drop(columns=ignored))
+    _check_ids(typed[data.id], path, data.id)
+    rows = pd.DataFrame({ID: typed[data.id].astype("string")})
+    for column in data.columns.all():
+        rows[column] = typed[column]
+    report = AlignReport()
+    for column in data.columns.image:
+        resolved = _resolve_images(rows[column], image_root, column, report)
+        rows[column], rows[DIGEST + column] = _inspect_images(
+            resolved, rows[ID], image_root, column, data.on_bad_image, report
+        )
+    for column in data.columns.all():
+        rows[PRESENT + column] = _presence(rows[column]).to_numpy()
+    return rows
+
+
+def _check_ids(ids: pd.Series, path: str, column: str) -> None:
+    missing = ids.isna() | ids.str.strip().eq("")
+    if missing.any():
+        rows = [int(i) + 1 for i in ids.index[missing]]
+        raise DataError(f"{int(missing.sum())} rows have no id", file=path, column=column, rows=rows)
+    duplicated = ids.duplicated(keep=False)
+    if duplicated.any():
+        raise DataError(
+            "ids occur more than once", file=path, column=column, rows=sorted(set(ids[duplicated]))
+        )
+
+
+def chunk_bounds(n_rows: int, chunk_rows: int) -> list[tuple[int, int]]:
+    """[start, stop) of each chunk; chunks are the unit a task runner distributes."""
+    return [(start, min(start + chunk_rows, n_rows)) for start in range(0, n_rows, chunk_rows)] or [(0, 0)]
+
+
+# --- encoders --------------------------------------------------------------------------------
+
+
+def encoder_specs(meta: BundleMeta) -> dict[str, EncoderSpec]:
+    """The encoders the bundle's features came from, as its own params named them."""
+    cfg = EncodersConfig.model_validate(meta.params.get("encoders", {}))
+    specs = {
+        "text": ProcessEncoderSpec("text", cfg.text.model, cfg.text.max_length, cfg.text.batch_size),
+        "image": ProcessEncoderSpec("image", cfg.image.model, cfg.image.image_size, cfg.image.batch_size),
+    }
+    return {kind: spec for kind, spec in specs.items() if kind in meta.encoders}
+
+
+def current_fingerprint(spec: EncoderSpec, cache: FeatureCache) -> dict[str, Any]:
+    """The fingerprint of the encoder installed here: remembered when possible, else loaded and hashed."""
+    identity = encoder_identity(spec.kind, spec.model, spec.preprocessing())
+    remembered = cache.fingerprints.get(identity)
+    if remembered is not None:
+        return remembered
+    fingerprint = spec.fingerprint(spec.load())
+    cache.fingerprints.put(identity, fingerprint)
+    return fingerprint
+
+
+def check_fingerprint(
+    bundle_dir: str | Path, kind: str, expected: dict[str, Any], actual: dict[str, Any]
+) -> None:
+    """Refuse, naming every differing field, when the encoder at hand is not the trained one."""
+    differences = fingerprint_differences(expected, actual)
+    if differences:
+        shown = "; ".join(f"{key}: bundle {old!r}, here {new!r}" for key, old, new in differences)
+        raise BundleError(
+            f"{bundle_dir}: the {kind} encoder here is not the one the model was trained with ({shown}). "
+            "Its features would not mean what the model learned; retrain (dvc repro) with this encoder, "
+            "or install the library versions the bundle names."
+        )
+
+
+def fingerprint_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, bundle value, current value) for every leaf that differs."""
+    flat_expected, flat_actual = _flatten(expected), _flatten(actual)
+    keys = sorted(set(flat_expected) | set(flat_actual))
+    return [
+        (k, flat_expected.get(k), flat_actual.get(k))
+        for k in keys
+        if flat_expected.get(k) != flat_actual.get(k)
+    ]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out |= _flatten(item, f"{prefix}{key}.")
+        return out
+    return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
+
+
+# --- the predictor ----------------------------------------------------------------------------
+
+
+@dataclass
+class Predictor:
+    """A loaded bundle whose encoders have been checked against its fingerprints."""
+
+    bundle_dir: str
+    model: nn.Module
+    meta: BundleMeta
+    specs: dict[str, EncoderSpec]
+
+    @property
+    def data(self) -> DataConfig:
+        return DataConfig.model_validate(self.meta.params["data"])
+
+    def features(
+        self, rows: pd.DataFrame, image_root: Path, cache: FeatureCache, device: torch.device
+    ) -> FeatureSet:
+        """The model's input blocks for these rows, computed (or read from the cache) as extract does."""
+        data = self.data
+        inputs: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        if self.meta.tabular is not None:
+            state = TabularState.from_json(self.meta.tabular)
+            if state.width:
+                inputs["tabular"] = transform_tabular(rows, state)
+                present["tabular"] = np.ones(len(rows), dtype=bool)
+        for kind, spec in self.specs.items():
+            if kind == "text" and data.columns.text:
+                contents = text_contents(rows, list(data.columns.text))
+            elif kind == "image" and data.columns.image:
+                contents = image_contents(rows, list(data.columns.image), image_root, "new rows")
+            else:
+                continue
+            blocks, masks = self._embed(kind, spec, contents, len(rows), cache, device)
+            inputs |= blocks
+            present |= masks
+        self._check_blocks(inputs)
+        ids = row_ids(rows)
+        return FeatureSet(
+            ids=ids,
+            split=np.full(len(ids), "predict"),
+            target=np.zeros(len(ids), dtype=np.float32),
+            inputs=inputs,
+            present=present,
+            classes=self.meta.classes,
+        )
+
+    def predict(
+        self, rows: pd.DataFrame, image_root: Path, cache: FeatureCache, device: torch.device
+    ) -> pd.DataFrame:
+        """row_id, prob_<class>..., prediction: the same columns as reports/test_predictions.parquet."""
+        features = self.features(rows, image_root, cache, device)
+        predictions = predict_with(self.model, self.meta, features)
+        return predictions_table(self.meta.task, features, predictions)
+
+    def _embed(
+        self,
+        kind: str,
+        spec: EncoderSpec,
+        contents: Contents,
+        n_rows: int,
+        cache: FeatureCache,
+        device: torch.device,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Cache hits read back, misses encoded in one chunk and committed as a shard."""
+        job = plan_extraction(spec, contents, n_rows, cache, device, chunk_rows=max(1, len(contents.keys)))
+        try:
+            check_fingerprint(self.bundle_dir, kind, self.meta.encoders[kind], job.fingerprint)
+            for index in range(job.chunk_count):
+                encode_chunk(job, index)
+            return _gather(job, n_rows)
+        finally:
+            job.close()
+
+    def _check_blocks(self, inputs: dict[str, np.ndarray]) -> None:
+        for block, width in self.meta.in_dims.items():
+            if block not in inputs:
+                raise BundleError(
+                    f"{self.bundle_dir}: the model reads block {block!r}, which batch prediction cannot build"
+                )
+            if inputs[block].shape[1] != width:
+                raise BundleError(
+                    f"{self.bundle_dir}: input block {block!r} has width {inputs[block].shape[1]}, "
+                    f"the model expects {width}"
+                )
+
+
+def _gather(job: Extraction, n_rows: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per block: (rows, dim) vectors and presence, as write_feature_file lays them out."""
+    blocks: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    for block in job.contents.blocks:
+        have = block.slots >= 0
+        mask = np.zeros(n_rows, dtype=bool)
+        mask[have] = job.slots.ok[block.slots[have]]
+        matrix = np.zeros((n_rows, job.slots.dim), dtype=np.float32)  # (rows, dim)
+        matrix[mask] = job.slots.vectors[block.slots[mask]]
+        blocks[block.name], present[block.name] = matrix, mask
+    return blocks, present
+
+
+def load_predictor(bundle_dir: str | Path, cache: FeatureCache) -> Predictor:
+    """The bundle, after checking each encoder here against the fingerprint it was trained with."""
+    model, meta = load_bundle(Path(bundle_dir))
+    specs = encoder_specs(meta)
+    for kind, spec in specs.items():
+        check_fingerprint(bundle_dir, kind, meta.encoders[kind], current_fingerprint(spec, cache))
+    return Predictor(str(bundle_dir), model, meta, specs)
+
+
+@lru_cache(maxsize=4)
+def cached_predictor(bundle_dir: str, bundle_mtime_ns: int, cache_dir: str) -> Predictor:
+    """One Predictor per process and bundle version (a rewritten bundle has a new mtime)."""
+    del bundle_mtime_ns  # part of the cache key only
+    return load_predictor(bundle_dir, FeatureCache(cache_dir))

@@ -1,0 +1,337 @@
+"""reports/report.md: the one page a person reads first after a run.
+
+Built from the numbers evaluate already wrote (metrics.json content, plot tables), never
+recomputed here, so the page cannot disagree with the files DVC tracks. The same markdown,
+with figures listed instead of embedded, becomes the Prefect report artifact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tasks.align import PRESENT, SPLIT, SPLITS, TARGET
+from tasks.config import DataConfig
+from tasks.evaluation import FUSED, SKLEARN
+
+_MAX_CLASSES_SHOWN = 25
+_MAX_FEATURES_SHOWN = 25
+
+
+def data_summary(aligned: pd.DataFrame, data: DataConfig) -> dict:
+    """Rows per split, target balance per split, and how often each column has a value."""
+    split = aligned[SPLIT]
+    rows = {s: int((split == s).sum()) for s in SPLITS}
+    if data.task == "regression":
+        target = aligned[TARGET].astype("float64")
+        balance = {
+            s: {k: float(v) for k, v in target[split == s].describe()[["mean", "std", "min", "max"]].items()}
+            for s in SPLITS
+        }
+    else:
+        counts = pd.crosstab(aligned[TARGET].astype(str), split).reindex(columns=list(SPLITS), fill_value=0)
+        balance = {str(label): {s: int(counts.loc[label, s]) for s in SPLITS} for label in counts.index}
+    coverage = {}
+    for role in ("categorical", "numeric", "text", "image"):
+        for column in getattr(data.columns, role):
+            present = aligned[PRESENT + column].astype(bool)
+            coverage[column] = {"role": role, **{s: _share(present[split == s]) for s in SPLITS}}
+    return {"rows": rows, "balance": balance, "coverage": coverage}
+
+
+def _share(mask: pd.Series) -> float:
+    return float(mask.mean()) if len(mask) else float("nan")
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the page shows, already computed by the evaluate flow."""
+
+    metrics: dict  # metrics.json content
+    data: DataConfig
+    summary: dict  # data_summary()
+    head: str
+    sklearn: dict  # {"selected", "selected_by", "candidates"}
+    contributions: pd.DataFrame  # tasks.evaluation.contributions_table
+    importance: pd.DataFrame | None = None
+    block_weights: pd.DataFrame | None = None  # long form: label, block, weight, rows
+    figures: list[str] = field(default_factory=list)  # PNG names under reports/figures/
+    embedding_method: str = ""
+
+
+def render_report(inputs: ReportInputs, embed_figures: bool = True) -> str:
+    """The markdown page; without `embed_figures` it lists figure paths (the Prefect UI cannot load them)."""
+    sections = [
+        _headline(inputs),
+        _data_section(inputs),
+        _metrics_section(inputs),
+        _sklearn_section(inputs),
+        _contributions_section(inputs),
+        _importance_section(inputs),
+        _weights_section(inputs),
+        _figures_section(inputs, embed_figures),
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+def _headline(inputs: ReportInputs) -> str:
+    m = inputs.metrics
+    primary, intervals = m["primary_metric"], m["intervals"]
+    direction = "higher is better" if intervals["higher_is_better"] else "lower is better"
+    singles = {k: v[primary] for k, v in m["baselines"].items() if k != SKLEARN}
+    lines = [
+        "# fuseline evaluation report",
+        "",
+        f"{m['task'].capitalize()} task on target `{inputs.data.target}`, fusion head `{inputs.head}`. "
+        f"Primary metric: **{primary}** ({direction}), on {m['rows'].get('test', 0)} test rows "
+        f"(split seed {inputs.data.split.seed}). Intervals: {int(intervals['level'] * 100)} % "
+        f"{intervals['method']} ({intervals['resamples']} resamples, seed {intervals['seed']}).",
+        "",
+        f"- **Fused model: {_fmt(m['test'][primary])}** {_ci(intervals.get(FUSED))}",
+    ]
+    if singles:
+        best = (
+            max(singles, key=singles.get) if intervals["higher_is_better"] else min(singles, key=singles.get)
+        )
+        lines.append(
+            f"- Best single modality: {best} {_fmt(singles[best])} {_ci(intervals.get(best))}; "
+            f"fused minus it: {_signed(m['test'][primary] - singles[best])} "
+            f"{_ci(intervals.get(f'{FUSED}_minus_{best}'), signed=True)}"
+        )
+    if SKLEARN in m["baselines"]:
+        value = m["baselines"][SKLEARN][primary]
+        lines.append(
+            f"- scikit-learn baseline ({inputs.sklearn.get('selected', '?')}, no neural encoders): "
+            f"{_fmt(value)} {_ci(intervals.get(SKLEARN))}; fused minus it: "
+            f"{_signed(m['test'][primary] - value)} "
+            f"{_ci(intervals.get(f'{FUSED}_minus_{SKLEARN}'), signed=True)}"
+        )
+    return "\n".join(lines)
+
+
+def _data_section(inputs: ReportInputs) -> str:
+    summary = inputs.summary
+    rows = summary["rows"]
+    lines = [
+        "## Data",
+        "",
+        _table(["split", *SPLITS, "total"], [["rows", *rows.values(), sum(rows.values())]]),
+    ]
+    if inputs.data.task == "regression":
+        header = ["target", *SPLITS]
+        body = [
+            [stat, *(_fmt(summary["balance"][s][stat]) for s in SPLITS)]
+            for stat in ("mean", "std", "min", "max")
+        ]
+        lines += ["", "Target distribution:", "", _table(header, body)]
+    else:
+        balance = summary["balance"]
+        labels = sorted(balance, key=lambda c: -sum(balance[c].values()))
+        body = [[f"`{c}`", *(balance[c][s] for s in SPLITS)] for c in labels[:_MAX_CLASSES_SHOWN]]
+        more = len(labels) - _MAX_CLASSES_SHOWN
+        lines += ["", f"Class balance ({len(labels)} classes):", "", _table(["class", *SPLITS], body)]
+        if more > 0:
+            lines.append(f"\n({more} smaller classes not shown.)")
+    coverage = summary["coverage"]
+    body = [[f"`{c}`", v["role"], *(_pct(v[s]) for s in SPLITS)] for c, v in coverage.items()]
+    lines += [
+        "",
+        "Modality coverage (rows with a usable value):",
+        "",
+        _table(["column", "role", *SPLITS], body),
+    ]
+    return "\n".join(lines)
+
+
+def _metrics_section(inputs: ReportInputs) -> str:
+    m = inputs.metrics
+    primary, intervals = m["primary_metric"], m["intervals"]
+    names = list(m["test"])
+    header = ["model", f"{primary} (95 % CI)", *(n for n in names if n != primary)]
+    body = [_metric_row("**fused**", m["test"], intervals.get(FUSED), primary, names)]
+    for name, values in sorted(m["baselines"].items(), key=lambda item: item[0] == SKLEARN):  # sklearn last
+        label = f"sklearn ({inputs.sklearn.get('selected', '?')})" if name == SKLEARN else f"{name} only"
+        body.append(_metric_row(label, values, intervals.get(name), primary, names))
+    return "\n".join(["## Test metrics", "", _table(header, body)])
+
+
+def _metric_row(label: str, values: dict, interval: dict | None, primary: str, names: list[str]) -> list[str]:
+    return [
+        label,
+        f"{_fmt(values[primary])} {_ci(interval)}",
+        *(_fmt(values[n]) for n in names if n != primary),
+    ]
+
+
+def _sklearn_section(inputs: ReportInputs) -> str:
+    candidates = inputs.sklearn.get("candidates") or {}
+    if not candidates:
+        return ""
+    primary = inputs.metrics["primary_metric"]
+    body = []
+    for name, result in candidates.items():
+        settings = (
+            ", ".join(f"{k}={v:g}" for k, v in result.items() if k not in ("val", "test")) or "defaults"
+        )
+        chosen = "yes" if name == inputs.sklearn.get("selected") else ""
+        body.append([name, settings, _fmt(result["val"][primary]), _fmt(result["test"][primary]), chosen])
+    return "\n".join(
+        [
+            "## Baselines a user would otherwise use",
+            "",
+            "scikit-learn on the raw aligned table, same train/val/test rows: TF-IDF (1-2 grams) of the "
+            "text columns, one-hot categoricals and scaled numerics into a linear model (regularisation "
+            "tuned on val), and the same columns (text reduced by SVD) into histogram gradient boosting. "
+            f"The candidate with the better {inputs.sklearn.get('selected_by', 'validation score')} is the "
+            "reported baseline; its test score is never used for the choice. It cannot see images.",
+            "",
+            _table(["candidate", "settings", f"val {primary}", f"test {primary}", "selected"], body),
+        ]
+    )
+
+
+def _contributions_section(inputs: ReportInputs) -> str:
+    m = inputs.metrics
+    primary, intervals = m["primary_metric"], m["intervals"]
+    table = inputs.contributions
+    body = []
+    for row in table.itertuples(index=False):
+        delta = intervals.get(f"{FUSED}_minus_{row.key}")
+        difference = (
+            ""
+            if row.kind == "fused"
+            else (f"{_signed(m['test'][primary] - row.value)} {_ci(delta, signed=True)}")
+        )
+        body.append([row.model, f"{_fmt(row.value)} {_ci({'low': row.low, 'high': row.high})}", difference])
+    return "\n".join(
+        [
+            "## What each modality contributes",
+            "",
+            "*Fused without X*: the trained fused model with modality X marked absent on every test row "
+            "(the head falls back to its learned 'missing' embedding). *X only*: the same head trained on "
+            "modality X alone. The last column is the fused model's lead, with a paired bootstrap interval.",
+            "",
+            _table(["model", f"{primary} (95 % CI)", "fused minus this (95 % CI)"], body),
+        ]
+    )
+
+
+def _importance_section(inputs: ReportInputs) -> str:
+    table = inputs.importance
+    if table is None or table.empty:
+        return ""
+    primary = inputs.metrics["primary_metric"]
+    change = worsening(primary, inputs.metrics["intervals"]["higher_is_better"])
+    repeats = int(table["repeats"].iloc[0])
+    body = [
+        [f"`{r.feature}`", r.modality, f"{_signed(r.importance)} ± {_fmt(r.std)}"]
+        for r in table.head(_MAX_FEATURES_SHOWN).itertuples(index=False)
+    ]
+    return "\n".join(
+        [
+            "## Feature importance",
+            "",
+            f"Permutation importance on the test rows: the {change} when one column's values are "
+            f"shuffled across rows ({repeats} seeded repeats, mean ± std). Text and image columns are "
+            "shuffled whole. Near zero: the fused model does not use the column.",
+            "",
+            _table(["column", "modality", change], body),
+        ]
+    )
+
+
+def worsening(metric: str, higher_is_better: bool) -> str:
+    """How a permutation importance is read: a drop in a score, a rise in an error."""
+    return f"drop in {metric}" if higher_is_better else f"rise in {metric}"
+
+
+def _weights_section(inputs: ReportInputs) -> str:
+    table = inputs.block_weights
+    if table is None or table.empty:
+        return "\n".join(
+            [
+                "## Attention / gate weights",
+                "",
+                f"The `{inputs.head}` head exposes no per-block weights (no `attention_weights`, `gates` "
+                "or `block_weights` method), so there is nothing to show here.",
+            ]
+        )
+    pivot = table.pivot(index="label", columns="block", values="weight")
+    body = [
+        [f"`{label}`", *(_fmt(v) for v in row)]
+        for label, row in zip(pivot.index, pivot.to_numpy(), strict=True)
+    ]
+    return "\n".join(
+        [
+            "## Attention / gate weights",
+            "",
+            f"Mean weight the `{inputs.head}` head gives each input block, per target group (test rows).",
+            "",
+            _table(["group", *map(str, pivot.columns)], body),
+        ]
+    )
+
+
+def _figures_section(inputs: ReportInputs, embed: bool) -> str:
+    if not inputs.figures:
+        return ""
+    lines = ["## Figures", ""]
+    for name in inputs.figures:
+        title = _FIGURE_TITLES.get(name, name.removesuffix(".png").replace("_", " "))
+        if name == "embedding.png" and inputs.embedding_method:
+            title += f" ({inputs.embedding_method})"
+        lines.append(
+            f"### {title}\n\n![{title}](figures/{name})\n"
+            if embed
+            else f"- {title}: `reports/figures/{name}`"
+        )
+    return "\n".join(lines)
+
+
+_FIGURE_TITLES = {
+    "contributions.png": "Modality contributions",
+    "importance.png": "Permutation importance",
+    "learning_curve.png": "Learning curve",
+    "roc.png": "ROC curve",
+    "precision_recall.png": "Precision-recall curve",
+    "confusion.png": "Confusion matrix",
+    "calibration.png": "Calibration",
+    "pred_vs_true.png": "Predicted vs true",
+    "residuals.png": "Residuals",
+    "embedding.png": "Fused embedding",
+    "block_weights.png": "Block weights per target group",
+}
+
+
+# --- formatting -------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.3f}"
+
+
+def _signed(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:+.3f}"
+
+
+def _pct(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{100 * value:.0f} %"
+
+
+def _ci(interval: dict | None, signed: bool = False) -> str:
+    if not interval or not all(math.isfinite(float(interval[k])) for k in ("low", "high")):
+        return ""
+    show = _signed if signed else _fmt
+    return f"[{show(interval['low'])}, {show(interval['high'])}]"

@@ -1,0 +1,67 @@
+"""One reproduced git + DVC project per test session, shared by every end-to-end module.
+
+`dvc repro` of the tiny demo is the slowest thing the suite does, so it runs once; tests
+that change the project (experiments, retraining, push/pull) work on a copy (`copy_repo`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_params
+
+PROJECT_FILES = ("dvc.yaml", "flows", "tasks", "modelzoo")
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+
+
+def run_ok(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; fail the test with its output when it exits non-zero."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def project_env(prefect_api: str) -> dict[str, str]:
+    """This interpreter's bin first on PATH (dvc.yaml runs `python -m flows...`), the test server's API."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PREFECT_API_URL=prefect_api, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def copy_repo(source: Path, target: Path) -> Path:
+    """A full copy (git history, DVC cache, feature cache, outputs) that a test may change freely."""
+    shutil.copytree(source, target, symlinks=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def repo(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A git + DVC repo holding the project code and a 200-row demo params.yaml, reproduced once."""
+    root = tmp_path_factory.mktemp("dvc-repo")
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    params = tiny_params(
+        rows=200, encoders={"image": {"model": "efficientnet_lite0", "image_size": 128, "batch_size": 32}}
+    )
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_env(prefect_api)
+    run_ok(["git", "init", "-q"], root, env)
+    run_ok(["dvc", "init", "-q"], root, env)
+    run_ok([*GIT, "add", "-A"], root, env)
+    run_ok([*GIT, "commit", "-qm", "init"], root, env)
+    run_ok(["dvc", "repro"], root, env)
+    return root, env

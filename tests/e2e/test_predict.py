@@ -1,0 +1,135 @@
+"""Batch prediction with the bundle the shared reproduced project trained (tests/e2e/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.cache import FeatureCache
+from tasks.errors import BundleError, DataError
+from tasks.predict import load_predictor, read_new_rows
+from tasks.tabular import TabularState
+from tests.e2e.conftest import run_ok
+
+pytestmark = pytest.mark.slow
+
+Repo = tuple[Path, dict[str, str]]
+
+
+def _raw_rows(root: Path, split: str | None = None) -> pd.DataFrame:
+    """The demo's raw CSV rows (strings, as a user's file holds them), optionally one split's."""
+    raw = pd.read_csv(root / "data" / "demo" / "items.csv", dtype=str, keep_default_na=False)
+    if split is None:
+        return raw
+    aligned = pd.read_parquet(root / "data" / "aligned" / "aligned.parquet", columns=["row_id", "split"])
+    return raw[raw["item_id"].isin(set(aligned.loc[aligned["split"] == split, "row_id"]))]
+
+
+@pytest.fixture()
+def in_repo(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in the project root: the cache and image paths in params.yaml are relative to it."""
+    root, _ = repo
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_batch_prediction_equals_evaluate_on_the_test_rows(in_repo: Path, tmp_path: Path) -> None:
+    from flows.predict import predict
+
+    rows = _raw_rows(in_repo, "test")
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    summary = predict("models", str(tmp_path / "new.csv"), str(tmp_path / "preds.parquet"), "params.yaml")
+    ours = pd.read_parquet(tmp_path / "preds.parquet").sort_values("row_id").reset_index(drop=True)
+    theirs = pd.read_parquet(in_repo / "reports" / "test_predictions.parquet")
+    theirs = theirs.sort_values("row_id").reset_index(drop=True)
+    assert summary["rows"] == len(rows) == len(theirs)
+    pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
+
+
+def test_bundle_refuses_an_encoder_with_another_fingerprint(in_repo: Path, tmp_path: Path) -> None:
+    bundle = shutil.copytree(in_repo / "models", tmp_path / "models")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["encoders"]["text"]["weights_digest"] = "0" * 16
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"text encoder .*weights_digest: bundle '0000000000000000'"):
+        load_predictor(bundle, FeatureCache(in_repo / ".cache" / "features"))
+
+
+def test_unseen_category_lands_in_the_unknown_slot(in_repo: Path, tmp_path: Path) -> None:
+    predictor = load_predictor(in_repo / "models", FeatureCache(in_repo / ".cache" / "features"))
+    rows = _raw_rows(in_repo).head(2).assign(category="a-category-never-seen")
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    table = read_new_rows(tmp_path / "new.csv", predictor.data, in_repo / predictor.data.image_root)
+    features = predictor.features(table, in_repo / predictor.data.image_root, _cache(in_repo), _cpu())
+    names = TabularState.from_json(predictor.meta.tabular).feature_names()
+    assert features.inputs["tabular"][:, names.index("category=<unknown>")].tolist() == [1.0, 1.0]
+
+
+def test_missing_text_and_undecodable_image_become_absent_not_errors(in_repo: Path, tmp_path: Path) -> None:
+    predictor = load_predictor(in_repo / "models", FeatureCache(in_repo / ".cache" / "features"))
+    rows = _raw_rows(in_repo).head(3).copy()
+    images = tmp_path / "images"
+    images.mkdir()
+    for photo in rows["photo"]:
+        (images / photo).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(in_repo / predictor.data.image_root / photo, images / photo)
+    rows.iloc[0, rows.columns.get_loc("title")] = ""
+    (images / rows["photo"].iloc[1]).write_bytes(b"\xff\xd8 not really a jpeg")
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    table = read_new_rows(tmp_path / "new.csv", predictor.data, images)
+    features = predictor.features(table, images, _cache(in_repo), _cpu())
+    assert features.present["text.title"].tolist() == [False, True, True]
+    assert features.present["image.photo"].tolist() == [True, False, True]
+    assert len(predictor.predict(table, images, _cache(in_repo), _cpu())) == 3
+
+
+def test_missing_column_is_a_data_error_naming_file_and_column(in_repo: Path, tmp_path: Path) -> None:
+    predictor = load_predictor(in_repo / "models", FeatureCache(in_repo / ".cache" / "features"))
+    _raw_rows(in_repo).head(3).drop(columns=["price"]).to_csv(tmp_path / "new.csv", index=False)
+    with pytest.raises(DataError, match=r"file .*new\.csv; column 'price'"):
+        read_new_rows(tmp_path / "new.csv", predictor.data, in_repo / predictor.data.image_root)
+
+
+def test_predictions_keep_the_input_row_order(in_repo: Path, tmp_path: Path) -> None:
+    from flows.predict import predict
+
+    rows = _raw_rows(in_repo).head(40).iloc[::-1]
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    predict("models", str(tmp_path / "new.csv"), str(tmp_path / "preds.parquet"), None)
+    ours = pd.read_parquet(tmp_path / "preds.parquet")
+    assert ours["row_id"].tolist() == rows["item_id"].tolist()
+    assert np.isfinite(ours.filter(like="prob_").to_numpy()).all()
+
+
+def _cache(root: Path) -> FeatureCache:
+    return FeatureCache(root / ".cache" / "features")
+
+
+def _cpu() -> torch.device:
+    return torch.device("cpu")
+
+
+def test_fuseline_predict_command_writes_the_output(repo: Repo, tmp_path: Path) -> None:
+    root, env = repo
+    _raw_rows(root).head(5).to_csv(tmp_path / "new.csv", index=False)
+    output = tmp_path / "out" / "preds.parquet"
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "predict",
+        "--model",
+        "models",
+        "--input",
+        str(tmp_path / "new.csv"),
+    ]
+    result = run_ok([*command, "--output", str(output)], root, env)
+    assert f"5 predictions -> {output}" in result.stdout
+    assert len(pd.read_parquet(output)) == 5
