@@ -42,6 +42,7 @@ def bundle_meta(
         target_scaling=(scaling.mean, scaling.std) if scaling else None,
         encoders={m: meta["encoder"] for m, meta in metadata.items() if "encoder" in meta},
         tabular=metadata.get("tabular", {}).get("tabular_state"),
+        wide=metadata.get("tabular", {}).get("wide_state"),
         best_epoch=result.best_epoch,
         params=params.model_dump(mode="json"),
     )

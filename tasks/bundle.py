@@ -40,6 +40,8 @@ class BundleMeta:
     tabular: dict[str, Any] | None
     best_epoch: int
     params: dict[str, Any]
+    # wide_deep's fitted hashing state (tasks/wide.py), so prediction builds the same id blocks.
+    wide: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)

@@ -11,8 +11,9 @@ extraction is three steps, so a flow can run each as its own task:
 A killed run loses at most the chunk in flight: the rerun's plan finds every committed shard.
 
 Speed: batched under `torch.inference_mode`; texts sorted by length and padded per batch;
-images decoded and resized in DataLoader workers where there are cores to spare (inline on
-a 2-core CPU, where worker start-up and IPC cost more than they save), channels_last; on
+images decoded and resized in DataLoader workers where there are cores to spare (on a thread
+ahead of the forward on a 2-core CPU, where workers' start-up and IPC cost more than they
+save), channels_last; on
 CUDA also pinned memory, non-blocking copies, bf16 autocast and batches of at least 256.
 """
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -53,6 +56,8 @@ log = logging.getLogger(__name__)
 TEXT_INPUT = "utf8-verbatim/v1"
 IMAGE_DECODE = f"tasks.images/v{DECODE_VERSION}"
 _CUDA_MIN_BATCH = 256
+# Batches decoded ahead on a thread when there are no decode worker processes (see _Prefetched).
+_PREFETCH_BATCHES = 2
 # How an image fared in a decode worker.
 _DECODED, _UNDECODABLE, _CHANGED = 1, 0, -1
 
@@ -154,8 +159,13 @@ class Extraction:
         return self.misses[index * self.chunk_rows : (index + 1) * self.chunk_rows]
 
     def close(self) -> None:
-        self.feed = None
+        self.drop_feed()
         self.slots.close()
+
+    def drop_feed(self) -> None:
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
 
 
 # --- the three steps --------------------------------------------------------------------------
@@ -332,8 +342,11 @@ def encode_sorted_texts(
 ) -> tuple[np.ndarray, float]:
     """(N, dim) float32 embeddings of `texts`, which the caller sorted by length; + forward seconds.
 
-    Tokenised a batch at a time, each padded only to its own longest row.
+    Tokenised a batch at a time, each padded only to its own longest row. The tokenizer runs
+    serially: its parallel pool would spin beside torch's threads between batches of 64 and
+    cost the forward 10-25% on a 2-core CPU, for tokenisation that takes ~2% of the time.
     """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out = np.empty((len(texts), encoder.dim), dtype=np.float32)
     forward = 0.0
     with torch.inference_mode(), autocast_for(device):
@@ -494,18 +507,79 @@ class _ImageFeed:
             [job.contents.sources[s] for s in slots], [job.contents.keys[s] for s in slots], job.spec.size
         )
         self.next_chunk = first_chunk
-        self.batches = iter(_image_loader(dataset, batch_size_for(job.spec, job.device), job.device))
+        loader = _image_loader(dataset, batch_size_for(job.spec, job.device), job.device)
+        self.batches: Iterator = iter(loader)
+        if loader.num_workers == 0 and _PREFETCH_BATCHES:
+            self.batches = _Prefetched(self.batches, _PREFETCH_BATCHES)
+
+    def close(self) -> None:
+        if isinstance(self.batches, _Prefetched):
+            self.batches.close()
+
+
+_END = object()
+
+
+class _Prefetched:
+    """Reads and decodes the next batches on a thread while the encoder runs on this one.
+
+    Without decode worker processes (a 2-core CPU, where their start-up and IPC cost more
+    than they save) decoding would sit between forwards. A CNN forward leaves cores idle
+    between its many small ops, and file reads, sha256 and Pillow's decode and resize release
+    the GIL, so a thread hides most of the decode time in those gaps.
+    """
+
+    def __init__(self, source: Iterator, depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(source,), name="image-decode", daemon=True)
+        self._thread.start()
+
+    def _fill(self, source: Iterator) -> None:
+        try:
+            for item in source:
+                if not self._put((item, None)):
+                    return
+            self._put((_END, None))
+        except BaseException as err:  # handed to the consumer, raised there
+            self._put((None, err))
+
+    def _put(self, entry: tuple) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> _Prefetched:
+        return self
+
+    def __next__(self) -> Any:
+        item, err = self._queue.get()
+        if err is not None:
+            raise err
+        if item is _END:
+            self._queue.put((_END, None))  # a later next() ends too, it does not hang
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Stop decoding ahead (the consumer has moved on or failed)."""
+        self._stop.set()
 
 
 def _encode_image_chunk(job: Extraction, index: int) -> tuple[np.ndarray, np.ndarray, float]:
     if job.feed is None or job.feed.next_chunk != index:
+        job.drop_feed()
         job.feed = _ImageFeed(job, index)
     slots = job.chunk(index)
 
     def fail_on_changed(outcome: np.ndarray) -> None:
         changed = np.flatnonzero(outcome == _CHANGED)
         if len(changed):
-            job.feed = None
+            job.drop_feed()
             _raise_changed(job, slots[changed])
 
     vectors, outcome, forward = encode_image_batches(

@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from modelzoo.heads._blocks import is_wide_block
+
 # align's own helpers, so image paths, digests and presence are decided exactly as in training.
 from tasks.align import DIGEST, ID, PRESENT, AlignReport, _inspect_images, _presence, _resolve_images
 from tasks.bundle import BundleMeta, load_bundle
@@ -46,6 +48,7 @@ from tasks.extract import (
 from tasks.ingest import _typed_columns
 from tasks.sources import read_source
 from tasks.tabular import TabularState, transform_tabular
+from tasks.wide import WideState, transform_wide
 
 # --- reading new rows -----------------------------------------------------------------------
 
@@ -187,6 +190,10 @@ class Predictor:
             if state.width:
                 inputs["tabular"] = transform_tabular(rows, state)
                 present["tabular"] = np.ones(len(rows), dtype=bool)
+        if self.meta.wide is not None and any(is_wide_block(block) for block in self.meta.in_dims):
+            blocks, masks = transform_wide(rows, WideState.from_json(self.meta.wide))
+            inputs |= blocks
+            present |= masks
         for kind, spec in self.specs.items():
             if kind == "text" and data.columns.text:
                 contents = text_contents(rows, list(data.columns.text))

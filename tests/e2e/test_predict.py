@@ -133,3 +133,42 @@ def test_fuseline_predict_command_writes_the_output(repo: Repo, tmp_path: Path) 
     result = run_ok([*command, "--output", str(output)], root, env)
     assert f"5 predictions -> {output}" in result.stdout
     assert len(pd.read_parquet(output)) == 5
+
+
+def test_a_wide_deep_bundle_predicts_from_raw_rows_as_from_its_features(
+    in_repo: Path, tmp_path: Path
+) -> None:
+    """wide_deep reads hashed id blocks; prediction rebuilds them from the bundle's wide state."""
+    import yaml
+
+    from flows.predict import predict
+    from flows.train import bundle_meta
+    from tasks.assemble import feature_metadata, load_feature_set
+    from tasks.bundle import load_bundle, write_bundle
+    from tasks.config import params_from_dict
+    from tasks.evaluation import predict_with, predictions_table
+    from tasks.paths import Layout
+    from tasks.training import train_model
+
+    raw = yaml.safe_load((in_repo / "params.yaml").read_text())
+    raw["fusion"] = {**raw["fusion"], "head": "wide_deep"}
+    raw["train"] = {**raw["train"], "epochs": 2}
+    params = params_from_dict(raw)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    features = load_feature_set(Layout(), params.data.task)
+    result = train_model(features, params.data.task, params.fusion, params.train, progress=False)
+    meta = bundle_meta(result, params, features, feature_metadata(Layout()))
+    assert meta.wide is not None and any(block.endswith("__wide__") for block in meta.in_dims)
+    write_bundle(tmp_path / "wide_deep", result.model, meta)
+
+    rows = _raw_rows(in_repo, "test")
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    predict(str(tmp_path / "wide_deep"), str(tmp_path / "new.csv"), str(tmp_path / "preds.parquet"),
+            str(tmp_path / "params.yaml"))  # fmt: skip
+    ours = pd.read_parquet(tmp_path / "preds.parquet").sort_values("row_id").reset_index(drop=True)
+    model, loaded = load_bundle(tmp_path / "wide_deep")
+    test = features.of_split("test")
+    theirs = predictions_table(loaded.task, test, predict_with(model, loaded, test))
+    theirs = theirs.sort_values("row_id").reset_index(drop=True)
+    assert len(ours) == len(rows)
+    pd.testing.assert_frame_equal(ours, theirs, check_exact=False, atol=1e-6, rtol=0)
