@@ -16,7 +16,7 @@ the other rows arrive later as the +5%):
 - Cold pipeline passes (`--rounds`, each with an empty cache) alternate with bare passes
   (pipeline, bare, pipeline, bare) and each side's rate is its best pass: on a
   shared CPU, other processes and a drifting clock only ever slow a pass down, and a single
-  pass pair measured 0.75-1.05 for identical work on this 2-core machine.
+  pass pair measured 0.75-1.08 for identical work on this 2-core machine.
 - warm: the same rows again (nothing changed); incremental: all rows (+5%). Wall times are
   text + image extraction, each from reading the aligned Parquet to the written feature file;
   `warm_over_cold`, `incremental_over_cold` divide them by the cold one.
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
-        "--rounds", type=int, default=2, help="cold pipeline passes, alternating with bare ones"
+        "--rounds", type=int, default=3, help="cold pipeline passes, alternating with bare ones"
     )
     args = parser.parse_args(argv)
 
