@@ -6,6 +6,7 @@ one per input block, keyed like `tabular`, `text.title`, `image.photo`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,17 +47,21 @@ class FeatureSet:
     def of_split(self, name: str) -> FeatureSet:
         return self.rows(self.split == name)
 
-    def only_modalities(self, modalities: set[str]) -> FeatureSet:
-        """Keep the blocks of some modalities: how single-modality baselines are made."""
-        keep = [k for k in self.inputs if modality_of(k) in modalities]
+    def select_blocks(self, names: Iterable[str]) -> FeatureSet:
+        """The same rows with only the named blocks, in the order given."""
+        names = list(names)
         return FeatureSet(
             ids=self.ids,
             split=self.split,
             target=self.target,
-            inputs={k: self.inputs[k] for k in keep},
-            present={k: self.present[k] for k in keep},
+            inputs={k: self.inputs[k] for k in names},
+            present={k: self.present[k] for k in names},
             classes=self.classes,
         )
+
+    def only_modalities(self, modalities: set[str]) -> FeatureSet:
+        """Keep the blocks of some modalities: how single-modality baselines are made."""
+        return self.select_blocks(k for k in self.inputs if modality_of(k) in modalities)
 
     @property
     def modalities(self) -> list[str]:

@@ -36,14 +36,7 @@ def with_blocks(features: FeatureSet, blocks: dict[str, int]) -> FeatureSet:
     missing = [b for b in blocks if b not in features.inputs]
     if missing:
         raise KeyError(f"features lack blocks the model needs: {missing}")
-    return FeatureSet(
-        ids=features.ids,
-        split=features.split,
-        target=features.target,
-        inputs={b: features.inputs[b] for b in blocks},
-        present={b: features.present[b] for b in blocks},
-        classes=features.classes,
-    )
+    return features.select_blocks(blocks)
 
 
 def predict_with(model: nn.Module, meta: BundleMeta, features: FeatureSet) -> np.ndarray:

@@ -164,14 +164,7 @@ def head_features(features: FeatureSet, head: str) -> FeatureSet:
     keep = [name for name in features.inputs if not is_wide_block(name)]
     if not keep:
         raise DataError(f"head {head!r} has no input blocks to read (only hashed wide blocks)")
-    return FeatureSet(
-        ids=features.ids,
-        split=features.split,
-        target=features.target,
-        inputs={name: features.inputs[name] for name in keep},
-        present={name: features.present[name] for name in keep},
-        classes=features.classes,
-    )
+    return features.select_blocks(keep)
 
 
 def fit_target_scaling(target: np.ndarray) -> TargetScaling:
