@@ -87,6 +87,12 @@ def check_blocks(expected: tuple[str, ...], inputs: dict[str, Tensor], present: 
         raise ValueError(f"no presence mask for blocks {lacking}")
 
 
+def check_out_dim(out_dim: int) -> None:
+    """A head with no outputs would build and then fail obscurely in its first loss."""
+    if out_dim < 1:
+        raise ValueError(f"out_dim must be positive, got {out_dim}")
+
+
 def mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
     """The small two-layer network every head ends with: (B, in_dim) -> (B, out_dim)."""
     return nn.Sequential(

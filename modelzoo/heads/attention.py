@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from modelzoo.heads._blocks import BlockProjections, HeadOptions, mlp
+from modelzoo.heads._blocks import BlockProjections, HeadOptions, check_out_dim, mlp
 from modelzoo.registry import register
 
 
@@ -24,8 +24,7 @@ class AttentionFusion(nn.Module):
 
     def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
         super().__init__()
-        if out_dim < 1:
-            raise ValueError(f"out_dim must be positive, got {out_dim}")
+        check_out_dim(out_dim)
         self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
         n_blocks = len(self.blocks.names)
         # Tells the scorer (and the MLP) which block an embedding came from.

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from modelzoo.heads._blocks import BlockProjections, HeadOptions, mlp
+from modelzoo.heads._blocks import BlockProjections, HeadOptions, check_out_dim, mlp
 from modelzoo.registry import register
 
 
@@ -34,8 +34,7 @@ class BilinearFusion(nn.Module):
 
     def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
         super().__init__()
-        if out_dim < 1:
-            raise ValueError(f"out_dim must be positive, got {out_dim}")
+        check_out_dim(out_dim)
         self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
         n_blocks, hidden = len(self.blocks.names), cfg.hidden
         factors = torch.randn(n_blocks, cfg.rank, hidden + 1, hidden) / math.sqrt(hidden)

@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from modelzoo.heads._blocks import BlockProjections, mlp
+from modelzoo.heads._blocks import BlockProjections, check_out_dim, mlp
 from modelzoo.registry import register
 
 
@@ -27,8 +27,7 @@ class ConcatFusion(nn.Module):
 
     def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
         super().__init__()
-        if out_dim < 1:
-            raise ValueError(f"out_dim must be positive, got {out_dim}")
+        check_out_dim(out_dim)
         self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
         self.mlp = mlp(len(self.blocks.names) * cfg.hidden, cfg.hidden, out_dim, cfg.dropout)
 

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from modelzoo.heads._blocks import BlockProjections, HeadOptions, check_blocks
+from modelzoo.heads._blocks import BlockProjections, HeadOptions, check_blocks, check_out_dim
 from modelzoo.registry import register
 
 TABULAR = "tabular"  # the block the feature store writes for all tabular columns together
@@ -71,8 +71,7 @@ class TransformerFusion(nn.Module):
 
     def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
         super().__init__()
-        if out_dim < 1:
-            raise ValueError(f"out_dim must be positive, got {out_dim}")
+        check_out_dim(out_dim)
         self.names = tuple(sorted(in_dims))
         split_tabular = TABULAR in in_dims and cfg.feature_tokens > 0
         others = {k: d for k, d in in_dims.items() if not (split_tabular and k == TABULAR)}

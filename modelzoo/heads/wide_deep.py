@@ -19,7 +19,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
-from modelzoo.heads._blocks import BlockProjections, HeadOptions, check_blocks, is_wide_block, mlp
+from modelzoo.heads._blocks import (
+    BlockProjections,
+    HeadOptions,
+    check_blocks,
+    check_out_dim,
+    is_wide_block,
+    mlp,
+)
 from modelzoo.registry import register
 
 MAX_BUCKETS = 2**24  # ids are stored in float32, which holds every integer up to 2**24
@@ -58,8 +65,7 @@ class WideDeep(nn.Module):
 
     def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
         super().__init__()
-        if out_dim < 1:
-            raise ValueError(f"out_dim must be positive, got {out_dim}")
+        check_out_dim(out_dim)
         self.names = tuple(sorted(in_dims))
         self.wide_names = tuple(name for name in self.names if is_wide_block(name))
         deep_dims = {name: in_dims[name] for name in self.names if not is_wide_block(name)}
