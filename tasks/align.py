@@ -105,22 +105,26 @@ def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd
     return aligned, report
 
 
+def check_ids(ids: pd.Series, path: str, column: str) -> None:
+    """Every row needs one id of its own: joins, splits and predictions are keyed by it."""
+    missing = ids.isna() | ids.str.strip().eq("")
+    if missing.any():
+        rows = [int(i) + 1 for i in ids.index[missing]]
+        raise DataError(f"{int(missing.sum())} rows have no id", file=path, column=column, rows=rows)
+    duplicated = ids.duplicated(keep=False)
+    if duplicated.any():
+        dup_ids = sorted(set(ids[duplicated]))
+        raise DataError(
+            f"{len(dup_ids)} ids occur more than once ({int(duplicated.sum())} rows)",
+            file=path,
+            column=column,
+            rows=dup_ids,
+        )
+
+
 def _join(data: DataConfig, sources: list[tuple[str, pd.DataFrame]], report: AlignReport) -> pd.DataFrame:
     for path, frame in sources:
-        ids = frame[data.id]
-        missing = ids.isna() | ids.str.strip().eq("")
-        if missing.any():
-            rows = [int(i) + 1 for i in frame.index[missing]]
-            raise DataError(f"{int(missing.sum())} rows have no id", file=path, column=data.id, rows=rows)
-        duplicated = ids.duplicated(keep=False)
-        if duplicated.any():
-            dup_ids = sorted(set(ids[duplicated]))
-            raise DataError(
-                f"{len(dup_ids)} ids occur more than once ({int(duplicated.sum())} rows)",
-                file=path,
-                column=data.id,
-                rows=dup_ids,
-            )
+        check_ids(frame[data.id], path, data.id)
     base_path, table = sources[0]
     seen = {c: base_path for c in table.columns}
     for path, frame in sources[1:]:

@@ -26,7 +26,16 @@ from torch import nn
 from modelzoo.heads._blocks import is_wide_block
 
 # align's own helpers, so image paths, digests and presence are decided exactly as in training.
-from tasks.align import DIGEST, ID, PRESENT, AlignReport, _inspect_images, _presence, _resolve_images
+from tasks.align import (
+    DIGEST,
+    ID,
+    PRESENT,
+    AlignReport,
+    _inspect_images,
+    _presence,
+    _resolve_images,
+    check_ids,
+)
 from tasks.bundle import BundleMeta, load_bundle
 from tasks.cache import FeatureCache
 from tasks.cache.fingerprints import encoder_identity
@@ -72,7 +81,7 @@ def read_new_rows(path: str | Path, data: DataConfig, image_root: Path) -> pd.Da
     # A target (or split) column in the new rows is irrelevant to prediction: never let it fail.
     ignored = [c for c in (data.target, data.split.column) if c is not None and c in frame.columns]
     typed = _typed_columns(data, path, frame.drop(columns=ignored))
-    _check_ids(typed[data.id], path, data.id)
+    check_ids(typed[data.id], path, data.id)
     rows = pd.DataFrame({ID: typed[data.id].astype("string")})
     for column in data.columns.all():
         rows[column] = typed[column]
@@ -85,18 +94,6 @@ def read_new_rows(path: str | Path, data: DataConfig, image_root: Path) -> pd.Da
     for column in data.columns.all():
         rows[PRESENT + column] = _presence(rows[column]).to_numpy()
     return rows
-
-
-def _check_ids(ids: pd.Series, path: str, column: str) -> None:
-    missing = ids.isna() | ids.str.strip().eq("")
-    if missing.any():
-        rows = [int(i) + 1 for i in ids.index[missing]]
-        raise DataError(f"{int(missing.sum())} rows have no id", file=path, column=column, rows=rows)
-    duplicated = ids.duplicated(keep=False)
-    if duplicated.any():
-        raise DataError(
-            "ids occur more than once", file=path, column=column, rows=sorted(set(ids[duplicated]))
-        )
 
 
 def chunk_bounds(n_rows: int, chunk_rows: int) -> list[tuple[int, int]]:
