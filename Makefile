@@ -26,6 +26,7 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	@test -d .dvc || dvc init --quiet
 	@$(MAKE) --no-print-directory dvc-remote
+	fuseline check   # params.yaml through fuseline's guarded loader before DVC parses it
 	fuseline server start
 	dvc repro
 	@echo

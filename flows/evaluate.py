@@ -7,21 +7,17 @@ reports/report.md and the test predictions, and publishes the report as Prefect 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from flows._entry import run_from_command_line
@@ -31,6 +27,7 @@ from tasks.atomic import atomic_dir, write_bytes, write_json, write_parquet, wri
 from tasks.bundle import BundleMeta, baseline_dirs, load_bundle
 from tasks.config import Params, load_params
 from tasks.dataset import FeatureSet
+from tasks.device import single_threaded
 from tasks.evaluation import (
     FUSED,
     SKLEARN,
@@ -127,26 +124,8 @@ def _json_safe(rows: list[dict]) -> list[dict]:
 @flow(name="evaluate")
 def evaluate(params_path: str = "params.yaml") -> dict:
     """Write metrics, plot data, figures, report and test predictions; publish the artifacts."""
-    with _one_thread():
+    with single_threaded():
         return _evaluate(load_params(params_path))
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch, OpenMP and BLAS on one thread for the duration, then the caller's settings back.
-
-    evaluate runs many small forward passes (test rows only: ablation, 5 repeats per column of
-    permutation importance). With two threads on a shared 2-core machine each pass waited on
-    spinning threads: predicting 120 pokemon test rows took 0.52 s with 2 torch threads and
-    0.021 s with 1 (same process, back to back), so one thread is the fast setting here.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _evaluate(params: Params) -> dict:

@@ -31,12 +31,11 @@ from tasks.extract import (
     encode_chunk,
     plan_modality,
     row_ids,
-    tabular_features,
     write_features,
+    write_tabular_features,
 )
 from tasks.feature_store import write_blocks
 from tasks.paths import MODALITIES, Layout
-from tasks.wide import wide_blocks
 
 ARTIFACT_KEY = "fuseline-extract"
 # Chunk progress and cache hit/miss counts are INFO records of these loggers; Prefect forwards
@@ -46,16 +45,7 @@ _PROGRESS_LOGGERS = ("tasks.extract", "tasks.cache")
 
 @task(name="extract-tabular")
 def extract_tabular(params: Params, aligned: pd.DataFrame, target: Path) -> int:
-    columns = params.data.columns
-    matrix, state = tabular_features(aligned, list(columns.categorical), list(columns.numeric))
-    present = matrix.shape[1] > 0
-    blocks = {"tabular": matrix} if present else {}
-    masks = {"tabular": aligned.index.to_numpy() >= 0} if present else {}
-    wide, wide_present, wide_state = wide_blocks(aligned, params)  # hashed ids for wide_deep's wide part
-    write_blocks(
-        target, row_ids(aligned), {**blocks, **wide}, {**masks, **wide_present},
-        {"tabular_state": state.to_json(), "wide_state": wide_state},
-    )  # fmt: skip
+    write_tabular_features(params, aligned, target)
     return len(aligned)
 
 

@@ -28,6 +28,7 @@ from tasks.atomic import write_parquet
 from tasks.cache import FeatureCache
 from tasks.config import CacheConfig, RuntimeConfig, load_params
 from tasks.device import pick_device
+from tasks.pathcheck import check_input_path, check_output_path
 from tasks.predict import cached_predictor, chunk_bounds, read_new_rows
 from tasks.promotion import resolve_model_dir
 
@@ -86,7 +87,7 @@ def predict(
     started = time.perf_counter()
     runtime, cache = _machine_settings(params_path)
     # Absolute paths: cluster workers need not share this process's working directory.
-    bundle_dir = str(resolve_model_dir(Path(model)).resolve())
+    bundle_dir = check_predict_paths(model, input_path, output_path, params_path)
     cache_dir = str(Path(cache.dir).resolve())
     mtime = _bundle_mtime_ns(bundle_dir)
     predictor = cached_predictor(bundle_dir, mtime, cache_dir)  # fails fast on a fingerprint mismatch
@@ -128,6 +129,25 @@ def predict(
                 runtime.task_runner, seconds, out)  # fmt: skip
     _publish(summary, predictions)
     return summary
+
+
+def check_predict_paths(model: str, input_path: str, output_path: str, params_path: str | None) -> str:
+    """Refuse an unusable model, input or output path before any work; the resolved bundle directory.
+
+    The output must not be anything this run reads: the input, params.yaml, a file inside the
+    model bundle or registry, or the feature cache (see tasks/pathcheck.py). `fuseline
+    predict` calls this before starting the flow, so a refusal is one line and no flow run;
+    the flow calls it again for callers that run it directly.
+    """
+    _, cache = _machine_settings(params_path)
+    bundle_dir = resolve_model_dir(Path(model)).resolve()
+    check_input_path(input_path)
+    check_output_path(
+        output_path,
+        inputs=[path for path in (input_path, params_path) if path],
+        protected_dirs=[model, bundle_dir, cache.dir],
+    )
+    return str(bundle_dir)
 
 
 def _machine_settings(params_path: str | None) -> tuple[RuntimeConfig, CacheConfig]:

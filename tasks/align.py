@@ -14,8 +14,10 @@ Schema of `data/aligned/aligned.parquet` (one row per item, sorted by `row_id`):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,14 +29,12 @@ from tasks.config import DataConfig
 from tasks.errors import ConfigError, DataError
 from tasks.images import probe
 from tasks.ingest import BAD_VALUES
-from tasks.labels import canonical, check_label_sets
+from tasks.labels import canonical, check_label_sets, refuse_case_variants
+from tasks.schema import DIGEST, ID, PRESENT, SPLIT, SPLITS, TARGET
 from tasks.sources import REPLACED_BYTES
 from tasks.tabular import huge_mask
 
-ID, SPLIT, TARGET = "row_id", "split", "target"
-PRESENT = "present__"
-DIGEST = "sha256__"
-SPLITS = ("train", "val", "test")
+__all__ = ["DIGEST", "ID", "PRESENT", "SPLIT", "SPLITS", "TARGET", "AlignReport", "align"]
 _SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -68,10 +68,11 @@ class AlignReport:
 
 
 def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd.DataFrame, AlignReport]:
-    """The aligned table and its report, from the typed snapshots written by ingest."""
-    for reserved in (ID, SPLIT, TARGET):
-        if reserved in data.columns.all():
-            raise DataError(f"feature column name {reserved!r} is reserved; rename it", column=reserved)
+    """The aligned table and its report, from the typed snapshots written by ingest.
+
+    Ends with `check_runnable`: a table that would fail in extract, train or evaluate (an
+    empty split, a column with no usable value, a constant target) fails here, in seconds.
+    """
     report = AlignReport()
     for _, frame in sources:
         for key, counts in ((BAD_VALUES, report.bad_values), (REPLACED_BYTES, report.replaced_bytes)):
@@ -87,22 +88,102 @@ def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd
     for column in data.columns.all():
         aligned[column] = table[column]
     for column in data.columns.image:
-        aligned[column] = _resolve_images(aligned[column], root, column, report)
-        aligned[column], aligned[DIGEST + column] = _inspect_images(
+        aligned[column] = resolve_images(aligned[column], root, column, report)
+        aligned[column], aligned[DIGEST + column] = inspect_images(
             aligned[column], aligned[ID], root, column, data.on_bad_image, report
         )
     for column in data.columns.all():
-        aligned[PRESENT + column] = _presence(aligned[column]).to_numpy()
+        aligned[PRESENT + column] = presence(aligned[column]).to_numpy()
         report.present[column] = int(aligned[PRESENT + column].sum())
-    presence, digests = [PRESENT + c for c in data.columns.all()], [DIGEST + c for c in data.columns.image]
-    aligned = aligned[[ID, TARGET, *data.columns.all(), *presence, *digests]]  # the documented order
+    masks, digests = [PRESENT + c for c in data.columns.all()], [DIGEST + c for c in data.columns.image]
+    aligned = aligned[[ID, TARGET, *data.columns.all(), *masks, *digests]]  # the documented order
     aligned = aligned.sort_values(ID, kind="stable").reset_index(drop=True)
     split_source = table.set_index(data.id)[data.split.column] if data.split.column else None
     aligned.insert(1, SPLIT, _split(data, aligned, split_source))
     report.rows = len(aligned)
     report.rows_per_split = {s: int((aligned[SPLIT] == s).sum()) for s in SPLITS}
     _count_outliers(data, aligned, report)
+    check_runnable(data, aligned, report)
     return aligned, report
+
+
+def check_runnable(data: DataConfig, aligned: pd.DataFrame, report: AlignReport) -> None:
+    """Prove that every later stage can run on this table, or say which column stops it.
+
+    Each check stands for a failure that used to surface only at train or evaluate, after a
+    long extraction: an empty split (the baselines cannot fit or score), a declared column
+    with no usable value in train (nothing to scale, an image-only model of nothing), a
+    class that train never sees, and a regression target that never varies.
+    """
+    where = {"data.split.column": data.split.column} if data.split.column else {}
+    for split in SPLITS:
+        if report.rows_per_split.get(split, 0) == 0:
+            fix = (
+                f"give some rows '{split}' in column {data.split.column!r}"
+                if data.split.column
+                else "use more rows or larger data.split.fractions"
+            )
+            raise DataError(
+                f"the {split} split has no rows ({report.rows_per_split}); {fix}",
+                column=where.get("data.split.column"),
+            )
+    train = (aligned[SPLIT] == "train").to_numpy()
+    for column in data.columns.all():
+        usable = int(aligned.loc[train, PRESENT + column].sum())
+        if usable == 0:
+            raise DataError(
+                f"no train row has a usable value in this {_role(data, column)} column "
+                f"({_unusable_counts(column, report)}); fix the data or remove it from data.columns",
+                column=column,
+            )
+    _check_target_in_train(data, aligned, train)
+
+
+def _role(data: DataConfig, column: str) -> str:
+    return next(r for r in ("categorical", "numeric", "text", "image") if column in getattr(data.columns, r))
+
+
+def _unusable_counts(column: str, report: AlignReport) -> str:
+    counts = {
+        "rows": report.rows,
+        "present": report.present.get(column, 0),
+        "bad values": report.bad_values.get(column, 0),
+        "image files missing": report.images_missing.get(column, 0),
+        "image paths refused": report.images_refused.get(column, 0),
+        "images undecodable": report.images_undecodable.get(column, 0),
+    }
+    return ", ".join(f"{name} {count}" for name, count in counts.items() if count or name == "rows")
+
+
+def _check_target_in_train(data: DataConfig, aligned: pd.DataFrame, train: np.ndarray) -> None:
+    target = aligned[TARGET]
+    if data.task == "regression":
+        values = target[train].to_numpy(dtype=np.float64)
+        if np.nanstd(values) == 0:
+            raise DataError(
+                f"the regression target is {values[0]:g} in every train row: there is nothing to learn",
+                column=data.target,
+            )
+        return
+    if data.task == "multilabel":
+        return
+    missing = sorted(set(target) - set(target[train]))
+    if missing:
+        raise DataError(
+            f"classes {missing} have no train rows, so the model could never predict them; "
+            "move some of their rows to train",
+            column=data.target,
+            rows=list(aligned.loc[target.isin(missing).to_numpy(), ID]),
+        )
+    if data.task == "binary":
+        for split in ("val", "test"):
+            seen = set(target[(aligned[SPLIT] == split).to_numpy()])
+            if len(seen) < 2:
+                raise DataError(
+                    f"the {split} split holds only class {sorted(seen)}: AUC and early stopping need "
+                    "both classes there",
+                    column=data.target,
+                )
 
 
 def check_ids(ids: pd.Series, path: str, column: str) -> None:
@@ -136,6 +217,7 @@ def _join(data: DataConfig, sources: list[tuple[str, pd.DataFrame]], report: Ali
                 column=overlap[0],
             )
         unmatched = ~frame[data.id].isin(table[data.id])
+        _refuse_mismatched_ids(frame[data.id], table[data.id], unmatched, path, base_path, data.id)
         if unmatched.any():
             report.dropped_unmatched_ids[path] = int(unmatched.sum())
             log.warning("%s: %d ids are not in %s and are ignored", path, int(unmatched.sum()), base_path)
@@ -144,8 +226,50 @@ def _join(data: DataConfig, sources: list[tuple[str, pd.DataFrame]], report: Ali
     return table
 
 
+_WHOLE_NUMBER = re.compile(r"^0*(\d+?)(?:\.0*)?$")
+
+
+def _id_form(value: str) -> str:
+    """`0007`, `7` and `7.0` in one form, to tell a formatting mismatch from a real one."""
+    text = str(value).strip()
+    match = _WHOLE_NUMBER.match(text)
+    return match.group(1) if match else text
+
+
+def _refuse_mismatched_ids(
+    ids: pd.Series, base_ids: pd.Series, unmatched: pd.Series, path: str, base_path: str, column: str
+) -> None:
+    """A source whose ids match none of the first source's, or match only once reformatted.
+
+    Either way its columns would be missing in every row while the run went on with one
+    warning; ids written `0007` in one file and `7` in another are the usual cause.
+    """
+    base_forms = set(base_ids.map(_id_form))
+    rescued = unmatched & ids.map(_id_form).isin(base_forms)
+    if rescued.any():
+        example = ids[rescued].iloc[0]
+        partner = base_ids[base_ids.map(_id_form) == _id_form(example)].iloc[0]
+        raise DataError(
+            f"{int(rescued.sum())} ids match {base_path} only when written alike (e.g. {example!r} here, "
+            f"{partner!r} there); write the ids the same way in both sources",
+            file=path,
+            column=column,
+            rows=list(ids[rescued]),
+        )
+    if unmatched.all():
+        raise DataError(
+            f"none of its {len(ids)} ids occur in {base_path} (e.g. {ids.iloc[0]!r} here, "
+            f"{base_ids.iloc[0]!r} there), so all its columns would be missing",
+            file=path,
+            column=column,
+        )
+
+
 def _check_target(data: DataConfig, table: pd.DataFrame) -> None:
     target = table[data.target]
+    if data.task == "multilabel":  # list-valued: no per-class row minimum, no stratification
+        check_label_sets(target, column=data.target)  # an empty cell is a row with no labels
+        return
     missing = target.isna()
     if missing.any():
         raise DataError(
@@ -155,9 +279,7 @@ def _check_target(data: DataConfig, table: pd.DataFrame) -> None:
         )
     if data.task == "regression":
         return
-    if data.task == "multilabel":  # list-valued: no per-class row minimum, no stratification
-        check_label_sets(target, column=data.target)
-        return
+    refuse_case_variants(target.unique(), column=data.target)
     counts = target.value_counts()
     if data.task == "binary" and len(counts) != 2:
         raise DataError(f"a binary target needs exactly 2 classes, found {len(counts)}", column=data.target)
@@ -172,39 +294,59 @@ def _check_target(data: DataConfig, table: pd.DataFrame) -> None:
         )
 
 
-def _resolve_images(paths: pd.Series, root: Path, column: str, report: AlignReport) -> pd.Series:
+def resolve_images(paths: pd.Series, root: Path, column: str, report: AlignReport) -> pd.Series:
     """Paths relative to the root for usable images; null for missing or escaping ones.
 
     A path that leads outside image_root (`..`, absolute, or a symlink out) is never opened:
-    params must not become a way to read arbitrary files.
+    params must not become a way to read arbitrary files. Cells that cannot be a path at all
+    (a NUL byte, a base64 blob longer than any file name, a symlink loop) are counted too,
+    never raised: one odd cell must not stop a run over a million rows.
     """
     root_resolved = root.resolve()
     resolved: list[str | None] = []
-    refused = missing = 0
+    counts = {"refused": 0, "missing": 0}
     for value in paths:
-        if value is pd.NA or value is None or not str(value).strip():
-            resolved.append(None)
-            continue
-        candidate = Path(str(value).strip())
-        full = (root / candidate).resolve()
-        if candidate.is_absolute() or not full.is_relative_to(root_resolved):
-            refused += 1
-            resolved.append(None)
-        elif not full.is_file():
-            missing += 1
-            resolved.append(None)
-        else:
-            resolved.append(full.relative_to(root_resolved).as_posix())
-    report.images_missing[column] = missing
-    report.images_refused[column] = refused
-    if refused:
-        log.warning("%s: %d image paths lead outside %s and were refused", column, refused, root)
-    if missing:
-        log.warning("%s: %d image files do not exist under %s", column, missing, root)
+        relative, outcome = resolve_under(value, root, root_resolved)
+        resolved.append(relative)
+        if outcome in counts:
+            counts[outcome] += 1
+    report.images_missing[column] = counts["missing"]
+    report.images_refused[column] = counts["refused"]
+    if counts["refused"]:
+        log.warning(
+            "%s: %d image paths lead outside %s or are not paths; refused", column, counts["refused"], root
+        )
+    if counts["missing"]:
+        log.warning("%s: %d image files do not exist under %s", column, counts["missing"], root)
     return pd.Series(resolved, index=paths.index, dtype="string")
 
 
-def _inspect_images(
+def resolve_under(value: object, root: Path, root_resolved: Path) -> tuple[str | None, str]:
+    """(path relative to root, "ok") for a usable file; else (None, "empty" | "refused" | "missing")."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None, "empty"
+    text = str(value).strip()
+    if not text:
+        return None, "empty"
+    if "\x00" in text:
+        return None, "refused"
+    candidate = Path(text)
+    try:
+        full = (root / candidate).resolve()
+        if candidate.is_absolute() or not full.is_relative_to(root_resolved):
+            return None, "refused"
+        if not full.is_file():
+            return None, "missing"
+    except RuntimeError:  # a symlink loop (Python < 3.13 raises this from resolve)
+        return None, "missing"
+    except OSError as err:  # ELOOP, ENAMETOOLONG, EACCES, ...
+        return None, "refused" if err.errno == errno.ENAMETOOLONG else "missing"
+    except ValueError:
+        return None, "refused"
+    return full.relative_to(root_resolved).as_posix(), "ok"
+
+
+def inspect_images(
     paths: pd.Series, ids: pd.Series, root: Path, column: str, on_bad: str, report: AlignReport
 ) -> tuple[pd.Series, pd.Series]:
     """(paths, SHA-256 digests): each file is read once, hashed and test-decoded.
@@ -263,7 +405,7 @@ def _count_outliers(data: DataConfig, aligned: pd.DataFrame, report: AlignReport
         report.unseen_categories[column] = int(unseen.sum())
 
 
-def _presence(values: pd.Series) -> pd.Series:
+def presence(values: pd.Series) -> pd.Series:
     present = values.notna()
     if pd.api.types.is_string_dtype(values):
         present &= values.fillna("").str.strip().ne("")

@@ -15,6 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ConfigError
+from tasks.schema import reserved_reason
+
+# YAML aliases let a few lines expand to gigabytes ("billion laughs"); params never need many.
+MAX_YAML_ALIASES = 100
 
 
 class _Strict(BaseModel):
@@ -57,14 +61,14 @@ class FractionsConfig(_Strict):
 class SplitConfig(_Strict):
     column: str | None = None
     fractions: FractionsConfig = FractionsConfig()
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
 
 
 class DemoConfig(_Strict):
     """When set, ingest first renders the synthetic demo dataset at the source path."""
 
     rows: int = Field(2000, ge=50)
-    seed: int = 7
+    seed: int = Field(7, ge=0, le=2**32 - 1)
 
 
 class DataConfig(_Strict):
@@ -95,10 +99,23 @@ class DataConfig(_Strict):
             for column in getattr(self.columns, role):
                 if column in seen:
                     raise ValueError(f"column {column!r} is both {seen[column]} and {role}")
+                reason = reserved_reason(column)
+                if reason is not None:
+                    raise ValueError(f"columns.{role}: column {column!r}: {reason}; rename it in the source")
                 seen[column] = role
         if not self.columns.all():
             raise ValueError("columns: declare at least one feature column")
         return self
+
+
+def _known_encoder(kind: str, name: str) -> str:
+    """A misspelt encoder fails here, in a second, instead of as an OSError deep in extract."""
+    from modelzoo.encoders.loading import encoder_name_problem
+
+    problem = encoder_name_problem(kind, name)
+    if problem is not None:
+        raise ValueError(f"model: {problem}")
+    return name
 
 
 class TextEncoderConfig(_Strict):
@@ -106,11 +123,21 @@ class TextEncoderConfig(_Strict):
     max_length: int = Field(256, ge=8, le=8192)
     batch_size: int = Field(64, ge=1)
 
+    @field_validator("model")
+    @classmethod
+    def _resolvable(cls, value: str) -> str:
+        return _known_encoder("text", value)
+
 
 class ImageEncoderConfig(_Strict):
     model: str = "efficientnet_lite0"
     image_size: int = Field(224, ge=32, le=1024)
     batch_size: int = Field(32, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _resolvable(cls, value: str) -> str:
+        return _known_encoder("image", value)
 
 
 class EncodersConfig(_Strict):
@@ -165,7 +192,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(256, ge=1)
     weight_decay: float = Field(0.01, ge=0)
     patience: int = Field(5, ge=1)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     class_weight: Literal["balanced"] | None = None  # classification: reweight rare classes/labels
     schedule: Literal["constant", "cosine", "onecycle"] = "constant"  # stepped per batch
@@ -290,14 +317,39 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; any problem becomes a ConfigError naming the key."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader: builds no objects
+        text = path.read_text()
+        _refuse_alias_bombs(text, path)
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader: builds no objects
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a params file") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return params_from_dict(raw, source=str(path))
+
+
+def _refuse_alias_bombs(text: str, path: Path) -> None:
+    """Count aliases in the event stream, which costs time linear in the file, before building.
+
+    Each alias of a list that itself holds aliases multiplies the structure's size, so ten
+    short lines can expand to 10**9 items. Refusing files with many aliases protects this
+    loader; DVC reads params.yaml with its own loader, which is why `fuseline check` runs
+    before `dvc repro` in `make demo` and the scheduled path.
+    """
+    aliases = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise ConfigError(
+                    f"{path}: more than {MAX_YAML_ALIASES} YAML aliases (*name); refusing a file that "
+                    "can expand without bound. Write the values out instead."
+                )
 
 
 def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:

@@ -37,7 +37,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from modelzoo.encoders.base import ImageEncoder, ImagePreprocessing, TextEncoder
 from modelzoo.encoders.loading import encoder_fingerprint, load_image_encoder, load_text_encoder
-from tasks.align import ID, PRESENT, SPLIT
 from tasks.cache import FeatureCache, ShardStore
 from tasks.cache.contents import Contents, image_contents, text_contents
 from tasks.cache.fingerprints import encoder_identity
@@ -46,8 +45,11 @@ from tasks.cache.store import CorruptShard
 from tasks.config import Params
 from tasks.device import pick_device
 from tasks.errors import DataError
+from tasks.feature_store import write_blocks
 from tasks.images import DECODE_VERSION, ImageDecodeError, load_square_rgb
+from tasks.schema import ID, SPLIT
 from tasks.tabular import TabularState, fit_tabular, transform_tabular
+from tasks.wide import wide_blocks
 
 log = logging.getLogger(__name__)
 
@@ -361,23 +363,6 @@ def encode_sorted_texts(
     return out, forward
 
 
-def embed_texts(
-    encoder: TextEncoder,
-    texts: list[str],
-    max_length: int,
-    batch_size: int,
-    device: torch.device,
-    progress: bool = True,
-) -> np.ndarray:
-    """(N, dim) float32 embeddings without the cache (batch prediction); each string once."""
-    del progress  # kept for callers; chunks log their own progress now
-    unique = sorted(set(texts), key=lambda t: (len(t), t))
-    prepare_encoder(encoder, device)
-    out, _ = encode_sorted_texts(encoder, unique, max_length, batch_size, device)
-    row_of = {text: i for i, text in enumerate(unique)}
-    return out[[row_of[t] for t in texts]] if texts else out
-
-
 # --- images -----------------------------------------------------------------------------------
 
 
@@ -477,21 +462,6 @@ def encode_image_batches(
             done += len(pixels)
     out[outcome != _DECODED] = 0.0
     return out, outcome, forward
-
-
-def embed_images(
-    encoder: ImageEncoder,
-    paths: list[Path | None],
-    batch_size: int,
-    device: torch.device,
-    progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, dim) float32 embeddings and an (N,) decoded mask, without the cache (batch prediction)."""
-    del progress
-    prepare_encoder(encoder, device)
-    loader = _image_loader(_ImageFiles(paths, None, encoder.preprocessing.image_size), batch_size, device)
-    vectors, outcome, _ = encode_image_batches(encoder, iter(loader), len(paths), device)
-    return vectors, outcome == _DECODED
 
 
 class _ImageFeed:
@@ -604,7 +574,7 @@ def _raise_changed(job: Extraction, slots: np.ndarray) -> None:
     )
 
 
-# --- without the cache: tabular, and blocks for batch prediction --------------------------------
+# --- without the cache: tabular -----------------------------------------------------------------
 
 
 def tabular_features(
@@ -615,39 +585,18 @@ def tabular_features(
     return transform_tabular(aligned, state), state
 
 
-def text_blocks(
-    aligned: pd.DataFrame,
-    columns: list[str],
-    embed: Callable[[list[str]], np.ndarray],
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Embeddings per text column; absent text is not encoded and stays marked absent."""
-    blocks: dict[str, np.ndarray] = {}
-    present: dict[str, np.ndarray] = {}
-    for column in columns:
-        mask = aligned[PRESENT + column].to_numpy(dtype=bool)
-        texts = aligned.loc[mask, column].astype(str).tolist()
-        vectors = embed(texts)
-        block = np.zeros((len(aligned), vectors.shape[1]), dtype=np.float32)
-        block[mask] = vectors
-        blocks[f"text.{column}"], present[f"text.{column}"] = block, mask
-    return blocks, present
-
-
-def image_blocks(
-    aligned: pd.DataFrame,
-    columns: list[str],
-    image_root: Path,
-    embed: Callable[[list[Path | None]], tuple[np.ndarray, np.ndarray]],
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Embeddings per image column; files that fail to decode become absent for that row."""
-    blocks: dict[str, np.ndarray] = {}
-    present: dict[str, np.ndarray] = {}
-    for column in columns:
-        paths = [None if pd.isna(p) else image_root / str(p) for p in aligned[column]]
-        vectors, ok = embed(paths)
-        blocks[f"image.{column}"] = vectors
-        present[f"image.{column}"] = ok & aligned[PRESENT + column].to_numpy(dtype=bool)
-    return blocks, present
+def write_tabular_features(params: Params, aligned: pd.DataFrame, target: Path) -> None:
+    """The tabular feature file: the scaled/one-hot block, wide_deep's hashed ids, fitted states."""
+    columns = params.data.columns
+    matrix, state = tabular_features(aligned, list(columns.categorical), list(columns.numeric))
+    present = matrix.shape[1] > 0
+    blocks = {"tabular": matrix} if present else {}
+    masks = {"tabular": np.ones(len(aligned), dtype=bool)} if present else {}
+    wide, wide_present, wide_state = wide_blocks(aligned, params)  # hashed ids for wide_deep's wide part
+    write_blocks(
+        target, row_ids(aligned), {**blocks, **wide}, {**masks, **wide_present},
+        {"tabular_state": state.to_json(), "wide_state": wide_state},
+    )  # fmt: skip
 
 
 def row_ids(aligned: pd.DataFrame) -> np.ndarray:

@@ -24,8 +24,12 @@ from tasks.sources import REPLACED_BYTES, read_source
 
 MANIFEST = "manifest.json"
 BAD_VALUES = "fuseline.bad_values"  # frame.attrs key: {column: numeric cells made missing}
-# Spellings of "no value" in hand-made files; pandas' CSV reader already maps most of them.
-_NA_TOKENS = frozenset({"na", "n/a", "nan", "null", "none"})
+# Spellings of "no value" that a numeric column reads as missing, not as a bad value. CSV
+# cells are read verbatim (only an empty one is missing), so text and categories keep them.
+NA_TOKENS = frozenset(
+    {"na", "n/a", "nan", "-nan", "null", "none", "<na>", "#n/a", "#n/a n/a", "#na", "-1.#ind", "1.#ind",
+     "-1.#qnan", "1.#qnan"}
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
     snapshots: list[SourceSnapshot] = []
     with atomic_dir(out_dir) as tmp:
         for index, (path, frame) in enumerate(frames):
-            typed = _typed_columns(data, path, frame)
+            typed = typed_columns(data, path, frame)
             name = f"source-{index}.parquet"
             pa_table = pa.Table.from_pandas(typed, preserve_index=False)
             pq.write_table(pa_table, tmp / name)
@@ -123,7 +127,7 @@ def _suggest(name: str, columns: Iterable[str]) -> str:
     return f" (the columns are {shown}{', ...' if len(columns) > 12 else ''})"
 
 
-def _typed_columns(data: DataConfig, path: str, frame: pd.DataFrame) -> pd.DataFrame:
+def typed_columns(data: DataConfig, path: str, frame: pd.DataFrame) -> pd.DataFrame:
     """Keep this source's declared columns, each converted to the type its role needs.
 
     The result's attrs count what was repaired: BAD_VALUES (numeric cells that were not
@@ -207,7 +211,17 @@ def _as_string(series: pd.Series) -> pd.Series:
 def _convert(series: pd.Series, role: str) -> pd.Series:
     if role == "text":
         return series.astype("string")
-    return _as_string(series)
+    return label_strings(series)
+
+
+def label_strings(series: pd.Series) -> pd.Series:
+    """Categories and class labels in one form whatever the file format.
+
+    Surrounding spaces are dropped (`yes ` is `yes`), a blank cell is missing, and a float
+    column of whole numbers reads `12345`, as the same value does in a CSV.
+    """
+    text = _as_string(series).str.strip()
+    return text.mask(text.eq(""))
 
 
 def _numeric(series: pd.Series, path: str, on_bad: str) -> tuple[pd.Series, int]:
@@ -223,7 +237,7 @@ def _numeric(series: pd.Series, path: str, on_bad: str) -> tuple[pd.Series, int]
         bad = pd.Series(np.isinf(converted.to_numpy()), index=series.index)
     else:
         text = series.astype("string").str.strip()
-        blank = (text.isna() | text.eq("") | text.str.lower().isin(_NA_TOKENS)).fillna(True).astype(bool)
+        blank = (text.isna() | text.eq("") | text.str.lower().isin(NA_TOKENS)).fillna(True).astype(bool)
         converted = pd.to_numeric(text.where(~blank).astype(object), errors="coerce").astype("float64")
         bad = ~blank & (converted.isna() | np.isinf(converted))
     if not bad.any():
@@ -242,4 +256,6 @@ def _target_column(series: pd.Series, task: str, path: str) -> pd.Series:
     """Targets are never repaired: a wrong label would train the model on something false."""
     if task == "regression":
         return _numeric(series, path, "error")[0]
-    return _as_string(series)
+    if task == "multilabel":
+        return _as_string(series)  # a list per cell: tasks/labels.py parses and strips it
+    return label_strings(series)

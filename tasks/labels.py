@@ -27,6 +27,8 @@ def parse_labels(value: object) -> list[str]:
     """The labels in one target cell (possibly none); see the module docstring for the forms."""
     if isinstance(value, list | tuple | np.ndarray):
         return _clean(str(item) for item in value)
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return []  # an empty cell: a row with no labels (README)
     text = str(value).strip()
     if text.startswith("[") and text.endswith("]"):
         try:
@@ -60,4 +62,21 @@ def check_label_sets(target: pd.Series, column: str) -> None:
     if len(distinct) < 2:
         raise DataError(
             f"a multilabel target needs at least 2 distinct labels, found {sorted(distinct)}", column=column
+        )
+    refuse_case_variants(distinct, column)
+
+
+def refuse_case_variants(labels: Iterable[str], column: str) -> None:
+    """`yes` and `Yes` as two classes is almost always a typo that would split one class in two.
+
+    Not merged silently: which spelling is right is the user's call, so the error lists them.
+    """
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(label.casefold(), []).append(label)
+    variants = [sorted(group) for group in groups.values() if len(group) > 1]
+    if variants:
+        shown = "; ".join(" / ".join(repr(v) for v in group) for group in sorted(variants)[:5])
+        raise DataError(
+            f"classes that differ only in letter case: {shown}; write each class one way", column=column
         )

@@ -31,16 +31,17 @@ from tasks.align import (
     ID,
     PRESENT,
     AlignReport,
-    _inspect_images,
-    _presence,
-    _resolve_images,
     check_ids,
+    inspect_images,
+    presence,
+    resolve_images,
 )
 from tasks.bundle import BundleMeta, load_bundle
 from tasks.cache import FeatureCache
 from tasks.cache.fingerprints import encoder_identity
 from tasks.config import DataConfig, EncodersConfig, SourceConfig
 from tasks.dataset import FeatureSet
+from tasks.device import single_threaded
 from tasks.encode_chunks import ProcessEncoderSpec
 from tasks.errors import BundleError, DataError, closest_names
 from tasks.evaluation import predict_with, predictions_table
@@ -54,7 +55,7 @@ from tasks.extract import (
     row_ids,
     text_contents,
 )
-from tasks.ingest import _typed_columns
+from tasks.ingest import typed_columns
 from tasks.sources import read_source
 from tasks.tabular import TabularState, transform_tabular
 from tasks.wide import WideState, transform_wide
@@ -80,19 +81,19 @@ def read_new_rows(path: str | Path, data: DataConfig, image_root: Path) -> pd.Da
             )
     # A target (or split) column in the new rows is irrelevant to prediction: never let it fail.
     ignored = [c for c in (data.target, data.split.column) if c is not None and c in frame.columns]
-    typed = _typed_columns(data, path, frame.drop(columns=ignored))
+    typed = typed_columns(data, path, frame.drop(columns=ignored))
     check_ids(typed[data.id], path, data.id)
     rows = pd.DataFrame({ID: typed[data.id].astype("string")})
     for column in data.columns.all():
         rows[column] = typed[column]
     report = AlignReport()
     for column in data.columns.image:
-        resolved = _resolve_images(rows[column], image_root, column, report)
-        rows[column], rows[DIGEST + column] = _inspect_images(
+        resolved = resolve_images(rows[column], image_root, column, report)
+        rows[column], rows[DIGEST + column] = inspect_images(
             resolved, rows[ID], image_root, column, data.on_bad_image, report
         )
     for column in data.columns.all():
-        rows[PRESENT + column] = _presence(rows[column]).to_numpy()
+        rows[PRESENT + column] = presence(rows[column]).to_numpy()
     return rows
 
 
@@ -217,7 +218,8 @@ class Predictor:
     ) -> pd.DataFrame:
         """row_id, prob_<class>..., prediction: the same columns as reports/test_predictions.parquet."""
         features = self.features(rows, image_root, cache, device)
-        predictions = predict_with(self.model, self.meta, features)
+        with single_threaded():  # as evaluate predicts: the same rows give the same bits
+            predictions = predict_with(self.model, self.meta, features)
         return predictions_table(self.meta.task, features, predictions)
 
     def _embed(

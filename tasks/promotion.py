@@ -23,6 +23,7 @@ from typing import Any
 from tasks.atomic import atomic_dir, write_json
 from tasks.errors import BundleError
 from tasks.metrics import higher_is_better
+from tasks.pathcheck import check_model_path
 
 CURRENT = "current.json"
 HISTORY = "history.json"
@@ -79,9 +80,12 @@ def current_entry(registry: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        entry = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise BundleError(f"{path}: unreadable registry pointer ({err})") from None
+    if not isinstance(entry, dict):
+        raise BundleError(f"{path}: unreadable registry pointer (not a JSON object)")
+    return entry
 
 
 def tree_digest(directory: Path) -> str:
@@ -130,14 +134,22 @@ def record(registry: Path, decision: Decision, version: str | None) -> None:
 
 
 def resolve_model_dir(path: Path) -> Path:
-    """A bundle directory, or a registry (then its current version's bundle)."""
-    path = Path(path)
+    """A bundle directory, or a registry (then its current version's bundle).
+
+    The path must be an existing directory (a symlink loop, a NUL byte or a file is a one-line
+    BundleError), and the pointer must name a version directory of this registry: a
+    `"version": "../../elsewhere"` would otherwise load a bundle from outside it.
+    """
+    path = check_model_path(path)
     entry = current_entry(path)
     if entry is None:
         return path
-    target = path / entry["version"] / MODEL
+    version = entry.get("version")
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise BundleError(f"{path / CURRENT}: {version!r} is not a version of this registry (vNNNN)")
+    target = path / version / MODEL
     if not target.is_dir():
-        raise BundleError(f"{path / CURRENT} names {entry['version']}, but {target} does not exist")
+        raise BundleError(f"{path / CURRENT} names {version}, but {target} does not exist")
     return target
 
 

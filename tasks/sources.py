@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import logging
+from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
 
@@ -13,6 +15,10 @@ from tasks.config import SourceConfig
 from tasks.errors import DataError
 
 REPLACED_BYTES = "fuseline.replaced_bytes"  # frame.attrs key: {column: cells holding U+FFFD}
+# Only an empty CSV cell is missing on reading. pandas' default list would also turn the
+# strings NA (a region code), None and null into missing values, silently, in every column;
+# numeric columns still read those spellings as missing (see ingest.NA_TOKENS).
+_CSV_MISSING = [""]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,8 @@ def read_source(source: SourceConfig, text_columns: Collection[str] = ()) -> pd.
         raise DataError(f"cannot read as {fmt}: {err}", file=path) from None
     if frame.empty:
         raise DataError("source has a header but no rows", file=path)
+    if fmt == "csv":
+        _refuse_duplicate_header(path)
     frame.columns = [str(c) for c in frame.columns]
     frame.attrs[REPLACED_BYTES] = replaced
     return frame
@@ -87,11 +95,32 @@ def _read(fmt: str, path: str, text_columns: Collection[str], encoding_errors: s
     if fmt == "csv":
         # keep_default_na with empty strings as NaN, but never let pandas guess dates.
         return pd.read_csv(
-            path, low_memory=False, dtype={c: str for c in text_columns}, encoding_errors=encoding_errors
+            path,
+            low_memory=False,
+            dtype={c: str for c in text_columns},
+            encoding_errors=encoding_errors,
+            keep_default_na=False,
+            na_values=_CSV_MISSING,
         )
     if fmt == "parquet":
         return pd.read_parquet(path)
     return pd.read_json(path, lines=True, dtype=False, encoding_errors=encoding_errors)
+
+
+def _refuse_duplicate_header(path: str) -> None:
+    """pandas renames a repeated header `price` to `price.1` and the pipeline would train on
+    one of the two without a word; the Parquet reader refuses the same table, so CSV does too.
+    """
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    repeated = sorted(name for name, count in Counter(h.strip() for h in header).items() if count > 1)
+    if repeated:
+        raise DataError(
+            f"the header names {', '.join(repr(n) for n in repeated)} more than once; rename the copies "
+            "so that each column has one name",
+            file=path,
+            column=repeated[0],
+        )
 
 
 def _cells_with_replacement(frame: pd.DataFrame) -> dict[str, int]:

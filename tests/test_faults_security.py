@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from modelzoo.registry import lookup
-from tasks.bundle import META, BundleMeta, load_bundle, write_bundle
+from tasks.bundle import META, BundleMeta, load_bundle, meta_digest, write_bundle
 from tasks.config import load_params
 from tasks.errors import BundleError, ConfigError
 from tests.conftest import REPO
@@ -83,6 +83,8 @@ def test_bundle_declaring_absurd_sizes_is_refused_before_allocating(tmp_path: Pa
     directory = _bundle(tmp_path / "bundle")
     meta = json.loads((directory / META).read_text())
     meta["in_dims"] = {"tabular": 10**12}  # a 10^12-wide input layer would need terabytes
+    # The digest is no signature: an editor can recompute it, so the size check must hold alone.
+    meta["digest"]["meta"] = meta_digest(meta)
     (directory / META).write_text(json.dumps(meta))
     started = time.perf_counter()
     with pytest.raises(BundleError, match="do not fit"):

@@ -8,12 +8,15 @@ ones take `image_size`.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Protocol
 
 from modelzoo.encoders.base import ImageEncoder, TextEncoder, weights_digest
-from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
+from modelzoo.encoders.huggingface import HuggingFaceTextEncoder, looks_like_local_path
 from modelzoo.encoders.vision import (
     TORCHVISION_PREFIX,
     timm_image_encoder,
@@ -54,6 +57,79 @@ def load_image_encoder(name: str, image_size: int) -> ImageEncoder:
     else:
         encoder = timm_image_encoder(name, image_size)
     return encoder.eval()
+
+
+def encoder_name_problem(kind: str, name: str) -> str | None:
+    """Why `name` cannot name a `kind` ("text" | "image") encoder, or None when it can.
+
+    Only what can be known without loading weights or asking a hub: registered names, local
+    directories, the libraries' own model lists and the Hugging Face cache. A hub id written
+    `org/name` that is not cached is accepted, since a machine with internet can fetch it.
+    """
+    registered = names(f"{kind}_encoder")
+    if name in registered:
+        return None
+    if kind == "text":
+        return _text_name_problem(name, registered)
+    return _image_name_problem(name, registered)
+
+
+def _text_name_problem(name: str, registered: list[str]) -> str | None:
+    if not name.strip() or "\x00" in name:
+        return f"{name!r} is not a model name"
+    if Path(name).expanduser().is_dir():
+        return None
+    if looks_like_local_path(name):
+        return f"text encoder {name!r}: directory {Path(name).expanduser()} does not exist"
+    if _in_hf_cache(name) or ("/" in name and not _hub_offline()):
+        return None
+    return (
+        f"text encoder {name!r} is not a registered name ({', '.join(registered)}), not an existing "
+        f"directory, and not a Hugging Face id (org/name) in the local cache{_did_you_mean(name, registered)}"
+    )
+
+
+def _image_name_problem(name: str, registered: list[str]) -> str | None:
+    if name.startswith(TORCHVISION_PREFIX):
+        import torchvision.models
+
+        arch = name.removeprefix(TORCHVISION_PREFIX)
+        available = torchvision.models.list_models()
+        if arch in available:
+            return None
+        return f"torchvision has no model {arch!r}{_did_you_mean(arch, available)}"
+    if name.startswith("hf-hub:") and len(name) > len("hf-hub:"):
+        return None
+    import timm
+
+    if timm.is_model(name):
+        return None
+    return (
+        f"image encoder {name!r} is not a registered name ({', '.join(registered)}), not "
+        f"{TORCHVISION_PREFIX}<arch>, hf-hub:<org/name> or a timm model"
+        f"{_did_you_mean(name, [*registered, *timm.list_models()])}"
+    )
+
+
+def _in_hf_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an id the hub library rejects is simply not cached
+        return False
+
+
+def _hub_offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def encoder_fingerprint(encoder: TextEncoder | ImageEncoder, **preprocessing: Any) -> dict[str, Any]:

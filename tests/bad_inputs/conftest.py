@@ -10,6 +10,7 @@ from tests.bad_inputs.project import PARAMS
 
 
 @pytest.fixture(scope="session")
-def encoders() -> Encoders:
+def encoders(tmp_path_factory: pytest.TempPathFactory) -> Encoders:
     size = PARAMS["encoders"]["image"]["image_size"]
-    return Encoders(load_text_encoder("minilm"), load_image_encoder("efficientnet_lite0", size))
+    cache_dir = tmp_path_factory.mktemp("bad-inputs-feature-cache")
+    return Encoders(load_text_encoder("minilm"), load_image_encoder("efficientnet_lite0", size), cache_dir)

@@ -1,12 +1,14 @@
 """Push one project directory through ingest -> align -> extract -> train -> predict.
 
 The same task functions the flows call, on real files: params.yaml is read by load_params,
-sources by ingest, the aligned table and feature blocks are written as Parquet and read back,
-the head is trained and predicts the test rows. Prefect is left out (each stage's flow is a
-thin wrapper, and the fault tests run the real flows) so one case costs about a second.
+sources by ingest, the aligned table is written as Parquet and read back, extraction goes
+through the row-level cache exactly as the extract stage does (plan, encode chunks, write
+the feature file), the head is trained and predicts the test rows. Prefect is left out (each
+stage's flow is a thin wrapper, and the fault tests run the real flows) so one case costs
+about a second.
 
-Encoders are loaded once per session and passed in; `stages` records how far a run got, so
-a test can say at which stage an input must be refused.
+All cases share one feature cache, so a case pays only for the texts and images it changed;
+`stages` records how far a run got, so a test can say at which stage an input must be refused.
 """
 
 from __future__ import annotations
@@ -23,21 +25,25 @@ from modelzoo.encoders.base import ImageEncoder, TextEncoder
 from tasks.align import AlignReport, align
 from tasks.assemble import load_feature_set
 from tasks.atomic import atomic_dir, write_json
+from tasks.cache import FeatureCache
 from tasks.config import Params, load_params
 from tasks.dataset import FeatureSet
-from tasks.extract import embed_images, embed_texts, image_blocks, row_ids, tabular_features, text_blocks
+from tasks.extract import extract_embeddings, row_ids, write_tabular_features
 from tasks.feature_store import write_blocks
 from tasks.ingest import ingest_sources, read_snapshots
 from tasks.paths import Layout
-from tasks.training import predict, train_model
+from tasks.training import head_features, predict, train_model
 
 CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class Encoders:
+    """Encoders for checks that compare with a direct forward, and the suite's feature cache."""
+
     text: TextEncoder
     image: ImageEncoder
+    cache_dir: Path
 
 
 @dataclass
@@ -73,7 +79,7 @@ def run_pipeline(workdir: Path, encoders: Encoders, stages: list[str] | None = N
         features = load_feature_set(layout, params.data.task)
         result = train_model(features, params.data.task, params.fusion, params.train, progress=False)
         stages.append("predict")
-        test = features.of_split("test")
+        test = head_features(features.of_split("test"), params.fusion.head)
         predictions = predict(result.model, test, params.data.task, result.target_scaling)
     if not np.isfinite(predictions).all():  # silent damage: a run that "worked" but predicts NaN
         raise AssertionError(f"non-finite predictions: {predictions}")
@@ -83,23 +89,11 @@ def run_pipeline(workdir: Path, encoders: Encoders, stages: list[str] | None = N
 
 
 def _extract(params: Params, aligned: pd.DataFrame, layout: Layout, encoders: Encoders) -> None:
-    columns, ids = params.data.columns, row_ids(aligned)
-    matrix, state = tabular_features(aligned, list(columns.categorical), list(columns.numeric))
-    blocks = {"tabular": matrix} if matrix.shape[1] else {}
-    masks = {"tabular": np.ones(len(aligned), dtype=bool)} if matrix.shape[1] else {}
-    write_blocks(layout.feature_file("tabular"), ids, blocks, masks, {"tabular_state": state.to_json()})
-    text = params.encoders.text
-    blocks, masks = text_blocks(
-        aligned,
-        list(columns.text),
-        lambda texts: embed_texts(encoders.text, texts, text.max_length, text.batch_size, CPU),
-    )
-    write_blocks(layout.feature_file("text"), ids, blocks, masks, {})
-    image = params.encoders.image
-    blocks, masks = image_blocks(
-        aligned,
-        list(columns.image),
-        Path(params.data.image_root),
-        lambda paths: embed_images(encoders.image, paths, image.batch_size, CPU),
-    )
-    write_blocks(layout.feature_file("image"), ids, blocks, masks, {})
+    write_tabular_features(params, aligned, layout.feature_file("tabular"))
+    cache = FeatureCache(encoders.cache_dir)
+    for modality in ("text", "image"):
+        target = layout.feature_file(modality)
+        if getattr(params.data.columns, modality):
+            extract_embeddings(params, modality, aligned, cache, target, "aligned.parquet")
+        else:  # as the extract flow does for a modality with no columns
+            write_blocks(target, row_ids(aligned), {}, {}, {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tasks.bundle import meta_digest
 from tasks.cache import FeatureCache
 from tasks.errors import BundleError, DataError
 from tasks.predict import load_predictor, read_new_rows
@@ -57,6 +59,7 @@ def test_bundle_refuses_an_encoder_with_another_fingerprint(in_repo: Path, tmp_p
     bundle = shutil.copytree(in_repo / "models", tmp_path / "models")
     meta = json.loads((bundle / "bundle.json").read_text())
     meta["encoders"]["text"]["weights_digest"] = "0" * 16
+    meta["digest"]["meta"] = meta_digest(meta)  # as if trained with other weights, not edited
     (bundle / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match=r"text encoder .*weights_digest: bundle '0000000000000000'"):
         load_predictor(bundle, FeatureCache(in_repo / ".cache" / "features"))
@@ -133,6 +136,30 @@ def test_fuseline_predict_command_writes_the_output(repo: Repo, tmp_path: Path) 
     result = run_ok([*command, "--output", str(output)], root, env)
     assert f"5 predictions -> {output}" in result.stdout
     assert len(pd.read_parquet(output)) == 5
+
+
+def test_fuseline_predict_refuses_to_overwrite_what_it_reads(repo: Repo, tmp_path: Path) -> None:
+    """Issue 11: `--output` equal to the input, inside the bundle, or a directory is one line, exit 2."""
+    root, env = repo
+    _raw_rows(root).head(5).to_csv(tmp_path / "new.csv", index=False)
+    kept = {path: path.read_bytes() for path in (tmp_path / "new.csv", root / "models" / "bundle.json")}
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "predict",
+        "--model",
+        "models",
+        "--input",
+        str(tmp_path / "new.csv"),
+    ]
+    for output in (str(tmp_path / "new.csv"), "models/bundle.json", str(tmp_path)):
+        result = subprocess.run(
+            [*command, "--output", output], cwd=root, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines()[-1].startswith("fuseline: ") and "Traceback" not in result.stderr
+    assert {path: path.read_bytes() for path in kept} == kept
 
 
 def test_a_wide_deep_bundle_predicts_from_raw_rows_as_from_its_features(

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from tasks.align import DIGEST, ID, PRESENT, SPLIT, TARGET, align
 from tasks.config import DataConfig
@@ -347,9 +348,7 @@ def test_aligned_rows_are_sorted_by_id() -> None:
     assert list(aligned.columns[:3]) == [ID, SPLIT, TARGET]
 
 
-def test_reserved_feature_name_fails() -> None:
-    data = data_config(columns={"categorical": ["split"], "numeric": ["price"]})
-    frame = items(30)
-    frame["split"] = pd.array(["x"] * 30, dtype="string")
-    with pytest.raises(DataError, match="reserved"):
-        align(data, [("a.csv", frame)])
+@pytest.mark.parametrize("name", ["split", "row_id", "target", "present__photo", "sha256__photo", "__wide__"])
+def test_reserved_feature_name_fails_at_load(name: str) -> None:
+    with pytest.raises(ValidationError, match="fuseline"):
+        data_config(columns={"categorical": [name], "numeric": ["price"]})

@@ -140,3 +140,50 @@ def test_exponent_floats_in_yaml_are_numbers(tmp_path: Path, raw: dict) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(text)
     assert load_params(path).train.lr == pytest.approx(1e-3)
+
+
+def test_yaml_alias_bomb_is_refused_before_expansion(tmp_path: Path) -> None:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 12)]  # 10**12 items
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="YAML aliases"):
+        load_params(path)
+
+
+def test_a_few_yaml_aliases_are_fine(tmp_path: Path, raw: dict) -> None:
+    text = yaml.safe_dump(raw, sort_keys=False).replace("seed: 42", "seed: &seed 42", 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text + "extra_seed_ref: *seed\n")
+    with pytest.raises(ConfigError, match="extra_seed_ref"):  # an unknown key, parsed normally
+        load_params(path)
+
+
+@pytest.mark.parametrize("section", ["train", "data.split", "data.demo"])
+def test_negative_seed_is_refused_at_load(raw: dict, section: str) -> None:
+    node = raw
+    for key in section.split("."):
+        node = node[key]
+    node["seed"] = -1
+    assert f"{section}.seed" in config_error(raw)
+
+
+def test_misspelt_encoders_are_refused_at_load_with_a_suggestion(raw: dict) -> None:
+    raw["encoders"]["text"]["model"] = "minilmm"
+    assert "did you mean 'minilm'" in config_error(raw)
+    raw["encoders"]["text"]["model"] = "minilm"
+    raw["encoders"]["image"]["model"] = "torchvision/resnet5"
+    assert "torchvision has no model 'resnet5'" in config_error(raw)
+
+
+def test_fuseline_check_validates_params_and_exits_2_on_a_bomb(tmp_path: Path, capsys) -> None:
+    from flows.cli import main
+
+    main(["check", "--params", str(PARAMS)])
+    assert "valid" in capsys.readouterr().out
+    bomb = tmp_path / "params.yaml"
+    bomb.write_text("a: &a [1, 1]\n" + "".join(f"b{i}: &b{i} [*a, *a]\n" for i in range(120)))
+    with pytest.raises(SystemExit) as info:
+        main(["check", "--params", str(bomb)])
+    assert info.value.code == 2
+    assert "YAML aliases" in capsys.readouterr().err

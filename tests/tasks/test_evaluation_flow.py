@@ -253,9 +253,9 @@ def test_dvc_plots_show_renders_the_evaluation_plots(evaluated: tuple[Path, dict
 def test_evaluate_runs_on_one_thread_and_gives_the_callers_threads_back() -> None:
     import torch
 
-    from flows.evaluate import _one_thread
+    from tasks.device import single_threaded
 
     before = torch.get_num_threads()
-    with _one_thread():
+    with single_threaded():
         inside = torch.get_num_threads()
     assert inside == 1 and torch.get_num_threads() == before

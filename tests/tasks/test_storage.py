@@ -12,7 +12,7 @@ import torch
 
 from modelzoo.registry import lookup
 from tasks.atomic import atomic_dir, atomic_path, write_json
-from tasks.bundle import META, WEIGHTS, BundleMeta, load_bundle, write_bundle
+from tasks.bundle import FORMAT_VERSION, META, WEIGHTS, BundleMeta, load_bundle, write_bundle
 from tasks.errors import BundleError
 from tasks.feature_store import read_blocks, write_blocks
 
@@ -240,7 +240,7 @@ def test_bundle_round_trips_regression_target_scaling(tmp_path: Path) -> None:
 def test_bundle_holds_only_safetensors_and_json(tmp_path: Path) -> None:
     write_bundle(tmp_path / "bundle", tiny_head(), bundle_meta())
     assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == [META, WEIGHTS]
-    assert json.loads((tmp_path / "bundle" / META).read_text())["format_version"] == 1
+    assert json.loads((tmp_path / "bundle" / META).read_text())["format_version"] == FORMAT_VERSION
 
 
 def test_torch_pickle_renamed_to_safetensors_is_refused(tmp_path: Path) -> None:
