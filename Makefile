@@ -21,6 +21,9 @@ $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# aiSFX ships the default audio encoder's weights; its metadata pins 2022 numpy/librosa that
+	@# fuseline does not use (it needs only the checkpoint), so it is installed without them.
+	$(BIN)/python -m pip install --quiet --no-deps 'aisfx==0.1.2'
 	@touch $@
 
 demo: $(INSTALLED)

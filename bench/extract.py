@@ -5,12 +5,12 @@
 Per dataset, in one process and on the same inputs (a 95% sample of the rows is "the data",
 the other rows arrive later as the +5%):
 
-- bare forward: the encoder alone on pre-tokenised batches (texts) or pre-decoded, normalised
-  tensors (images): the same distinct contents, the same batches, the same precision as the
-  pipeline.
+- bare forward: the encoder alone on pre-tokenised batches (texts), pre-decoded, normalised
+  tensors (images) or pre-decoded, resampled windows (audio): the same distinct contents, the
+  same batches, the same precision as the pipeline.
 - pipeline, cold: tasks.extract from the aligned Parquet and image files to the feature
   file, with an empty cache: read, hash, look up, decode/tokenise, forward, commit shards,
-  write. `text_ratio` / `image_ratio` = pipeline rate / bare rate, distinct contents per
+  write. `text_ratio` / `image_ratio` / `audio_ratio` = pipeline rate / bare rate, distinct contents per
   second. The encoder's one-off load is excluded from the rate (it is latency, not
   throughput) and reported beside it; `*_ratio_incl_load` counts it too.
 - Cold pipeline passes (`--rounds`, each with an empty cache) alternate with bare passes
@@ -18,7 +18,7 @@ the other rows arrive later as the +5%):
   shared CPU, other processes and a drifting clock only ever slow a pass down, and a single
   pass pair measured 0.75-1.08 for identical work on this 2-core machine.
 - warm: the same rows again (nothing changed); incremental: all rows (+5%). Wall times are
-  text + image extraction, each from reading the aligned Parquet to the written feature file;
+  the extraction of every embedded modality, each from the aligned Parquet to the feature file;
   `warm_over_cold`, `incremental_over_cold` divide them by the cold one.
 
 The top-level figures are the worst over the datasets run. Prefect is not in the loop (its
@@ -45,30 +45,24 @@ import pandas as pd
 import torch
 import yaml
 
-from modelzoo.encoders.loading import load_image_encoder, load_text_encoder
 from tasks.align import align
 from tasks.cache import FeatureCache
-from tasks.cache.contents import image_contents, text_contents
 from tasks.config import Params, params_from_dict
 from tasks.demo import generate_demo
-from tasks.device import pick_device
-from tasks.extract import (
-    EncoderSpec,
-    ExtractStats,
-    autocast_for,
-    batch_size_for,
-    configure_threads,
-    extract_embeddings,
-    normalise_images,
-    prepare_encoder,
-)
+from tasks.device import autocast_for, batch_size_on, pick_device
+from tasks.extract import EncoderSpec, ExtractStats, configure_threads, extract_embeddings
 from tasks.feature_store import read_blocks
 from tasks.images import load_square_rgb
 from tasks.ingest import ingest_sources, read_snapshots
+from tasks.modalities.audio import Framing, clip_windows
+from tasks.modalities.image import normalise_images
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-TARGETS = {"text_ratio": 0.85, "image_ratio": 0.85, "warm_over_cold": 0.02, "incremental_over_cold": 0.10}
+TARGETS = {
+    "text_ratio": 0.85, "image_ratio": 0.85, "audio_ratio": 0.85, "warm_over_cold": 0.02,
+    "incremental_over_cold": 0.10,
+}  # fmt: skip
 NEW_SHARE = 0.05
 
 
@@ -84,7 +78,7 @@ def demo_source(root: Path, rows: int) -> dict[str, Any]:
     generate_demo(root / "items.csv", root / "images", rows=rows, seed=7)
     data = repo_params()["data"]
     return {**data, "sources": [{"path": str(root / "items.csv")}], "image_root": str(root / "images"),
-            "demo": {"rows": rows, "seed": 7}}  # fmt: skip
+            "audio_root": str(root / "audio"), "demo": {"rows": rows, "seed": 7}}  # fmt: skip
 
 
 def flipkart_source(root: Path, rows: int | None) -> dict[str, Any]:
@@ -166,10 +160,10 @@ class Bare:
 
 def bare_text(params: Params, aligned: pd.DataFrame, device: torch.device) -> Bare:
     spec = EncoderSpec.from_params(params, "text")
-    texts = text_contents(aligned, list(params.data.columns.text)).sources
+    texts = spec.modality.contents(aligned, list(params.data.columns.text), None, "bench").sources
     texts = sorted(texts, key=lambda t: (len(t), t))  # the pipeline's order, so the same batches
-    encoder = prepare_encoder(load_text_encoder(spec.model), device)
-    size = batch_size_for(spec, device)
+    encoder = spec.modality.prepare_encoder(spec.load(), device)
+    size = batch_size_on(device, spec.batch_size)
     batches = []
     for start in range(0, len(texts), size):
         tokens = encoder.tokenize(texts[start : start + size], spec.size)
@@ -186,11 +180,11 @@ def bare_text(params: Params, aligned: pd.DataFrame, device: torch.device) -> Ba
 
 def bare_image(params: Params, aligned: pd.DataFrame, device: torch.device) -> Bare:
     spec = EncoderSpec.from_params(params, "image")
-    paths = image_contents(
+    paths = spec.modality.contents(
         aligned, list(params.data.columns.image), Path(params.data.image_root), "bench"
     ).sources
-    encoder = prepare_encoder(load_image_encoder(spec.model, spec.size), device)
-    size = batch_size_for(spec, device)
+    encoder = spec.modality.prepare_encoder(spec.load(), device)
+    size = batch_size_on(device, spec.batch_size)
     batches = []
     for start in range(0, len(paths), size):
         pixels = np.stack([load_square_rgb(path, spec.size) for path in paths[start : start + size]])
@@ -206,6 +200,32 @@ def bare_image(params: Params, aligned: pd.DataFrame, device: torch.device) -> B
 
 
 # --- pipeline ---------------------------------------------------------------------------------
+
+
+def bare_audio(params: Params, aligned: pd.DataFrame, device: torch.device) -> Bare:
+    spec = EncoderSpec.from_params(params, "audio")
+    paths = spec.modality.contents(
+        aligned, list(params.data.columns.audio), Path(params.data.audio_root), "bench"
+    ).sources
+    encoder = spec.modality.prepare_encoder(spec.load(), device)
+    framing = Framing(encoder.sample_rate, encoder.window_samples, encoder.peak_normalise, spec.size)
+    windows = np.concatenate([clip_windows(path, framing) for path in paths])  # every clip's windows
+    size = batch_size_on(device, spec.batch_size)
+    batches = [
+        {k: v.to(device) for k, v in encoder.featurize(windows[start : start + size]).items()}
+        for start in range(0, len(windows), size)
+    ]
+
+    def run(batch: Any) -> None:
+        with autocast_for(device):
+            encoder(**batch)
+
+    with torch.inference_mode():
+        run(batches[0])
+    return Bare(run, batches, len(paths))
+
+
+BARE = {"text": bare_text, "image": bare_image, "audio": bare_audio}
 
 
 def with_cache(params: Params, directory: Path) -> Params:
@@ -230,7 +250,9 @@ def bench_dataset(
         "rows_incremental": len(pd.read_parquet(every, columns=["row_id"])),
     }
     cold_wall = 0.0
-    for modality, make_bare in (("text", bare_text), ("image", bare_image)):
+    modalities = [m for m in BARE if getattr(params.data.columns, m)]
+    for modality in modalities:
+        make_bare = BARE[modality]
         bare = make_bare(params, pd.read_parquet(base), device)
         passes: list[tuple[float, ExtractStats]] = []
         for round_ in range(rounds):  # the last pass fills the cache the warm run reads
@@ -261,12 +283,12 @@ def bench_dataset(
     counts: dict[str, dict[str, int]] = {}
     for run, table in (("warm", base), ("incremental", every)):
         walls[run] = 0.0
-        for modality in ("text", "image"):
+        for modality in modalities:
             wall, stats = pipeline(params, modality, table, out / f"{run}-{modality}.parquet")
             walls[run] += wall
             counts[f"{run}_{modality}"] = {"computed": stats.computed, "reused": stats.reused,
                                            "loaded_encoder": int(stats.encoder_loaded)}  # fmt: skip
-    for modality in ("text", "image"):  # the cache must give back exactly what was computed
+    for modality in modalities:  # the cache must give back exactly what was computed
         cold, warm = (
             read_blocks(out / f"cold-{modality}.parquet"),
             read_blocks(out / f"warm-{modality}.parquet"),
@@ -288,8 +310,8 @@ def bench_dataset(
 def summary(datasets: dict[str, dict]) -> dict[str, Any]:
     runs = list(datasets.values())
     top = {
-        "text_ratio": min(r["text"]["ratio"] for r in runs),
-        "image_ratio": min(r["image"]["ratio"] for r in runs),
+        f"{m}_ratio": min(r[m]["ratio"] for r in runs if m in r) for m in BARE if any(m in r for r in runs)
+    } | {
         "warm_over_cold": max(r["warm_over_cold"] for r in runs),
         "incremental_over_cold": max(r["incremental_over_cold"] for r in runs),
     }

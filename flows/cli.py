@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tasks.errors import FuselineError
-from tasks.paths import MODALITIES
+from tasks.errors import ConfigError, FuselineError
+from tasks.modalities import modality_names
 
 STAGES = ("demo", "ingest", "align", "extract", "train", "evaluate")
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     stage = commands.add_parser("stage", help="run one stage (what dvc repro calls)")
     stage.add_argument("name", choices=STAGES)
     stage.add_argument("--params", default="params.yaml")
-    stage.add_argument("--modality", choices=MODALITIES, default=None, help="extract only")
+    stage.add_argument("--modality", choices=modality_names(), default=None, help="extract only")
     server = commands.add_parser("server", help="the project's local Prefect server (UI on 127.0.0.1)")
     server.add_argument("action", choices=("start", "stop", "status"))
     server.add_argument("--port", type=int, default=None)
@@ -43,7 +43,13 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--input", required=True, help="csv, parquet or jsonl with the training columns")
     predict.add_argument("--output", default="predictions.parquet")
     predict.add_argument("--params", default="params.yaml", help="read for `runtime` only (where chunks run)")
-    predict.add_argument("--image-root", default=None, help="default: the bundle's data.image_root")
+    predict.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        metavar="MODALITY=DIR",
+        help="where a file modality's paths are relative to (e.g. image=photos/); default: the bundle's",
+    )
     args = parser.parse_args(argv)
     try:
         _dispatch(args)
@@ -83,7 +89,7 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         # Refusals before the flow starts are one line; inside a flow run Prefect logs a traceback.
         verify_bundle(Path(check_predict_paths(args.model, args.input, args.output, args.params)))
-        summary = predict(args.model, args.input, args.output, args.params, args.image_root)
+        summary = predict(args.model, args.input, args.output, args.params, _roots(args.root))
         print(f"{summary['rows']} predictions -> {summary['output']}")
         return
     if args.command == "run":
@@ -99,15 +105,24 @@ def _dispatch(args: argparse.Namespace) -> None:
     getattr(module, flow_fn)(params_path=args.params, **kwargs)
 
 
+def _roots(pairs: list[str]) -> dict[str, str]:
+    """`--root image=photos/` pairs as a mapping; a malformed pair is a usage error."""
+    roots: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, directory = pair.partition("=")
+        if not sep or not name or not directory:
+            raise ConfigError(f"--root {pair!r}: expected MODALITY=DIR, e.g. image=photos/")
+        roots[name] = directory
+    return roots
+
+
 def _check(params_path: str) -> None:
     """Validate params.yaml with fuseline's guarded loader; exit 2 with the problem if invalid."""
     from tasks.config import load_params
 
     params = load_params(params_path)
     columns = params.data.columns
-    roles = ", ".join(
-        f"{role} {len(getattr(columns, role))}" for role in ("categorical", "numeric", "text", "image")
-    )
+    roles = ", ".join(f"{role} {len(getattr(columns, role))}" for role in columns.roles())
     print(f"{params_path}: valid ({params.data.task} target {params.data.target!r}; columns: {roles})")
 
 

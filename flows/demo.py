@@ -27,9 +27,13 @@ def demo(params_path: str = "params.yaml") -> None:
         logger.info("demo data disabled; using the sources in params.yaml")
         return
     (DEMO_DIR / "DISABLED.txt").unlink(missing_ok=True)
-    table, images = Path(params.data.sources[0].path), Path(params.data.image_root)
-    generate_demo(table, images, rows=params.data.demo.rows, seed=params.data.demo.seed)
-    logger.info("demo dataset: %d rows in %s, images in %s", params.data.demo.rows, table, images)
+    table, images, audio = (
+        Path(p) for p in (params.data.sources[0].path, params.data.image_root, params.data.audio_root)
+    )
+    generate_demo(table, images, rows=params.data.demo.rows, seed=params.data.demo.seed, audio_root=audio)
+    logger.info(
+        "demo dataset: %d rows in %s, images in %s, clips in %s", params.data.demo.rows, table, images, audio
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Stage `extract`: tabular preprocessing and pretrained text/image embeddings per modality.
+"""Stage `extract`: tabular preprocessing and pretrained embeddings, one modality at a time.
 
 dvc.yaml runs one stage per modality (`extract@text`, ...), so changing the image encoder
-reruns only image extraction. Text and image embeddings go through the row-level cache
+reruns only image extraction. Embedded modalities (tasks/modalities) go through the row-level cache
 (`cache.dir`): a plan task per modality, then one task per chunk of cache misses (each
 commits a shard, so a killed run resumes from there), then a task that writes the feature
 file. Each run publishes a `fuseline-extract` table artifact: rows seen, computed, reused.
@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._entry import run_from_command_line
 from flows.scaleout import fill_cache
+from tasks import modalities
 from tasks.cache import FeatureCache
 from tasks.config import Params, load_params
 from tasks.device import pick_device
@@ -35,7 +36,8 @@ from tasks.extract import (
     write_tabular_features,
 )
 from tasks.feature_store import write_blocks
-from tasks.paths import MODALITIES, Layout
+from tasks.modalities import TABULAR, modality_names
+from tasks.paths import Layout
 
 ARTIFACT_KEY = "fuseline-extract"
 # Chunk progress and cache hit/miss counts are INFO records of these loggers; Prefect forwards
@@ -72,8 +74,7 @@ def embed_modality(
 ) -> ExtractStats:
     """plan -> encode per chunk -> write, each a Prefect task; the scratch arrays always go."""
     target = layout.feature_file(modality)
-    columns = params.data.columns.text if modality == "text" else params.data.columns.image
-    if not columns:
+    if not modalities.modality(modality).columns(params.data):
         write_blocks(target, row_ids(aligned), {}, {}, {})
         return ExtractStats(modality, rows=len(aligned))
     if params.runtime.task_runner != "local":
@@ -99,8 +100,8 @@ def extract(params_path: str = "params.yaml", modality: str | None = None) -> di
     for name in _PROGRESS_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
     report: dict[str, dict] = {}
-    for name in [modality] if modality else MODALITIES:
-        if name == "tabular":
+    for name in [modality] if modality else modality_names():
+        if name == TABULAR:
             rows = extract_tabular(params, aligned, layout.feature_file(name))
             report[name] = ExtractStats(name, rows=rows, values=rows).as_dict()
             continue
@@ -121,4 +122,4 @@ def extract(params_path: str = "params.yaml", modality: str | None = None) -> di
 
 
 if __name__ == "__main__":
-    run_from_command_line(extract, "Encode features per modality.", {"modality": MODALITIES})
+    run_from_command_line(extract, "Encode features per modality.", {"modality": modality_names()})

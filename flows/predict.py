@@ -29,7 +29,7 @@ from tasks.cache import FeatureCache
 from tasks.config import CacheConfig, RuntimeConfig, load_params
 from tasks.device import pick_device
 from tasks.pathcheck import check_input_path, check_output_path
-from tasks.predict import cached_predictor, chunk_bounds, read_new_rows
+from tasks.predict import cached_predictor, chunk_bounds, file_roots, read_new_rows
 from tasks.promotion import resolve_model_dir
 
 
@@ -39,7 +39,7 @@ class ChunkJob(BaseModel):
     bundle_dir: str
     bundle_mtime_ns: int
     cache_dir: str
-    image_root: str
+    roots: dict[str, str]  # file modality -> absolute root
     threads: int  # torch intra-op threads; 0 leaves the worker's default
 
 
@@ -55,7 +55,8 @@ def predict_chunk(chunk: ChunkJob, rows_file: str) -> str:
     predictor = cached_predictor(chunk.bundle_dir, chunk.bundle_mtime_ns, chunk.cache_dir)
     rows = pd.read_parquet(rows_file)
     device = pick_device("auto")
-    predictions = predictor.predict(rows, Path(chunk.image_root), FeatureCache(chunk.cache_dir), device)
+    roots = {name: Path(root) for name, root in chunk.roots.items()}
+    predictions = predictor.predict(rows, roots, FeatureCache(chunk.cache_dir), device)
     out = f"{rows_file}.pred.parquet"
     write_parquet(pa.Table.from_pandas(predictions, preserve_index=False), out)
     return out
@@ -74,14 +75,15 @@ def predict(
     input_path: str = "new.csv",
     output_path: str = "predictions.parquet",
     params_path: str | None = "params.yaml",
-    image_root: str | None = None,
+    roots: dict[str, str] | None = None,
 ) -> dict:
     """Write `output_path` (row_id, prob_<class>..., prediction) for every row of `input_path`.
 
     `model` is a bundle directory (models/) or a registry (registry/: its current version).
     From `params_path` only `runtime` (where chunks run) and `cache` (the feature cache and
-    chunk size) are read; everything about the data and encoders comes from the bundle. Image
-    paths are relative to the bundle's image_root unless `image_root` is given.
+    chunk size) are read; everything about the data and encoders comes from the bundle. File
+    paths (images, audio) are relative to the bundle's `data.<modality>_root` unless `roots`
+    names another directory for that modality.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -91,14 +93,14 @@ def predict(
     cache_dir = str(Path(cache.dir).resolve())
     mtime = _bundle_mtime_ns(bundle_dir)
     predictor = cached_predictor(bundle_dir, mtime, cache_dir)  # fails fast on a fingerprint mismatch
-    root = Path(image_root or predictor.data.image_root).resolve()
-    rows = read_new_rows(input_path, predictor.data, root)
+    file_roots_here = file_roots(predictor.data, roots)
+    rows = read_new_rows(input_path, predictor.data, file_roots_here)
     bounds = chunk_bounds(len(rows), cache.chunk_rows)
     chunk = ChunkJob(
         bundle_dir=bundle_dir,
         bundle_mtime_ns=mtime,
         cache_dir=cache_dir,
-        image_root=str(root),
+        roots={name: str(root) for name, root in file_roots_here.items()},
         threads=threads_per_task(runtime),
     )
     out = Path(output_path)

@@ -12,5 +12,5 @@ def import_submodules(package_name: str, package_path: list[str]) -> None:
     Auto-discovery is what lets a new encoder or head be added as one file.
     """
     for module in pkgutil.iter_modules(package_path):
-        if not module.name.startswith("_") and module.name != "base":
+        if not module.name.startswith("_") and module.name not in ("base", "blocks"):
             importlib.import_module(f"{package_name}.{module.name}")

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
+
+if TYPE_CHECKING:
+    from torch import nn
 
 T = TypeVar("T")
 
-KINDS = ("text_encoder", "image_encoder", "head")
+KINDS = ("text_encoder", "image_encoder", "audio_encoder", "head")
 _REGISTRY: dict[str, dict[str, object]] = {kind: {} for kind in KINDS}
 
 
@@ -44,6 +47,16 @@ def names(kind: str) -> list[str]:
     """Registered names of one kind, sorted so that listings and tests are stable."""
     _load_builtin_components(kind)
     return sorted(_REGISTRY[kind])
+
+
+def build_head(name: str, in_dims: dict[str, int], out_dim: int, options: object) -> nn.Module:
+    """The one way a fusion head is made: by its registered name, with its validated options.
+
+    Training builds a fresh head and loading a bundle rebuilds one (also on the meta device,
+    to check shapes before allocating); both come through here, so they cannot drift apart.
+    """
+    head_cls = cast("Callable[..., nn.Module]", lookup("head", name))
+    return head_cls(dict(in_dims), out_dim, options)
 
 
 def _load_builtin_components(kind: str) -> None:

@@ -1,25 +1,23 @@
-"""Align: join the sources on the id, resolve images safely, add presence masks, split.
+"""Align: join the sources on the id, let each modality inspect its cells, add presence masks, split.
 
 Schema of `data/aligned/aligned.parquet` (one row per item, sorted by `row_id`):
     row_id            string   the id column, as text
     split             string   "train" | "val" | "test"
     target            string (classification; multilabel: a JSON array of sorted labels,
                       see tasks/labels.py) or float64 (regression)
-    <feature column>  as declared: categorical/text/image as string, numeric as float64;
-                      image values are paths relative to image_root, null when unusable
+    <feature column>  as declared: numeric as float64, every other role as string; file
+                      columns (image, audio) hold paths relative to data.<modality>_root,
+                      null when unusable (tasks/modalities/files.py)
     present__<col>    bool     False where the row has no usable value for that column
-    sha256__<image>   string   SHA-256 of the image file's bytes (null when absent): image
-                               edits change the aligned table, so DVC and caches see them
+    sha256__<file>    string   SHA-256 of the file's bytes (null when absent): file edits
+                               change the aligned table, so DVC and caches see them
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,9 +25,9 @@ from sklearn.model_selection import train_test_split
 
 from tasks.config import DataConfig
 from tasks.errors import ConfigError, DataError
-from tasks.images import probe
 from tasks.ingest import BAD_VALUES
 from tasks.labels import canonical, check_label_sets, refuse_case_variants
+from tasks.modalities import embedded
 from tasks.schema import DIGEST, ID, PRESENT, SPLIT, SPLITS, TARGET
 from tasks.sources import REPLACED_BYTES
 from tasks.tabular import huge_mask
@@ -57,9 +55,9 @@ class AlignReport:
     rows: int = 0
     rows_per_split: dict[str, int] = field(default_factory=dict)
     present: dict[str, int] = field(default_factory=dict)
-    images_missing: dict[str, int] = field(default_factory=dict)
-    images_refused: dict[str, int] = field(default_factory=dict)
-    images_undecodable: dict[str, int] = field(default_factory=dict)  # made absent (on_bad_image)
+    files_missing: dict[str, int] = field(default_factory=dict)  # file columns (image, audio, ...)
+    paths_refused: dict[str, int] = field(default_factory=dict)  # outside the root, or not a path
+    files_undecodable: dict[str, int] = field(default_factory=dict)  # made absent (data.on_bad_<modality>)
     dropped_unmatched_ids: dict[str, int] = field(default_factory=dict)
     bad_values: dict[str, int] = field(default_factory=dict)  # numeric cells made missing by ingest
     replaced_bytes: dict[str, int] = field(default_factory=dict)  # cells with non-UTF-8 bytes
@@ -78,24 +76,23 @@ def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd
         for key, counts in ((BAD_VALUES, report.bad_values), (REPLACED_BYTES, report.replaced_bytes)):
             for column, count in frame.attrs.get(key, {}).items():
                 counts[column] = counts.get(column, 0) + int(count)
-    root = Path(data.image_root)
-    if data.columns.image and not root.is_dir():
-        raise ConfigError(f"data.image_root: {data.image_root!r} is not a directory")
+    for plugin in embedded():
+        root = plugin.root(data)
+        if plugin.columns(data) and root is not None and not root.is_dir():
+            raise ConfigError(f"data.{plugin.name}_root: {str(root)!r} is not a directory")
     table = _join(data, sources, report)
     _check_target(data, table)
     target = table[data.target].map(canonical) if data.task == "multilabel" else table[data.target]
     aligned = pd.DataFrame({ID: table[data.id].astype("string"), TARGET: target})
     for column in data.columns.all():
         aligned[column] = table[column]
-    for column in data.columns.image:
-        aligned[column] = resolve_images(aligned[column], root, column, report)
-        aligned[column], aligned[DIGEST + column] = inspect_images(
-            aligned[column], aligned[ID], root, column, data.on_bad_image, report
-        )
+    for plugin in embedded():
+        plugin.inspect_cells(aligned, aligned[ID], data, None, report)
     for column in data.columns.all():
         aligned[PRESENT + column] = presence(aligned[column]).to_numpy()
         report.present[column] = int(aligned[PRESENT + column].sum())
-    masks, digests = [PRESENT + c for c in data.columns.all()], [DIGEST + c for c in data.columns.image]
+    masks = [PRESENT + c for c in data.columns.all()]
+    digests = [c for c in aligned.columns if c.startswith(DIGEST)]
     aligned = aligned[[ID, TARGET, *data.columns.all(), *masks, *digests]]  # the documented order
     aligned = aligned.sort_values(ID, kind="stable").reset_index(drop=True)
     split_source = table.set_index(data.id)[data.split.column] if data.split.column else None
@@ -140,7 +137,7 @@ def check_runnable(data: DataConfig, aligned: pd.DataFrame, report: AlignReport)
 
 
 def _role(data: DataConfig, column: str) -> str:
-    return next(r for r in ("categorical", "numeric", "text", "image") if column in getattr(data.columns, r))
+    return data.columns.role_of(column)
 
 
 def _unusable_counts(column: str, report: AlignReport) -> str:
@@ -148,9 +145,9 @@ def _unusable_counts(column: str, report: AlignReport) -> str:
         "rows": report.rows,
         "present": report.present.get(column, 0),
         "bad values": report.bad_values.get(column, 0),
-        "image files missing": report.images_missing.get(column, 0),
-        "image paths refused": report.images_refused.get(column, 0),
-        "images undecodable": report.images_undecodable.get(column, 0),
+        "files missing": report.files_missing.get(column, 0),
+        "paths refused": report.paths_refused.get(column, 0),
+        "files undecodable": report.files_undecodable.get(column, 0),
     }
     return ", ".join(f"{name} {count}" for name, count in counts.items() if count or name == "rows")
 
@@ -292,98 +289,6 @@ def _check_target(data: DataConfig, table: pd.DataFrame) -> None:
             column=data.target,
             rows=list(table.loc[target == label, data.id]),
         )
-
-
-def resolve_images(paths: pd.Series, root: Path, column: str, report: AlignReport) -> pd.Series:
-    """Paths relative to the root for usable images; null for missing or escaping ones.
-
-    A path that leads outside image_root (`..`, absolute, or a symlink out) is never opened:
-    params must not become a way to read arbitrary files. Cells that cannot be a path at all
-    (a NUL byte, a base64 blob longer than any file name, a symlink loop) are counted too,
-    never raised: one odd cell must not stop a run over a million rows.
-    """
-    root_resolved = root.resolve()
-    resolved: list[str | None] = []
-    counts = {"refused": 0, "missing": 0}
-    for value in paths:
-        relative, outcome = resolve_under(value, root, root_resolved)
-        resolved.append(relative)
-        if outcome in counts:
-            counts[outcome] += 1
-    report.images_missing[column] = counts["missing"]
-    report.images_refused[column] = counts["refused"]
-    if counts["refused"]:
-        log.warning(
-            "%s: %d image paths lead outside %s or are not paths; refused", column, counts["refused"], root
-        )
-    if counts["missing"]:
-        log.warning("%s: %d image files do not exist under %s", column, counts["missing"], root)
-    return pd.Series(resolved, index=paths.index, dtype="string")
-
-
-def resolve_under(value: object, root: Path, root_resolved: Path) -> tuple[str | None, str]:
-    """(path relative to root, "ok") for a usable file; else (None, "empty" | "refused" | "missing")."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return None, "empty"
-    text = str(value).strip()
-    if not text:
-        return None, "empty"
-    if "\x00" in text:
-        return None, "refused"
-    candidate = Path(text)
-    try:
-        full = (root / candidate).resolve()
-        if candidate.is_absolute() or not full.is_relative_to(root_resolved):
-            return None, "refused"
-        if not full.is_file():
-            return None, "missing"
-    except RuntimeError:  # a symlink loop (Python < 3.13 raises this from resolve)
-        return None, "missing"
-    except OSError as err:  # ELOOP, ENAMETOOLONG, EACCES, ...
-        return None, "refused" if err.errno == errno.ENAMETOOLONG else "missing"
-    except ValueError:
-        return None, "refused"
-    return full.relative_to(root_resolved).as_posix(), "ok"
-
-
-def inspect_images(
-    paths: pd.Series, ids: pd.Series, root: Path, column: str, on_bad: str, report: AlignReport
-) -> tuple[pd.Series, pd.Series]:
-    """(paths, SHA-256 digests): each file is read once, hashed and test-decoded.
-
-    A file that cannot be decoded (empty, not an image, truncated, too large) is a DataError
-    under `on_bad == "error"`; otherwise its cell becomes absent, counted and logged, so
-    extraction and training treat it as a row without that image.
-    """
-    kept: list[str | None] = []
-    digests: list[str | None] = []
-    bad: list[tuple[str, str, str]] = []  # (row id, path, reason)
-    for row_id, value in zip(ids, paths, strict=True):
-        if pd.isna(value):
-            kept.append(None)
-            digests.append(None)
-            continue
-        try:
-            data = (root / str(value)).read_bytes()
-            reason = probe(data)
-        except OSError as err:  # removed or unreadable since it was resolved
-            data, reason = b"", f"cannot be read ({err.strerror})"
-        if reason is None:
-            kept.append(str(value))
-            digests.append(hashlib.sha256(data).hexdigest())
-        else:
-            bad.append((str(row_id), str(value), reason))
-            kept.append(None)
-            digests.append(None)
-    report.images_undecodable[column] = len(bad)
-    if bad:
-        listed = "; ".join(f"{path}: {reason}" for _, path, reason in bad[:3])
-        message = f"{len(bad)} image files cannot be decoded ({listed})"
-        if on_bad == "error":
-            raise DataError(message, file=str(root), column=column, rows=[row for row, _, _ in bad])
-        log.warning("%s: %s; treated as missing (data.on_bad_image: missing)", column, message)
-    index = paths.index
-    return pd.Series(kept, index=index, dtype="string"), pd.Series(digests, index=index, dtype="string")
 
 
 def _count_outliers(data: DataConfig, aligned: pd.DataFrame, report: AlignReport) -> None:

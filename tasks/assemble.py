@@ -10,7 +10,8 @@ from tasks.dataset import FeatureSet
 from tasks.errors import DataError
 from tasks.feature_store import read_blocks
 from tasks.labels import from_canonical
-from tasks.paths import MODALITIES, Layout
+from tasks.modalities import modality_names
+from tasks.paths import Layout
 
 
 def encode_target(
@@ -66,7 +67,7 @@ def feature_metadata(layout: Layout) -> dict[str, dict]:
     """Metadata each feature file carries (encoder fingerprints, tabular state), by modality."""
     return {
         modality: read_blocks(layout.feature_file(modality))[3]
-        for modality in MODALITIES
+        for modality in modality_names()
         if layout.feature_file(modality).exists()
     }
 
@@ -78,7 +79,7 @@ def load_feature_set(layout: Layout, task: str, classes: tuple[str, ...] | None 
     position = pd.Index(ids)
     inputs: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
-    for modality in MODALITIES:
+    for modality in modality_names():
         path = layout.feature_file(modality)
         if not path.exists():
             continue

@@ -28,9 +28,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from modelzoo.registry import lookup
 from tasks.config import FusionConfig
 from tasks.errors import BundleError
+from tasks.training import build_head
 
 WEIGHTS = "model.safetensors"
 META = "bundle.json"
@@ -97,18 +97,17 @@ def write_bundle(directory: Path, model: nn.Module, meta: BundleMeta) -> None:
     (directory / META).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def build_head(meta: BundleMeta) -> nn.Module:
+def head_of(meta: BundleMeta) -> nn.Module:
     """An untrained head of the bundle's architecture."""
     fusion = FusionConfig.model_validate(meta.fusion)
-    head_cls = lookup("head", fusion.head)
-    return head_cls(dict(meta.in_dims), meta.out_dim, fusion.head_config())
+    return build_head(fusion, dict(meta.in_dims), meta.out_dim)  # training builds its heads the same way
 
 
 def load_bundle(directory: Path) -> tuple[nn.Module, BundleMeta]:
     """The trained head (eval mode, CPU) and its metadata; refuses anything but an intact bundle."""
     meta, state, meta_path, weights_path = _read_verified(Path(directory))
     try:
-        model = build_head(meta)
+        model = head_of(meta)
     except (ValueError, TypeError, KeyError, RuntimeError) as err:  # pydantic's ValidationError: ValueError
         raise BundleError(f"{meta_path}: cannot build the declared head ({err})") from None
     try:
@@ -227,7 +226,7 @@ def _check_shapes(
     """
     try:
         with torch.device("meta"):
-            skeleton = build_head(meta)
+            skeleton = head_of(meta)
     except Exception as err:  # any failure here means the head cannot be checked: refuse
         raise BundleError(
             f"{meta_path}: cannot build the declared head on the meta device "

@@ -40,9 +40,18 @@ class ColumnsConfig(_Strict):
     numeric: list[str] = []
     text: list[str] = []
     image: list[str] = []
+    audio: list[str] = []  # sound files under data.audio_root (WAV, FLAC, OGG, MP3, ...)
+
+    @classmethod
+    def roles(cls) -> tuple[str, ...]:
+        """categorical, numeric, then one role per embedded modality, in declaration order."""
+        return tuple(cls.model_fields)
 
     def all(self) -> list[str]:
-        return [*self.categorical, *self.numeric, *self.text, *self.image]
+        return [column for role in self.roles() for column in getattr(self, role)]
+
+    def role_of(self, column: str) -> str:
+        return next(role for role in self.roles() if column in getattr(self, role))
 
 
 class FractionsConfig(_Strict):
@@ -78,11 +87,13 @@ class DataConfig(_Strict):
     task: Literal["binary", "multiclass", "multilabel", "regression"]  # multilabel: list-valued target
     columns: ColumnsConfig = ColumnsConfig()
     image_root: str = "."
+    audio_root: str = "."  # audio paths are relative to this; never outside it
     split: SplitConfig = SplitConfig()
     demo: DemoConfig | None = None
     # What a dirty cell costs: `missing` keeps the run going and counts it in the align summary.
     on_bad_value: Literal["error", "missing"] = "missing"  # numeric cell that is not a finite number
     on_bad_image: Literal["error", "missing"] = "missing"  # image file that cannot be decoded
+    on_bad_audio: Literal["error", "missing"] = "missing"  # audio file that cannot be decoded
 
     @model_validator(mode="after")
     def _roles_are_disjoint(self) -> DataConfig:
@@ -95,7 +106,7 @@ class DataConfig(_Strict):
                     f"column {self.split.column!r} is both {seen[self.split.column]} and split.column"
                 )
             seen[self.split.column] = "split.column"
-        for role in ("categorical", "numeric", "text", "image"):
+        for role in ColumnsConfig.roles():
             for column in getattr(self.columns, role):
                 if column in seen:
                     raise ValueError(f"column {column!r} is both {seen[column]} and {role}")
@@ -140,9 +151,21 @@ class ImageEncoderConfig(_Strict):
         return _known_encoder("image", value)
 
 
+class AudioEncoderConfig(_Strict):
+    model: str = "aisfx"  # or a Hugging Face audio model id / local directory (AST, wav2vec2, HuBERT)
+    max_seconds: int = Field(30, ge=1, le=3600)  # per clip; a longer one is sampled over its length
+    batch_size: int = Field(16, ge=1)  # windows per forward
+
+    @field_validator("model")
+    @classmethod
+    def _resolvable(cls, value: str) -> str:
+        return _known_encoder("audio", value)
+
+
 class EncodersConfig(_Strict):
     text: TextEncoderConfig = TextEncoderConfig()
     image: ImageEncoderConfig = ImageEncoderConfig()
+    audio: AudioEncoderConfig = AudioEncoderConfig()
 
 
 class FusionConfig(BaseModel):

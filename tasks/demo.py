@@ -1,9 +1,9 @@
-"""A deterministic synthetic multimodal dataset: a product table, free text and one photo per row.
+"""A deterministic synthetic multimodal dataset: a product table, free text, a photo and a sound per row.
 
 The demo exists to show (and test) that the fusion model earns its keep, so the label is
-built to need all three modalities:
+built to need all four modalities:
 
-    score = s_image + s_text + s_tab + noise          label = score > median(score)
+    score = s_image + s_text + s_tab + s_audio + noise          label = score > median(score)
 
 The same latent score also gives the other task variants, for comparing heads on every
 task without new data: `label_multiclass` is its quartile (0..3, balanced; 2 and 3 are the
@@ -12,8 +12,8 @@ them with `-S data.target=label_multiclass -S data.task=multiclass` or `data.tar
 with `data.task=regression`.
 
 Each part is standardised to unit variance and the noise has standard deviation 0.9. With
-three independent unit-variance parts, knowing one part perfectly gives a ROC AUC of about
-0.73, knowing all three about 0.93; thresholding at the median makes the classes balanced.
+four independent unit-variance parts, knowing one part perfectly gives a ROC AUC of about
+0.70, knowing all four about 0.94; thresholding at the median makes the classes balanced.
 No part is recoverable from another modality, so no single modality can stand in for the rest.
 
 s_image - from what a frozen ImageNet CNN sees at a glance: the object's dominant colour
@@ -33,6 +33,12 @@ s_text - from words a sentence embedding picks up: a five-step quality level (80
 s_tab - half from `category` (six values with different effects and frequencies), half from
     log `price`. Each is blanked independently in about 5% of rows *after* the label is
     computed, so missing values lose signal as they would in real data.
+s_audio - from a 2-second, 8 kHz mono WAV (`clip`, under the audio root): the pitch of a
+    repeated harmonic tone (five notes from 220 to 1109 Hz; 60% of the variance) and how
+    many times it sounds (1 to 4 beeps; 40%). The colour of the background noise (white,
+    pink, brown), the loudness, the timing jitter and the noise level carry no signal.
+    Drawn from its own random stream, so adding audio left every other column's values as
+    they were (only the score, and so the labels, changed).
 
 Determinism: everything is drawn from one numpy Generator(seed) in a fixed order (per-image
 pixel noise uses seeds drawn from it), images are rendered by PIL and saved with fixed JPEG
@@ -59,6 +65,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+import soundfile
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -67,10 +74,11 @@ from tasks.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # 2: label_multiclass and score columns
+GENERATOR_VERSION = 3  # 2: label_multiclass and score columns; 3: the audio clip
 STAMP_NAME = ".demo-stamp.json"
 COLUMNS = (
-    "item_id", "title", "description", "category", "price", "photo", "label", "label_multiclass", "score"
+    "item_id", "title", "description", "category", "price", "photo", "clip", "label", "label_multiclass",
+    "score",
 )  # fmt: skip
 _MULTICLASS_QUANTILES = (0.25, 0.5, 0.75)
 MIN_ROWS = 10
@@ -162,6 +170,14 @@ _TITLE_TEMPLATES = (
 )
 
 # --- tabular vocabulary: (category, frequency, effect) ------------------------------------
+# audio: 8 kHz mono, 2 s; pitch (Hz, effect) and beep count (effect) carry s_audio
+AUDIO_RATE = 8000
+AUDIO_SECONDS = 2.0
+_PITCHES = ((220.0, -1.0), (330.0, -0.5), (494.0, 0.0), (740.0, 0.5), (1109.0, 1.0))
+_BEEPS = ((1, -1.0), (2, -0.35), (3, 0.35), (4, 1.0))
+_NOISE_COLOURS = (0.0, 1.0, 2.0)  # spectral slope: white, pink, brown
+_AUDIO_STREAM = 1  # the audio draws' own SeedSequence stream: other columns keep their values
+
 _CATEGORIES = (
     ("kitchen", 0.24, 1.0),
     ("office", 0.20, 0.5),
@@ -174,47 +190,60 @@ _LOG_PRICE_MEAN = math.log(35.0)
 _LOG_PRICE_SD = 0.55
 
 
-def generate_demo(table_path: Path, image_root: Path, rows: int = 2000, seed: int = 7) -> None:
-    """Write the demo CSV at `table_path` and one JPEG per row under `image_root`.
+def generate_demo(
+    table_path: Path, image_root: Path, rows: int = 2000, seed: int = 7, audio_root: Path | None = None
+) -> None:
+    """Write the demo CSV at `table_path`, one JPEG per row under `image_root` and one WAV per
+    row under `audio_root` (default: `audio` beside `image_root`).
 
-    Columns: item_id, title, description, category, price, photo, label, label_multiclass,
-    score (see the module docstring for how the targets depend on the others). `photo` is
-    relative to `image_root`.
+    Columns: item_id, title, description, category, price, photo, clip, label,
+    label_multiclass, score (see the module docstring for how the targets depend on the
+    others). `photo` is relative to `image_root`, `clip` to `audio_root`.
     Same (rows, seed) -> byte-identical output; a repeat call with an intact stamp, CSV and
     images returns at once. Otherwise everything is rewritten and `item-*.jpg` files left
     over from an earlier, larger run are removed.
     """
     table_path, image_root = Path(table_path), Path(image_root)
+    audio_root = image_root.parent / "audio" if audio_root is None else Path(audio_root)
     _check_args(rows, seed)
-    if image_root.exists() and not image_root.is_dir():
-        raise DataError("image_root exists and is not a directory", file=str(image_root))
+    for root, key in ((image_root, "image_root"), (audio_root, "audio_root")):
+        if root.exists() and not root.is_dir():
+            raise DataError(f"{key} exists and is not a directory", file=str(root))
     if table_path.is_dir():
         raise DataError("table path is a directory, expected a CSV file path", file=str(table_path))
 
     stamp_path = image_root / STAMP_NAME
     names = [f"{item_id}.jpg" for item_id in _item_ids(rows)]
-    if _is_current(stamp_path, table_path, image_root, names, rows, seed):
+    clips = [f"{item_id}.wav" for item_id in _item_ids(rows)]
+    if _is_current(stamp_path, table_path, image_root, names, rows, seed) and all(
+        (audio_root / clip).is_file() for clip in clips
+    ):
         log.info("demo data at %s is up to date (rows=%d, seed=%d); skipping", table_path, rows, seed)
         return
 
     image_root.mkdir(parents=True, exist_ok=True)
+    audio_root.mkdir(parents=True, exist_ok=True)
     stamp_path.unlink(missing_ok=True)  # never leave a stamp that vouches for half-new files
     data = _sample(rows, seed)
 
     def render_one(i: int) -> None:
         write_bytes(_render_image(data, i), image_root / names[i])
+        write_bytes(_render_audio(data, i), audio_root / clips[i])
 
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in tqdm(pool.map(render_one, range(rows)), total=rows, desc="demo images", unit="img"):
+        for _ in tqdm(
+            pool.map(render_one, range(rows)), total=rows, desc="demo images and clips", unit="row"
+        ):
             pass
     _remove_stale(image_root, set(names))
+    _remove_stale(audio_root, set(clips))
 
-    text = _to_csv(data, names)
+    text = _to_csv(data, names, clips)
     with atomic_path(table_path) as tmp:
         tmp.write_bytes(text.encode("utf-8"))
     write_json(_stamp(rows, seed, hashlib.sha256(text.encode("utf-8")).hexdigest()), stamp_path)
-    log.info("wrote %d demo rows to %s and images to %s", rows, table_path, image_root)
+    log.info("wrote %d demo rows to %s, images to %s, clips to %s", rows, table_path, image_root, audio_root)
 
 
 def demo_targets(rows: int = 2000, seed: int = 7) -> dict[str, list]:
@@ -251,6 +280,12 @@ class _Rows:
     s_image: np.ndarray
     s_text: np.ndarray
     s_tab: np.ndarray
+    s_audio: np.ndarray
+    # audio drawing parameters
+    pitch: np.ndarray  # index into _PITCHES
+    beeps: np.ndarray  # index into _BEEPS
+    noise_colour: np.ndarray
+    audio_seed: np.ndarray
     # image drawing parameters
     colour: np.ndarray
     hue: np.ndarray
@@ -309,7 +344,8 @@ def _sample(rows: int, seed: int) -> _Rows:
     price_part = (log_price - _LOG_PRICE_MEAN) / _LOG_PRICE_SD
     s_tab = math.sqrt(0.5) * category_part + math.sqrt(0.5) * price_part
 
-    score = s_image + s_text + s_tab + _NOISE_SD * rng.standard_normal(rows)
+    audio = _sample_audio(rows, seed)
+    score = s_image + s_text + s_tab + audio["s_audio"] + _NOISE_SD * rng.standard_normal(rows)
     label = (score > np.median(score)).astype(np.int64)
     # Derived from the score alone (no random draws), so every other column is unchanged.
     label_multiclass = np.searchsorted(np.quantile(score, _MULTICLASS_QUANTILES), score, side="right")
@@ -324,8 +360,61 @@ def _sample(rows: int, seed: int) -> _Rows:
         s_text=s_text, s_tab=s_tab, colour=colour, hue=hue, sat=sat, val=val, shape=shape,
         texture=texture, centre=centre, radius=radius,
         angle=angle, background=background, stripe_angle=stripe_angle, spacing=spacing,
-        pixel_seed=pixel_seed,
+        pixel_seed=pixel_seed, **audio,
     )  # fmt: skip
+
+
+def _sample_audio(rows: int, seed: int) -> dict[str, np.ndarray]:
+    """The audio draws, from their own stream (SeedSequence([seed, stream]))."""
+    rng = np.random.default_rng([seed, _AUDIO_STREAM])
+    pitch = rng.integers(0, len(_PITCHES), rows)
+    beeps = rng.integers(0, len(_BEEPS), rows)
+    noise_colour = rng.integers(0, len(_NOISE_COLOURS), rows)
+    audio_seed = rng.integers(0, 2**63 - 1, rows, dtype=np.int64)
+    pitch_part = _standardise([p[1] for p in _PITCHES], None)[pitch]
+    beeps_part = _standardise([b[1] for b in _BEEPS], None)[beeps]
+    s_audio = math.sqrt(0.6) * pitch_part + math.sqrt(0.4) * beeps_part
+    return {
+        "s_audio": s_audio,
+        "pitch": pitch,
+        "beeps": beeps,
+        "noise_colour": noise_colour,
+        "audio_seed": audio_seed,
+    }
+
+
+def _render_audio(data: _Rows, i: int) -> bytes:
+    """A 16-bit WAV: `beeps` harmonic tone bursts at the row's pitch over coloured noise."""
+    rng = np.random.default_rng(int(data.audio_seed[i]))
+    n = int(AUDIO_SECONDS * AUDIO_RATE)
+    t = np.arange(n) / AUDIO_RATE
+    frequency = _PITCHES[int(data.pitch[i])][0] * rng.uniform(0.98, 1.02)
+    tone = sum(
+        amplitude * np.sin(2 * np.pi * k * frequency * t) for k, amplitude in ((1, 1.0), (2, 0.5), (3, 0.25))
+    )
+    count = _BEEPS[int(data.beeps[i])][0]
+    envelope = np.zeros(n)
+    length, fade = int(0.18 * AUDIO_RATE), int(0.01 * AUDIO_RATE)
+    ramp = np.minimum(1.0, np.minimum(np.arange(length), np.arange(length)[::-1]) / fade)
+    for k in range(count):
+        centre = (k + 0.5) / count * n + rng.uniform(-0.04, 0.04) * n
+        start = int(np.clip(centre - length / 2, 0, n - length))
+        envelope[start : start + length] = ramp
+    noise = _coloured_noise(rng, n, _NOISE_COLOURS[int(data.noise_colour[i])])
+    signal = tone * envelope / 1.75 + noise * rng.uniform(0.05, 0.2)
+    signal *= rng.uniform(0.3, 0.8) / max(float(np.abs(signal).max()), 1e-9)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, signal.astype(np.float32), AUDIO_RATE, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _coloured_noise(rng: np.random.Generator, n: int, slope: float) -> np.ndarray:
+    """Unit-peak noise whose power falls as 1/f**slope (0 white, 1 pink, 2 brown)."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    frequencies = np.fft.rfftfreq(n)
+    frequencies[0] = frequencies[1]
+    noise = np.fft.irfft(spectrum / frequencies ** (slope / 2), n)
+    return noise / max(float(np.abs(noise).max()), 1e-9)
 
 
 def _standardise(effects: Sequence[float], probs: np.ndarray | Sequence[float] | None) -> np.ndarray:
@@ -455,7 +544,7 @@ def _item_ids(rows: int) -> list[str]:
     return [f"item-{i:0{width}d}" for i in range(1, rows + 1)]
 
 
-def _to_csv(data: _Rows, names: list[str]) -> str:
+def _to_csv(data: _Rows, names: list[str], clips: list[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -470,6 +559,7 @@ def _to_csv(data: _Rows, names: list[str]) -> str:
                 category,
                 price,
                 names[i],
+                clips[i],
                 int(data.label[i]),
                 int(data.label_multiclass[i]),
                 f"{float(data.score[i]):.4f}",
@@ -478,8 +568,8 @@ def _to_csv(data: _Rows, names: list[str]) -> str:
     return out.getvalue()
 
 
-_IMAGE_NAME = re.compile(r"item-\d+\.jpg")
-_TEMP_NAME = re.compile(r"\.item-\d+\.jpg\..*\.tmp")
+_IMAGE_NAME = re.compile(r"item-\d+\.(jpg|wav)")
+_TEMP_NAME = re.compile(r"\.item-\d+\.(jpg|wav)\..*\.tmp")
 
 
 def _remove_stale(image_root: Path, keep: set[str]) -> None:
@@ -499,6 +589,7 @@ def _stamp(rows: int, seed: int, csv_sha256: str) -> dict[str, object]:
         "rows": rows,
         "seed": seed,
         "pillow": PIL.__version__,
+        "libsndfile": soundfile.__libsndfile_version__,
         "csv_sha256": csv_sha256,
     }
 

@@ -42,3 +42,38 @@ def single_threaded() -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(previous)
+
+
+# A GPU idles below a few hundred rows per batch; a CPU gains nothing from more.
+CUDA_MIN_BATCH = 256
+
+
+def batch_size_on(device: torch.device, requested: int) -> int:
+    return max(requested, CUDA_MIN_BATCH) if device.type == "cuda" else requested
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def decode_workers(device: torch.device) -> int:
+    """Processes decoding files beside the main one.
+
+    On a CPU decoding costs a few percent of a CNN forward: one worker, and none on 1-2
+    cores, where its start-up and IPC cost more than it saves. A GPU consumes inputs far
+    faster than one core decodes them, so there most cores decode.
+    """
+    count = cores()
+    if device.type == "cuda":
+        return max(1, min(12, count - 2))
+    return 1 if count >= 4 else 0
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def autocast_for(device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

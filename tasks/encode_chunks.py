@@ -10,13 +10,14 @@ whole modality, finds every content cached, and writes the feature file as usual
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-from modelzoo.encoders.base import ImageEncoder, TextEncoder
+from torch import nn
+
 from tasks.cache import FeatureCache
+from tasks.cache.contents import Contents
 from tasks.device import pick_device
-from tasks.extract import Contents, EncoderSpec, Extraction, encode_chunk, plan_extraction
+from tasks.extract import EncoderSpec, Extraction, encode_chunk, plan_extraction
 
 
 class ProcessEncoderSpec(EncoderSpec):
@@ -26,12 +27,12 @@ class ProcessEncoderSpec(EncoderSpec):
     def of(cls, spec: EncoderSpec) -> ProcessEncoderSpec:
         return cls(spec.kind, spec.model, spec.size, spec.batch_size)
 
-    def load(self) -> TextEncoder | ImageEncoder:
+    def load(self) -> nn.Module:
         return _load_once(self.kind, self.model, self.size)
 
 
 @lru_cache(maxsize=4)
-def _load_once(kind: str, model: str, size: int) -> TextEncoder | ImageEncoder:
+def _load_once(kind: str, model: str, size: int) -> nn.Module:
     return EncoderSpec(kind, model, size, 1).load()
 
 
@@ -43,7 +44,7 @@ def chunk_payloads(job: Extraction) -> list[dict[str, Any]]:
         payloads.append(
             {
                 "keys": [job.contents.keys[s] for s in slots],
-                "sources": [_portable(job.contents.sources[s]) for s in slots],
+                "sources": [job.spec.modality.portable_source(job.contents.sources[s]) for s in slots],
                 "first_cell": [job.contents.first_cell[s] for s in slots],
             }
         )
@@ -55,7 +56,7 @@ def encode_payload(spec: EncoderSpec, payload: dict[str, Any], cache_dir: str, d
     keys = payload["keys"]
     contents = Contents(
         keys=list(keys),
-        sources=[Path(s) if spec.kind == "image" else s for s in payload["sources"]],
+        sources=[spec.modality.source_from_payload(s) for s in payload["sources"]],
         first_cell=[tuple(cell) for cell in payload["first_cell"]],
         blocks=[],
         values=len(keys),
@@ -68,8 +69,3 @@ def encode_payload(spec: EncoderSpec, payload: dict[str, Any], cache_dir: str, d
         return job.stats.computed
     finally:
         job.close()
-
-
-def _portable(source: Any) -> Any:
-    """Image paths absolute, so a worker in another directory finds the same file."""
-    return str(Path(source).resolve()) if isinstance(source, Path) else source

@@ -17,7 +17,7 @@ from tasks.atomic import write_parquet
 
 ID = "row_id"
 PRESENT = "present__"
-_META_KEY = b"fuseline"
+META_KEY = b"fuseline"
 
 
 def write_blocks(
@@ -36,14 +36,14 @@ def write_blocks(
         columns[name] = pa.FixedSizeListArray.from_arrays(flat, width)
         columns[PRESENT + name] = pa.array(present[name].astype(bool), type=pa.bool_())
     table = pa.table(columns)
-    table = table.replace_schema_metadata({_META_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    table = table.replace_schema_metadata({META_KEY: json.dumps(metadata, sort_keys=True).encode()})
     write_parquet(table, path)
 
 
 def read_blocks(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """(ids, blocks, presence, metadata) as written by write_blocks."""
     table = pq.read_table(path)
-    metadata = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
+    metadata = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
     ids = np.asarray(table.column(ID).to_pylist(), dtype=object)
     blocks: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}

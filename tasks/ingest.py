@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from tasks.atomic import atomic_dir, write_json
 from tasks.config import DataConfig
 from tasks.errors import DataError, closest_names
+from tasks.modalities import embedded
 from tasks.sources import REPLACED_BYTES, read_source
 
 MANIFEST = "manifest.json"
@@ -48,7 +49,10 @@ class SourceSnapshot:
 
 def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
     """Validate every source against the declared roles and snapshot them into `out_dir`."""
-    as_text = [data.id, *data.columns.categorical, *data.columns.text, *data.columns.image]
+    as_text = [
+        data.id,
+        *(c for role in data.columns.roles() if role != "numeric" for c in getattr(data.columns, role)),
+    ]
     if data.split.column is not None:
         as_text.append(data.split.column)
     frames = [(source.path, read_source(source, text_columns=as_text)) for source in data.sources]
@@ -133,10 +137,7 @@ def typed_columns(data: DataConfig, path: str, frame: pd.DataFrame) -> pd.DataFr
     The result's attrs count what was repaired: BAD_VALUES (numeric cells that were not
     finite numbers, made missing under `data.on_bad_value: missing`) and REPLACED_BYTES.
     """
-    roles = {c: "categorical" for c in data.columns.categorical}
-    roles |= {c: "numeric" for c in data.columns.numeric}
-    roles |= {c: "text" for c in data.columns.text}
-    roles |= {c: "image" for c in data.columns.image}
+    roles = {c: role for role in data.columns.roles() for c in getattr(data.columns, role)}
     if data.split.column is not None:
         roles[data.split.column] = "categorical"
     replaced = dict(frame.attrs.get(REPLACED_BYTES, {}))
@@ -209,9 +210,13 @@ def _as_string(series: pd.Series) -> pd.Series:
 
 
 def _convert(series: pd.Series, role: str) -> pd.Series:
-    if role == "text":
-        return series.astype("string")
+    if role in _verbatim_roles():
+        return series.astype("string")  # free text: spaces and spellings are content
     return label_strings(series)
+
+
+def _verbatim_roles() -> set[str]:
+    return {plugin.name for plugin in embedded() if plugin.verbatim_cells}
 
 
 def label_strings(series: pd.Series) -> pd.Series:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-MODALITIES = ("tabular", "text", "image")
-
 
 @dataclass(frozen=True)
 class Layout:

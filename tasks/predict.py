@@ -23,21 +23,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from modelzoo.heads._blocks import is_wide_block
-
-# align's own helpers, so image paths, digests and presence are decided exactly as in training.
-from tasks.align import (
-    DIGEST,
-    ID,
-    PRESENT,
-    AlignReport,
-    check_ids,
-    inspect_images,
-    presence,
-    resolve_images,
-)
+from modelzoo.heads.blocks import is_wide_block
+from tasks.align import AlignReport, check_ids, presence
 from tasks.bundle import BundleMeta, load_bundle
 from tasks.cache import FeatureCache
+from tasks.cache.contents import Contents
 from tasks.cache.fingerprints import encoder_identity
 from tasks.config import DataConfig, EncodersConfig, SourceConfig
 from tasks.dataset import FeatureSet
@@ -45,17 +35,10 @@ from tasks.device import single_threaded
 from tasks.encode_chunks import ProcessEncoderSpec
 from tasks.errors import BundleError, DataError, closest_names
 from tasks.evaluation import predict_with, predictions_table
-from tasks.extract import (
-    Contents,
-    EncoderSpec,
-    Extraction,
-    encode_chunk,
-    image_contents,
-    plan_extraction,
-    row_ids,
-    text_contents,
-)
+from tasks.extract import EncoderSpec, Extraction, encode_chunk, plan_extraction, row_ids
 from tasks.ingest import typed_columns
+from tasks.modalities import embedded, modality
+from tasks.schema import ID, PRESENT
 from tasks.sources import read_source
 from tasks.tabular import TabularState, transform_tabular
 from tasks.wide import WideState, transform_wide
@@ -63,13 +46,35 @@ from tasks.wide import WideState, transform_wide
 # --- reading new rows -----------------------------------------------------------------------
 
 
-def read_new_rows(path: str | Path, data: DataConfig, image_root: Path) -> pd.DataFrame:
+Roots = dict[str, Path]  # modality name -> the directory its file cells are relative to
+
+
+def file_roots(data: DataConfig, overrides: dict[str, str] | None = None) -> Roots:
+    """Each file modality's root: the bundle's `data.<modality>_root` unless overridden (absolute)."""
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - {p.name for p in embedded() if p.has_files})
+    if unknown:
+        raise DataError(f"--root names {unknown}, which are not file modalities")
+    roots: Roots = {}
+    for plugin in embedded():
+        root = plugin.root(data)
+        if root is not None:
+            roots[plugin.name] = Path(overrides.get(plugin.name, root)).resolve()
+    return roots
+
+
+def read_new_rows(path: str | Path, data: DataConfig, roots: Roots) -> pd.DataFrame:
     """The raw file as an aligned-like table: row_id, typed feature columns, present__ masks.
 
-    No target and no split: new rows have neither. Errors name the file, column and rows.
+    No target and no split: new rows have neither. Each modality inspects its cells as align
+    does (file paths resolved under their root, decoded, hashed). Errors name the file,
+    column and rows.
     """
     path = str(path)
-    text_like = [data.id, *data.columns.categorical, *data.columns.text, *data.columns.image]
+    text_like = [
+        data.id,
+        *(c for role in data.columns.roles() if role != "numeric" for c in getattr(data.columns, role)),
+    ]
     frame = read_source(SourceConfig(path=path), text_columns=text_like)
     for column in [data.id, *data.columns.all()]:
         if column not in frame.columns:
@@ -87,11 +92,8 @@ def read_new_rows(path: str | Path, data: DataConfig, image_root: Path) -> pd.Da
     for column in data.columns.all():
         rows[column] = typed[column]
     report = AlignReport()
-    for column in data.columns.image:
-        resolved = resolve_images(rows[column], image_root, column, report)
-        rows[column], rows[DIGEST + column] = inspect_images(
-            resolved, rows[ID], image_root, column, data.on_bad_image, report
-        )
+    for plugin in embedded():
+        plugin.inspect_cells(rows, rows[ID], data, roots.get(plugin.name), report)
     for column in data.columns.all():
         rows[PRESENT + column] = presence(rows[column]).to_numpy()
     return rows
@@ -108,11 +110,14 @@ def chunk_bounds(n_rows: int, chunk_rows: int) -> list[tuple[int, int]]:
 def encoder_specs(meta: BundleMeta) -> dict[str, EncoderSpec]:
     """The encoders the bundle's features came from, as its own params named them."""
     cfg = EncodersConfig.model_validate(meta.params.get("encoders", {}))
-    specs = {
-        "text": ProcessEncoderSpec("text", cfg.text.model, cfg.text.max_length, cfg.text.batch_size),
-        "image": ProcessEncoderSpec("image", cfg.image.model, cfg.image.image_size, cfg.image.batch_size),
-    }
-    return {kind: spec for kind, spec in specs.items() if kind in meta.encoders}
+    specs = {}
+    for plugin in embedded():
+        if plugin.name in meta.encoders:
+            settings = plugin.encoder_settings(cfg)
+            specs[plugin.name] = ProcessEncoderSpec(
+                plugin.name, settings.model, settings.size, settings.batch_size
+            )
+    return specs
 
 
 def current_fingerprint(spec: EncoderSpec, cache: FeatureCache) -> dict[str, Any]:
@@ -177,7 +182,7 @@ class Predictor:
         return DataConfig.model_validate(self.meta.params["data"])
 
     def features(
-        self, rows: pd.DataFrame, image_root: Path, cache: FeatureCache, device: torch.device
+        self, rows: pd.DataFrame, roots: Roots, cache: FeatureCache, device: torch.device
     ) -> FeatureSet:
         """The model's input blocks for these rows, computed (or read from the cache) as extract does."""
         data = self.data
@@ -193,12 +198,12 @@ class Predictor:
             inputs |= blocks
             present |= masks
         for kind, spec in self.specs.items():
-            if kind == "text" and data.columns.text:
-                contents = text_contents(rows, list(data.columns.text))
-            elif kind == "image" and data.columns.image:
-                contents = image_contents(rows, list(data.columns.image), image_root, "new rows")
-            else:
+            plugin = modality(kind)
+            columns = plugin.columns(data)
+            if not columns:
                 continue
+            root = roots.get(kind) or plugin.root(data)  # not overridden: the bundle's own root
+            contents = plugin.contents(rows, columns, root, "new rows")
             blocks, masks = self._embed(kind, spec, contents, len(rows), cache, device)
             inputs |= blocks
             present |= masks
@@ -214,10 +219,10 @@ class Predictor:
         )
 
     def predict(
-        self, rows: pd.DataFrame, image_root: Path, cache: FeatureCache, device: torch.device
+        self, rows: pd.DataFrame, roots: Roots, cache: FeatureCache, device: torch.device
     ) -> pd.DataFrame:
         """row_id, prob_<class>..., prediction: the same columns as reports/test_predictions.parquet."""
-        features = self.features(rows, image_root, cache, device)
+        features = self.features(rows, roots, cache, device)
         with single_threaded():  # as evaluate predicts: the same rows give the same bits
             predictions = predict_with(self.model, self.meta, features)
         return predictions_table(self.meta.task, features, predictions)

@@ -35,7 +35,7 @@ def data_summary(aligned: pd.DataFrame, data: DataConfig) -> dict:
         counts = pd.crosstab(aligned[TARGET].astype(str), split).reindex(columns=list(SPLITS), fill_value=0)
         balance = {str(label): {s: int(counts.loc[label, s]) for s in SPLITS} for label in counts.index}
     coverage = {}
-    for role in ("categorical", "numeric", "text", "image"):
+    for role in data.columns.roles():
         for column in getattr(data.columns, role):
             present = aligned[PRESENT + column].astype(bool)
             coverage[column] = {"role": role, **{s: _share(present[split == s]) for s in SPLITS}}

@@ -14,16 +14,17 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from modelzoo.heads._blocks import is_wide_block
+from modelzoo.heads.blocks import is_wide_block
+from modelzoo.registry import build_head as registry_build_head
 from modelzoo.registry import lookup
 from tasks.config import FusionConfig, TrainConfig
 from tasks.dataset import FeatureSet, modality_of
@@ -176,9 +177,8 @@ def fit_target_scaling(target: np.ndarray) -> TargetScaling:
 
 
 def build_head(fusion: FusionConfig, in_dims: dict[str, int], out_dim: int) -> nn.Module:
-    """Instantiate the registered head named in params with its validated options."""
-    head_cls = cast(Callable[..., nn.Module], lookup("head", fusion.head))
-    return head_cls(in_dims, out_dim, fusion.head_config())
+    """The head named in params, with its validated options (modelzoo.registry.build_head)."""
+    return registry_build_head(fusion.head, in_dims, out_dim, fusion.head_config())
 
 
 def _split_rows(features: FeatureSet) -> tuple[FeatureSet, FeatureSet]:

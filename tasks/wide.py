@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from modelzoo.heads._blocks import WIDE_SUFFIX
+from modelzoo.heads.blocks import WIDE_SUFFIX
 from modelzoo.heads.wide_deep import WideOptions
 from tasks.align import PRESENT, SPLIT
 from tasks.config import ColumnsConfig, FusionConfig, Params

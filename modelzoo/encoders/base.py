@@ -1,4 +1,4 @@
-"""The two encoder contracts the pipeline relies on.
+"""The three encoder contracts the pipeline relies on (text, image, audio).
 
 The pipeline only ever talks to these interfaces, so a registered encoder, a Hugging Face
 model name, or a timm/torchvision name all look the same to feature extraction and caching.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +47,50 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+class AudioEncoder(nn.Module):
+    """Mono float32 waveforms at `sample_rate`, cut by the caller into `window_samples` windows -> (B, dim).
+
+    The caller resamples each clip to `sample_rate`, scales it to max |x| = 1 when
+    `peak_normalise` is set (silence stays silent; some models' reference pipelines did this
+    and their weights expect it), cuts it into windows of exactly `window_samples`
+    (zero-padding a short clip) and pools the window embeddings itself. `featurize` runs on
+    the CPU in the data loader; `forward` takes its tensors, moved to the model's device.
+    """
+
+    dim: int
+    model_id: str
+    sample_rate: int
+    window_samples: int
+    peak_normalise: bool
+
+    def featurize(self, windows: np.ndarray) -> dict[str, torch.Tensor]:
+        """(B, window_samples) float32 -> the keyword arguments of forward, as CPU tensors."""
+        raise NotImplementedError
+
+    def forward(self, **features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def check_windows(windows: np.ndarray, window_samples: int, model_id: str) -> np.ndarray:
+    """`windows` as a C-contiguous (B, window_samples) float32 array, or a ValueError saying why not.
+
+    Strict on length: an encoder fed windows of another length would compute features the
+    cache key (which records window_samples) does not describe.
+    """
+    array = np.asarray(windows)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != window_samples:
+        raise ValueError(
+            f"audio encoder {model_id!r} takes a non-empty (batch, {window_samples}) array of "
+            f"windows, got shape {array.shape}"
+        )
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"audio encoder {model_id!r} takes float waveforms, got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"audio encoder {model_id!r}: windows contain NaN or infinite samples")
+    return array
 
 
 def weights_digest(module: nn.Module) -> str:

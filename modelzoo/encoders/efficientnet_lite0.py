@@ -130,6 +130,8 @@ def load_packaged_lite0() -> nn.Module:
 class EfficientNetLite0Encoder(ImageEncoder):
     """Globally average-pooled 1280-d features from the last conv stage, before the classifier."""
 
+    weights_location = staticmethod(packaged_weights_path)  # where the weights live, for cheap identities
+
     def __init__(self, image_size: int = 224) -> None:
         super().__init__()
         if image_size < 32:

@@ -1,9 +1,9 @@
-"""The three calls the pipeline makes: load an encoder by name, and fingerprint it.
+"""The calls the pipeline makes: load an encoder by name, check a name, and fingerprint it.
 
-Name resolution lives here so that params.yaml can say `minilm`, a Hugging Face id, a local
-directory, `torchvision/resnet50` or any timm name, and feature extraction never has to
-know which it got. Registered components are callables: text ones take no arguments, image
-ones take `image_size`.
+Name resolution lives here so that params.yaml can say `minilm`, `aisfx`, a Hugging Face id,
+a local directory, `torchvision/resnet50` or any timm name, and feature extraction never has
+to know which it got. Registered components are callables: text and audio ones take no
+arguments, image ones take `image_size`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelzoo.encoders.base import ImageEncoder, TextEncoder, weights_digest
+from modelzoo.encoders.base import AudioEncoder, ImageEncoder, TextEncoder, weights_digest
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder, looks_like_local_path
+from modelzoo.encoders.huggingface_audio import HuggingFaceAudioEncoder
 from modelzoo.encoders.vision import (
     TORCHVISION_PREFIX,
     timm_image_encoder,
@@ -35,6 +36,10 @@ class _TextFactory(Protocol):
 
 class _ImageFactory(Protocol):
     def __call__(self, image_size: int) -> ImageEncoder: ...
+
+
+class _AudioFactory(Protocol):
+    def __call__(self) -> AudioEncoder: ...
 
 
 def load_text_encoder(name: str) -> TextEncoder:
@@ -59,8 +64,18 @@ def load_image_encoder(name: str, image_size: int) -> ImageEncoder:
     return encoder.eval()
 
 
+def load_audio_encoder(name: str) -> AudioEncoder:
+    """Registered name first, else a Hugging Face id or local directory; in eval mode."""
+    if name in names("audio_encoder"):
+        factory: _AudioFactory = lookup("audio_encoder", name)  # type: ignore[assignment]
+        encoder = factory()
+    else:
+        encoder = HuggingFaceAudioEncoder.from_pretrained(name)
+    return encoder.eval()
+
+
 def encoder_name_problem(kind: str, name: str) -> str | None:
-    """Why `name` cannot name a `kind` ("text" | "image") encoder, or None when it can.
+    """Why `name` cannot name a `kind` ("text" | "image" | "audio") encoder, or None when it can.
 
     Only what can be known without loading weights or asking a hub: registered names, local
     directories, the libraries' own model lists and the Hugging Face cache. A hub id written
@@ -69,22 +84,23 @@ def encoder_name_problem(kind: str, name: str) -> str | None:
     registered = names(f"{kind}_encoder")
     if name in registered:
         return None
-    if kind == "text":
-        return _text_name_problem(name, registered)
+    if kind in ("text", "audio"):
+        return _hf_name_problem(kind, name, registered)
     return _image_name_problem(name, registered)
 
 
-def _text_name_problem(name: str, registered: list[str]) -> str | None:
+def _hf_name_problem(kind: str, name: str, registered: list[str]) -> str | None:
+    """Text and audio encoders resolve alike: registered, else a local directory or a hub id."""
     if not name.strip() or "\x00" in name:
         return f"{name!r} is not a model name"
     if Path(name).expanduser().is_dir():
         return None
     if looks_like_local_path(name):
-        return f"text encoder {name!r}: directory {Path(name).expanduser()} does not exist"
+        return f"{kind} encoder {name!r}: directory {Path(name).expanduser()} does not exist"
     if _in_hf_cache(name) or ("/" in name and not _hub_offline()):
         return None
     return (
-        f"text encoder {name!r} is not a registered name ({', '.join(registered)}), not an existing "
+        f"{kind} encoder {name!r} is not a registered name ({', '.join(registered)}), not an existing "
         f"directory, and not a Hugging Face id (org/name) in the local cache{_did_you_mean(name, registered)}"
     )
 
@@ -132,14 +148,17 @@ def _did_you_mean(name: str, candidates: list[str]) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def encoder_fingerprint(encoder: TextEncoder | ImageEncoder, **preprocessing: Any) -> dict[str, Any]:
+def encoder_fingerprint(
+    encoder: TextEncoder | ImageEncoder | AudioEncoder, **preprocessing: Any
+) -> dict[str, Any]:
     """Everything that decides an encoder's features, as a JSON-ready cache key.
 
     Weights are identified by content, not name, so a re-trained checkpoint under an old
     name cannot reuse stale features. The encoder's own preprocessing (pooling for text;
-    image_size, mean and std for images) is filled in, and keyword arguments add to or
-    override it; text encoders must be given `max_length`, since the tokenizer truncates at
-    whatever the caller asks for and the key would otherwise miss it.
+    image_size, mean and std for images; sample_rate, window_samples and peak_normalise for
+    audio) is filled in, and keyword arguments add to or override it (for audio, say how
+    windows are pooled and hop); text encoders must be given `max_length`, since the
+    tokenizer truncates at whatever the caller asks for and the key would otherwise miss it.
     """
     if isinstance(encoder, TextEncoder):
         kind = "text"
@@ -152,6 +171,13 @@ def encoder_fingerprint(encoder: TextEncoder | ImageEncoder, **preprocessing: An
             "image_size": encoder.preprocessing.image_size,
             "mean": encoder.preprocessing.mean,
             "std": encoder.preprocessing.std,
+        }
+    elif isinstance(encoder, AudioEncoder):
+        kind = "audio"
+        params = {
+            "sample_rate": int(encoder.sample_rate),
+            "window_samples": int(encoder.window_samples),
+            "peak_normalise": bool(encoder.peak_normalise),
         }
     else:
         raise TypeError(f"not an encoder: {type(encoder).__name__}")
@@ -169,7 +195,7 @@ def encoder_fingerprint(encoder: TextEncoder | ImageEncoder, **preprocessing: An
     return fingerprint
 
 
-def _memoised_digest(encoder: TextEncoder | ImageEncoder) -> str:
+def _memoised_digest(encoder: TextEncoder | ImageEncoder | AudioEncoder) -> str:
     """Hashing tens of MB of weights is not free; loaded encoders are frozen, so once will do."""
     digest = encoder.__dict__.get(_DIGEST_ATTRIBUTE)
     if digest is None:

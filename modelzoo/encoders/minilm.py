@@ -32,6 +32,8 @@ def packaged_model_dir() -> Path:
 class MiniLMEncoder(HuggingFaceTextEncoder):
     """384-d sentence embeddings, pooled exactly as sentence-transformers does for this model."""
 
+    weights_location = staticmethod(packaged_model_dir)  # where the weights live, for cheap identities
+
     def __init__(self) -> None:
         model, tokenizer = load_hf_pretrained(packaged_model_dir(), local_files_only=True)
         super().__init__(model, tokenizer, model_id="minilm")

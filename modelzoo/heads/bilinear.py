@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from modelzoo.heads._blocks import BlockProjections, HeadOptions, check_out_dim, mlp
+from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_out_dim, mlp
 from modelzoo.registry import register
 
 

@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from modelzoo.heads._blocks import BlockProjections, check_out_dim, mlp
+from modelzoo.heads.blocks import BlockProjections, check_out_dim, mlp
 from modelzoo.registry import register
 
 

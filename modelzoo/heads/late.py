@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from modelzoo.heads._blocks import BlockProjections, HeadOptions, check_out_dim, mlp
+from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_out_dim, mlp
 from modelzoo.registry import register
 
 

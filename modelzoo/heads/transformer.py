@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from modelzoo.heads._blocks import BlockProjections, HeadOptions, check_blocks, check_out_dim
+from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_blocks, check_out_dim
 from modelzoo.registry import register
 
 TABULAR = "tabular"  # the block the feature store writes for all tabular columns together

@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
-from modelzoo.heads._blocks import (
+from modelzoo.heads.blocks import (
     BlockProjections,
     HeadOptions,
     check_blocks,

@@ -1,11 +1,12 @@
 """Cache keys for a table's cells: which distinct contents a modality holds and where.
 
-Cells are keyed by content only (see keys.py), so every row holding the same text or the
-same image file shares one slot, across rows and across columns of one modality.
+Cells are keyed by content only (see keys.py), so every row holding the same value or the
+same file shares one slot, across rows and across columns of one modality.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.align import DIGEST, ID, PRESENT
 from tasks.cache.gather import BlockRows
-from tasks.cache.keys import digest_from_hex, text_digest
+from tasks.cache.keys import digest_from_hex
 from tasks.errors import DataError
+from tasks.schema import DIGEST, ID, PRESENT
 
 
 @dataclass
@@ -24,51 +25,55 @@ class Contents:
     """The distinct contents of a modality's cells, and which cell uses which."""
 
     keys: list[bytes] = field(default_factory=list)  # content digests, first-seen order
-    sources: list[Any] = field(default_factory=list)  # the text, or the image's Path, per key
+    sources: list[Any] = field(default_factory=list)  # the value, or the file's Path, per key
     first_cell: list[tuple[str, str]] = field(default_factory=list)  # (row id, column) per key
     blocks: list[BlockRows] = field(default_factory=list)
     values: int = 0  # non-empty cells
 
 
-def text_contents(aligned: pd.DataFrame, columns: list[str]) -> Contents:
-    """Distinct texts across all text columns (one encoder, so titles and descriptions share)."""
+def contents_by_value(
+    table: pd.DataFrame, columns: list[str], prefix: str, key_of: Callable[[str], bytes]
+) -> Contents:
+    """Distinct cell values across `columns` (one encoder, so e.g. titles and descriptions share)."""
     contents = Contents()
     slot_of: dict[bytes, int] = {}
-    ids = aligned[ID].astype(str).to_numpy()
+    ids = table[ID].astype(str).to_numpy()
     for column in columns:
-        mask = aligned[PRESENT + column].to_numpy(dtype=bool)
-        values = aligned[column].to_numpy(dtype=object)
-        slots = np.full(len(aligned), -1, dtype=np.int64)
+        mask = table[PRESENT + column].to_numpy(dtype=bool)
+        values = table[column].to_numpy(dtype=object)
+        slots = np.full(len(table), -1, dtype=np.int64)
         for row in np.flatnonzero(mask):
-            text = str(values[row])
-            key = text_digest(text)
+            value = str(values[row])
+            key = key_of(value)
             slot = slot_of.get(key)
             if slot is None:
                 slot = slot_of[key] = len(contents.keys)
                 contents.keys.append(key)
-                contents.sources.append(text)
+                contents.sources.append(value)
                 contents.first_cell.append((ids[row], column))
             slots[row] = slot
         contents.values += int(mask.sum())
-        contents.blocks.append(BlockRows(f"text.{column}", slots))
+        contents.blocks.append(BlockRows(f"{prefix}.{column}", slots))
     return contents
 
 
-def image_contents(aligned: pd.DataFrame, columns: list[str], image_root: Path, source: str) -> Contents:
-    """Distinct images by the file digests align recorded; the same photo twice is one key.
+def contents_by_digest(
+    table: pd.DataFrame, columns: list[str], root: Path, source: str, prefix: str
+) -> Contents:
+    """Distinct files by the digests align recorded; the same file twice is one key.
 
     `source` names the aligned table in errors.
     """
     contents = Contents()
     slot_of: dict[bytes, int] = {}
-    ids = aligned[ID].astype(str).to_numpy()
+    ids = table[ID].astype(str).to_numpy()
     for column in columns:
-        if DIGEST + column not in aligned.columns:
-            raise DataError("no image digests; rerun align", file=source, column=DIGEST + column)
-        mask = aligned[PRESENT + column].to_numpy(dtype=bool) & aligned[column].notna().to_numpy()
-        digests = aligned[DIGEST + column].to_numpy(dtype=object)
-        paths = aligned[column].to_numpy(dtype=object)
-        slots = np.full(len(aligned), -1, dtype=np.int64)
+        if DIGEST + column not in table.columns:
+            raise DataError("no file digests; rerun align", file=source, column=DIGEST + column)
+        mask = table[PRESENT + column].to_numpy(dtype=bool) & table[column].notna().to_numpy()
+        digests = table[DIGEST + column].to_numpy(dtype=object)
+        paths = table[column].to_numpy(dtype=object)
+        slots = np.full(len(table), -1, dtype=np.int64)
         bad: list[str] = []
         for row in np.flatnonzero(mask):
             value = digests[row]
@@ -80,7 +85,7 @@ def image_contents(aligned: pd.DataFrame, columns: list[str], image_root: Path, 
             if slot is None:
                 slot = slot_of[key] = len(contents.keys)
                 contents.keys.append(key)
-                contents.sources.append(image_root / str(paths[row]))
+                contents.sources.append(root / str(paths[row]))
                 contents.first_cell.append((ids[row], column))
             slots[row] = slot
         if bad:
@@ -88,5 +93,5 @@ def image_contents(aligned: pd.DataFrame, columns: list[str], image_root: Path, 
                 "not a SHA-256 hex digest; rerun align", file=source, column=DIGEST + column, rows=bad
             )
         contents.values += int((slots >= 0).sum())
-        contents.blocks.append(BlockRows(f"image.{column}", slots))
+        contents.blocks.append(BlockRows(f"{prefix}.{column}", slots))
     return contents

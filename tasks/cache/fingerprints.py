@@ -71,25 +71,24 @@ def encoder_identity(kind: str, model: str, preprocessing: dict[str, Any]) -> st
 
 
 def _weights_location(kind: str, model: str) -> Path | None:
-    """Where the weights of the packaged encoders, or of a local model directory, live."""
-    from modelzoo.registry import names
+    """Where a registered encoder's packaged weights, or a local model directory, live.
 
-    try:
-        if kind == "text" and model == "minilm":
-            from modelzoo.encoders.minilm import packaged_model_dir
+    A registered encoder says where its weights are through a `weights_location()` attribute;
+    one without it (or a hub, timm or torchvision name) gets no identity.
+    """
+    from modelzoo.registry import lookup, names
 
-            return packaged_model_dir()
-        if kind == "image" and model == "efficientnet_lite0":
-            from modelzoo.encoders.efficientnet_lite0 import packaged_weights_path
-
-            return packaged_weights_path()
-    except OSError:
-        return None  # not installed: loading will say so properly
-    if kind == "text" and model not in names("text_encoder"):
-        local = Path(model).expanduser()
-        if local.is_dir():
-            return local.resolve()
-    return None
+    registry_kind = f"{kind}_encoder"
+    if model in names(registry_kind):
+        locate = getattr(lookup(registry_kind, model), "weights_location", None)
+        if locate is None:
+            return None
+        try:
+            return Path(locate())
+        except OSError:
+            return None  # not installed: loading will say so properly
+    local = Path(model).expanduser()
+    return local.resolve() if local.is_dir() else None
 
 
 @lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.atomic import atomic_path
-from tasks.feature_store import _META_KEY, ID, PRESENT
+from tasks.feature_store import ID, META_KEY, PRESENT
 
 ROWS_PER_GROUP = 16_384
 _STALE_SECONDS = 24 * 3600
@@ -82,7 +82,7 @@ def write_feature_file(
     for block in ordered:
         fields.append(pa.field(block.name, pa.list_(pa.float32(), slots.dim)))
         fields.append(pa.field(PRESENT + block.name, pa.bool_()))
-    schema = pa.schema(fields, metadata={_META_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    schema = pa.schema(fields, metadata={META_KEY: json.dumps(metadata, sort_keys=True).encode()})
     ids = np.asarray(ids).astype(str)
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for start in range(0, max(len(ids), 1), ROWS_PER_GROUP):

@@ -117,7 +117,7 @@ def pixel_of(name: str) -> Callable[[Outcome, Encoders], None]:
 
 
 def long_text_is_truncated(outcome: Outcome, encoders: Encoders) -> None:
-    from tasks.extract import encode_sorted_texts
+    from tasks.modalities.text import encode_sorted_texts
 
     vector = outcome.features.inputs["text.title"][_position(outcome, 0)]
     max_length = outcome.params.encoders.text.max_length
@@ -258,37 +258,37 @@ CASES = [
     Case(
         "image-file-does-not-exist",
         image_path(0, "nope.jpg"),
-        Completes({"images_missing": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"files_missing": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     Case(
         "image-empty-file",
         image(0, "empty.jpg", images.empty),
-        Completes({"images_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"files_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     Case(
         "image-not-an-image",
         image(0, "text.jpg", images.not_an_image),
-        Completes({"images_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"files_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     Case(
         "image-postscript-never-run",
         image(0, "eps.jpg", images.postscript),
-        Completes({"images_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"files_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     Case(
         "image-truncated",
         image(0, "half.jpg", images.truncated_jpeg),
-        Completes({"images_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"files_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     Case(
         "image-corrupt",
         image(0, "crc.png", images.corrupt_png),
-        Completes({"images_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"files_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     Case(
         "image-huge-png-refused-undecoded",
         image(0, "huge.png", HUGE_PNG),
-        Completes({"images_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"files_undecodable": {"photo": 1}}, absent=((0, "photo"),)),
         marks=(pytest.mark.slow,),
     ),
     Case(
@@ -300,12 +300,12 @@ CASES = [
     Case(
         "image-one-pixel",
         image(0, "one.png", images.one_pixel),
-        Completes({"images_undecodable": {"photo": 0}}, present=((0, "photo"),), check=pixel_of("one.png")),
+        Completes({"files_undecodable": {"photo": 0}}, present=((0, "photo"),), check=pixel_of("one.png")),
     ),
     Case(
         "image-huge-jpeg-decoded-scaled",
         image(0, "huge.jpg", HUGE_JPEG),
-        Completes({"images_undecodable": {"photo": 0}}, present=((0, "photo"),)),
+        Completes({"files_undecodable": {"photo": 0}}, present=((0, "photo"),)),
         marks=(pytest.mark.slow,),
     ),
     Case(
@@ -332,17 +332,17 @@ CASES = [
     Case(
         "image-path-dotdot",
         both(outside_files, image_path(0, "../outside.jpg")),
-        Completes({"images_refused": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"paths_refused": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     Case(
         "image-path-etc-passwd",
         image_path(0, "../../etc/passwd"),
-        Completes({"images_refused": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"paths_refused": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     Case(
         "image-path-absolute",
         lambda p: (outside_files(p), p.set(0, "photo", str(p.root / "outside.jpg"))),
-        Completes({"images_refused": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"paths_refused": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     Case(
         "image-symlink-out",
@@ -350,7 +350,7 @@ CASES = [
             outside_files(p),
             p.image(0, "link.jpg", lambda path: os.symlink(p.root / "outside.jpg", path)),
         ),
-        Completes({"images_refused": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"paths_refused": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     # A named pipe outside the root: opening it to read would block until the timeout.
     Case(
@@ -359,13 +359,13 @@ CASES = [
             os.mkfifo(p.root / "pipe"),
             p.image(0, "pipe.jpg", lambda path: os.symlink(p.root / "pipe", path)),
         ),
-        Completes({"images_refused": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"paths_refused": {"photo": 1}}, absent=((0, "photo"),)),
         marks=(pytest.mark.timeout(300),),
     ),
     Case(
         "image-url-not-fetched",
         image_path(0, "http://127.0.0.1:9/a.jpg"),
-        Completes({"images_missing": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes({"files_missing": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     # text: encoded without error
     Case(

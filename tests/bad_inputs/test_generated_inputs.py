@@ -18,10 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.align import AlignReport, align, resolve_images, resolve_under
+from tasks.align import AlignReport, align
 from tasks.config import params_from_dict
 from tasks.errors import ConfigError, FuselineError
 from tasks.ingest import ingest_sources, read_snapshots
+from tasks.modalities.files import resolve_paths, resolve_under
 from tasks.schema import RESERVED_NAMES, RESERVED_PREFIXES, TARGET
 
 SETTINGS = settings(
@@ -117,13 +118,13 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @given(values=st.lists(st.one_of(st.none(), PATHS), min_size=1, max_size=8))
 def test_any_path_cell_resolves_or_is_counted(values: list[str | None], image_root: Path) -> None:
     report = AlignReport()
-    resolved = resolve_images(pd.Series(values, dtype=object), image_root, "photo", report)
+    resolved = resolve_paths(pd.Series(values, dtype=object), image_root, "photo", report)
     usable = resolved.dropna()
     for relative in usable:
         full = (image_root / relative).resolve()
         assert full.is_file() and full.is_relative_to(image_root.resolve()), relative
     blank = sum(1 for v in values if v is None or not str(v).strip())
-    counted = report.images_missing["photo"] + report.images_refused["photo"]
+    counted = report.files_missing["photo"] + report.paths_refused["photo"]
     assert len(usable) + counted + blank == len(values)
     for value in values:
         assert resolve_under(value, image_root, image_root.resolve())[1] in (

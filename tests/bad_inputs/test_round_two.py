@@ -98,17 +98,17 @@ CASES = [
     Case(
         "image-cell-base64-blob",
         image_path(0, "iVBORw0KGgo" + "A" * 1125),  # 1,136 characters: ENAMETOOLONG
-        Completes(report={"images_refused": {"photo": 1}}, absent=((0, "photo"),), present=((1, "photo"),)),
+        Completes(report={"paths_refused": {"photo": 1}}, absent=((0, "photo"),), present=((1, "photo"),)),
     ),
     Case(
         "image-symlink-loop",
         image(0, "loop.jpg", symlink_loop),
-        Completes(report={"images_missing": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes(report={"files_missing": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     Case(
         "image-path-with-nul-byte-from-parquet",
         parquet_with("photo", ["p00\x00.jpg"] + [f"p{n:02d}.jpg" for n in range(1, ROWS)]),
-        Completes(report={"images_refused": {"photo": 1}}, absent=((0, "photo"),)),
+        Completes(report={"paths_refused": {"photo": 1}}, absent=((0, "photo"),)),
     ),
     # 3. internal column names are reserved, refused when params are read
     Case(
@@ -145,9 +145,7 @@ CASES = [
     Case(
         "image-column-without-usable-image",
         column_values("photo", ["nope.jpg"] * ROWS),
-        Fails(
-            "align", DataError, ("no train row has a usable value", "image files missing 40"), column="photo"
-        ),
+        Fails("align", DataError, ("no train row has a usable value", "files missing 40"), column="photo"),
     ),
     Case(
         "class-only-in-test-split",

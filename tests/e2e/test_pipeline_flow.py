@@ -34,7 +34,7 @@ def test_pipeline_writes_metrics_with_the_documented_shape(pipeline_run: tuple[P
     metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
     assert metrics["task"] == "binary" and metrics["primary_metric"] == "auc"
     assert set(metrics["test"]) == {"auc", "accuracy", "f1", "log_loss"}
-    assert set(metrics["baselines"]) == {"tabular", "text", "image", "sklearn"}
+    assert set(metrics["baselines"]) == {"tabular", "text", "image", "audio", "sklearn"}
     assert metrics == report
 
 
@@ -43,7 +43,7 @@ def test_pipeline_writes_a_loadable_bundle(pipeline_run: tuple[Path, dict]) -> N
 
     workdir, _ = pipeline_run
     model, meta = load_bundle(workdir / "models")
-    assert set(meta.encoders) == {"text", "image"} and meta.tabular is not None
+    assert set(meta.encoders) == {"text", "image", "audio"} and meta.tabular is not None
 
 
 def test_pipeline_flow_run_and_artifact_are_in_prefect(pipeline_run: tuple[Path, dict]) -> None:

@@ -69,8 +69,9 @@ def test_unseen_category_lands_in_the_unknown_slot(in_repo: Path, tmp_path: Path
     predictor = load_predictor(in_repo / "models", FeatureCache(in_repo / ".cache" / "features"))
     rows = _raw_rows(in_repo).head(2).assign(category="a-category-never-seen")
     rows.to_csv(tmp_path / "new.csv", index=False)
-    table = read_new_rows(tmp_path / "new.csv", predictor.data, in_repo / predictor.data.image_root)
-    features = predictor.features(table, in_repo / predictor.data.image_root, _cache(in_repo), _cpu())
+    roots = {"image": in_repo / predictor.data.image_root}
+    table = read_new_rows(tmp_path / "new.csv", predictor.data, roots)
+    features = predictor.features(table, roots, _cache(in_repo), _cpu())
     names = TabularState.from_json(predictor.meta.tabular).feature_names()
     assert features.inputs["tabular"][:, names.index("category=<unknown>")].tolist() == [1.0, 1.0]
 
@@ -86,18 +87,18 @@ def test_missing_text_and_undecodable_image_become_absent_not_errors(in_repo: Pa
     rows.iloc[0, rows.columns.get_loc("title")] = ""
     (images / rows["photo"].iloc[1]).write_bytes(b"\xff\xd8 not really a jpeg")
     rows.to_csv(tmp_path / "new.csv", index=False)
-    table = read_new_rows(tmp_path / "new.csv", predictor.data, images)
-    features = predictor.features(table, images, _cache(in_repo), _cpu())
+    table = read_new_rows(tmp_path / "new.csv", predictor.data, {"image": images})
+    features = predictor.features(table, {"image": images}, _cache(in_repo), _cpu())
     assert features.present["text.title"].tolist() == [False, True, True]
     assert features.present["image.photo"].tolist() == [True, False, True]
-    assert len(predictor.predict(table, images, _cache(in_repo), _cpu())) == 3
+    assert len(predictor.predict(table, {"image": images}, _cache(in_repo), _cpu())) == 3
 
 
 def test_missing_column_is_a_data_error_naming_file_and_column(in_repo: Path, tmp_path: Path) -> None:
     predictor = load_predictor(in_repo / "models", FeatureCache(in_repo / ".cache" / "features"))
     _raw_rows(in_repo).head(3).drop(columns=["price"]).to_csv(tmp_path / "new.csv", index=False)
     with pytest.raises(DataError, match=r"file .*new\.csv; column 'price'"):
-        read_new_rows(tmp_path / "new.csv", predictor.data, in_repo / predictor.data.image_root)
+        read_new_rows(tmp_path / "new.csv", predictor.data, {"image": in_repo / predictor.data.image_root})
 
 
 def test_predictions_keep_the_input_row_order(in_repo: Path, tmp_path: Path) -> None:

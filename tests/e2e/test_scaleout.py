@@ -79,7 +79,11 @@ def test_batch_prediction_on_dask_equals_the_local_runner(
     )
     assert (summary["chunks"], summary["task_runner"]) == (3, "dask")
     _assert_same_predictions(ours, theirs)
-    assert sorted(_shards(tmp_path / "cache-remote").values()) == [3, 3]  # text, image: one shard per chunk
+    assert sorted(_shards(tmp_path / "cache-remote").values()) == [
+        3,
+        3,
+        3,
+    ]  # text, image, audio: a shard per chunk
 
 
 @pytest.mark.skipif(

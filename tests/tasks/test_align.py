@@ -277,16 +277,16 @@ def test_image_paths_leaving_the_root_are_refused(image_tree: Path, escaping: st
     assert pd.isna(row["photo"])
     assert not row[PRESENT + "photo"]
     assert pd.isna(row[DIGEST + "photo"])
-    assert report.images_refused == {"photo": 1}
-    assert report.images_missing == {"photo": 0}
+    assert report.paths_refused == {"photo": 1}
+    assert report.files_missing == {"photo": 0}
 
 
 def test_nonexistent_image_is_counted_as_missing(image_tree: Path) -> None:
     aligned, report = align(image_config(image_tree), [("a.csv", image_rows(["nope.jpg", "sub"]))])
     rows = aligned.set_index(ID)
     assert rows.loc[["id-0000", "id-0001"], "photo"].isna().all()
-    assert report.images_missing == {"photo": 2}
-    assert report.images_refused == {"photo": 0}
+    assert report.files_missing == {"photo": 2}
+    assert report.paths_refused == {"photo": 0}
 
 
 def test_usable_images_are_kept_relative_to_the_root(image_tree: Path) -> None:
@@ -309,8 +309,8 @@ def test_image_digest_is_the_sha256_of_the_file_bytes(image_tree: Path) -> None:
 def test_blank_image_path_is_absent_but_not_counted(image_tree: Path) -> None:
     aligned, report = align(image_config(image_tree), [("a.csv", image_rows([None, "  "]))])
     assert not aligned.set_index(ID).loc[["id-0000", "id-0001"], PRESENT + "photo"].any()
-    assert report.images_missing == {"photo": 0}
-    assert report.images_refused == {"photo": 0}
+    assert report.files_missing == {"photo": 0}
+    assert report.paths_refused == {"photo": 0}
 
 
 # --- presence ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modelzoo.heads._blocks import WIDE_SUFFIX
+from modelzoo.heads.blocks import WIDE_SUFFIX
 from modelzoo.registry import lookup, names
 from tasks.bundle import (
     BASELINES,
@@ -30,7 +30,7 @@ from tasks.bundle import (
     WEIGHTS,
     BundleMeta,
     baseline_dirs,
-    build_head,
+    head_of,
     load_bundle,
     meta_digest,
     verify_bundle,
@@ -250,7 +250,7 @@ def test_every_registered_head_builds_on_the_meta_device(head: str) -> None:
     """_check_shapes refuses a head it cannot build there, so every head must build there."""
     meta = _meta(fusion={"head": head}, in_dims=_default_in_dims(head))
     with torch.device("meta"):
-        skeleton = build_head(meta)
+        skeleton = head_of(meta)
     tensors = list(skeleton.state_dict().values())
     assert tensors and all(t.device.type == "meta" for t in tensors)
 
@@ -259,7 +259,7 @@ def test_every_registered_head_builds_on_the_meta_device(head: str) -> None:
 def test_every_registered_head_round_trips_through_a_bundle(tmp_path: Path, head: str) -> None:
     in_dims = _default_in_dims(head)
     meta = _meta(fusion={"head": head, "hidden": 16}, in_dims=in_dims)
-    model = build_head(meta).eval()
+    model = head_of(meta).eval()
     write_bundle(tmp_path / "bundle", model, meta)
     loaded, loaded_meta = load_bundle(tmp_path / "bundle")
     assert loaded_meta == meta

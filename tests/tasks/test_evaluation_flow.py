@@ -43,6 +43,7 @@ def _params() -> dict:
                 "image": [],
             },
             "image_root": "images",  # dvc.yaml interpolates it (and "." would overlap align's outs)
+            "audio_root": "audio",  # likewise
             "demo": None,
         },
         "fusion": {"head": "concat", "hidden": 32, "dropout": 0.0},

@@ -45,6 +45,7 @@ def demo_aligned(root: Path, rows: int) -> tuple[pd.DataFrame, Path]:
     raw = tiny_params(rows=rows)
     raw["data"]["sources"] = [{"path": str(root / "items.csv")}]
     raw["data"]["image_root"] = str(root / "images")
+    raw["data"]["audio_root"] = str(root / "audio")  # the generator writes clips beside the images
     data = params_from_dict(raw).data
     generate_demo(root / "items.csv", root / "images", rows=rows, seed=7)
     ingest_sources(data, root / "raw")

@@ -1,0 +1,87 @@
+"""Text: each distinct string is tokenised and encoded once (MiniLM by default)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from tasks.cache.contents import Contents, contents_by_value
+from tasks.cache.keys import text_digest
+from tasks.device import autocast_for, batch_size_on, to_device
+from tasks.modalities import register
+from tasks.modalities.base import EmbeddedModality
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from modelzoo.encoders.base import TextEncoder
+    from tasks.extract import Extraction
+
+TEXT_INPUT = "utf8-verbatim/v1"
+
+
+class TextModality(EmbeddedModality):
+    name = "text"
+    order = 1
+    input_version = TEXT_INPUT
+    verbatim_cells = True
+
+    def size_of(self, config: Any) -> int:
+        return int(config.max_length)
+
+    def preprocessing(self, size: int) -> dict[str, Any]:
+        return {"max_length": size}
+
+    def load_encoder(self, model: str, size: int) -> nn.Module:
+        from modelzoo.encoders.loading import load_text_encoder  # transformers: only when encoding
+
+        return load_text_encoder(model)
+
+    def contents(self, table: pd.DataFrame, columns: list[str], root: Path | None, source: str) -> Contents:
+        return contents_by_value(table, columns, self.name, text_digest)
+
+    def encoding_order(self, contents: Contents, misses: np.ndarray) -> np.ndarray:
+        # similar lengths share a batch, so each pads little
+        return np.array(
+            sorted(misses, key=lambda s: (len(contents.sources[s]), contents.sources[s])), np.int64
+        )
+
+    def encode_chunk(self, job: Extraction, index: int) -> tuple[np.ndarray, np.ndarray, float]:
+        slots = job.chunk(index)
+        texts = [job.contents.sources[s] for s in slots]
+        batch = batch_size_on(job.device, job.spec.batch_size)
+        vectors, forward = encode_sorted_texts(job.encoder, texts, job.spec.size, batch, job.device)  # type: ignore[arg-type]
+        return vectors, np.ones(len(slots), dtype=bool), forward
+
+
+def encode_sorted_texts(
+    encoder: TextEncoder, texts: list[str], max_length: int, batch_size: int, device: torch.device
+) -> tuple[np.ndarray, float]:
+    """(N, dim) float32 embeddings of `texts`, which the caller sorted by length; + forward seconds.
+
+    Tokenised a batch at a time, each padded only to its own longest row. The tokenizer runs
+    serially: its parallel pool would spin beside torch's threads between batches and slow
+    the forward on a small CPU, for tokenisation that is a few percent of the time.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    forward = 0.0
+    with torch.inference_mode(), autocast_for(device):
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            tokens = encoder.tokenize(batch, max_length)
+            input_ids = to_device(tokens["input_ids"], device)  # (B, T)
+            mask = to_device(tokens["attention_mask"], device)  # (B, T)
+            began = time.perf_counter()
+            out[start : start + len(batch)] = encoder(input_ids, mask).float().cpu().numpy()  # (B, dim)
+            forward += time.perf_counter() - began
+    return out, forward
+
+
+register(TextModality())
