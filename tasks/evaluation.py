@@ -11,7 +11,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import rankdata
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
@@ -19,10 +18,11 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from modelzoo.heads.base import FusionHead
 from tasks.bundle import BundleMeta
 from tasks.dataset import FeatureSet, modality_of
 from tasks.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
-from tasks.training import TargetScaling, predict
+from tasks.training import TargetScaling, embed, predict
 
 FUSED = "fused"
 SKLEARN = "sklearn"
@@ -261,31 +261,9 @@ def predictions_table(task: str, test: FeatureSet, predictions: np.ndarray) -> p
 # --- the fused embedding ----------------------------------------------------------------
 
 
-def fused_embedding(model: nn.Module, meta: BundleMeta, features: FeatureSet) -> np.ndarray:
-    """(N, E): what the head's output layer(s) read, i.e. the fused representation of each row.
-
-    Found without any cooperation from the head: an output layer is an nn.Linear as wide as
-    the output, called on a (B, D) input. Heads ending in one MLP have one, and its input is
-    the embedding. A late-fusion head has one per block (each block predicts on its own);
-    their inputs side by side are its representation. Scorers applied per block to (B, K, H)
-    inputs (attention) are not output layers and are ignored.
-    """
-    calls: dict[nn.Module, list[torch.Tensor]] = {}
-
-    def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        if module.out_features == meta.out_dim and args[0].ndim == 2:
-            calls.setdefault(module, []).append(args[0].detach().float().cpu())  # (b, D)
-
-    handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Linear)]
-    try:
-        predict_with(model, meta, features)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not calls:
-        raise ValueError("the head has no linear output layer to read an embedding from")
-    # predict() runs in batches, each output layer once per batch, in row order.
-    return torch.cat([torch.cat(batches) for batches in calls.values()], dim=1).numpy()
+def fused_embedding(model: FusionHead, meta: BundleMeta, features: FeatureSet) -> np.ndarray:
+    """(N, E): the fused representation of each row, as the head declares it (`predict_and_embed`)."""
+    return embed(model, with_blocks(features, meta.in_dims))
 
 
 def project_2d(embedding: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:

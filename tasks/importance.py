@@ -8,15 +8,14 @@ whole block, shuffled together with its presence mask so a missing value moves w
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
+from modelzoo.heads.base import FusionHead
 from tasks.dataset import FeatureSet, modality_of
 from tasks.tabular import TabularState
 
@@ -127,21 +126,12 @@ def permutation_importance(
 # --- weights the head exposes -----------------------------------------------------------
 
 
-def block_weights(model: nn.Module, features: FeatureSet, batch_size: int = 1024) -> pd.DataFrame | None:
-    """(N rows x blocks) weight the head gives each input block, where it exposes one; else None.
+def block_weights(model: FusionHead, features: FeatureSet, batch_size: int = 1024) -> pd.DataFrame | None:
+    """(N rows x blocks) weight the head gives each input block, where it has such weights; else None.
 
-    The hook is an optional method on the head, looked up in this order (all in the head's
-    sorted block order, `block_names` or `blocks.names`):
-      - `attention_weights(inputs, present) -> (B, K)`: per-row attention over blocks;
-      - `gates(inputs, present) -> (B, K, H)`: per-unit gates, averaged over the H units;
-      - `block_weights(inputs, present) -> (B, K)` or `block_weights() -> (K,)`: per-row or
-        global weights (a late-fusion mixture), the latter repeated for every row.
-    A head with none of these is skipped, not an error: most heads have no such weights.
+    `FusionHead.block_weights` answers per row (attention, gates averaged over units, a
+    late-fusion mixture); most heads have none, which is not an error.
     """
-    read = _weight_reader(model)
-    names = _block_names(model)
-    if read is None or names is None:
-        return None
     device = next(model.parameters()).device
     model.eval()
     parts = []
@@ -156,33 +146,13 @@ def block_weights(model: nn.Module, features: FeatureSet, batch_size: int = 1024
                 k: torch.as_tensor(v[rows], dtype=torch.bool, device=device)
                 for k, v in features.present.items()
             }
-            weights = read(inputs, present).detach().float().cpu()  # (b, K)
-            if weights.ndim == 1:  # global weights: the same for every row
-                weights = weights.expand(len(next(iter(inputs.values()))), -1)
-            parts.append(pd.DataFrame(weights.numpy(), columns=list(names)))
+            weights = model.block_weights(inputs, present)  # (b, K) or None
+            if weights is None:
+                return None
+            parts.append(
+                pd.DataFrame(weights.detach().float().cpu().numpy(), columns=list(model.block_names))
+            )
     return pd.concat(parts, ignore_index=True) if parts else None
-
-
-def _weight_reader(model: nn.Module) -> Callable[[dict, dict], torch.Tensor] | None:
-    if callable(getattr(model, "attention_weights", None)):
-        return model.attention_weights
-    if callable(getattr(model, "gates", None)):
-        return lambda inputs, present: (
-            model.gates(inputs, present).float().mean(dim=-1)
-        )  # (B, K, H) -> (B, K)
-    method = getattr(model, "block_weights", None)
-    if not callable(method):
-        return None
-    if len(inspect.signature(method).parameters) == 0:
-        return lambda inputs, present: method()  # (K,)
-    return method
-
-
-def _block_names(model: nn.Module) -> tuple[str, ...] | None:
-    names = getattr(model, "block_names", None)
-    if names is None:
-        names = getattr(getattr(model, "blocks", None), "names", None)
-    return tuple(names) if names is not None else None
 
 
 def weights_by_group(weights: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:

@@ -258,8 +258,8 @@ def _weights_section(inputs: ReportInputs) -> str:
             [
                 "## Attention / gate weights",
                 "",
-                f"The `{inputs.head}` head exposes no per-block weights (no `attention_weights`, `gates` "
-                "or `block_weights` method), so there is nothing to show here.",
+                f"The `{inputs.head}` head has no per-block weights (its `block_weights` is None), "
+                "so there is nothing to show here.",
             ]
         )
     pivot = table.pivot(index="label", columns="block", values="weight")

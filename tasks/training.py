@@ -16,13 +16,14 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from modelzoo.heads.base import FusionHead
 from modelzoo.heads.blocks import is_wide_block
 from modelzoo.registry import build_head as registry_build_head
 from modelzoo.registry import lookup
@@ -153,14 +154,27 @@ def output_dim(task: str, features: FeatureSet) -> int:
     return _output_dim(task, features.target, features.classes)
 
 
+def embed(model: FusionHead, features: FeatureSet, batch_size: int = 1024) -> np.ndarray:
+    """(N, E) fused representation of each row: what the head's output layer reads."""
+    device = next(model.parameters()).device
+    model.eval()
+    inputs, present = _blocks_to_tensors(features, device)
+    rows = torch.arange(len(features.ids), device=device)
+    parts = []
+    with torch.no_grad():
+        for index in rows.split(batch_size) or (rows,):
+            parts.append(model.predict_and_embed(*_take((inputs, present), index))[1].float().cpu())
+    return torch.cat(parts).numpy()
+
+
 def head_features(features: FeatureSet, head: str) -> FeatureSet:
     """The blocks a head reads: hashed `*.__wide__` blocks only for heads that declare them.
 
     The wide blocks are written for every run (so switching heads needs no re-extraction),
     but they hold feature ids, not features: a dense head would read them as numbers.
     """
-    head_cls = lookup("head", head)
-    if getattr(head_cls, "consumes_wide_blocks", False):
+    head_cls = cast("type[FusionHead]", lookup("head", head))
+    if head_cls.consumes_wide_blocks:
         return features
     keep = [name for name in features.inputs if not is_wide_block(name)]
     if not keep:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from modelzoo.heads.base import FusionHead, predict_through
 from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_out_dim, mlp
 from modelzoo.registry import register
 
 
 @register("head", "attention")
-class AttentionFusion(nn.Module):
+class AttentionFusion(FusionHead):
     """Per-block projection + block-type embedding -> additive attention over blocks -> MLP."""
 
     class Config(HeadOptions):
@@ -48,7 +49,12 @@ class AttentionFusion(nn.Module):
         """(B, K) per-row weights over `block_names`; each row sums to 1."""
         return self._attend(inputs, present)[1]
 
-    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    def block_weights(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        return self.attention_weights(inputs, present)  # (B, K)
+
+    def predict_and_embed(
+        self, inputs: dict[str, Tensor], present: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         # inputs[k]: (B, D_k), present[k]: (B,) bool
         fused, _ = self._attend(inputs, present)  # (B, H)
-        return self.mlp(fused)  # (B, out_dim)
+        return predict_through(self.mlp, fused)  # (B, out_dim), (B, H)

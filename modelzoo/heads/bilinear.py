@@ -19,12 +19,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from modelzoo.heads.base import FusionHead, predict_through
 from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_out_dim, mlp
 from modelzoo.registry import register
 
 
 @register("head", "bilinear")
-class BilinearFusion(nn.Module):
+class BilinearFusion(FusionHead):
     """Per-block projection -> rank-R factors per block, multiplied across blocks -> MLP."""
 
     class Config(HeadOptions):
@@ -44,7 +45,13 @@ class BilinearFusion(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.mlp = mlp(hidden, hidden, out_dim, cfg.dropout)
 
-    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return self.blocks.names
+
+    def predict_and_embed(
+        self, inputs: dict[str, Tensor], present: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         # inputs[k]: (B, D_k), present[k]: (B,) bool
         embedded = torch.stack(self.blocks(inputs, present), dim=1)  # (B, K, H)
         ones = embedded.new_ones(embedded.shape[0], embedded.shape[1], 1)  # (B, K, 1)
@@ -53,4 +60,4 @@ class BilinearFusion(nn.Module):
         per_block = torch.einsum("bki,krih->bkrh", with_one, factors)  # (B, K, R, H)
         product = per_block.prod(dim=1)  # (B, R, H)
         fused = torch.einsum("brh,r->bh", product, self.rank_weights.to(product.dtype))  # (B, H)
-        return self.mlp(self.norm(fused))  # (B, out_dim)
+        return predict_through(self.mlp, self.norm(fused))  # (B, out_dim), (B, H)

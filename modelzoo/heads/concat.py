@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+from torch import Tensor
 
+from modelzoo.heads.base import FusionHead, predict_through
 from modelzoo.heads.blocks import BlockProjections, check_out_dim, mlp
 from modelzoo.registry import register
 
 
 @register("head", "concat")
-class ConcatFusion(nn.Module):
+class ConcatFusion(FusionHead):
     """Per-block projection (missing rows -> learned embedding) -> concat -> MLP -> out_dim."""
 
     class Config(BaseModel):
@@ -31,8 +32,14 @@ class ConcatFusion(nn.Module):
         self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
         self.mlp = mlp(len(self.blocks.names) * cfg.hidden, cfg.hidden, out_dim, cfg.dropout)
 
-    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return self.blocks.names
+
+    def predict_and_embed(
+        self, inputs: dict[str, Tensor], present: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         # inputs[k]: (B, D_k), present[k]: (B,) bool
         embedded = self.blocks(inputs, present)  # K x (B, H), sorted block order
         fused = torch.cat(embedded, dim=-1)  # (B, K * H)
-        return self.mlp(fused)  # (B, out_dim)
+        return predict_through(self.mlp, fused)  # (B, out_dim), (B, H)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from modelzoo.heads.base import FusionHead, predict_through
 from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_out_dim, mlp
 from modelzoo.registry import register
 
 
 @register("head", "gated")
-class GatedFusion(nn.Module):
+class GatedFusion(FusionHead):
     """Per-block projection -> tanh candidates, softmax gates over blocks per unit -> MLP."""
 
     class Config(HeadOptions):
@@ -46,7 +47,16 @@ class GatedFusion(nn.Module):
         fused = (gates.to(candidates.dtype) * candidates).sum(dim=1)  # (B, H)
         return fused, gates
 
-    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return self.blocks.names
+
+    def block_weights(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        return self.gates(inputs, present).float().mean(dim=-1)  # (B, K, H) -> (B, K)
+
+    def predict_and_embed(
+        self, inputs: dict[str, Tensor], present: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         # inputs[k]: (B, D_k), present[k]: (B,) bool
         fused, _ = self._gated(inputs, present)  # (B, H)
-        return self.mlp(fused)  # (B, out_dim)
+        return predict_through(self.mlp, fused)  # (B, out_dim), (B, H)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from modelzoo.heads.base import FusionHead, predict_through
 from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_out_dim, mlp
 from modelzoo.registry import register
 
 
 @register("head", "late")
-class LateFusion(nn.Module):
+class LateFusion(FusionHead):
     """Per-block projection -> per-block MLP predictor -> softmax-weighted sum of logits."""
 
     class Config(HeadOptions):
@@ -32,15 +33,25 @@ class LateFusion(nn.Module):
         # Equal weights at the start: no block is trusted more before the data says so.
         self.weight_logits = nn.Parameter(torch.zeros(len(self.blocks.names)))
 
-    def block_weights(self) -> Tensor:
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return self.blocks.names
+
+    def mixture(self) -> Tensor:
         """(K,) weights of the blocks' predictions, in `blocks.names` order; they sum to 1."""
         return torch.softmax(self.weight_logits, dim=0)
 
-    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    def block_weights(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        rows = next(iter(inputs.values())).shape[0]
+        return self.mixture().expand(rows, -1)  # (B, K): the same mixture for every row
+
+    def predict_and_embed(
+        self, inputs: dict[str, Tensor], present: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         # inputs[k]: (B, D_k), present[k]: (B,) bool
         embedded = self.blocks(inputs, present)  # K x (B, H)
-        logits = torch.stack(
-            [predict(e) for predict, e in zip(self.predictors, embedded, strict=True)], dim=1
-        )  # (B, K, out_dim)
-        weights = self.block_weights().to(logits.dtype).view(1, -1, 1)  # (1, K, 1)
-        return (logits * weights).sum(dim=1)  # (B, out_dim)
+        outputs = [predict_through(predict, e) for predict, e in zip(self.predictors, embedded, strict=True)]
+        logits = torch.stack([logit for logit, _ in outputs], dim=1)  # (B, K, out_dim)
+        weights = self.mixture().to(logits.dtype).view(1, -1, 1)  # (1, K, 1)
+        fused = torch.cat([hidden for _, hidden in outputs], dim=-1)  # (B, K * H): each block's view
+        return (logits * weights).sum(dim=1), fused  # (B, out_dim)

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from modelzoo.heads.base import FusionHead
 from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_blocks, check_out_dim
 from modelzoo.registry import register
 
@@ -52,7 +53,7 @@ class FeatureTokens(nn.Module):
 
 
 @register("head", "transformer")
-class TransformerFusion(nn.Module):
+class TransformerFusion(FusionHead):
     """Tokens (blocks + tabular features) + [CLS] -> pre-norm transformer encoder -> [CLS] -> out."""
 
     class Config(HeadOptions):
@@ -93,7 +94,13 @@ class TransformerFusion(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, out_dim)
 
-    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return self.names
+
+    def predict_and_embed(
+        self, inputs: dict[str, Tensor], present: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         # inputs[k]: (B, D_k), present[k]: (B,) bool
         check_blocks(self.names, inputs, present)
         tokens: list[Tensor] = []
@@ -106,4 +113,5 @@ class TransformerFusion(nn.Module):
         sequence = torch.cat(tokens, dim=1)  # (B, K' + T, H)
         cls = self.cls.to(sequence.dtype).expand(sequence.shape[0], -1, -1)  # (B, 1, H)
         encoded = self.encoder(torch.cat([cls, sequence], dim=1))  # (B, 1 + K' + T, H)
-        return self.out(self.norm(encoded[:, 0]))  # (B, out_dim)
+        fused = self.norm(encoded[:, 0])  # (B, H): the [CLS] token
+        return self.out(fused), fused  # (B, out_dim), (B, H)

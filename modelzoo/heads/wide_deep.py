@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from modelzoo.heads.base import FusionHead, predict_through
 from modelzoo.heads.blocks import (
     BlockProjections,
     HeadOptions,
@@ -53,7 +54,7 @@ class WideOptions(BaseModel):
 
 
 @register("head", "wide_deep")
-class WideDeep(nn.Module):
+class WideDeep(FusionHead):
     """Deep: concat fusion of dense blocks. Wide: sum of learned weights of each row's hashed ids."""
 
     consumes_wide_blocks: ClassVar[bool] = True  # training keeps `*.__wide__` blocks for this head
@@ -80,13 +81,19 @@ class WideDeep(nn.Module):
             nn.init.zeros_(self.wide.weight)
             self.wide_missing = nn.Parameter(torch.zeros(len(self.wide_names), out_dim))  # (W, out)
 
-    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return self.deep.names
+
+    def predict_and_embed(
+        self, inputs: dict[str, Tensor], present: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         # inputs[k]: (B, D_k) (wide blocks: (B, L) ids as floats), present[k]: (B,) bool
         check_blocks(self.names, inputs, present)
         deep_inputs = {name: inputs[name] for name in self.deep.names}
-        deep = self.deep_mlp(torch.cat(self.deep(deep_inputs, present), dim=-1))  # (B, out)
+        deep, fused = predict_through(self.deep_mlp, torch.cat(self.deep(deep_inputs, present), dim=-1))
         if self.wide is None or self.wide_missing is None:
-            return deep
+            return deep, fused
         logits = deep
         for index, name in enumerate(self.wide_names):
             keep = present[name].to(torch.bool).unsqueeze(-1)  # (B, 1)
@@ -95,7 +102,7 @@ class WideDeep(nn.Module):
             wide = (self.wide(ids) * used).sum(dim=1).to(deep.dtype)  # (B, out)
             missing = self.wide_missing[index].to(deep.dtype).expand_as(wide)  # (B, out)
             logits = logits + torch.where(keep, wide, missing)
-        return logits  # (B, out)
+        return logits, fused  # (B, out), (B, H): the wide part is a sum of weights, not a representation
 
     def _ids(self, values: Tensor, keep: Tensor) -> Tensor:
         """Stored float ids -> int64; absent rows, NaN and out-of-range values become padding."""

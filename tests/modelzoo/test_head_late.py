@@ -24,7 +24,7 @@ def test_output_is_the_weighted_sum_of_block_predictions() -> None:
     inputs, present = make_batch()
     with torch.no_grad():
         embedded = head.blocks(inputs, present)
-        weights = head.block_weights()
+        weights = head.mixture()
         expected = sum(w * f(e) for w, f, e in zip(weights, head.predictors, embedded, strict=True))
         torch.testing.assert_close(head(inputs, present), expected)
-    assert torch.isclose(head.block_weights().sum(), torch.tensor(1.0))
+    assert torch.isclose(head.mixture().sum(), torch.tensor(1.0))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from modelzoo.heads.base import FusionHead
 from modelzoo.registry import lookup, names
 
 IN_DIMS = {"tabular": 5, "text.a": 7, "image.p": 3}
@@ -108,3 +109,21 @@ def test_unknown_block_is_rejected_by_name(name: str) -> None:
     inputs["text.typo"] = inputs.pop("text.a")
     with pytest.raises(ValueError, match="text.typo"):
         head(inputs, present)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_head_declares_its_capabilities_on_the_base_class(name: str) -> None:
+    """Prediction, fused embedding and block weights come from FusionHead's methods, nothing else."""
+    head = make_head(name, 3).eval()
+    assert isinstance(head, FusionHead)
+    inputs, present = make_batch()
+    with torch.no_grad():
+        outputs, fused = head.predict_and_embed(inputs, present)
+        assert torch.equal(outputs, head(inputs, present))
+        weights = head.block_weights(inputs, present)
+    rows = next(iter(inputs.values())).shape[0]
+    assert fused.ndim == 2 and fused.shape[0] == rows and torch.isfinite(fused).all()
+    assert set(head.block_names) <= set(inputs)
+    if weights is not None:
+        assert weights.shape == (rows, len(head.block_names))
+        assert torch.allclose(weights.sum(dim=1), torch.ones(rows), atol=1e-5)

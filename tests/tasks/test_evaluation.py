@@ -23,7 +23,7 @@ from tasks.evaluation import (
     primary_score,
     project_2d,
 )
-from tasks.training import train_model
+from tasks.training import build_head, train_model
 
 FUSION = FusionConfig.model_validate({"head": "concat", "hidden": 16, "dropout": 0.0})
 FAST = TrainConfig(epochs=5, lr=3e-3, batch_size=64, patience=5, seed=0, device="cpu")
@@ -238,18 +238,9 @@ def test_projection_of_too_few_rows_does_not_fail() -> None:
     assert coords.shape == (2, 2)
 
 
-class _TwoPredictors(torch.nn.Module):
-    """Late fusion in miniature: each block has its own output layer; logits are averaged."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tabular = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
-        self.text = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 1))
-
-    def forward(self, inputs: dict, present: dict) -> torch.Tensor:
-        return (self.tabular(inputs["tabular"]) + self.text(inputs["text.a"])) / 2
-
-
-def test_embedding_of_a_late_fusion_head_joins_every_output_layers_input(fused) -> None:
+def test_embedding_of_a_late_fusion_head_joins_every_blocks_view(fused) -> None:
+    """Late fusion has one output layer per block; its embedding is their inputs side by side."""
     _, meta, test = fused
-    assert fused_embedding(_TwoPredictors(), meta, test).shape == (len(test.ids), 3 + 5)
+    fusion = FusionConfig.model_validate({"head": "late", "hidden": 8, "dropout": 0.0})
+    head = build_head(fusion, dict(meta.in_dims), meta.out_dim).eval()
+    assert fused_embedding(head, meta, test).shape == (len(test.ids), 8 * len(meta.in_dims))

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from modelzoo.heads.base import FusionHead
 from modelzoo.registry import names
 from tasks.config import FusionConfig, TrainConfig
 from tasks.dataset import FeatureSet
@@ -145,34 +146,33 @@ def test_column_permutation_leaves_the_other_tabular_columns_alone() -> None:
 # --- block weights ----------------------------------------------------------------------
 
 
-class _TwoBlockAttention(nn.Module):
-    """A minimal head exposing per-row attention the way the zoo's attention head does."""
-
-    block_names = ("tabular", "text.note")
+class _TwoBlockAttention(FusionHead):
+    """A minimal head with per-row block weights, declared as every head declares them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.score = nn.Linear(1, 1)
 
-    def attention_weights(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return ("tabular", "text.note")
+
+    def block_weights(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
         # weight on text = 0.8 where text is present, else 0.2: (B, 2)
         text = torch.where(present["text.note"], 0.8, 0.2)
         return torch.stack([1 - text, text], dim=1)
 
-    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
-        return self.score(inputs["tabular"][:, :1])
+    def predict_and_embed(
+        self, inputs: dict[str, Tensor], present: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        return self.score(inputs["tabular"][:, :1]), inputs["tabular"]
 
 
-class _LateMixture(nn.Module):
-    """Global (not per-row) weights, as a late-fusion head exposes them."""
+class _LateMixture(_TwoBlockAttention):
+    """The same mixture for every row, as a late-fusion head has."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.blocks = type("Names", (), {"names": ("tabular", "text.note")})()
-        self.logits = nn.Parameter(torch.tensor([0.0, 0.0]))
-
-    def block_weights(self) -> Tensor:
-        return torch.softmax(self.logits, dim=0)  # (K,)
+    def block_weights(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        return torch.full((len(present["tabular"]), 2), 0.5)
 
 
 def test_block_weights_read_per_row_attention() -> None:
