@@ -15,14 +15,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-KINDS = ("text_encoder", "image_encoder", "audio_encoder", "head")
-_REGISTRY: dict[str, dict[str, object]] = {kind: {} for kind in KINDS}
+HEAD = "head"
+ENCODER_SUFFIX = "_encoder"  # "<modality>_encoder": a new modality's encoders need no edit here
+_REGISTRY: dict[str, dict[str, object]] = {HEAD: {}}
 
 
 def register(kind: str, name: str) -> Callable[[T], T]:
-    """Decorator that records a component under `kind`/`name`."""
-    if kind not in _REGISTRY:
-        raise ValueError(f"unknown component kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    """Decorator that records a component under `kind`/`name` (`head`, or `<modality>_encoder`)."""
+    if kind != HEAD and not (kind.endswith(ENCODER_SUFFIX) and len(kind) > len(ENCODER_SUFFIX)):
+        raise ValueError(
+            f"unknown component kind {kind!r}; kinds are {HEAD!r} and '<modality>{ENCODER_SUFFIX}'"
+        )
+    _REGISTRY.setdefault(kind, {})
 
     def decorate(component: T) -> T:
         if name in _REGISTRY[kind]:
@@ -46,7 +50,7 @@ def lookup(kind: str, name: str) -> object:
 def names(kind: str) -> list[str]:
     """Registered names of one kind, sorted so that listings and tests are stable."""
     _load_builtin_components(kind)
-    return sorted(_REGISTRY[kind])
+    return sorted(_REGISTRY.get(kind, {}))
 
 
 def build_head(name: str, in_dims: dict[str, int], out_dim: int, options: object) -> nn.Module:
