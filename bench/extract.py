@@ -8,7 +8,7 @@ the other rows arrive later as the +5%):
 - bare forward: the encoder alone on pre-tokenised batches (texts), pre-decoded, normalised
   tensors (images) or pre-decoded, resampled windows (audio): the same distinct contents, the
   same batches, the same precision as the pipeline.
-- pipeline, cold: tasks.extract from the aligned Parquet and image files to the feature
+- pipeline, cold: tasks.features.extract from the aligned Parquet and image files to the feature
   file, with an empty cache: read, hash, look up, decode/tokenise, forward, commit shards,
   write. `text_ratio` / `image_ratio` / `audio_ratio` = pipeline rate / bare rate, distinct contents per
   second. The encoder's one-off load is excluded from the rate (it is latency, not
@@ -45,15 +45,15 @@ import pandas as pd
 import torch
 import yaml
 
-from tasks.align import align
-from tasks.cache import FeatureCache
 from tasks.config import Params, params_from_dict
-from tasks.demo import generate_demo
+from tasks.data.align import align
+from tasks.data.demo import generate_demo
+from tasks.data.ingest import ingest_sources, read_snapshots
 from tasks.device import autocast_for, batch_size_on, pick_device
-from tasks.extract import EncoderSpec, ExtractStats, configure_threads, extract_embeddings
-from tasks.feature_store import read_blocks
-from tasks.images import load_square_rgb
-from tasks.ingest import ingest_sources, read_snapshots
+from tasks.features.cache import FeatureCache
+from tasks.features.extract import EncoderSpec, ExtractStats, configure_threads, extract_embeddings
+from tasks.features.feature_store import read_blocks
+from tasks.features.images import load_square_rgb
 from tasks.modalities.audio import Framing, clip_windows
 from tasks.modalities.image import normalise_images
 

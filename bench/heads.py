@@ -9,7 +9,7 @@
 Datasets (features are never recomputed per head):
   demo      the features `make demo` left in data/features (binary label), trained as three
             task variants: binary `label`, multiclass `label_multiclass` (score quartiles)
-            and regression `score`, whose values come from tasks.demo.demo_targets for the
+            and regression `score`, whose values come from tasks.data.demo.demo_targets for the
             same rows and seed (no re-extraction: the features do not depend on the target).
   flipkart  ../shared/data/flipkart_products, multiclass category_l1 (skipped when absent)
   pokemon   ../shared/data/pokemon/pokemon_unique.csv, multiclass type1 (skipped when absent)
@@ -18,7 +18,7 @@ Datasets (features are never recomputed per head):
 
 Per dataset and head: the primary test metric's mean and std over the seeds, the same head
 trained on each single modality (mean; `--baselines`), train seconds, epochs, and
-`loop_ratio`: samples/s of tasks.training's loop (validation, early stopping, schedule and
+`loop_ratio`: samples/s of tasks.train.training's loop (validation, early stopping, schedule and
 all) divided by samples/s of a bare in-memory PyTorch loop (shuffle, index_select, forward,
 backward, step) for the same head, data and batch size, run right after it in the same
 process for min(epochs, 5) epochs (enough for a stable rate). The CPU may be shared, so
@@ -48,17 +48,24 @@ import torch
 import yaml
 
 from modelzoo.registry import names
-from tasks.assemble import load_feature_set
 from tasks.atomic import write_json
 from tasks.config import FusionConfig, TrainConfig, load_params, params_from_dict
-from tasks.dataset import FeatureSet
-from tasks.demo import demo_targets
+from tasks.data.demo import demo_targets
 from tasks.device import use_all_cores
-from tasks.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
-from tasks.objectives import Objective
+from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
+from tasks.features.wide import wide_blocks
 from tasks.paths import Layout
-from tasks.training import build_head, fit_target_scaling, head_features, output_dim, predict, train_model
-from tasks.wide import wide_blocks
+from tasks.train.assemble import load_feature_set
+from tasks.train.dataset import FeatureSet
+from tasks.train.objectives import Objective
+from tasks.train.training import (
+    build_head,
+    fit_target_scaling,
+    head_features,
+    output_dim,
+    predict,
+    train_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

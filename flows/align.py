@@ -10,10 +10,10 @@ from prefect import flow, get_run_logger, task
 
 from flows._entry import run_from_command_line
 from flows._retry import IO_RETRIES
-from tasks.align import AlignReport, align
 from tasks.atomic import atomic_dir, write_json
 from tasks.config import DataConfig, load_params
-from tasks.ingest import read_snapshots
+from tasks.data.align import AlignReport, align
+from tasks.data.ingest import read_snapshots
 from tasks.paths import Layout
 
 
@@ -38,7 +38,7 @@ def write_aligned(aligned: pd.DataFrame, report: AlignReport, layout: Layout) ->
 
 @flow(name="align")
 def align_flow(params_path: str = "params.yaml") -> AlignReport:
-    """Write data/aligned/aligned.parquet (schema in tasks/align.py) and its summary."""
+    """Write data/aligned/aligned.parquet (schema in tasks/data/align.py) and its summary."""
     params = load_params(params_path)
     layout = Layout()
     aligned, report = align_rows(params.data, load_snapshots(layout))

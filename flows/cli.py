@@ -85,7 +85,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         from pathlib import Path
 
         from flows.predict import check_predict_paths, predict
-        from tasks.bundle import verify_bundle
+        from tasks.train.bundle import verify_bundle
 
         # Refusals before the flow starts are one line; inside a flow run Prefect logs a traceback.
         verify_bundle(Path(check_predict_paths(args.model, args.input, args.output, args.params)))

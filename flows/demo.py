@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from flows._entry import run_from_command_line
 from tasks.atomic import write_text
 from tasks.config import load_params
-from tasks.demo import generate_demo
+from tasks.data.demo import generate_demo
 
 DEMO_DIR = Path("data/demo")
 

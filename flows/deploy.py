@@ -28,7 +28,7 @@ from flows._retry import IO_RETRIES
 from tasks.config import ScheduleConfig, load_params
 from tasks.errors import ConfigError
 from tasks.paths import Layout
-from tasks.promotion import current_entry, decide, promote, record, tree_digest
+from tasks.serve.promotion import current_entry, decide, promote, record, tree_digest
 
 DEPLOYMENT = "scheduled-retrain"
 _RAN = re.compile(r"Running stage '([^']+)'")

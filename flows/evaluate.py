@@ -21,14 +21,11 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from flows._entry import run_from_command_line
-from tasks import figures
-from tasks.assemble import load_feature_set
 from tasks.atomic import atomic_dir, write_bytes, write_json, write_parquet, write_text
-from tasks.bundle import BundleMeta, baseline_dirs, load_bundle
 from tasks.config import Params, load_params
-from tasks.dataset import FeatureSet
 from tasks.device import single_threaded
-from tasks.evaluation import (
+from tasks.evaluate import figures
+from tasks.evaluate.evaluation import (
     FUSED,
     SKLEARN,
     ablation_predictions,
@@ -42,12 +39,15 @@ from tasks.evaluation import (
     project_2d,
     with_blocks,
 )
-from tasks.importance import block_weights, feature_groups, permutation_importance, weights_by_group
-from tasks.metrics import PRIMARY_METRIC, higher_is_better
+from tasks.evaluate.importance import block_weights, feature_groups, permutation_importance, weights_by_group
+from tasks.evaluate.metrics import PRIMARY_METRIC, higher_is_better
+from tasks.evaluate.report import ReportInputs, data_summary, render_report, worsening
+from tasks.evaluate.sklearn_baseline import TASKS as SKLEARN_TASKS
+from tasks.evaluate.sklearn_baseline import SklearnBaseline, fit_sklearn_baseline
 from tasks.paths import Layout
-from tasks.report import ReportInputs, data_summary, render_report, worsening
-from tasks.sklearn_baseline import TASKS as SKLEARN_TASKS
-from tasks.sklearn_baseline import SklearnBaseline, fit_sklearn_baseline
+from tasks.train.assemble import load_feature_set
+from tasks.train.bundle import BundleMeta, baseline_dirs, load_bundle
+from tasks.train.dataset import FeatureSet
 
 REPORT_KEY = "fuseline-report"  # stable artifact keys: the UI versions them across runs
 METRICS_KEY = "fuseline-metrics"

@@ -22,10 +22,10 @@ from prefect.cache_policies import NO_CACHE
 from flows._entry import run_from_command_line
 from flows.scaleout import fill_cache
 from tasks import modalities
-from tasks.cache import FeatureCache
 from tasks.config import Params, load_params
 from tasks.device import pick_device
-from tasks.extract import (
+from tasks.features.cache import FeatureCache
+from tasks.features.extract import (
     Extraction,
     ExtractStats,
     configure_threads,
@@ -35,14 +35,14 @@ from tasks.extract import (
     write_features,
     write_tabular_features,
 )
-from tasks.feature_store import write_blocks
+from tasks.features.feature_store import write_blocks
 from tasks.modalities import TABULAR, modality_names
 from tasks.paths import Layout
 
 ARTIFACT_KEY = "fuseline-extract"
 # Chunk progress and cache hit/miss counts are INFO records of these loggers; Prefect forwards
 # the `tasks` loggers (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves them at the root's WARNING.
-_PROGRESS_LOGGERS = ("tasks.extract", "tasks.cache")
+_PROGRESS_LOGGERS = ("tasks.features.extract", "tasks.features.cache")
 
 
 @task(name="extract-tabular")

@@ -7,7 +7,7 @@ from prefect import flow, get_run_logger, task
 from flows._entry import run_from_command_line
 from flows._retry import IO_RETRIES
 from tasks.config import DataConfig, load_params
-from tasks.ingest import SourceSnapshot, ingest_sources
+from tasks.data.ingest import SourceSnapshot, ingest_sources
 from tasks.paths import Layout
 
 

@@ -25,12 +25,12 @@ from pydantic import BaseModel
 from flows._runtime import task_runner_for
 from flows.scaleout import threads_per_task
 from tasks.atomic import write_parquet
-from tasks.cache import FeatureCache
 from tasks.config import CacheConfig, RuntimeConfig, load_params
 from tasks.device import pick_device
-from tasks.pathcheck import check_input_path, check_output_path
-from tasks.predict import cached_predictor, chunk_bounds, file_roots, read_new_rows
-from tasks.promotion import resolve_model_dir
+from tasks.features.cache import FeatureCache
+from tasks.serve.pathcheck import check_input_path, check_output_path
+from tasks.serve.predict import cached_predictor, chunk_bounds, file_roots, read_new_rows
+from tasks.serve.promotion import resolve_model_dir
 
 
 class ChunkJob(BaseModel):
@@ -137,7 +137,7 @@ def check_predict_paths(model: str, input_path: str, output_path: str, params_pa
     """Refuse an unusable model, input or output path before any work; the resolved bundle directory.
 
     The output must not be anything this run reads: the input, params.yaml, a file inside the
-    model bundle or registry, or the feature cache (see tasks/pathcheck.py). `fuseline
+    model bundle or registry, or the feature cache (see tasks/serve/pathcheck.py). `fuseline
     predict` calls this before starting the flow, so a refusal is one line and no flow run;
     the flow calls it again for callers that run it directly.
     """

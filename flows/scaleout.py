@@ -22,10 +22,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._runtime import task_runner_for
-from tasks.cache import FeatureCache
 from tasks.config import Params, RuntimeConfig
-from tasks.encode_chunks import chunk_payloads, encode_payload
-from tasks.extract import EncoderSpec, plan_modality
+from tasks.features.cache import FeatureCache
+from tasks.features.encode_chunks import chunk_payloads, encode_payload
+from tasks.features.extract import EncoderSpec, plan_modality
 
 
 @task(name="encode-contents", task_run_name="encode-{kind}-{index}", cache_policy=NO_CACHE)

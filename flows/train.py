@@ -10,14 +10,14 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 
 from flows._entry import run_from_command_line
-from tasks.assemble import feature_metadata, load_feature_set
 from tasks.atomic import atomic_dir, write_text
-from tasks.bundle import BASELINES, BundleMeta, write_bundle
 from tasks.config import Params, load_params
-from tasks.dataset import FeatureSet
 from tasks.device import use_all_cores
 from tasks.paths import Layout
-from tasks.training import TrainResult, train_model
+from tasks.train.assemble import feature_metadata, load_feature_set
+from tasks.train.bundle import BASELINES, BundleMeta, write_bundle
+from tasks.train.dataset import FeatureSet
+from tasks.train.training import TrainResult, train_model
 
 
 @task(name="train-head")

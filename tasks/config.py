@@ -273,7 +273,7 @@ class RuntimeConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    """The row-level embedding cache (tasks/cache): every distinct text or image is encoded once.
+    """The row-level embedding cache (tasks/features/cache): every distinct text or image is encoded once.
 
     Neither key changes what extraction produces, only where entries live and how much
     work one task (and one shard) holds, so no DVC stage watches them.

@@ -8,7 +8,7 @@ over the dense blocks (embeddings, tabular features). Their logits are summed.
 
 Wide inputs arrive as blocks named `<modality>.__wide__` holding, per row, up to L feature
 ids in 1..buckets stored as float32 (exact below 2**24) with 0 as padding; the pipeline
-builds them in `tasks/wide.py` from the same `wide` options, so the hash space agrees.
+builds them in `tasks/features/wide.py` from the same `wide` options, so the hash space agrees.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ MAX_BUCKETS = 2**24  # ids are stored in float32, which holds every integer up t
 
 
 class WideOptions(BaseModel):
-    """`fusion.wide`: what the wide part sees (read by tasks/wide.py) and its hash space."""
+    """`fusion.wide`: what the wide part sees (read by tasks/features/wide.py) and its hash space."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -34,7 +34,7 @@ from tasks.modalities.files import FileModality, Prefetched, file_sha256, raise_
 
 if TYPE_CHECKING:
     from modelzoo.encoders.base import AudioEncoder
-    from tasks.extract import Extraction
+    from tasks.features.extract import Extraction
 
 AUDIO_DECODE = "tasks.modalities.audio/v1"  # bump when the samples produced for a file change
 FORMATS = ("WAV", "WAVEX", "RF64", "W64", "FLAC", "OGG", "MP3", "AIFF", "CAF")

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from tasks.align import AlignReport
-    from tasks.cache.contents import Contents
     from tasks.config import DataConfig, EncodersConfig
-    from tasks.extract import Extraction
+    from tasks.data.align import AlignReport
+    from tasks.features.cache.contents import Contents
+    from tasks.features.extract import Extraction
 
 
 @dataclass(frozen=True)

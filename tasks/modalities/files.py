@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from tasks.cache.contents import Contents, contents_by_digest
 from tasks.errors import DataError
+from tasks.features.cache.contents import Contents, contents_by_digest
 from tasks.modalities.base import EmbeddedModality
 from tasks.schema import DIGEST
 
 if TYPE_CHECKING:
-    from tasks.align import AlignReport
     from tasks.config import DataConfig
+    from tasks.data.align import AlignReport
 
 log = logging.getLogger(__name__)
 

@@ -19,17 +19,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tasks.device import autocast_for, batch_size_on, decode_workers
-from tasks.images import DECODE_VERSION, ImageDecodeError, load_square_rgb, probe
+from tasks.features.images import DECODE_VERSION, ImageDecodeError, load_square_rgb, probe
 from tasks.modalities import register
 from tasks.modalities.files import FileModality, Prefetched, raise_changed, verified_bytes
 
 if TYPE_CHECKING:
     from modelzoo.encoders.base import ImageEncoder, ImagePreprocessing
-    from tasks.extract import Extraction
+    from tasks.features.extract import Extraction
 
 log = logging.getLogger(__name__)
 
-IMAGE_DECODE = f"tasks.images/v{DECODE_VERSION}"
+IMAGE_DECODE = f"tasks.features.images/v{DECODE_VERSION}"
 _PREFETCH_BATCHES = 2
 DECODED, UNDECODABLE, CHANGED = 1, 0, -1  # how an image fared in a decode worker
 
@@ -52,7 +52,7 @@ class ImageModality(FileModality):
         return load_image_encoder(model, size)
 
     def prepare_encoder(self, encoder: nn.Module, device: torch.device) -> nn.Module:
-        """On the device in channels_last: about 2x faster CNN forwards, on CPU too."""
+        """On the device in channels_last, the layout CNN kernels run fastest in, on CPU too."""
         return encoder.to(device=device, memory_format=torch.channels_last)
 
     def probe(self, data: bytes) -> str | None:

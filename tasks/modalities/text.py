@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tasks.cache.contents import Contents, contents_by_value
-from tasks.cache.keys import text_digest
 from tasks.device import autocast_for, batch_size_on, to_device
+from tasks.features.cache.contents import Contents, contents_by_value
+from tasks.features.cache.keys import text_digest
 from tasks.modalities import register
 from tasks.modalities.base import EmbeddedModality
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from modelzoo.encoders.base import TextEncoder
-    from tasks.extract import Extraction
+    from tasks.features.extract import Extraction
 
 TEXT_INPUT = "utf8-verbatim/v1"
 

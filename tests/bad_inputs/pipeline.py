@@ -22,17 +22,17 @@ import pandas as pd
 import torch
 
 from modelzoo.encoders.base import ImageEncoder, TextEncoder
-from tasks.align import AlignReport, align
-from tasks.assemble import load_feature_set
 from tasks.atomic import atomic_dir, write_json
-from tasks.cache import FeatureCache
 from tasks.config import Params, load_params
-from tasks.dataset import FeatureSet
-from tasks.extract import extract_embeddings, row_ids, write_tabular_features
-from tasks.feature_store import write_blocks
-from tasks.ingest import ingest_sources, read_snapshots
+from tasks.data.align import AlignReport, align
+from tasks.data.ingest import ingest_sources, read_snapshots
+from tasks.features.cache import FeatureCache
+from tasks.features.extract import extract_embeddings, row_ids, write_tabular_features
+from tasks.features.feature_store import write_blocks
 from tasks.paths import Layout
-from tasks.training import head_features, predict, train_model
+from tasks.train.assemble import load_feature_set
+from tasks.train.dataset import FeatureSet
+from tasks.train.training import head_features, predict, train_model
 
 CPU = torch.device("cpu")
 

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.align import AlignReport, align
 from tasks.config import params_from_dict
+from tasks.data.align import AlignReport, align
+from tasks.data.ingest import ingest_sources, read_snapshots
 from tasks.errors import ConfigError, FuselineError
-from tasks.ingest import ingest_sources, read_snapshots
 from tasks.modalities.files import resolve_paths, resolve_under
 from tasks.schema import RESERVED_NAMES, RESERVED_PREFIXES, TARGET
 

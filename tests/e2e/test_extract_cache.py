@@ -108,11 +108,11 @@ def test_flow_publishes_rows_seen_computed_and_reused(
 @pytest.mark.skipif(not (SHARED_DATA / "pokemon").is_dir(), reason="../shared/data/pokemon is not present")
 def test_pokemon_artwork_shared_by_two_types_is_encoded_once(tmp_path: Path) -> None:
     """Real data: pokemon.csv lists 409 Pokémon twice, once per type folder, with identical files."""
-    from tasks.align import align
-    from tasks.cache import FeatureCache
     from tasks.config import params_from_dict
-    from tasks.extract import extract_embeddings
-    from tasks.ingest import ingest_sources, read_snapshots
+    from tasks.data.align import align
+    from tasks.data.ingest import ingest_sources, read_snapshots
+    from tasks.features.cache import FeatureCache
+    from tasks.features.extract import extract_embeddings
 
     table = pd.read_csv(SHARED_DATA / "pokemon" / "pokemon.csv")
     twice = table[table["name"].duplicated(keep=False)].sort_values("name").head(40)

@@ -39,7 +39,7 @@ def test_pipeline_writes_metrics_with_the_documented_shape(pipeline_run: tuple[P
 
 
 def test_pipeline_writes_a_loadable_bundle(pipeline_run: tuple[Path, dict]) -> None:
-    from tasks.bundle import load_bundle
+    from tasks.train.bundle import load_bundle
 
     workdir, _ = pipeline_run
     model, meta = load_bundle(workdir / "models")

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.bundle import meta_digest
-from tasks.cache import FeatureCache
 from tasks.errors import BundleError, DataError
-from tasks.predict import load_predictor, read_new_rows
-from tasks.tabular import TabularState
+from tasks.features.cache import FeatureCache
+from tasks.features.tabular import TabularState
+from tasks.serve.predict import load_predictor, read_new_rows
+from tasks.train.bundle import meta_digest
 from tests.e2e.conftest import run_ok
 
 pytestmark = pytest.mark.slow
@@ -171,12 +171,12 @@ def test_a_wide_deep_bundle_predicts_from_raw_rows_as_from_its_features(
 
     from flows.predict import predict
     from flows.train import bundle_meta
-    from tasks.assemble import feature_metadata, load_feature_set
-    from tasks.bundle import load_bundle, write_bundle
     from tasks.config import params_from_dict
-    from tasks.evaluation import predict_with, predictions_table
+    from tasks.evaluate.evaluation import predict_with, predictions_table
     from tasks.paths import Layout
-    from tasks.training import train_model
+    from tasks.train.assemble import feature_metadata, load_feature_set
+    from tasks.train.bundle import load_bundle, write_bundle
+    from tasks.train.training import train_model
 
     raw = yaml.safe_load((in_repo / "params.yaml").read_text())
     raw["fusion"] = {**raw["fusion"], "head": "wide_deep"}

@@ -105,10 +105,10 @@ def test_extraction_misses_encoded_on_dask_match_local_extraction(
     from prefect import flow
 
     from flows.extract import embed_modality
-    from tasks.cache import FeatureCache
     from tasks.config import load_params
-    from tasks.extract import extract_embeddings
-    from tasks.feature_store import read_blocks
+    from tasks.features.cache import FeatureCache
+    from tasks.features.extract import extract_embeddings
+    from tasks.features.feature_store import read_blocks
     from tasks.paths import Layout
 
     root, _ = repo

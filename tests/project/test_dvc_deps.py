@@ -105,7 +105,9 @@ def test_the_check_sees_a_missing_dep() -> None:
     extract = dict(_stages())["extract"]
     deps = [dep for dep in extract["deps"] if dep != "tasks"]
     uncovered = {p for p in imported_files("flows.extract") if not _covered(p, deps)}
-    assert Path("tasks/cache/store.py") in uncovered and Path("tasks/modalities/image.py") in uncovered
+    assert (
+        Path("tasks/features/cache/store.py") in uncovered and Path("tasks/modalities/image.py") in uncovered
+    )
 
 
 def test_evaluate_declares_the_params_it_reads() -> None:

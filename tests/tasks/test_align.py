@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from tasks.align import DIGEST, ID, PRESENT, SPLIT, TARGET, align
 from tasks.config import DataConfig
+from tasks.data.align import DIGEST, ID, PRESENT, SPLIT, TARGET, align
 from tasks.errors import DataError
 
 

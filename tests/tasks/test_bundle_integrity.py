@@ -22,7 +22,9 @@ from safetensors.torch import save_file
 
 from modelzoo.heads.blocks import WIDE_SUFFIX
 from modelzoo.registry import lookup, names
-from tasks.bundle import (
+from tasks.errors import BundleError
+from tasks.serve.promotion import decide, promote, resolve_model_dir
+from tasks.train.bundle import (
     BASELINES,
     DIGEST,
     FORMAT_VERSION,
@@ -36,8 +38,6 @@ from tasks.bundle import (
     verify_bundle,
     write_bundle,
 )
-from tasks.errors import BundleError
-from tasks.promotion import decide, promote, resolve_model_dir
 
 IN_DIMS = {"tabular": 4, "text.title": 6, "image.photo": 5}  # three blocks: 1e9 hidden overflows
 FUSION = {"head": "concat", "hidden": 8, "dropout": 0.0}

@@ -18,8 +18,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tasks import demo
-from tasks.demo import COLUMNS, STAMP_NAME, generate_demo
+from tasks.data import demo
+from tasks.data.demo import COLUMNS, STAMP_NAME, generate_demo
 from tasks.errors import ConfigError
 
 

@@ -7,10 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from tasks.bundle import BundleMeta
 from tasks.config import FusionConfig, TrainConfig
-from tasks.dataset import FeatureSet
-from tasks.evaluation import (
+from tasks.evaluate.evaluation import (
     ablation_predictions,
     bootstrap_intervals,
     calibration_table,
@@ -23,7 +21,9 @@ from tasks.evaluation import (
     primary_score,
     project_2d,
 )
-from tasks.training import build_head, train_model
+from tasks.train.bundle import BundleMeta
+from tasks.train.dataset import FeatureSet
+from tasks.train.training import build_head, train_model
 
 FUSION = FusionConfig.model_validate({"head": "concat", "hidden": 16, "dropout": 0.0})
 FAST = TrainConfig(epochs=5, lr=3e-3, batch_size=64, patience=5, seed=0, device="cpu")

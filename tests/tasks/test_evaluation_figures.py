@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks import figures
-from tasks.dataset import FeatureSet
-from tasks.evaluation import plot_tables
+from tasks.evaluate import figures
+from tasks.evaluate.evaluation import plot_tables
+from tasks.train.dataset import FeatureSet
 
 
 def _image(png: bytes) -> Image.Image:

@@ -72,12 +72,12 @@ def _items(seed: int = 0) -> pd.DataFrame:
 
 def _write_inputs(workdir: Path) -> None:
     """params.yaml, the aligned table and the three feature files, as the earlier stages would."""
-    from tasks.align import ID, PRESENT, SPLIT, align
     from tasks.atomic import write_json
     from tasks.config import params_from_dict
-    from tasks.feature_store import write_blocks
+    from tasks.data.align import ID, PRESENT, SPLIT, align
+    from tasks.features.feature_store import write_blocks
+    from tasks.features.tabular import fit_tabular, transform_tabular
     from tasks.paths import Layout
-    from tasks.tabular import fit_tabular, transform_tabular
 
     (workdir / "params.yaml").write_text(yaml.safe_dump(_params(), sort_keys=False))
     params = params_from_dict(_params())

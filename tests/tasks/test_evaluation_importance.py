@@ -13,9 +13,8 @@ from torch import Tensor, nn
 from modelzoo.heads.base import FusionHead
 from modelzoo.registry import names
 from tasks.config import FusionConfig, TrainConfig
-from tasks.dataset import FeatureSet
-from tasks.evaluation import primary_score
-from tasks.importance import (
+from tasks.evaluate.evaluation import primary_score
+from tasks.evaluate.importance import (
     FeatureGroup,
     block_weights,
     feature_groups,
@@ -23,8 +22,9 @@ from tasks.importance import (
     permuted,
     weights_by_group,
 )
-from tasks.tabular import fit_tabular, transform_tabular
-from tasks.training import build_head, predict, train_model
+from tasks.features.tabular import fit_tabular, transform_tabular
+from tasks.train.dataset import FeatureSet
+from tasks.train.training import build_head, predict, train_model
 
 FUSION = FusionConfig.model_validate({"head": "concat", "hidden": 32, "dropout": 0.0})
 CATEGORICAL, NUMERIC = ["colour"], ["signal", "noise"]  # declared order: the order of the block

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.align import ID, SPLIT, align
 from tasks.config import ColumnsConfig, DataConfig
+from tasks.data.align import ID, SPLIT, align
 from tasks.errors import DataError
-from tasks.metrics import compute_metrics
-from tasks.sklearn_baseline import SklearnBaseline, fit_sklearn_baseline
+from tasks.evaluate.metrics import compute_metrics
+from tasks.evaluate.sklearn_baseline import SklearnBaseline, fit_sklearn_baseline
 
 WORDS = ["lamp", "chair", "table", "shelf", "mug", "rug", "sofa", "desk"]
 

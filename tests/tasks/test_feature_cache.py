@@ -20,17 +20,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.align import DIGEST, ID, SPLIT, align
-from tasks.cache import FeatureCache
-from tasks.cache.gather import BlockRows, SlotVectors, write_feature_file
-from tasks.cache.keys import text_digest
-from tasks.cache.store import CorruptShard, ShardStore
 from tasks.config import Params, params_from_dict
-from tasks.demo import generate_demo
+from tasks.data.align import DIGEST, ID, SPLIT, align
+from tasks.data.demo import generate_demo
+from tasks.data.ingest import ingest_sources, read_snapshots
 from tasks.errors import DataError
-from tasks.extract import EncoderSpec, ExtractStats, extract_embeddings
-from tasks.feature_store import read_blocks, write_blocks
-from tasks.ingest import ingest_sources, read_snapshots
+from tasks.features.cache import FeatureCache
+from tasks.features.cache.gather import BlockRows, SlotVectors, write_feature_file
+from tasks.features.cache.keys import text_digest
+from tasks.features.cache.store import CorruptShard, ShardStore
+from tasks.features.extract import EncoderSpec, ExtractStats, extract_embeddings
+from tasks.features.feature_store import read_blocks, write_blocks
 from tests.conftest import tiny_params
 
 BASE_ROWS, ALL_ROWS = 80, 84  # 4 more rows = +5%

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from tasks.config import DataConfig
+from tasks.data.ingest import ingest_sources, read_snapshots
 from tasks.errors import DataError
-from tasks.ingest import ingest_sources, read_snapshots
 
 ROWS = {
     "item_id": [1, 2, 3, 4],

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
+from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
 
 
 def test_binary_keys() -> None:

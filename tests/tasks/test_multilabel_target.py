@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.align import SPLIT, TARGET, align
-from tasks.assemble import encode_target
 from tasks.config import DataConfig
+from tasks.data.align import SPLIT, TARGET, align
+from tasks.data.ingest import ingest_sources, read_snapshots
+from tasks.data.labels import parse_labels
 from tasks.errors import DataError
-from tasks.ingest import ingest_sources, read_snapshots
-from tasks.labels import parse_labels
+from tasks.train.assemble import encode_target
 
 DATA = {
     "sources": [{"path": "items.jsonl"}],

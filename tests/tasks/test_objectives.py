@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tasks.errors import DataError
-from tasks.objectives import Objective, balanced_weights, check_target, output_dim
+from tasks.train.objectives import Objective, balanced_weights, check_target, output_dim
 
 
 def test_binary_balanced_weight_is_negatives_over_positives() -> None:

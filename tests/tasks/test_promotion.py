@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import BundleError
-from tasks.promotion import (
+from tasks.serve.promotion import (
     CURRENT,
     HISTORY,
     MODEL,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tasks.config import TrainConfig
-from tasks.schedules import make_scheduler
+from tasks.train.schedules import make_scheduler
 
 LR = 0.01
 

@@ -12,9 +12,9 @@ import torch
 
 from modelzoo.registry import lookup
 from tasks.atomic import atomic_dir, atomic_path, write_json
-from tasks.bundle import FORMAT_VERSION, META, WEIGHTS, BundleMeta, load_bundle, write_bundle
 from tasks.errors import BundleError
-from tasks.feature_store import read_blocks, write_blocks
+from tasks.features.feature_store import read_blocks, write_blocks
+from tasks.train.bundle import FORMAT_VERSION, META, WEIGHTS, BundleMeta, load_bundle, write_bundle
 
 IN_DIMS = {"tabular": 4, "text.t": 8}
 FUSION = {"head": "concat", "hidden": 16, "dropout": 0.0}

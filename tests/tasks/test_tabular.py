@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.tabular import MAX_CATEGORIES, TabularState, fit_tabular, transform_tabular
+from tasks.features.tabular import MAX_CATEGORIES, TabularState, fit_tabular, transform_tabular
 
 CLIP = 10.0
 

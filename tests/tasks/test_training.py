@@ -8,9 +8,9 @@ import torch
 
 from modelzoo.registry import names
 from tasks.config import FusionConfig, TrainConfig
-from tasks.dataset import FeatureSet
 from tasks.errors import DataError
-from tasks.training import ModalityDropout, TrainResult, build_head, head_features, predict, train_model
+from tasks.train.dataset import FeatureSet
+from tasks.train.training import ModalityDropout, TrainResult, build_head, head_features, predict, train_model
 from tests.threads import torch_threads
 
 N_CLASSES = 3
@@ -177,7 +177,7 @@ def test_predict_accepts_the_plain_scaling_pair_a_bundle_stores() -> None:
 
 
 def with_wide_block(features: FeatureSet) -> FeatureSet:
-    """Add a hashed-id block as tasks/wide.py writes it: ids 1..8 from the sign of two columns."""
+    """Add a hashed-id block as tasks/features/wide.py writes it: ids 1..8 from the sign of two columns."""
     tabular = features.inputs["tabular"]
     ids = np.stack([1 + (tabular[:, 0] > 0), 3 + (tabular[:, 1] > 0) * 2], axis=1).astype(np.float32)
     n_rows = len(features.ids)

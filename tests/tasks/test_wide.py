@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from modelzoo.heads.wide_deep import WideOptions
-from tasks.align import PRESENT, SPLIT, align
 from tasks.config import DataConfig, params_from_dict
+from tasks.data.align import PRESENT, SPLIT, align
 from tasks.errors import ConfigError
-from tasks.feature_store import read_blocks
-from tasks.wide import TABULAR_WIDE, TEXT_WIDE, WideState, fit_wide, transform_wide, wide_blocks
+from tasks.features.feature_store import read_blocks
+from tasks.features.wide import TABULAR_WIDE, TEXT_WIDE, WideState, fit_wide, transform_wide, wide_blocks
 from tests.conftest import tiny_params
 
 DATA = {

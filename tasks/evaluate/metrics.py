@@ -46,7 +46,7 @@ def higher_is_better(metric: str) -> bool:
 def compute_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """All metrics of a task.
 
-    y_pred is what `tasks.training.predict` returns: P(class 1) (N,) for binary,
+    y_pred is what `tasks.train.training.predict` returns: P(class 1) (N,) for binary,
     probabilities (N, C) for multiclass, values (N,) for regression, and for multilabel
     independent probabilities (N, C) against a 0/1 y_true (N, C).
     """

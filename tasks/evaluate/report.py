@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tasks.align import PRESENT, SPLIT, SPLITS, TARGET
 from tasks.config import DataConfig
-from tasks.evaluation import FUSED, SKLEARN
+from tasks.data.align import PRESENT, SPLIT, SPLITS, TARGET
+from tasks.evaluate.evaluation import FUSED, SKLEARN
 
 _MAX_CLASSES_SHOWN = 25
 _MAX_FEATURES_SHOWN = 25
@@ -55,7 +55,7 @@ class ReportInputs:
     summary: dict  # data_summary()
     head: str
     sklearn: dict  # {"selected", "selected_by", "candidates"}
-    contributions: pd.DataFrame  # tasks.evaluation.contributions_table
+    contributions: pd.DataFrame  # tasks.evaluate.evaluation.contributions_table
     importance: pd.DataFrame | None = None
     block_weights: pd.DataFrame | None = None  # long form: label, block, weight, rows
     figures: list[str] = field(default_factory=list)  # PNG names under reports/figures/

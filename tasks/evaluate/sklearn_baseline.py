@@ -25,11 +25,11 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from tasks.align import ID, SPLIT, TARGET
-from tasks.assemble import encode_target
 from tasks.config import ColumnsConfig
+from tasks.data.align import ID, SPLIT, TARGET
 from tasks.errors import DataError
-from tasks.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
+from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
+from tasks.train.assemble import encode_target
 
 TASKS = ("binary", "multiclass", "regression")  # the tasks it has a model for
 LINEAR_STRENGTHS = (0.1, 1.0, 10.0)  # C for logistic regression, 1/alpha for ridge
@@ -45,7 +45,7 @@ class SklearnBaseline:
 
     selected: str
     selected_by: str  # e.g. "val auc": chosen on validation rows, never on test
-    test_predictions: np.ndarray  # same form as tasks.training.predict, in test-row order
+    test_predictions: np.ndarray  # same form as tasks.train.training.predict, in test-row order
     test_ids: np.ndarray
     candidates: dict[str, dict] = field(default_factory=dict)  # name -> {settings, val, test}
     seconds: float = 0.0
@@ -62,9 +62,8 @@ def fit_sklearn_baseline(
     if task not in TASKS:
         raise ValueError(f"the sklearn baseline supports {', '.join(TASKS)}, not {task!r}")
     # One thread for OpenMP and BLAS: torch loads its own OpenMP runtime into the evaluate
-    # process, and runtimes spinning on shared cores made boosting 10x slower than one thread
-    # (measured: 32 s vs 2.4 s to fit the 1,400-row demo; the SVD's QR likewise). The
-    # baseline's tables are small: one thread costs little even on an idle machine.
+    # process, and two runtimes spinning on shared cores slow boosting and the SVD's QR
+    # many times over. The baseline's tables are small: one thread costs little.
     with threadpool_limits(limits=1):
         return _fit(aligned, columns, task, classes)
 
@@ -235,7 +234,7 @@ def _clean(aligned: pd.DataFrame, roles: dict[str, list[str]]) -> pd.DataFrame:
 
 
 def _predict(model: Pipeline, x: pd.DataFrame, task: str, n_classes: int) -> np.ndarray:
-    """Predictions in the form tasks.training.predict gives: P(1), (N, C) probabilities or values.
+    """Predictions in the form tasks.train.training.predict gives: P(1), (N, C) probabilities or values.
 
     A class missing from the train rows gets probability 0, so the columns still line up with
     the fused model's classes.

@@ -616,7 +616,7 @@ def _check_args(rows: object, seed: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m tasks.demo TABLE IMAGE_ROOT [--rows N] [--seed S]`"""
+    """`python -m tasks.data.demo TABLE IMAGE_ROOT [--rows N] [--seed S]`"""
     import argparse
 
     parser = argparse.ArgumentParser(description="Render the synthetic fuseline demo dataset.")

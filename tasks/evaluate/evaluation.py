@@ -19,10 +19,10 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from modelzoo.heads.base import FusionHead
-from tasks.bundle import BundleMeta
-from tasks.dataset import FeatureSet, modality_of
-from tasks.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
-from tasks.training import TargetScaling, embed, predict
+from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
+from tasks.train.bundle import BundleMeta
+from tasks.train.dataset import FeatureSet, modality_of
+from tasks.train.training import TargetScaling, embed, predict
 
 FUSED = "fused"
 SKLEARN = "sklearn"
@@ -277,7 +277,7 @@ def project_2d(embedding: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     if n_rows <= TSNE_MAX_ROWS:
         perplexity = float(min(30.0, (n_rows - 1) / 3))
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
-        with threadpool_limits(limits=1, user_api="openmp"):  # see tasks/sklearn_baseline.py
+        with threadpool_limits(limits=1, user_api="openmp"):  # see tasks/evaluate/sklearn_baseline.py
             return tsne.fit_transform(embedding), "t-SNE"
     return PCA(n_components=2, random_state=seed).fit_transform(embedding), "PCA"
 

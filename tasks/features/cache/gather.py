@@ -3,7 +3,7 @@
 Each distinct content gets one slot in a disk-backed (n, dim) array filled from cache hits
 and freshly encoded chunks; the feature file is then streamed out row group by row group.
 Peak memory is one shard or one row group, not the whole (rows, dim) matrix, so a dataset
-whose embeddings exceed RAM still extracts. The file format is `tasks/feature_store.py`'s
+whose embeddings exceed RAM still extracts. The file format is `tasks/features/feature_store.py`'s
 (train and evaluate read it with `read_blocks`); only the writing is streamed.
 """
 
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.atomic import atomic_path
-from tasks.feature_store import ID, META_KEY, PRESENT
+from tasks.features.feature_store import ID, META_KEY, PRESENT
 
 ROWS_PER_GROUP = 16_384
 _STALE_SECONDS = 24 * 3600

@@ -14,10 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from tasks.cache import FeatureCache
-from tasks.cache.contents import Contents
 from tasks.device import pick_device
-from tasks.extract import EncoderSpec, Extraction, encode_chunk, plan_extraction
+from tasks.features.cache import FeatureCache
+from tasks.features.cache.contents import Contents
+from tasks.features.extract import EncoderSpec, Extraction, encode_chunk, plan_extraction
 
 
 class ProcessEncoderSpec(EncoderSpec):

@@ -27,8 +27,8 @@ import pandas as pd
 
 from modelzoo.heads.blocks import WIDE_SUFFIX
 from modelzoo.heads.wide_deep import WideOptions
-from tasks.align import PRESENT, SPLIT
 from tasks.config import ColumnsConfig, FusionConfig, Params
+from tasks.data.align import PRESENT, SPLIT
 from tasks.errors import ConfigError, closest_names
 
 TABULAR_WIDE = "tabular" + WIDE_SUFFIX

@@ -4,7 +4,7 @@ Schema of `data/aligned/aligned.parquet` (one row per item, sorted by `row_id`):
     row_id            string   the id column, as text
     split             string   "train" | "val" | "test"
     target            string (classification; multilabel: a JSON array of sorted labels,
-                      see tasks/labels.py) or float64 (regression)
+                      see tasks/data/labels.py) or float64 (regression)
     <feature column>  as declared: numeric as float64, every other role as string; file
                       columns (image, audio) hold paths relative to data.<modality>_root,
                       null when unusable (tasks/modalities/files.py)
@@ -24,13 +24,13 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from tasks.config import DataConfig
+from tasks.data.ingest import BAD_VALUES
+from tasks.data.labels import canonical, check_label_sets, refuse_case_variants
+from tasks.data.sources import REPLACED_BYTES
 from tasks.errors import ConfigError, DataError
-from tasks.ingest import BAD_VALUES
-from tasks.labels import canonical, check_label_sets, refuse_case_variants
+from tasks.features.tabular import huge_mask
 from tasks.modalities import embedded
 from tasks.schema import DIGEST, ID, PRESENT, SPLIT, SPLITS, TARGET
-from tasks.sources import REPLACED_BYTES
-from tasks.tabular import huge_mask
 
 __all__ = ["DIGEST", "ID", "PRESENT", "SPLIT", "SPLITS", "TARGET", "AlignReport", "align"]
 _SPLIT_ALIASES = {

@@ -1,7 +1,7 @@
 """Feature extraction: pretrained encoders turn each embedded modality's cells into vectors.
 
 Every distinct content (a text, an image file, ...) is encoded at most once, ever: cells are
-keyed by content in the row-level cache (`tasks/cache`), and only cache misses reach an
+keyed by content in the row-level cache (`tasks/features/cache`), and only cache misses reach an
 encoder. A modality's extraction is three steps, so a flow can run each as its own task:
 
     plan_extraction   keys for every cell, cache lookup (verified shards only), miss list
@@ -26,18 +26,18 @@ import torch
 from torch import nn
 
 from modelzoo.encoders.loading import encoder_fingerprint
-from tasks.cache import FeatureCache, ShardStore
-from tasks.cache.contents import Contents
-from tasks.cache.fingerprints import encoder_identity
-from tasks.cache.gather import SlotVectors, write_feature_file
-from tasks.cache.store import CorruptShard
 from tasks.config import Params
 from tasks.device import batch_size_on, cores, decode_workers, pick_device
-from tasks.feature_store import write_blocks
+from tasks.features.cache import FeatureCache, ShardStore
+from tasks.features.cache.contents import Contents
+from tasks.features.cache.fingerprints import encoder_identity
+from tasks.features.cache.gather import SlotVectors, write_feature_file
+from tasks.features.cache.store import CorruptShard
+from tasks.features.feature_store import write_blocks
+from tasks.features.tabular import TabularState, fit_tabular, transform_tabular
+from tasks.features.wide import wide_blocks
 from tasks.modalities import EmbeddedModality, modality
 from tasks.schema import ID, SPLIT
-from tasks.tabular import TabularState, fit_tabular, transform_tabular
-from tasks.wide import wide_blocks
 
 log = logging.getLogger(__name__)
 

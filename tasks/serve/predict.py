@@ -24,24 +24,24 @@ import torch
 from torch import nn
 
 from modelzoo.heads.blocks import is_wide_block
-from tasks.align import AlignReport, check_ids, presence
-from tasks.bundle import BundleMeta, load_bundle
-from tasks.cache import FeatureCache
-from tasks.cache.contents import Contents
-from tasks.cache.fingerprints import encoder_identity
 from tasks.config import DataConfig, EncodersConfig, SourceConfig
-from tasks.dataset import FeatureSet
+from tasks.data.align import AlignReport, check_ids, presence
+from tasks.data.ingest import typed_columns
+from tasks.data.sources import read_source
 from tasks.device import single_threaded
-from tasks.encode_chunks import ProcessEncoderSpec
 from tasks.errors import BundleError, DataError, closest_names
-from tasks.evaluation import predict_with, predictions_table
-from tasks.extract import EncoderSpec, Extraction, encode_chunk, plan_extraction, row_ids
-from tasks.ingest import typed_columns
+from tasks.evaluate.evaluation import predict_with, predictions_table
+from tasks.features.cache import FeatureCache
+from tasks.features.cache.contents import Contents
+from tasks.features.cache.fingerprints import encoder_identity
+from tasks.features.encode_chunks import ProcessEncoderSpec
+from tasks.features.extract import EncoderSpec, Extraction, encode_chunk, plan_extraction, row_ids
+from tasks.features.tabular import TabularState, transform_tabular
+from tasks.features.wide import WideState, transform_wide
 from tasks.modalities import embedded, modality
 from tasks.schema import ID, PRESENT
-from tasks.sources import read_source
-from tasks.tabular import TabularState, transform_tabular
-from tasks.wide import WideState, transform_wide
+from tasks.train.bundle import BundleMeta, load_bundle
+from tasks.train.dataset import FeatureSet
 
 # --- reading new rows -----------------------------------------------------------------------
 

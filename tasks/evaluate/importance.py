@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 
 from modelzoo.heads.base import FusionHead
-from tasks.dataset import FeatureSet, modality_of
-from tasks.tabular import TabularState
+from tasks.features.tabular import TabularState
+from tasks.train.dataset import FeatureSet, modality_of
 
 TABULAR = "tabular"
 
@@ -40,7 +40,7 @@ def feature_groups(
 ) -> list[FeatureGroup]:
     """Every declared column as a group, in block order (tabular columns in encoding order).
 
-    The tabular positions follow tasks.tabular.transform_tabular: each categorical column is
+    The tabular positions follow tasks.features.tabular.transform_tabular: each categorical column is
     `len(vocab) + 2` one-hot slots, then each numeric column is value + missing flag, in the
     order the columns are declared in params (`categorical`, `numeric`). That order is passed
     in rather than read from the state, because stored states are JSON written with sorted

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.cache.gather import BlockRows
-from tasks.cache.keys import digest_from_hex
 from tasks.errors import DataError
+from tasks.features.cache.gather import BlockRows
+from tasks.features.cache.keys import digest_from_hex
 from tasks.schema import DIGEST, ID, PRESENT
 
 

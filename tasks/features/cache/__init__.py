@@ -4,7 +4,7 @@ Layout under the cache directory (`cache.dir` in params.yaml, default `.cache/fe
 
     <namespace>/namespace.json          the encoder fingerprint + pipeline settings (for people)
     <namespace>/shards/<sha256>.parquet (key, vector, ok) rows, named by their own checksum
-    fingerprints/<identity>.json        remembered fingerprints (tasks/cache/fingerprints.py)
+    fingerprints/<identity>.json        remembered fingerprints (tasks/features/cache/fingerprints.py)
     scratch/                            per-run temp arrays, deleted when the run ends
 
 `keys.py` says what a key is, `store.py` how shards are committed and verified,
@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.cache.fingerprints import FingerprintMemo
-from tasks.cache.keys import namespace_of
-from tasks.cache.store import ShardStore
+from tasks.features.cache.fingerprints import FingerprintMemo
+from tasks.features.cache.keys import namespace_of
+from tasks.features.cache.store import ShardStore
 
 
 class FeatureCache:

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 
 from tasks.atomic import atomic_dir, write_json
 from tasks.config import DataConfig
+from tasks.data.sources import REPLACED_BYTES, read_source
 from tasks.errors import DataError, closest_names
 from tasks.modalities import embedded
-from tasks.sources import REPLACED_BYTES, read_source
 
 MANIFEST = "manifest.json"
 BAD_VALUES = "fuseline.bad_values"  # frame.attrs key: {column: numeric cells made missing}
@@ -262,5 +262,5 @@ def _target_column(series: pd.Series, task: str, path: str) -> pd.Series:
     if task == "regression":
         return _numeric(series, path, "error")[0]
     if task == "multilabel":
-        return _as_string(series)  # a list per cell: tasks/labels.py parses and strips it
+        return _as_string(series)  # a list per cell: tasks/data/labels.py parses and strips it
     return label_strings(series)

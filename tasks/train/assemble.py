@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.align import ID, SPLIT, TARGET
-from tasks.dataset import FeatureSet
+from tasks.data.align import ID, SPLIT, TARGET
+from tasks.data.labels import from_canonical
 from tasks.errors import DataError
-from tasks.feature_store import read_blocks
-from tasks.labels import from_canonical
+from tasks.features.feature_store import read_blocks
 from tasks.modalities import modality_names
 from tasks.paths import Layout
+from tasks.train.dataset import FeatureSet
 
 
 def encode_target(

@@ -30,7 +30,7 @@ from torch import nn
 
 from tasks.config import FusionConfig
 from tasks.errors import BundleError
-from tasks.training import build_head
+from tasks.train.training import build_head
 
 WEIGHTS = "model.safetensors"
 META = "bundle.json"
@@ -55,7 +55,7 @@ class BundleMeta:
     tabular: dict[str, Any] | None
     best_epoch: int
     params: dict[str, Any]
-    # wide_deep's fitted hashing state (tasks/wide.py), so prediction builds the same id blocks.
+    # wide_deep's fitted hashing state (tasks/features/wide.py), so prediction builds the same id blocks.
     wide: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -28,12 +28,12 @@ from modelzoo.heads.blocks import is_wide_block
 from modelzoo.registry import build_head as registry_build_head
 from modelzoo.registry import lookup
 from tasks.config import FusionConfig, TrainConfig
-from tasks.dataset import FeatureSet, modality_of
 from tasks.device import pick_device
 from tasks.errors import DataError, FuselineError
-from tasks.objectives import TASKS, Objective, balanced_weights, check_target, check_task, to_prediction
-from tasks.objectives import output_dim as _output_dim
-from tasks.schedules import make_scheduler
+from tasks.train.dataset import FeatureSet, modality_of
+from tasks.train.objectives import TASKS, Objective, balanced_weights, check_target, check_task, to_prediction
+from tasks.train.objectives import output_dim as _output_dim
+from tasks.train.schedules import make_scheduler
 
 __all__ = [
     "TASKS",

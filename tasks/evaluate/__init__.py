@@ -1,0 +1,1 @@
+"""Metrics, baselines, importance, figures and the report, from a trained bundle."""

@@ -1,0 +1,1 @@
+"""Turning the aligned table into feature files: tabular preprocessing and cached embeddings."""

@@ -1,0 +1,1 @@
+"""Using a trained bundle: batch prediction, promotion to a registry, path checks."""
