@@ -150,6 +150,7 @@ def _evaluate(params: Params) -> dict:
         predictions[SKLEARN] = _in_order(baseline.test_predictions, baseline.test_ids, test.ids)
     timer.lap("sklearn")
     report = metrics_report(task_name, test.target, predictions, ablation, rows, seed=SEED)
+    report["val"] = val_scores(task_name, features.of_split("val"), fused, baselines)
     if baseline is not None:
         report["sklearn"] = {
             "selected": baseline.selected,
@@ -203,6 +204,21 @@ def _evaluate(params: Params) -> dict:
     logger.info("metrics: %s", json.dumps({"test": report["test"], "baselines": report["baselines"]}))
     logger.info("evaluate seconds per step: %s", timer.laps)
     return report
+
+
+def val_scores(
+    task_name: str, val: FeatureSet, fused: tuple[nn.Module, BundleMeta], baselines: dict
+) -> dict[str, float]:
+    """The primary metric of the fused model and each single-modality model on val.
+
+    Choosing "the best single modality" by its test score would pick on the rows the
+    comparison is then reported on; the choice is made on val, and test is reported once.
+    """
+    models = {FUSED: fused, **baselines}
+    return {
+        name: primary_score(task_name, val.target, predict_with(m, meta, val))
+        for name, (m, meta) in models.items()
+    }
 
 
 def _figures_dir(layout: Layout) -> Path:

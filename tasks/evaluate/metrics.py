@@ -108,12 +108,25 @@ def _multilabel(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     bce = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
     return {
         "f1_micro": float(f1_score(labels, predicted, average="micro", zero_division=0)),
-        "f1_macro": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        "f1_macro": _macro_f1(labels, predicted),
         "auc_macro": _macro_auc(labels, prob),
         "subset_accuracy": float(np.mean((labels == predicted).all(axis=1))) if len(labels) else math.nan,
         "hamming_loss": float(np.mean(labels != predicted)) if labels.size else math.nan,
         "log_loss": float(bce.mean()) if bce.size else math.nan,
     }
+
+
+def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean F1 over the labels that occur in these rows.
+
+    A label no test row has, and that the model rightly never predicts, has no F1 at all;
+    counting it as 0 (sklearn's zero_division) would punish a perfect model for the split.
+    False positives of such a label still cost f1_micro and hamming_loss.
+    """
+    occurring = np.flatnonzero(labels.sum(axis=0) > 0)
+    if not len(occurring):
+        return math.nan
+    return float(f1_score(labels, predicted, average="macro", labels=occurring, zero_division=0))
 
 
 def _macro_auc(labels: np.ndarray, prob: np.ndarray) -> float:

@@ -96,11 +96,10 @@ def _headline(inputs: ReportInputs) -> str:
         f"- **Fused model: {_fmt(m['test'][primary])}** {_ci(intervals.get(FUSED))}",
     ]
     if singles:
-        best = (
-            max(singles, key=singles.get) if intervals["higher_is_better"] else min(singles, key=singles.get)
-        )
+        best = best_single(m)
         lines.append(
-            f"- Best single modality: {best} {_fmt(singles[best])} {_ci(intervals.get(best))}; "
+            f"- Best single modality (chosen on val): {best} {_fmt(singles[best])} "
+            f"{_ci(intervals.get(best))}; "
             f"fused minus it: {_signed(m['test'][primary] - singles[best])} "
             f"{_ci(intervals.get(f'{FUSED}_minus_{best}'), signed=True)}"
         )
@@ -244,6 +243,19 @@ def _importance_section(inputs: ReportInputs) -> str:
             _table(["column", "modality", change], body),
         ]
     )
+
+
+def best_single(metrics: dict) -> str:
+    """The single-modality model with the best val score (test score only for reports without val).
+
+    Picking by test would choose on the very rows the fused-minus-best comparison is read on.
+    """
+    primary, higher = metrics["primary_metric"], metrics["intervals"]["higher_is_better"]
+    names = [k for k in metrics["baselines"] if k != SKLEARN]
+    val = metrics.get("val", {})
+    score = {k: val[k] if k in val else metrics["baselines"][k][primary] for k in names}
+    usable = [k for k in names if score[k] == score[k]] or names  # NaN never wins
+    return max(usable, key=score.get) if higher else min(usable, key=score.get)
 
 
 def worsening(metric: str, higher_is_better: bool) -> str:

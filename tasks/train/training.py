@@ -326,8 +326,9 @@ class ModalityDropout:
 
     A row keeps each modality with probability 1 - p; all blocks of a hidden modality are
     marked absent together (the head then sees its learned "missing" embeddings), so the
-    model learns to predict without the image, the text, ... A draw that would hide every
-    modality of a row hides none of them: a row with nothing left teaches nothing.
+    model learns to predict without the image, the text, ... A draw that would leave a row
+    none of the modalities it actually has (its presence masks, not the list of modalities)
+    hides none of them: a row with nothing left teaches nothing.
     Masks are drawn on CPU from a private generator, so they depend on the seed alone.
     """
 
@@ -336,6 +337,11 @@ class ModalityDropout:
         self.p = p
         self.modalities = sorted({modality_of(name) for name in present})
         self.generator = torch.Generator().manual_seed(seed + 1)
+        column = {m: i for i, m in enumerate(self.modalities)}
+        has = torch.zeros(next(iter(present.values())).shape[0], len(self.modalities), dtype=torch.bool)
+        for name, mask in present.items():
+            has[:, column[modality_of(name)]] |= mask.cpu()
+        self.has = has  # (N, M): which modalities each row really has
 
     def epoch_masks(self) -> dict[str, Tensor]:
         """block -> (N,) bool presence for this epoch (the real masks when p == 0)."""
@@ -343,7 +349,7 @@ class ModalityDropout:
             return self.present
         n_rows = next(iter(self.present.values())).shape[0]
         hide = torch.rand(n_rows, len(self.modalities), generator=self.generator) < self.p  # (N, M)
-        hide &= ~hide.all(dim=1, keepdim=True)
+        hide &= (self.has & ~hide).any(dim=1, keepdim=True)  # a row left with nothing hides nothing
         device = next(iter(self.present.values())).device
         keep = (~hide).to(device)  # (N, M)
         column = {m: i for i, m in enumerate(self.modalities)}

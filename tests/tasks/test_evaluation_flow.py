@@ -260,3 +260,19 @@ def test_evaluate_runs_on_one_thread_and_gives_the_callers_threads_back() -> Non
     with single_threaded():
         inside = torch.get_num_threads()
     assert inside == 1 and torch.get_num_threads() == before
+
+
+def test_the_best_single_modality_is_chosen_on_val(evaluated: tuple[Path, dict]) -> None:
+    from tasks.evaluate.report import best_single
+
+    workdir, report = evaluated
+    assert set(report["val"]) == {"fused", "tabular", "text"}
+    assert "Best single modality (chosen on val)" in (workdir / "reports" / "report.md").read_text()
+    # test favours text, val favours tabular: the choice follows val
+    metrics = {
+        "primary_metric": "auc",
+        "intervals": {"higher_is_better": True},
+        "baselines": {"text": {"auc": 0.9}, "tabular": {"auc": 0.8}, "sklearn": {"auc": 0.99}},
+        "val": {"fused": 0.9, "text": 0.7, "tabular": 0.85},
+    }
+    assert best_single(metrics) == "tabular"

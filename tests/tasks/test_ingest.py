@@ -222,3 +222,30 @@ def test_failed_ingest_leaves_previous_snapshot_intact(tmp_path: Path) -> None:
     bad = write_csv(tmp_path / "bad.csv", {**ROWS, "price": ["x"] * 4})
     ingest_error(data_config(bad, on_bad_value="error"), tmp_path / "raw")
     assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before
+
+
+def test_categories_read_one_way_whatever_the_format(tmp_path: Path) -> None:
+    """`12345.0` from Parquet is `12345` as in CSV; spaces are dropped; a blank cell is missing."""
+    frame = pd.DataFrame(
+        {
+            "item_id": ["1", "2", "3", "4"],
+            "label": ["yes", "no", "yes ", "no"],
+            "category": [12345.0, 7.0, None, 12.0],
+            "price": [1.0, 2.0, 3.0, 4.0],
+            "description": ["a", "b", "c", "d"],
+        }
+    )
+    text = frame.assign(category=[" 12345 ", "7", "", "12"])
+    paths = {"parquet": tmp_path / "t.parquet", "jsonl": tmp_path / "t.jsonl", "csv": tmp_path / "t.csv"}
+    frame.to_parquet(paths["parquet"])
+    frame.to_json(paths["jsonl"], orient="records", lines=True)
+    text.to_csv(paths["csv"], index=False)
+    seen = {}
+    for fmt, path in paths.items():
+        ingest_sources(data_config(path), tmp_path / f"raw-{fmt}")
+        ((_, typed),) = read_snapshots(tmp_path / f"raw-{fmt}")
+        seen[fmt] = (typed["category"].tolist(), typed["label"].tolist())
+    expected = (["12345", "7", pd.NA, "12"], ["yes", "no", "yes", "no"])
+    for fmt, values in seen.items():
+        assert [str(v) for v in values[0]] == [str(v) for v in expected[0]], fmt
+        assert values[1] == expected[1], fmt

@@ -10,6 +10,13 @@ from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_be
 TRUE = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
 
 
+def test_f1_macro_averages_over_the_labels_that_occur_in_test() -> None:
+    """A label absent from these rows and never predicted has no F1; it must not count as 0."""
+    y_true = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    prob = y_true.astype(float)  # perfect, and label 2 never predicted
+    assert compute_metrics("multilabel", y_true, prob)["f1_macro"] == pytest.approx(1.0)
+
+
 def test_multilabel_keys_and_primary_metric() -> None:
     metrics = compute_metrics("multilabel", TRUE, np.full(TRUE.shape, 0.5))
     expected = {"f1_micro", "f1_macro", "auc_macro", "subset_accuracy", "hamming_loss", "log_loss"}

@@ -298,6 +298,19 @@ def test_modality_dropout_never_hides_every_modality_of_a_row() -> None:
     assert torch.stack(list(masks.values())).any(dim=0).all()
 
 
+def test_modality_dropout_never_hides_the_only_modalities_a_row_has() -> None:
+    """Rows without text or image keep their tabular block: the check looks at presence."""
+    present = {
+        "tabular": torch.ones(4000, dtype=torch.bool),
+        "text.a": torch.arange(4000) % 2 == 0,  # odd rows have no text ...
+        "image.p": torch.arange(4000) % 4 == 0,  # ... and no image
+    }
+    dropout = ModalityDropout(present, p=0.9, seed=0)
+    for _ in range(3):
+        masks = dropout.epoch_masks()
+        assert torch.stack(list(masks.values())).any(dim=0).all()
+
+
 def test_modality_dropout_hides_a_modality_at_the_configured_rate() -> None:
     # Two modalities at p = 0.3: hidden alone with p (1 - p) = 0.21; both-hidden draws hide none.
     present = {k: torch.ones(20000, dtype=torch.bool) for k in ("tabular", "text.a")}
