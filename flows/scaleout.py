@@ -11,7 +11,6 @@ Workers need the project installed and the cache and image files at the same pat
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._runtime import task_runner_for
 from tasks.config import Params, RuntimeConfig
+from tasks.device import cores
 from tasks.features.cache import FeatureCache
 from tasks.features.encode_chunks import chunk_payloads, encode_payload
 from tasks.features.extract import EncoderSpec, plan_modality
@@ -89,9 +89,9 @@ def fill_cache(params: Params, modality: str, aligned: pd.DataFrame, source: str
 
 def threads_per_task(runtime: RuntimeConfig) -> int:
     """Torch threads in each chunk task: all cores locally, a fair share on a local cluster."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    here = cores()
     if runtime.task_runner == "local":
-        return cores
+        return here
     if runtime.address:
         return 0  # a remote worker knows its own cores; leave torch's default
-    return max(1, cores // runtime.workers)
+    return max(1, here // runtime.workers)

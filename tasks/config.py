@@ -50,6 +50,10 @@ class ColumnsConfig(_Strict):
     def all(self) -> list[str]:
         return [column for role in self.roles() for column in getattr(self, role)]
 
+    def read_as_text(self) -> list[str]:
+        """Every column but the numeric ones: read from CSV as the strings in the file (`007` stays)."""
+        return [column for role in self.roles() if role != "numeric" for column in getattr(self, role)]
+
     def role_of(self, column: str) -> str:
         return next(role for role in self.roles() if column in getattr(self, role))
 

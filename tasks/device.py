@@ -21,8 +21,7 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 def use_all_cores() -> None:
     """Intra-op threads = usable cores; torch's default can oversubscribe small machines."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores))
+    torch.set_num_threads(max(1, cores()))
 
 
 @contextlib.contextmanager

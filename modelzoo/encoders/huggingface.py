@@ -7,8 +7,9 @@ downstream heads see embeddings on one scale whatever the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,46 @@ def looks_like_local_path(name: str) -> bool:
     most of a minute when there is no network.
     """
     return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+Loaded = TypeVar("Loaded")
+
+
+def load_by_name(
+    name_or_path: str,
+    label: str,
+    load: Callable[..., Loaded],
+    what: str = "local weights",
+    errors: tuple[type[Exception], ...] = (OSError, ValueError),
+) -> Loaded:
+    """`load(directory, local_files_only=True)` for a local directory, else `load(hub_id)`.
+
+    Every failure becomes an OSError naming the model (`label` is e.g. "text encoder"), so a
+    typo in params.yaml reads as such rather than as a transformers traceback; a name that
+    can only be a directory and does not exist fails at once, without asking the hub.
+    """
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        try:
+            return load(local, local_files_only=True)
+        except errors as err:
+            raise OSError(
+                f"{label} {name_or_path!r}: no {what} were found in {local} "
+                f"that transformers can load ({err})"
+            ) from err
+    if looks_like_local_path(name_or_path):
+        raise OSError(
+            f"{label} {name_or_path!r}: not a registered name and no local weights were "
+            f"found: directory {local} does not exist"
+        )
+    try:
+        return load(name_or_path)
+    except errors as err:
+        raise OSError(
+            f"{label} {name_or_path!r}: not a registered name and no local weights "
+            f"were found: no such directory, not in the Hugging Face cache, and the hub "
+            f"could not provide it ({err})"
+        ) from err
 
 
 def load_hf_pretrained(
@@ -72,29 +113,7 @@ class HuggingFaceTextEncoder(TextEncoder):
         Every failure becomes an OSError naming the model, so a typo in params.yaml reads as
         such rather than as a transformers traceback.
         """
-        local = Path(name_or_path).expanduser()
-        if local.is_dir():
-            try:
-                model, tokenizer = load_hf_pretrained(local, local_files_only=True)
-            except (OSError, ValueError) as err:
-                raise OSError(
-                    f"text encoder {name_or_path!r}: no local weights were found in {local} "
-                    f"that transformers can load ({err})"
-                ) from err
-        elif looks_like_local_path(name_or_path):
-            raise OSError(
-                f"text encoder {name_or_path!r}: not a registered name and no local weights were "
-                f"found: directory {local} does not exist"
-            )
-        else:
-            try:
-                model, tokenizer = load_hf_pretrained(name_or_path)
-            except (OSError, ValueError) as err:
-                raise OSError(
-                    f"text encoder {name_or_path!r}: not a registered name and no local weights "
-                    f"were found: no such directory, not in the Hugging Face cache, and the hub "
-                    f"could not provide it ({err})"
-                ) from err
+        model, tokenizer = load_by_name(name_or_path, "text encoder", load_hf_pretrained)
         return cls(model, tokenizer, model_id=name_or_path)
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:

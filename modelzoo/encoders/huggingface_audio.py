@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from modelzoo.encoders.base import AudioEncoder, check_windows
-from modelzoo.encoders.huggingface import looks_like_local_path, mean_pool
+from modelzoo.encoders.huggingface import load_by_name, mean_pool
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -75,29 +75,13 @@ class HuggingFaceAudioEncoder(AudioEncoder):
         Every failure becomes an OSError naming the model, so a typo in params.yaml reads as
         such rather than as a transformers traceback.
         """
-        local = Path(name_or_path).expanduser()
-        if local.is_dir():
-            try:
-                model, extractor = load_hf_audio_pretrained(local, local_files_only=True)
-            except (OSError, ValueError, KeyError) as err:
-                raise OSError(
-                    f"audio encoder {name_or_path!r}: no audio model and feature extractor were found "
-                    f"in {local} that transformers can load ({err})"
-                ) from err
-        elif looks_like_local_path(name_or_path):
-            raise OSError(
-                f"audio encoder {name_or_path!r}: not a registered name and no local weights were "
-                f"found: directory {local} does not exist"
-            )
-        else:
-            try:
-                model, extractor = load_hf_audio_pretrained(name_or_path)
-            except (OSError, ValueError, KeyError) as err:
-                raise OSError(
-                    f"audio encoder {name_or_path!r}: not a registered name and no local weights "
-                    f"were found: no such directory, not in the Hugging Face cache, and the hub "
-                    f"could not provide it ({err})"
-                ) from err
+        model, extractor = load_by_name(
+            name_or_path,
+            "audio encoder",
+            load_hf_audio_pretrained,
+            what="audio model and feature extractor",
+            errors=(OSError, ValueError, KeyError),
+        )
         if not hasattr(model.config, "hidden_size") or not hasattr(extractor, "sampling_rate"):
             raise OSError(
                 f"audio encoder {name_or_path!r}: {type(model).__name__} with "

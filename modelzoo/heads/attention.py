@@ -34,10 +34,6 @@ class AttentionFusion(FusionHead):
         self.score = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, 1))
         self.mlp = mlp(cfg.hidden, cfg.hidden, out_dim, cfg.dropout)
 
-    @property
-    def block_names(self) -> tuple[str, ...]:
-        return self.blocks.names
-
     def _attend(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         embedded = torch.stack(self.blocks(inputs, present), dim=1)  # (B, K, H)
         embedded = embedded + self.block_type.to(embedded.dtype)  # (B, K, H)

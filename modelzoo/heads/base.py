@@ -21,9 +21,13 @@ class FusionHead(nn.Module):
     consumes_wide_blocks: ClassVar[bool] = False
 
     @property
-    @abstractmethod
     def block_names(self) -> tuple[str, ...]:
-        """The dense input blocks, in the order `block_weights` reports them."""
+        """The dense input blocks, in the order `block_weights` reports them.
+
+        Most heads project their inputs through one `BlockProjections` named `blocks`; a head
+        laid out otherwise (transformer, wide_deep) overrides this.
+        """
+        return self.blocks.names
 
     @abstractmethod
     def predict_and_embed(

@@ -45,10 +45,6 @@ class BilinearFusion(FusionHead):
         self.norm = nn.LayerNorm(hidden)
         self.mlp = mlp(hidden, hidden, out_dim, cfg.dropout)
 
-    @property
-    def block_names(self) -> tuple[str, ...]:
-        return self.blocks.names
-
     def predict_and_embed(
         self, inputs: dict[str, Tensor], present: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor]:

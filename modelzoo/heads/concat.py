@@ -32,10 +32,6 @@ class ConcatFusion(FusionHead):
         self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
         self.mlp = mlp(len(self.blocks.names) * cfg.hidden, cfg.hidden, out_dim, cfg.dropout)
 
-    @property
-    def block_names(self) -> tuple[str, ...]:
-        return self.blocks.names
-
     def predict_and_embed(
         self, inputs: dict[str, Tensor], present: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor]:

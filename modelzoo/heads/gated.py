@@ -47,10 +47,6 @@ class GatedFusion(FusionHead):
         fused = (gates.to(candidates.dtype) * candidates).sum(dim=1)  # (B, H)
         return fused, gates
 
-    @property
-    def block_names(self) -> tuple[str, ...]:
-        return self.blocks.names
-
     def block_weights(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
         return self.gates(inputs, present).float().mean(dim=-1)  # (B, K, H) -> (B, K)
 

@@ -33,10 +33,6 @@ class LateFusion(FusionHead):
         # Equal weights at the start: no block is trusted more before the data says so.
         self.weight_logits = nn.Parameter(torch.zeros(len(self.blocks.names)))
 
-    @property
-    def block_names(self) -> tuple[str, ...]:
-        return self.blocks.names
-
     def mixture(self) -> Tensor:
         """(K,) weights of the blocks' predictions, in `blocks.names` order; they sum to 1."""
         return torch.softmax(self.weight_logits, dim=0)

@@ -129,15 +129,11 @@ def check_runnable(data: DataConfig, aligned: pd.DataFrame, report: AlignReport)
         usable = int(aligned.loc[train, PRESENT + column].sum())
         if usable == 0:
             raise DataError(
-                f"no train row has a usable value in this {_role(data, column)} column "
+                f"no train row has a usable value in this {data.columns.role_of(column)} column "
                 f"({_unusable_counts(column, report)}); fix the data or remove it from data.columns",
                 column=column,
             )
     _check_target_in_train(data, aligned, train)
-
-
-def _role(data: DataConfig, column: str) -> str:
-    return data.columns.role_of(column)
 
 
 def _unusable_counts(column: str, report: AlignReport) -> str:

@@ -49,10 +49,7 @@ class SourceSnapshot:
 
 def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
     """Validate every source against the declared roles and snapshot them into `out_dir`."""
-    as_text = [
-        data.id,
-        *(c for role in data.columns.roles() if role != "numeric" for c in getattr(data.columns, role)),
-    ]
+    as_text = [data.id, *data.columns.read_as_text()]
     if data.split.column is not None:
         as_text.append(data.split.column)
     frames = [(source.path, read_source(source, text_columns=as_text)) for source in data.sources]

@@ -79,42 +79,13 @@ class AudioModality(FileModality):
         return load_audio_encoder(model)
 
     def probe(self, data: bytes) -> str | None:
-        if not data:
-            return "file is empty"
-        if _riff_truncated(data[:12], len(data)):
-            return _TRUNCATED
-        try:
-            with soundfile.SoundFile(io.BytesIO(data)) as sound:
-                _check_header(sound)
-                _check_samples(
-                    sound.read(min(sound.frames, int(_PROBE_SECONDS * sound.samplerate)), "float32")
-                )
-        except AudioDecodeError as err:
-            return str(err)
-        except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
-            return _decoder_reason(err)
-        return None
+        return _why_unusable(io.BytesIO(data), len(data), data[:12])
 
     def probe_file(self, path: Path) -> tuple[str, str | None]:
-        digest = file_sha256(path)
-        size = path.stat().st_size
-        if size == 0:
-            return digest, "file is empty"
+        """Hashed in blocks and decoded in part (head and tail): a 3-hour file is never read whole."""
         with path.open("rb") as handle:
-            if _riff_truncated(handle.read(12), size):
-                return digest, _TRUNCATED
-        try:
-            with soundfile.SoundFile(path) as sound:
-                _check_header(sound)
-                _check_samples(
-                    sound.read(min(sound.frames, int(_PROBE_SECONDS * sound.samplerate)), "float32")
-                )
-                _check_end(sound)
-        except AudioDecodeError as err:
-            return digest, str(err)
-        except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
-            return digest, _decoder_reason(err)
-        return digest, None
+            head = handle.read(12)
+        return file_sha256(path), _why_unusable(path, path.stat().st_size, head)
 
     def encode_chunk(self, job: Extraction, index: int) -> tuple[np.ndarray, np.ndarray, float]:
         encoder: AudioEncoder = job.encoder  # type: ignore[assignment]
@@ -248,6 +219,27 @@ def _check_header(sound: soundfile.SoundFile) -> None:
 def _check_samples(samples: np.ndarray) -> None:
     if samples.size and not np.isfinite(samples).all():
         raise AudioDecodeError("the samples hold NaN or infinite values")
+
+
+def _why_unusable(source: Path | io.BytesIO, size: int, head: bytes) -> str | None:
+    """Why a sound file cannot be used (`head`: its first 12 bytes), or None when it decodes.
+
+    Decodes the first seconds and the last second, not the whole file.
+    """
+    if size == 0:
+        return "file is empty"
+    if _riff_truncated(head, size):
+        return _TRUNCATED
+    try:
+        with soundfile.SoundFile(source) as sound:
+            _check_header(sound)
+            _check_samples(_head(sound))
+            _check_end(sound)
+    except AudioDecodeError as err:
+        return str(err)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
+        return _decoder_reason(err)
+    return None
 
 
 def _head(sound: soundfile.SoundFile) -> np.ndarray:

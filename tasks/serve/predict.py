@@ -71,11 +71,7 @@ def read_new_rows(path: str | Path, data: DataConfig, roots: Roots) -> pd.DataFr
     column and rows.
     """
     path = str(path)
-    text_like = [
-        data.id,
-        *(c for role in data.columns.roles() if role != "numeric" for c in getattr(data.columns, role)),
-    ]
-    frame = read_source(SourceConfig(path=path), text_columns=text_like)
+    frame = read_source(SourceConfig(path=path), text_columns=[data.id, *data.columns.read_as_text()])
     for column in [data.id, *data.columns.all()]:
         if column not in frame.columns:
             raise DataError(

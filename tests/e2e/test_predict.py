@@ -120,20 +120,16 @@ def _cpu() -> torch.device:
     return torch.device("cpu")
 
 
+def _predict_command(rows: Path) -> list[str]:
+    """`fuseline predict --model models --input <rows>`, run as the CLI module (add --output)."""
+    return [sys.executable, "-m", "flows.cli", "predict", "--model", "models", "--input", str(rows)]
+
+
 def test_fuseline_predict_command_writes_the_output(repo: Repo, tmp_path: Path) -> None:
     root, env = repo
     _raw_rows(root).head(5).to_csv(tmp_path / "new.csv", index=False)
     output = tmp_path / "out" / "preds.parquet"
-    command = [
-        sys.executable,
-        "-m",
-        "flows.cli",
-        "predict",
-        "--model",
-        "models",
-        "--input",
-        str(tmp_path / "new.csv"),
-    ]
+    command = _predict_command(tmp_path / "new.csv")
     result = run_ok([*command, "--output", str(output)], root, env)
     assert f"5 predictions -> {output}" in result.stdout
     assert len(pd.read_parquet(output)) == 5
@@ -144,16 +140,7 @@ def test_fuseline_predict_refuses_to_overwrite_what_it_reads(repo: Repo, tmp_pat
     root, env = repo
     _raw_rows(root).head(5).to_csv(tmp_path / "new.csv", index=False)
     kept = {path: path.read_bytes() for path in (tmp_path / "new.csv", root / "models" / "bundle.json")}
-    command = [
-        sys.executable,
-        "-m",
-        "flows.cli",
-        "predict",
-        "--model",
-        "models",
-        "--input",
-        str(tmp_path / "new.csv"),
-    ]
+    command = _predict_command(tmp_path / "new.csv")
     for output in (str(tmp_path / "new.csv"), "models/bundle.json", str(tmp_path)):
         result = subprocess.run(
             [*command, "--output", output], cwd=root, env=env, capture_output=True, text=True, timeout=600
