@@ -27,6 +27,7 @@ from tasks.device import single_threaded
 from tasks.evaluate import figures
 from tasks.evaluate.evaluation import (
     FUSED,
+    FUSED_HEAD,
     SKLEARN,
     ablation_predictions,
     contributions_table,
@@ -42,12 +43,15 @@ from tasks.evaluate.evaluation import (
 from tasks.evaluate.importance import block_weights, feature_groups, permutation_importance, weights_by_group
 from tasks.evaluate.metrics import PRIMARY_METRIC, higher_is_better
 from tasks.evaluate.report import ReportInputs, data_summary, render_report, worsening
-from tasks.evaluate.sklearn_baseline import TASKS as SKLEARN_TASKS
-from tasks.evaluate.sklearn_baseline import SklearnBaseline, fit_sklearn_baseline
 from tasks.paths import Layout
+from tasks.schema import ID
 from tasks.train.assemble import load_feature_set
 from tasks.train.bundle import BundleMeta, baseline_dirs, load_bundle
 from tasks.train.dataset import FeatureSet
+from tasks.train.finetuned_member import member_loaders
+from tasks.train.members import MEMBER_SECONDS, load_final_model, read_ensemble
+from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
+from tasks.train.sklearn_baseline import SklearnBaseline, fit_sklearn_baseline
 
 REPORT_KEY = "fuseline-report"  # stable artifact keys: the UI versions them across runs
 METRICS_KEY = "fuseline-metrics"
@@ -135,13 +139,18 @@ def _evaluate(params: Params) -> dict:
     fused = load_bundle(layout.models)
     model, meta = fused
     task_name = meta.task
+    final = load_final_model(layout.models, fused, member_loaders(params.cache.dir))
     features = load_feature_set(layout, params.data.task, meta.classes or None)
     baselines = {m: load_bundle(path) for m, path in baseline_dirs(layout.models).items()}
     aligned = pd.read_parquet(layout.aligned)
     rows = {s: int((features.split == s).sum()) for s in ("train", "val", "test")}
     test = features.of_split("test")
 
-    predictions = {FUSED: predict_with(model, meta, test)}
+    # `fused` is the model prediction serves (the ensemble, when one was chosen), so every
+    # fused_minus_<model> interval compares what users get with what they could have used.
+    predictions = {FUSED: final.predict(test, rows_of(aligned, test))}
+    if not final.is_fused_head:
+        predictions[FUSED_HEAD] = predict_with(model, meta, test)
     predictions |= {m: predict_with(bm, bmeta, test) for m, (bm, bmeta) in sorted(baselines.items())}
     ablation = ablation_predictions(model, meta, test)
     timer.lap("predict")
@@ -150,7 +159,18 @@ def _evaluate(params: Params) -> dict:
         predictions[SKLEARN] = _in_order(baseline.test_predictions, baseline.test_ids, test.ids)
     timer.lap("sklearn")
     report = metrics_report(task_name, test.target, predictions, ablation, rows, seed=SEED)
-    report["val"] = val_scores(task_name, features.of_split("val"), fused, baselines)
+    val = features.of_split("val")
+    report["val"] = val_scores(task_name, val, fused, baselines)
+    report["val"][FUSED] = primary_score(task_name, val.target, final.predict(val, rows_of(aligned, val)))
+    if final.is_fused_head:
+        del report["val"][FUSED_HEAD]
+    ensemble = read_ensemble(layout.models)
+    if ensemble is not None:
+        report["ensemble"] = {k: v for k, v in ensemble.items() if k not in ("files", "format_version")}
+        seconds_file = layout.train_plots / MEMBER_SECONDS
+        seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
+        for entry in report["ensemble"].get("tried", []):
+            entry["seconds"] = seconds.get(entry["name"])  # None: not recorded
     if baseline is not None:
         report["sklearn"] = {
             "selected": baseline.selected,
@@ -214,11 +234,16 @@ def val_scores(
     Choosing "the best single modality" by its test score would pick on the rows the
     comparison is then reported on; the choice is made on val, and test is reported once.
     """
-    models = {FUSED: fused, **baselines}
+    models = {FUSED_HEAD: fused, **baselines}
     return {
         name: primary_score(task_name, val.target, predict_with(m, meta, val))
         for name, (m, meta) in models.items()
     }
+
+
+def rows_of(aligned: pd.DataFrame, features: FeatureSet) -> pd.DataFrame:
+    """The aligned rows of `features`, in its order: what members that read raw columns need."""
+    return aligned.set_index(ID).loc[features.ids].reset_index()
 
 
 def _figures_dir(layout: Layout) -> Path:

@@ -1,41 +1,111 @@
-"""Stage `train`: the fused head on all modalities, and the same head on each one alone.
+"""Stage `train`: every member the preset names, then the ensemble of them chosen on val.
 
-The single-modality models are the baselines evaluate compares against; training them here
-keeps evaluate a pure measurement and lets DVC cache them with the fused model.
+Members (tasks/train/plan.py): the fused head on all modalities, the same head on each
+modality alone (the baselines evaluate compares against), the scikit-learn linear baseline
+and, with `train.preset: best`, more seeds, more heads and a fine-tuned text encoder. Each
+member is its own Prefect task, run on `runtime.task_runner` (one after another locally, in
+parallel on a Dask or Ray cluster). Greedy ensemble selection on the val rows then weighs
+them (tasks/train/ensemble.py); models/ensemble.json is what evaluate and prediction use.
+Training them here keeps evaluate a pure measurement and lets DVC cache them together.
 """
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from flows._entry import run_from_command_line
-from tasks.atomic import atomic_dir, write_text
+from flows._runtime import task_runner_for
+from tasks.atomic import atomic_dir, write_json, write_text
 from tasks.config import Params, load_params
 from tasks.device import use_all_cores
+from tasks.evaluate.evaluation import primary_score
 from tasks.paths import Layout
+from tasks.schema import ID
 from tasks.train.assemble import feature_metadata, load_feature_set
 from tasks.train.bundle import BASELINES, BundleMeta, write_bundle
 from tasks.train.dataset import FeatureSet
+from tasks.train.ensemble import select_ensemble
+from tasks.train.finetuned_member import (
+    FinetunedResult,
+    Texts,
+    as_member,
+    fit_finetuned_member,
+    texts_of,
+    write_finetuned_extras,
+)
+from tasks.train.members import (
+    MEMBER_SECONDS,
+    MEMBERS,
+    SKLEARN_DIR,
+    SKLEARN_LINEAR,
+    HeadMember,
+    LinearMember,
+    Member,
+    write_ensemble,
+)
+from tasks.train.plan import FINETUNED_TEXT, FUSED, Budget, MemberSpec, member_plan
+from tasks.train.portable_linear import write_linear
+from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
+from tasks.train.sklearn_baseline import fit_linear_member
 from tasks.train.training import TrainResult, train_model
 
 
-@task(name="train-head")
-def train_head(features: FeatureSet, params: Params, label: str) -> TrainResult:
-    result = train_model(features, params.data.task, params.fusion, params.train)
+@task(name="train-member", cache_policy=NO_CACHE)
+def train_member(
+    spec: MemberSpec, features: FeatureSet, params: Params, budget: Budget, texts: Texts | None = None
+) -> TrainResult | None:
+    """One member; None when the time limit ran out before it could start."""
+    if budget.exhausted() and not spec.required:
+        get_run_logger().info("%s: skipped, train.time_limit reached", spec.name)
+        return None
+    rows = features if spec.modalities is None else features.only_modalities(set(spec.modalities))
+    if spec.kind == FINETUNED_TEXT:
+        result = fit_finetuned_member(rows, params, spec, budget, texts or {})
+    else:
+        result = train_model(rows, params.data.task, spec.fusion, spec.train, deadline=budget.deadline)
     get_run_logger().info(
-        "%s: best epoch %d of %d, %.1f s", label, result.best_epoch, len(result.history), result.train_seconds
+        "%s: best epoch %d of %d, %.1f s",
+        spec.name,
+        result.best_epoch,
+        len(result.history),
+        result.train_seconds,
     )
     return result
 
 
+@flow(name="train-members")
+def train_members(
+    specs: list[MemberSpec], features: FeatureSet, params: Params, budget: Budget, texts: Texts | None = None
+) -> list[TrainResult | None]:
+    """Every member on whichever task runner this subflow was given (see `train`).
+
+    `texts` (raw text per column, in feature row order) goes only to a fine-tuned text member.
+    """
+    futures = [
+        train_member.submit(spec, features, params, budget, texts if spec.kind == FINETUNED_TEXT else None)
+        for spec in specs
+    ]
+    return [future.result() for future in futures]
+
+
 def bundle_meta(
-    result: TrainResult, params: Params, features: FeatureSet, metadata: dict[str, dict]
+    result: TrainResult,
+    params: Params,
+    features: FeatureSet,
+    metadata: dict[str, dict],
+    spec: MemberSpec | None = None,
 ) -> BundleMeta:
+    """The JSON half of a member's bundle; `spec` gives its own head and seed (default: params')."""
+    fusion, train_cfg = (spec.fusion, spec.train) if spec else (params.fusion, params.train)
     scaling = result.target_scaling
     return BundleMeta(
         task=params.data.task,
-        fusion=params.fusion.model_dump(),
+        fusion=fusion.model_dump(),
         in_dims=dict(result.in_dims),
         out_dim=result.out_dim,
         classes=features.classes,
@@ -44,32 +114,117 @@ def bundle_meta(
         tabular=metadata.get("tabular", {}).get("tabular_state"),
         wide=metadata.get("tabular", {}).get("wide_state"),
         best_epoch=result.best_epoch,
-        params=params.model_dump(mode="json"),
+        params=params.model_copy(update={"fusion": fusion, "train": train_cfg}).model_dump(mode="json"),
     )
 
 
 @flow(name="train")
-def train(params_path: str = "params.yaml") -> dict[str, int]:
-    """Write models/ (fused bundle + baselines/<modality>/) and the learning curve."""
+def train(params_path: str = "params.yaml") -> dict[str, Any]:
+    """Write models/ (members + ensemble.json, see tasks/train/members.py) and the learning curve."""
     params = load_params(params_path)
     layout = Layout()
+    logger = get_run_logger()
     use_all_cores()
+    budget = Budget.start(params.train.time_limit)
     features = load_feature_set(layout, params.data.task)
     metadata = feature_metadata(layout)
-    fused = train_head(features, params, "fused")
-    baselines: dict[str, TrainResult] = {}
-    if len(features.modalities) > 1:
-        for modality in features.modalities:
-            baselines[modality] = train_head(features.only_modalities({modality}), params, modality)
+    aligned = pd.read_parquet(layout.aligned)
+    specs = member_plan(params, features.modalities)
+    runner = task_runner_for(params.runtime.task_runner, params.runtime.address, params.runtime.workers)
+    started = time.perf_counter()
+    texts = None
+    if any(spec.kind == FINETUNED_TEXT for spec in specs):
+        texts = texts_of(aligned.set_index(ID).loc[features.ids], params.data.columns.text)
+    results = train_members.with_options(task_runner=runner)(specs, features, params, budget, texts)
+    trained = {spec.name: (spec, r) for spec, r in zip(specs, results, strict=True) if r is not None}
+    tried = [_tried(spec, r) for spec, r in zip(specs, results, strict=True)]
+
+    linear = None
+    if params.data.task in SKLEARN_TASKS and (
+        params.data.columns.text or params.data.columns.categorical or params.data.columns.numeric
+    ):
+        member_started = time.perf_counter()
+        linear = fit_linear_member(aligned, params.data.columns, params.data.task, features.classes)
+        tried.append({"name": SKLEARN_LINEAR, "kind": "sklearn", "status": "trained",
+                      "seconds": round(time.perf_counter() - member_started, 2)})  # fmt: skip
+
+    members: dict[str, Member] = {
+        name: _as_member(spec, result, params, features, metadata) for name, (spec, result) in trained.items()
+    }
+    if linear is not None:
+        members[SKLEARN_LINEAR] = LinearMember(linear)
+    val = features.of_split("val")
+    val_rows = aligned.set_index(ID).loc[val.ids].reset_index()
+    val_predictions = {name: member.predict(val, val_rows) for name, member in members.items()}
+    for entry in tried:
+        if entry["name"] in val_predictions:
+            entry["val"] = primary_score(params.data.task, val.target, val_predictions[entry["name"]])
+    if params.train.ensemble:
+        selection = select_ensemble(params.data.task, val.target, val_predictions).to_json()
+    else:
+        # A requested fine-tuned text model is then the model, when it was trained in time.
+        wanted = (
+            FINETUNED_TEXT if params.encoders.text.finetune.layers and FINETUNED_TEXT in members else FUSED
+        )
+        selection = {"members": {wanted: 1.0}, "selected_by": "train.ensemble: false"}
+    selection["kinds"] = {name: trained[name][0].kind if name in trained else "sklearn" for name in members}
+    logger.info("ensemble on val: %s", selection["members"])
+
     with atomic_dir(layout.models) as tmp:
-        write_bundle(tmp, fused.model, bundle_meta(fused, params, features, metadata))
-        for modality, result in baselines.items():
-            write_bundle(
-                tmp / BASELINES / modality, result.model, bundle_meta(result, params, features, metadata)
-            )
-    curve = pd.DataFrame(fused.history)
-    write_text(curve.to_csv(index=False), layout.train_plots / "learning_curve.csv")
-    return {"fused": fused.best_epoch, **{m: r.best_epoch for m, r in baselines.items()}}
+        for name, (spec, result) in trained.items():
+            _write_member(tmp, name, spec, result, params, features, metadata)
+        if linear is not None:
+            write_linear(tmp / SKLEARN_DIR, linear)
+        # Seconds stay out of models/: a rerun with the same params must give the same bytes.
+        write_ensemble(tmp, selection, [{k: v for k, v in t.items() if k != "seconds"} for t in tried])
+    fused = trained[FUSED][1]
+    write_text(pd.DataFrame(fused.history).to_csv(index=False), layout.train_plots / "learning_curve.csv")
+    write_json({t["name"]: t["seconds"] for t in tried}, layout.train_plots / MEMBER_SECONDS)
+    return {"members": selection["members"], "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _tried(spec: MemberSpec, result: TrainResult | None) -> dict[str, Any]:
+    if result is None:
+        return {"name": spec.name, "kind": spec.kind, "status": "skipped (train.time_limit)", "seconds": 0.0}
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "head": spec.fusion.head,
+        "seed": spec.train.seed,
+        "status": "trained",
+        "seconds": round(result.train_seconds, 2),
+        "best_epoch": result.best_epoch,
+    }
+
+
+def _as_member(
+    spec: MemberSpec, result: TrainResult, params: Params, features: FeatureSet, metadata: dict[str, dict]
+) -> Member:
+    meta = bundle_meta(result, params, features, metadata, spec)
+    if isinstance(result, FinetunedResult):
+        return as_member(result, meta)
+    return HeadMember(result.model, meta)
+
+
+def _write_member(
+    models: Any,
+    name: str,
+    spec: MemberSpec,
+    result: TrainResult,
+    params: Params,
+    features: FeatureSet,
+    metadata: dict[str, dict],
+) -> None:
+    meta = bundle_meta(result, params, features, metadata, spec)
+    if name == FUSED:
+        directory = models
+    elif spec.modalities is not None:
+        directory = models / BASELINES / name
+    else:
+        directory = models / MEMBERS / name
+    write_bundle(directory, result.model, meta)
+    if isinstance(result, FinetunedResult):
+        write_finetuned_extras(directory, result)
 
 
 if __name__ == "__main__":

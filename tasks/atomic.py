@@ -186,7 +186,11 @@ def _writer_alive(name: str) -> bool:
     match = _TEMP_NAME.match(name)
     if match is None or match["pid"] is None:
         return False
-    pid = int(match["pid"])
+    return process_alive(int(match["pid"]))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (this one included): its temp files may still be in use."""
     if pid == os.getpid():
         return True
     try:

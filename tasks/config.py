@@ -133,10 +133,25 @@ def _known_encoder(kind: str, name: str) -> str:
     return name
 
 
+class TextFinetuneConfig(_Strict):
+    """End-to-end fine-tuning of the text encoder's top layers together with the fusion head.
+
+    The frozen lower layers' output is computed once per distinct text and cached, so an epoch
+    runs only the layers that learn. `layers: 0` keeps the encoder frozen (plain embeddings).
+    """
+
+    layers: int = Field(0, ge=0, le=48)  # top transformer layers trained; 0 = frozen encoder
+    lr: float = Field(5e-5, gt=0)  # encoder learning rate: well below the head's train.lr
+    warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a linear LR warm-up
+    epochs: int = Field(8, ge=1)  # each epoch costs about one frozen extraction pass
+    batch_size: int = Field(32, ge=1)  # texts per step
+
+
 class TextEncoderConfig(_Strict):
     model: str = "minilm"
     max_length: int = Field(256, ge=8, le=8192)
     batch_size: int = Field(64, ge=1)
+    finetune: TextFinetuneConfig = TextFinetuneConfig()
 
     @field_validator("model")
     @classmethod
@@ -226,6 +241,11 @@ class TrainConfig(_Strict):
     warmup: float = Field(0.0, ge=0, lt=1)  # share of steps warming up (cosine); onecycle's pct_start
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
     modality_dropout: float = Field(0.0, ge=0, lt=1)  # chance a row's modality is hidden in training
+    # fast: one fused head (plus the single-modality and scikit-learn baselines), ensembled on val.
+    # best: also other heads and seeds and, when time allows, a fine-tuned text encoder.
+    preset: Literal["fast", "best"] = "fast"
+    time_limit: float | None = Field(None, gt=0)  # seconds for all of train; members stop cleanly
+    ensemble: bool = True  # greedy ensemble selection (Caruana 2004) on val over every trained model
 
 
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#-]+$")

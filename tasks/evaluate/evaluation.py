@@ -24,7 +24,8 @@ from tasks.train.bundle import BundleMeta
 from tasks.train.dataset import FeatureSet, modality_of
 from tasks.train.training import TargetScaling, embed, predict
 
-FUSED = "fused"
+FUSED = "fused"  # the final model: the ensemble chosen on val, or the fused head alone
+FUSED_HEAD = "fused_head"  # the fused head by itself, reported when an ensemble is the final model
 SKLEARN = "sklearn"
 WITHOUT = "without_"  # prefix of the fused model's predictions with one modality masked
 CALIBRATION_BINS = 10
@@ -277,7 +278,7 @@ def project_2d(embedding: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     if n_rows <= TSNE_MAX_ROWS:
         perplexity = float(min(30.0, (n_rows - 1) / 3))
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
-        with threadpool_limits(limits=1, user_api="openmp"):  # see tasks/evaluate/sklearn_baseline.py
+        with threadpool_limits(limits=1, user_api="openmp"):  # see tasks/train/sklearn_baseline.py
             return tsne.fit_transform(embedding), "t-SNE"
     return PCA(n_components=2, random_state=seed).fit_transform(embedding), "PCA"
 
@@ -289,11 +290,16 @@ def contributions_table(metrics: dict, sklearn_name: str | None = None) -> pd.Da
     """
     primary = metrics["primary_metric"]
     intervals = metrics["intervals"]
-    rows = [("fused (all modalities)", "fused", FUSED, metrics["test"])]
+    final = "ensemble (final model)" if FUSED_HEAD in metrics["baselines"] else "fused (all modalities)"
+    rows = [(final, "fused", FUSED, metrics["test"])]
+    if FUSED_HEAD in metrics["baselines"]:
+        rows.append(("fused head alone", "fused", FUSED_HEAD, metrics["baselines"][FUSED_HEAD]))
     rows += [
-        (f"fused without {k.removeprefix(WITHOUT)}", "masked", k, v) for k, v in metrics["ablation"].items()
+        (f"fused head without {k.removeprefix(WITHOUT)}", "masked", k, v)
+        for k, v in metrics["ablation"].items()
     ]
-    rows += [(f"{k} only", "single", k, v) for k, v in metrics["baselines"].items() if k != SKLEARN]
+    singles = {k: v for k, v in metrics["baselines"].items() if k not in (SKLEARN, FUSED_HEAD)}
+    rows += [(f"{k} only", "single", k, v) for k, v in singles.items()]
     if SKLEARN in metrics["baselines"]:
         label = f"sklearn ({sklearn_name})" if sklearn_name else "sklearn"
         rows.append((label, "sklearn", SKLEARN, metrics["baselines"][SKLEARN]))

@@ -15,7 +15,7 @@ import pandas as pd
 
 from tasks.config import DataConfig
 from tasks.data.align import PRESENT, SPLIT, SPLITS, TARGET
-from tasks.evaluate.evaluation import FUSED, SKLEARN
+from tasks.evaluate.evaluation import FUSED, FUSED_HEAD, SKLEARN
 
 _MAX_CLASSES_SHOWN = 25
 _MAX_FEATURES_SHOWN = 25
@@ -69,6 +69,7 @@ def render_report(inputs: ReportInputs, embed_figures: bool = True) -> str:
         _data_section(inputs),
         _metrics_section(inputs),
         _sklearn_section(inputs),
+        _ensemble_section(inputs),
         _contributions_section(inputs),
         _importance_section(inputs),
         _weights_section(inputs),
@@ -84,7 +85,7 @@ def _headline(inputs: ReportInputs) -> str:
     m = inputs.metrics
     primary, intervals = m["primary_metric"], m["intervals"]
     direction = "higher is better" if intervals["higher_is_better"] else "lower is better"
-    singles = {k: v[primary] for k, v in m["baselines"].items() if k != SKLEARN}
+    singles = {k: v[primary] for k, v in m["baselines"].items() if k not in (SKLEARN, FUSED_HEAD)}
     lines = [
         "# fuseline evaluation report",
         "",
@@ -93,7 +94,7 @@ def _headline(inputs: ReportInputs) -> str:
         f"(split seed {inputs.data.split.seed}). Intervals: {int(intervals['level'] * 100)} % "
         f"{intervals['method']} ({intervals['resamples']} resamples, seed {intervals['seed']}).",
         "",
-        f"- **Fused model: {_fmt(m['test'][primary])}** {_ci(intervals.get(FUSED))}",
+        f"- **{_final_label(m)}: {_fmt(m['test'][primary])}** {_ci(intervals.get(FUSED))}",
     ]
     if singles:
         best = best_single(m)
@@ -195,6 +196,31 @@ def _sklearn_section(inputs: ReportInputs) -> str:
     )
 
 
+def _ensemble_section(inputs: ReportInputs) -> str:
+    """What train tried (the preset's members), how long each took, its val score, and the weights."""
+    ensemble = inputs.metrics.get("ensemble")
+    if not ensemble:
+        return ""
+    primary = inputs.metrics["primary_metric"]
+    weights = ensemble.get("members", {})
+    body = [
+        [t["name"], t.get("kind", ""), t.get("status", ""), _maybe(t.get("seconds")),
+         _maybe(t.get("val")), _fmt(weights.get(t["name"], 0.0))]
+        for t in ensemble.get("tried", [])
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            "## Models tried and the ensemble",
+            "",
+            f"Every model train fitted, and the ensemble of them chosen by "
+            f"{ensemble.get('method', 'greedy selection')} on val {primary} "
+            f"(ensemble on val: {_fmt(ensemble.get('val', float('nan')))}). Test was not used to choose.",
+            "",
+            _table(["model", "kind", "status", "seconds", f"val {primary}", "weight"], body),
+        ]
+    )
+
+
 def _contributions_section(inputs: ReportInputs) -> str:
     m = inputs.metrics
     primary, intervals = m["primary_metric"], m["intervals"]
@@ -251,7 +277,7 @@ def best_single(metrics: dict) -> str:
     Picking by test would choose on the very rows the fused-minus-best comparison is read on.
     """
     primary, higher = metrics["primary_metric"], metrics["intervals"]["higher_is_better"]
-    names = [k for k in metrics["baselines"] if k != SKLEARN]
+    names = [k for k in metrics["baselines"] if k not in (SKLEARN, FUSED_HEAD)]
     val = metrics.get("val", {})
     score = {k: val[k] if k in val else metrics["baselines"][k][primary] for k in names}
     usable = [k for k in names if score[k] == score[k]] or names  # NaN never wins
@@ -347,3 +373,16 @@ def _ci(interval: dict | None, signed: bool = False) -> str:
         return ""
     show = _signed if signed else _fmt
     return f"[{show(interval['low'])}, {show(interval['high'])}]"
+
+
+def _final_label(metrics: dict) -> str:
+    """What `test` measures: the ensemble chosen on val, or the fused head when it stands alone."""
+    members = metrics.get("ensemble", {}).get("members", {})
+    if not members or set(members) == {FUSED}:
+        return "Fused model"
+    shown = ", ".join(f"{name} {weight:.2f}" for name, weight in sorted(members.items(), key=lambda i: -i[1]))
+    return f"Final model (ensemble chosen on val: {shown})"
+
+
+def _maybe(value: float | None) -> str:
+    return "–" if value is None else _fmt(value)

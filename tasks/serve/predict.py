@@ -30,7 +30,7 @@ from tasks.data.ingest import typed_columns
 from tasks.data.sources import read_source
 from tasks.device import single_threaded
 from tasks.errors import BundleError, DataError, closest_names
-from tasks.evaluate.evaluation import predict_with, predictions_table
+from tasks.evaluate.evaluation import predictions_table
 from tasks.features.cache import FeatureCache
 from tasks.features.cache.contents import Contents
 from tasks.features.cache.fingerprints import encoder_identity
@@ -42,6 +42,8 @@ from tasks.modalities import embedded, modality
 from tasks.schema import ID, PRESENT
 from tasks.train.bundle import BundleMeta, load_bundle
 from tasks.train.dataset import FeatureSet
+from tasks.train.finetuned_member import member_loaders
+from tasks.train.members import FinalModel, load_final_model
 
 # --- reading new rows -----------------------------------------------------------------------
 
@@ -172,6 +174,7 @@ class Predictor:
     model: nn.Module
     meta: BundleMeta
     specs: dict[str, EncoderSpec]
+    final: FinalModel  # what is served: the ensemble chosen on val (members may read raw columns)
 
     @property
     def data(self) -> DataConfig:
@@ -220,7 +223,7 @@ class Predictor:
         """row_id, prob_<class>..., prediction: the same columns as reports/test_predictions.parquet."""
         features = self.features(rows, roots, cache, device)
         with single_threaded():  # as evaluate predicts: the same rows give the same bits
-            predictions = predict_with(self.model, self.meta, features)
+            predictions = self.final.predict(features, rows)
         return predictions_table(self.meta.task, features, predictions)
 
     def _embed(
@@ -275,7 +278,8 @@ def load_predictor(bundle_dir: str | Path, cache: FeatureCache) -> Predictor:
     specs = encoder_specs(meta)
     for kind, spec in specs.items():
         check_fingerprint(bundle_dir, kind, meta.encoders[kind], current_fingerprint(spec, cache))
-    return Predictor(str(bundle_dir), model, meta, specs)
+    final = load_final_model(Path(bundle_dir), (model, meta), member_loaders(cache.root))
+    return Predictor(str(bundle_dir), model, meta, specs, final)
 
 
 @lru_cache(maxsize=4)

@@ -84,8 +84,13 @@ def train_model(
     fusion: FusionConfig,
     train: TrainConfig,
     progress: bool = True,
+    deadline: float | None = None,
 ) -> TrainResult:
-    """Fit `fusion.head` on the train rows, early-stopping on the val rows."""
+    """Fit `fusion.head` on the train rows, early-stopping on the val rows.
+
+    `deadline` (time.time()) ends training after the epoch that passes it, keeping the best
+    epoch so far: how `train.time_limit` stops a member cleanly.
+    """
     check_task(task)
     features = head_features(features, fusion.head)
     train_rows, val_rows = _split_rows(features)
@@ -102,7 +107,7 @@ def train_model(
         train_data = _to_device(train_rows, task, scaling, device)
         val_data = _to_device(val_rows, task, scaling, device)
         started = time.perf_counter()
-        history, best_epoch = _fit(model, objective, train_data, val_data, train, device, progress)
+        history, best_epoch = _fit(model, objective, train_data, val_data, train, device, progress, deadline)
         seconds = time.perf_counter() - started
     model.cpu().eval()
     return TrainResult(model, in_dims, out_dim, scaling, history, best_epoch, seconds)
@@ -288,6 +293,7 @@ def _fit(
     cfg: TrainConfig,
     device: torch.device,
     progress: bool,
+    deadline: float | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Epochs with early stopping; leaves the best validation epoch's weights in `model`."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -317,6 +323,8 @@ def _fit(
                 stale += 1
                 if stale >= cfg.patience:
                     break
+            if deadline is not None and time.time() >= deadline:
+                break
     model.load_state_dict(best_state)
     return history, best_epoch
 

@@ -115,7 +115,7 @@ def test_pipeline_and_every_stage_subflow_completed_on_the_server(pipeline_run: 
 
 def test_task_runs_and_logs_are_recorded(pipeline_run: tuple[str, Path]) -> None:
     task_names = {run.name.rsplit("-", 1)[0] for run in _query(pipeline_run[0], "task_runs")}
-    assert {"train-head", "extract-tabular"} <= task_names
+    assert {"train-member", "extract-tabular"} <= task_names
     messages = [log.message for log in _query(pipeline_run[0], "logs")]
     assert any(message.startswith("metrics: ") for message in messages)
 

@@ -130,7 +130,7 @@ def test_metrics_json_is_what_the_flow_returns(evaluated: tuple[Path, dict]) -> 
 
 def test_sklearn_baseline_is_reported_next_to_the_fused_model(evaluated: tuple[Path, dict]) -> None:
     _, report = evaluated
-    assert set(report["baselines"]) == {"tabular", "text", "sklearn"}
+    assert set(report["baselines"]) - {"fused_head"} == {"tabular", "text", "sklearn"}
     assert report["sklearn"]["selected"] in report["sklearn"]["candidates"]
 
 
@@ -266,7 +266,7 @@ def test_the_best_single_modality_is_chosen_on_val(evaluated: tuple[Path, dict])
     from tasks.evaluate.report import best_single
 
     workdir, report = evaluated
-    assert set(report["val"]) == {"fused", "tabular", "text"}
+    assert set(report["val"]) - {"fused_head"} == {"fused", "tabular", "text"}
     assert "Best single modality (chosen on val)" in (workdir / "reports" / "report.md").read_text()
     # test favours text, val favours tabular: the choice follows val
     metrics = {
@@ -276,3 +276,20 @@ def test_the_best_single_modality_is_chosen_on_val(evaluated: tuple[Path, dict])
         "val": {"fused": 0.9, "text": 0.7, "tabular": 0.85},
     }
     assert best_single(metrics) == "tabular"
+
+
+def test_the_reported_model_is_the_ensemble_chosen_on_val(evaluated: tuple[Path, dict]) -> None:
+    workdir, report = evaluated
+    ensemble = report["ensemble"]
+    weights = ensemble["members"]
+    assert abs(sum(weights.values()) - 1.0) < 1e-9 and all(w > 0 for w in weights.values())
+    assert ensemble["selected_by"] == "val auc"
+    # Selection never loses to its best member on val, and test is the ensemble's, not the head's.
+    assert ensemble["val"] >= max(ensemble["member_val"].values()) - 1e-12
+    assert report["val"]["fused"] == pytest.approx(ensemble["val"])
+    tried = {t["name"]: t for t in ensemble["tried"]}
+    assert {"fused", "tabular", "text", "sklearn_linear"} <= set(tried)
+    assert all(t["status"] == "trained" and t["seconds"] >= 0 for t in tried.values())
+    if set(weights) != {"fused"}:
+        assert "fused_head" in report["baselines"] and "fused_minus_fused_head" in report["intervals"]
+    assert "Models tried and the ensemble" in (workdir / "reports" / "report.md").read_text()

@@ -30,6 +30,7 @@ from tasks.data.align import ID, SPLIT, TARGET
 from tasks.errors import DataError
 from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
 from tasks.train.assemble import encode_target
+from tasks.train.portable_linear import PortableLinear, export_linear
 
 TASKS = ("binary", "multiclass", "regression")  # the tasks it has a model for
 LINEAR_STRENGTHS = (0.1, 1.0, 10.0)  # C for logistic regression, 1/alpha for ridge
@@ -73,7 +74,7 @@ def _fit(
 ) -> SklearnBaseline:
     started = time.perf_counter()
     roles = _usable_columns(aligned, columns)
-    frame = _clean(aligned, roles)
+    frame = clean_frame(aligned, roles)
     target, classes = encode_target(aligned[TARGET], task, classes or None)
     split = aligned[SPLIT].to_numpy()
     parts = {s: (frame[split == s], target[split == s]) for s in ("train", "val", "test")}
@@ -110,6 +111,22 @@ def _candidates(
     task: str, roles: dict[str, list[str]], parts: dict, n_classes: int
 ) -> list[tuple[str, dict, Pipeline]]:
     """(name, settings, fitted model): the linear model tuned on val, and boosted trees."""
+    x_train, y_train = parts["train"]
+    strength, linear = _tuned_linear(task, roles, parts, n_classes)
+    linear_name = "ridge" if task == "regression" else "logistic_regression"
+    key = "alpha" if task == "regression" else "C"
+    linear_value = 1.0 / strength if task == "regression" else strength
+    trees = make_pipeline(_tree_features(roles), _tree_model(task, len(roles["categorical"])))
+    return [
+        (linear_name, {key: linear_value}, linear),
+        ("hist_gradient_boosting", {}, trees.fit(x_train, y_train)),
+    ]
+
+
+def _tuned_linear(
+    task: str, roles: dict[str, list[str]], parts: dict, n_classes: int
+) -> tuple[float, Pipeline]:
+    """The linear pipeline with the regularisation strength that scores best on val."""
     (x_train, y_train), (x_val, y_val) = parts["train"], parts["val"]
     primary = PRIMARY_METRIC[task]
     sign = 1.0 if higher_is_better(primary) else -1.0
@@ -120,14 +137,35 @@ def _candidates(
         if best is None or score > best[0]:
             best = (score, strength, model)
     assert best is not None
-    linear_name = "ridge" if task == "regression" else "logistic_regression"
-    key = "alpha" if task == "regression" else "C"
-    linear_value = 1.0 / best[1] if task == "regression" else best[1]
-    trees = make_pipeline(_tree_features(roles), _tree_model(task, len(roles["categorical"])))
-    return [
-        (linear_name, {key: linear_value}, best[2]),
-        ("hist_gradient_boosting", {}, trees.fit(x_train, y_train)),
-    ]
+    return best[1], best[2]
+
+
+def fit_linear_member(
+    aligned: pd.DataFrame, columns: ColumnsConfig, task: str, classes: tuple[str, ...] = ()
+) -> PortableLinear:
+    """The tuned linear baseline in portable form: the scikit-learn model an ensemble can carry.
+
+    Boosted trees are not offered as a member: their fitted trees have no stable format
+    outside pickle, and a bundle never holds pickle.
+    """
+    if task not in TASKS:
+        raise ValueError(f"the sklearn baseline supports {', '.join(TASKS)}, not {task!r}")
+    with threadpool_limits(limits=1):
+        roles = _usable_columns(aligned, columns)
+        frame = clean_frame(aligned, roles)
+        target, classes = encode_target(aligned[TARGET], task, classes or None)
+        split = aligned[SPLIT].to_numpy()
+        parts = {s: (frame[split == s], target[split == s]) for s in ("train", "val")}
+        if not len(parts["train"][0]) or not len(parts["val"][0]):
+            raise DataError("the sklearn baseline needs train and val rows", column=SPLIT)
+        n_classes = len(classes) if task == "multiclass" else 2
+        _, pipeline = _tuned_linear(task, roles, parts, n_classes)
+        return export_linear(pipeline, task, n_classes, _TOKEN)
+
+
+def predict_linear(linear: PortableLinear, rows: pd.DataFrame) -> np.ndarray:
+    """The portable linear model on aligned(-like) rows: raw columns cleaned as in fitting."""
+    return linear.predict(clean_frame(rows, linear.roles()))
 
 
 def _linear_model(task: str, strength: float) -> LogisticRegression | Ridge:
@@ -221,7 +259,7 @@ def _usable_columns(aligned: pd.DataFrame, columns: ColumnsConfig) -> dict[str, 
     return roles
 
 
-def _clean(aligned: pd.DataFrame, roles: dict[str, list[str]]) -> pd.DataFrame:
+def clean_frame(aligned: pd.DataFrame, roles: dict[str, list[str]]) -> pd.DataFrame:
     """One dtype per role: text and categories as plain str (missing spelled out), numerics float."""
     frame = pd.DataFrame(index=aligned.index)
     for column in roles["text"]:

@@ -1,0 +1,423 @@
+"""Benchmark fine-tuning the text encoder's top layers against one frozen extraction pass.
+
+    python bench/finetune.py [--json] [--rows N] [--layers 2] [--epochs E] [--rounds R] [--device cpu]
+
+On the same texts in one process (petfinder `Description` -> `AdoptionSpeed` from
+../shared/data/petfinder when present, val carved from its train rows; else synthetic texts):
+
+- frozen pass (a): the full encoder over the distinct train texts, no gradients, batch
+  `encoders.text.batch_size`, texts sorted by length first, exactly as extraction encodes
+  them (tasks.modalities.text: encoding_order, then encode_sorted_texts); tokenising included.
+- lower cache: the one-off pass through the frozen lower L - N layers that fills the
+  hidden-state cache (train texts, then the rest), reported apart from the epochs.
+- epoch (b): one epoch of tasks.train.finetune over the train rows, lower states already
+  cached: length-bucketed shuffled batches of `finetune.batch_size`, top N layers and the
+  fusion head forward + backward + AdamW step (attention-probability dropout off in the
+  trained layers, tasks.train.finetune.ATTENTION_DROPOUT). `ratio` = (b) / (a), target <= 1.2;
+  `ratio_with_val` also counts the epoch's validation pass. One epoch of fine-tuning all L
+  layers (train and val rows) is timed the same way for comparison.
+- quality: the same fusion head (params.yaml `fusion:`) on frozen embeddings (train_model) vs
+  the model fine-tuned for `finetune.epochs`, val and test accuracy and macro-F1, on the text
+  column alone, so the difference is the encoder's.
+
+On a shared CPU noise only ever slows a pass down, so (a) and (b) alternate in `--rounds`
+pairs and each side reports its best; `paired_ratios` are the per-round ones and the load
+average at start and end says how shared the machine was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from sklearn.metrics import accuracy_score, f1_score
+
+from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
+from modelzoo.encoders.text_finetune import layer_count, lower_text
+from tasks.config import FusionConfig, TextEncoderConfig, TrainConfig
+from tasks.device import pick_device
+from tasks.modalities.text import encode_sorted_texts
+from tasks.train.dataset import FeatureSet
+from tasks.train.finetune import (
+    BUCKET_BATCHES,
+    FineTunedText,
+    HiddenStateCache,
+    load_hf_text_encoder,
+    predict_finetuned,
+    train_finetuned,
+)
+from tasks.train.training import predict, train_model
+
+REPO = Path(__file__).resolve().parents[1]
+PETFINDER = REPO.parent / "shared" / "data" / "petfinder" / "petfinder.csv"
+TARGETS = {"ratio": 1.2}
+DEFAULT_ROWS = 2000  # about 6 minutes on 2 quiet cores; --rows 0 takes all 3,000
+VAL_SHARE = 0.2  # of petfinder's train rows: it ships train and test only
+COLUMN = "text"
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Texts:
+    source: str
+    texts: list[str | None]
+    label: np.ndarray  # (N,) int64 class
+    split: np.ndarray  # (N,) train | val | test
+    classes: tuple[str, ...]
+
+    def of(self, name: str) -> list[str]:
+        """The distinct texts of a split: what extraction would encode for it."""
+        pairs = zip(self.texts, self.split, strict=True)
+        return sorted({t for t, s in pairs if s == name and isinstance(t, str) and t.strip()})
+
+    def without(self, name: str) -> Texts:
+        keep = self.split != name
+        texts = [t for t, k in zip(self.texts, keep, strict=True) if k]
+        return Texts(self.source, texts, self.label[keep], self.split[keep], self.classes)
+
+
+def _real(text: str | None) -> bool:
+    return isinstance(text, str) and text.strip() != ""
+
+
+def load_texts(path: Path, rows: int | None, seed: int) -> Texts:
+    """petfinder when it is there (val carved from train), else synthetic texts."""
+    rng = np.random.default_rng(seed)
+    if not path.is_file():
+        return synthetic_texts(rows or 1200, rng)
+    frame = pd.read_csv(path, usecols=["Description", "AdoptionSpeed", "split"])
+    if rows is not None and rows < len(frame):
+        frame = frame.iloc[np.sort(rng.choice(len(frame), rows, replace=False))].reset_index(drop=True)
+    split = frame["split"].astype(str).str.strip().str.lower().to_numpy(dtype=object)
+    train = np.flatnonzero(split == "train")
+    split[rng.choice(train, round(VAL_SHARE * len(train)), replace=False)] = "val"
+    labels = frame["AdoptionSpeed"].astype(int).to_numpy()
+    classes = tuple(str(c) for c in sorted(np.unique(labels)))
+    index = {int(c): i for i, c in enumerate(classes)}
+    texts = [t if isinstance(t, str) else None for t in frame["Description"].tolist()]
+    return Texts("petfinder Description -> AdoptionSpeed", texts, np.array([index[v] for v in labels]),
+                 split.astype(str), classes)  # fmt: skip
+
+
+def synthetic_texts(rows: int, rng: np.random.Generator) -> Texts:
+    """Three classes, each with its own words, in sentences of uneven length."""
+    words = (("awful", "dreadful", "grim"), ("fine", "okay", "plain"), ("superb", "lovely", "wonderful"))
+    filler = "the a dog cat sat near door today with friends after lunch quietly home garden".split()
+    label = rng.integers(0, 3, rows)
+    texts: list[str | None] = []
+    for row in range(rows):
+        sentence = [*rng.choice(filler, int(rng.integers(4, 60))), rng.choice(words[label[row]])]
+        rng.shuffle(sentence)
+        texts.append(" ".join(sentence))
+    split = rng.choice(np.array(["train", "val", "test"]), rows, p=[0.6, 0.2, 0.2])
+    return Texts("synthetic", texts, label, split, ("0", "1", "2"))
+
+
+def feature_set(data: Texts, embeddings: np.ndarray) -> FeatureSet:
+    present = np.array([_real(t) for t in data.texts])
+    return FeatureSet(
+        ids=np.array([f"r{i}" for i in range(len(data.texts))]),
+        split=data.split,
+        target=data.label.astype(np.int64),
+        inputs={f"text.{COLUMN}": embeddings.astype(np.float32)},
+        present={f"text.{COLUMN}": present},
+        classes=data.classes,
+    )
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the measurements share: the data, the encoder, the configs, the cache."""
+
+    data: Texts
+    encoder: HuggingFaceTextEncoder
+    text: TextEncoderConfig
+    fusion: FusionConfig
+    train: TrainConfig
+    cache_dir: Path
+    device: torch.device
+
+    def with_finetune(self, **changes: Any) -> TextEncoderConfig:
+        return self.text.model_copy(update={"finetune": self.text.finetune.model_copy(update=changes)})
+
+
+def length_order(texts: list[str]) -> list[str]:
+    """The extractor's encoding order (tasks.modalities.text.TextModality.encoding_order)."""
+    return sorted(texts, key=lambda t: (len(t), t))
+
+
+def frozen_pass(setup: Setup) -> float:
+    """Seconds for one extraction pass over the train texts: sort, tokenise, full forward, copy back."""
+    text = setup.text
+    started = time.perf_counter()
+    texts = length_order(setup.data.of("train"))
+    encode_sorted_texts(setup.encoder, texts, text.max_length, text.batch_size, setup.device)
+    return time.perf_counter() - started
+
+
+def frozen_embeddings(setup: Setup) -> np.ndarray:
+    """(N, H) frozen embeddings of every row (zeros where the text is absent)."""
+    data, text = setup.data, setup.text
+    real = length_order(sorted({t for t in data.texts if _real(t)}))  # type: ignore[type-var]
+    vectors, _ = encode_sorted_texts(setup.encoder, real, text.max_length, text.batch_size, setup.device)
+    row_of = {t: i for i, t in enumerate(real)}
+    out = np.zeros((len(data.texts), setup.encoder.dim), dtype=np.float32)
+    for row, t in enumerate(data.texts):
+        if _real(t):
+            out[row] = vectors[row_of[t]]
+    return out
+
+
+def fill_lower_cache(setup: Setup) -> dict[str, Any]:
+    """The one-off lower pass: train texts (comparable with a frozen pass), then the rest."""
+    encoder, text, data = setup.encoder, setup.text, setup.data
+    lower = lower_text(encoder, layer_count(encoder) - text.finetune.layers)
+
+    def cache() -> HiddenStateCache:
+        return HiddenStateCache(
+            setup.cache_dir, encoder, lower, text.max_length, text.batch_size, setup.device, progress=False
+        )
+
+    cold = cache()
+    started = time.perf_counter()
+    cold.states(data.of("train"))
+    train_seconds = time.perf_counter() - started
+    everything = [t for t in data.texts if _real(t)]
+    cold.states(everything)  # type: ignore[arg-type]
+    all_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    cache().states(everything)  # type: ignore[arg-type]
+    return {
+        "lower_layers": lower.layers,
+        "texts": cold.computed,
+        "train_texts_seconds": round(train_seconds, 3),
+        "all_texts_seconds": round(all_seconds, 3),
+        "warm_read_seconds": round(time.perf_counter() - started, 3),
+        "bytes": sum(p.stat().st_size for p in cold.root.rglob("*.npy")),
+    }
+
+
+def fine_tune(setup: Setup, features: FeatureSet, data: Texts, text: TextEncoderConfig) -> FineTunedText:
+    return train_finetuned(
+        features, {COLUMN: data.texts}, "multiclass", setup.fusion, setup.train, text, setup.cache_dir,
+        progress=False, base_encoder=setup.encoder,
+    )  # fmt: skip
+
+
+def paired_rounds(setup: Setup, features: FeatureSet, rounds: int) -> dict[str, Any]:
+    """Frozen pass, then one fine-tuning epoch, `rounds` times: both sides see the same noise."""
+    one_epoch = setup.with_finetune(epochs=1)
+    frozen, train, val = [], [], []
+    for _ in range(rounds):
+        frozen.append(frozen_pass(setup))
+        epoch = fine_tune(setup, features, setup.data, one_epoch).epoch_seconds[0]
+        train.append(epoch["train"])
+        val.append(epoch["val"])
+    best_frozen, best = min(frozen), int(np.argmin(train))
+    return {
+        "frozen_passes": [round(v, 3) for v in frozen],
+        "epoch_train_seconds": [round(v, 3) for v in train],
+        "epoch_val_seconds": [round(v, 3) for v in val],
+        "frozen_seconds": round(best_frozen, 3),
+        "epoch_seconds": round(train[best], 3),
+        "ratio": round(train[best] / best_frozen, 3),
+        "ratio_with_val": round((train[best] + val[best]) / best_frozen, 3),
+        "paired_ratios": [round(t / f, 3) for t, f in zip(train, frozen, strict=True)],
+    }
+
+
+def all_layers_round(setup: Setup, features: FeatureSet, frozen_seconds: float) -> dict[str, Any]:
+    """One epoch of fine-tuning every layer (timing only: train and val rows), after a frozen pass."""
+    frozen = frozen_pass(setup)
+    every = setup.with_finetune(layers=layer_count(setup.encoder), epochs=1)
+    rest = setup.data.without("test")
+    result = fine_tune(setup, features.rows(setup.data.split != "test"), rest, every)
+    epoch = result.epoch_seconds[0]
+    return {
+        "layers": result.layers,
+        "frozen_pass": round(frozen, 3),
+        "epoch_seconds": round(epoch["train"], 3),
+        "epoch_val_seconds": round(epoch["val"], 3),
+        "ratio": round(epoch["train"] / min(frozen, frozen_seconds), 3),
+        "paired_ratio": round(epoch["train"] / frozen, 3),
+        "lower_cache_seconds": round(result.lower_seconds, 3),  # the embeddings alone: 0 lower layers
+    }
+
+
+def quality(setup: Setup, features: FeatureSet) -> tuple[dict[str, Any], FineTunedText]:
+    """The same head on frozen embeddings vs fine-tuned with the top layers, text column only."""
+    data = setup.data
+    frozen = train_model(features, "multiclass", setup.fusion, setup.train, progress=False)
+    frozen_scores = scores(predict(frozen.model, features, "multiclass", None), data)
+    tuned = fine_tune(setup, features, data, setup.text)
+    tuned.head.to(setup.device)  # predict where training ran
+    probabilities = predict_finetuned(
+        tuned.head, tuned.top, features, {COLUMN: data.texts}, "multiclass", None, setup.text,
+        setup.cache_dir, base_encoder=setup.encoder,
+    )  # fmt: skip
+    report = {
+        "head": setup.fusion.head,
+        "frozen": {**frozen_scores, "best_epoch": frozen.best_epoch, "epochs_run": len(frozen.history)},
+        "finetuned": {
+            **scores(probabilities, data),
+            "best_epoch": tuned.best_epoch,
+            "epochs_run": len(tuned.history),
+            "epoch_train_seconds": [round(e["train"], 3) for e in tuned.epoch_seconds],
+            "train_seconds": round(tuned.train_seconds, 3),
+        },
+    }
+    return report, tuned
+
+
+def scores(probabilities: np.ndarray, data: Texts) -> dict[str, dict[str, float]]:
+    predicted = probabilities.argmax(axis=1)
+    out = {}
+    for name in ("val", "test"):
+        rows = data.split == name
+        out[name] = {
+            "accuracy": round(float(accuracy_score(data.label[rows], predicted[rows])), 4),
+            "macro_f1": round(float(f1_score(data.label[rows], predicted[rows], average="macro")), 4),
+        }
+    return out
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def setup_from(args: argparse.Namespace, cache_dir: Path) -> Setup:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    base = TextEncoderConfig.model_validate(params["encoders"]["text"])
+    finetune = base.finetune.model_copy(
+        update={"layers": args.layers, "epochs": args.epochs or base.finetune.epochs}
+    )
+    train = TrainConfig(seed=args.seed, device=args.device)
+    device = pick_device(train.device)
+    return Setup(
+        data=load_texts(args.data, args.rows, args.seed),
+        encoder=load_hf_text_encoder(args.model or base.model).to(device),
+        text=base.model_copy(update={"finetune": finetune}),
+        fusion=FusionConfig.model_validate(params["fusion"]),
+        train=train,
+        cache_dir=cache_dir,
+        device=device,
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
+        setup = setup_from(args, Path(tmp))
+        lower = fill_lower_cache(setup)
+        features = feature_set(setup.data, frozen_embeddings(setup))
+        timing = paired_rounds(setup, features, args.rounds)
+        every = all_layers_round(setup, features, timing["frozen_seconds"])
+        scores_, _ = quality(setup, features)
+    data, text = setup.data, setup.text
+    train_texts = data.of("train")
+    report = {
+        "data": {
+            "source": data.source,
+            "rows": len(data.texts),
+            "train": int((data.split == "train").sum()),
+            "val": int((data.split == "val").sum()),
+            "test": int((data.split == "test").sum()),
+            "absent_texts": sum(not _real(t) for t in data.texts),
+            "classes": len(data.classes),
+            "max_length": text.max_length,
+            "mean_train_chars": round(float(np.mean([len(t) for t in train_texts])), 1),
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if setup.device.type == "cuda" else "cpu",
+            "loadavg_start": [round(v, 2) for v in load_start],
+            "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+        },
+        "encoder": {"model": text.model, "layers": layer_count(setup.encoder)},
+        "frozen_pass": {
+            "texts": len(train_texts),
+            "batch_size": text.batch_size,
+            "order": "sorted by length, as extraction encodes (encoding_order + encode_sorted_texts)",
+            "seconds": timing["frozen_seconds"],
+        },
+        "lower_cache": lower,
+        "finetune": {
+            "layers": text.finetune.layers,
+            "batch_size": text.finetune.batch_size,
+            "lr": {"head": setup.train.lr, "encoder": text.finetune.lr},
+            "batches": f"length-bucketed ({BUCKET_BATCHES} batches a bucket), shuffled",
+            **timing,
+        },
+        "finetune_all_layers": every,
+        "quality": scores_,
+        "targets": TARGETS,
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    report["meets_targets"] = report["finetune"]["ratio"] <= TARGETS["ratio"]
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    data, frozen, lower = report["data"], report["frozen_pass"], report["lower_cache"]
+    tuned, every, quality = report["finetune"], report["finetune_all_layers"], report["quality"]
+    lines = [
+        f"{data['source']}: {data['rows']} rows, {data['train']}/{data['val']}/{data['test']} train/val/test",
+        f"(a) frozen pass over {frozen['texts']} train texts: {frozen['seconds']:.2f} s",
+        f"lower cache ({lower['lower_layers']} layers, one-off): {lower['train_texts_seconds']:.2f} s train "
+        f"texts, {lower['all_texts_seconds']:.2f} s all {lower['texts']} texts",
+        f"(b) epoch, top {tuned['layers']}: {tuned['epoch_seconds']:.2f} s, ratio {tuned['ratio']:.2f} "
+        f"(with val {tuned['ratio_with_val']:.2f}; target <= {report['targets']['ratio']})",
+        f"    epoch, all {every['layers']}: {every['epoch_seconds']:.2f} s, ratio {every['ratio']:.2f}",
+    ]
+    for name in ("frozen", "finetuned"):
+        val, test = quality[name]["val"], quality[name]["test"]
+        lines.append(
+            f"{name:>9}: val acc {val['accuracy']:.3f} F1 {val['macro_f1']:.3f} | "
+            f"test acc {test['accuracy']:.3f} F1 {test['macro_f1']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the JSON report")
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="subsample this many rows (0: all)")
+    parser.add_argument("--layers", type=int, default=2, help="top layers to fine-tune")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="fine-tuning epochs for quality (default: params)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="paired frozen-pass / epoch timings; best counts"
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where it all runs")
+    parser.add_argument("--data", type=Path, default=PETFINDER, help="petfinder CSV (else synthetic texts)")
+    parser.add_argument("--model", default=None, help="text encoder (default: params.yaml's)")
+    args = parser.parse_args(argv)
+    args.rows = args.rows or None
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    report = run(args)
+    print(json.dumps(report, indent=2) if args.json else summary(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

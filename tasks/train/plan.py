@@ -1,0 +1,77 @@
+"""Which models a train run fits, in what order, within what time: the presets.
+
+`fast` fits the fused head, the same head on each modality alone and the scikit-learn linear
+baseline; the ensemble is chosen among those. `best` adds the fused head with other seeds,
+other fusion heads and, where the text encoder can be fine-tuned, a fine-tuned text model,
+cheapest first, so a time limit cuts the expensive members rather than the baselines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from tasks.config import FusionConfig, Params, TrainConfig
+
+FUSED = "fused"
+FINETUNED_TEXT = "finetuned_text"
+BEST_EXTRA_SEEDS = 2  # the fused head again with seeds seed+1, seed+2
+BEST_OTHER_HEADS = ("gated", "attention", "concat")  # dense heads that read the same blocks
+BEST_FINETUNE_LAYERS = 2  # what `best` fine-tunes when params leave the encoder frozen
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One model to fit: a head on some modalities' blocks, or the fine-tuned text model."""
+
+    name: str
+    kind: str  # "head" | "finetuned_text"
+    fusion: FusionConfig
+    train: TrainConfig
+    modalities: tuple[str, ...] | None = None  # None: every modality
+    finetune_layers: int = 0
+
+    @property
+    def required(self) -> bool:
+        """The fused head is trained whatever the time limit: the pipeline needs one model."""
+        return self.name == FUSED
+
+
+@dataclass(frozen=True)
+class Budget:
+    """`train.time_limit` as a wall-clock deadline (time.time(), so cluster workers share it)."""
+
+    deadline: float | None
+
+    @classmethod
+    def start(cls, seconds: float | None) -> Budget:
+        return cls(None if seconds is None else time.time() + seconds)
+
+    def exhausted(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.time())
+
+
+def member_plan(params: Params, modalities: list[str]) -> list[MemberSpec]:
+    """The members to fit, in order (see the module docstring)."""
+    fusion, train = params.fusion, params.train
+    plan = [MemberSpec(FUSED, "head", fusion, train)]
+    if len(modalities) > 1:
+        plan += [MemberSpec(m, "head", fusion, train, modalities=(m,)) for m in modalities]
+    layers = params.encoders.text.finetune.layers
+    if params.train.preset == "best":
+        for offset in range(1, BEST_EXTRA_SEEDS + 1):
+            seed = (train.seed + offset) % 2**32
+            plan.append(
+                MemberSpec(f"{FUSED}_seed{seed}", "head", fusion, train.model_copy(update={"seed": seed}))
+            )
+        for head in BEST_OTHER_HEADS:
+            if head != fusion.head:
+                other = FusionConfig.model_validate({**fusion.options(), "head": head})
+                plan.append(MemberSpec(f"head_{head}", "head", other, train))
+        layers = layers or BEST_FINETUNE_LAYERS
+    if layers and "text" in modalities:
+        plan.append(MemberSpec(FINETUNED_TEXT, FINETUNED_TEXT, fusion, train, finetune_layers=layers))
+    return plan

@@ -1,0 +1,69 @@
+"""Greedy ensemble selection on val, and the ensemble file that guards its members."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.errors import BundleError
+from tasks.evaluate.evaluation import primary_score
+from tasks.train.ensemble import blend, select_ensemble
+from tasks.train.members import ENSEMBLE, read_ensemble, write_ensemble
+
+
+def _complementary(rows: int = 400, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Two members that each see half the signal, and one that is noise."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=rows), rng.normal(size=rows)
+    y = (a + b + 0.3 * rng.normal(size=rows) > 0).astype(np.float32)
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    return y, {"a": sigmoid(2 * a), "b": sigmoid(2 * b), "noise": sigmoid(rng.normal(size=rows))}
+
+
+def test_selection_combines_complementary_members_and_beats_each_on_val() -> None:
+    y, predictions = _complementary()
+    ensemble = select_ensemble("binary", y, predictions)
+    assert set(ensemble.weights) >= {"a", "b"} and "noise" not in ensemble.weights
+    assert sum(ensemble.weights.values()) == pytest.approx(1.0)
+    best_single = max(ensemble.member_val.values())
+    assert ensemble.val_score > best_single + 0.02
+    assert primary_score("binary", y, blend(predictions, ensemble.weights)) == pytest.approx(
+        ensemble.val_score
+    )
+
+
+def test_selection_is_never_worse_than_the_best_member_and_is_deterministic() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, size=300)
+    predictions = {name: rng.dirichlet(np.ones(3), size=300) for name in ("p", "q", "r")}
+    first = select_ensemble("multiclass", y, predictions)
+    assert first.val_score >= max(first.member_val.values())
+    assert select_ensemble("multiclass", y, dict(reversed(predictions.items()))).weights == first.weights
+
+
+def test_regression_selection_lowers_rmse() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=500)
+    predictions = {"low": y + rng.normal(0, 1, 500) - 0.5, "high": y + rng.normal(0, 1, 500) + 0.5}
+    ensemble = select_ensemble("regression", y, predictions)
+    assert ensemble.val_score < min(ensemble.member_val.values()) - 0.1  # rmse: lower is better
+    assert set(ensemble.weights) == {"low", "high"}
+
+
+def test_a_member_changed_after_selection_is_refused(tmp_path: Path) -> None:
+    member = tmp_path / "baselines" / "text"
+    member.mkdir(parents=True)
+    (member / "model.safetensors").write_bytes(b"weights")
+    write_ensemble(tmp_path, {"members": {"text": 1.0}}, tried=[])
+    assert read_ensemble(tmp_path)["members"] == {"text": 1.0}
+    (member / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(BundleError, match="baselines/text/model.safetensors"):
+        read_ensemble(tmp_path)
+    data = json.loads((tmp_path / ENSEMBLE).read_text())
+    data["members"] = {"text": -1}
+    (tmp_path / ENSEMBLE).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="positive weights"):
+        read_ensemble(tmp_path)

@@ -1,0 +1,255 @@
+"""Fine-tuning MiniLM's top layers with a fusion head, and the hidden-state cache under it.
+
+A small real set: short synthetic texts in which one word decides the label, a tabular block
+of noise, MiniLM from its package, max_length 32.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
+from modelzoo.encoders.text_finetune import lower_text, top_state
+from tasks.config import FusionConfig, TextEncoderConfig, TextFinetuneConfig, TrainConfig
+from tasks.train.dataset import FeatureSet
+from tasks.train.finetune import (
+    FineTunedText,
+    HiddenStateCache,
+    load_finetuned_top,
+    load_hf_text_encoder,
+    predict_finetuned,
+    text_digest,
+    train_finetuned,
+)
+
+ROWS = 120
+WORDS = (("awful", "dreadful", "horrible"), ("fine", "okay", "average"), ("wonderful", "superb", "lovely"))
+FILLER = ("the", "dog", "sat", "near", "a", "door", "today", "with", "friends", "after", "lunch", "quietly")
+BLANK_ROWS = (3, 50, 97)  # one missing, two blank: absent texts
+FUSION = FusionConfig(head="concat", hidden=32, dropout=0.0)
+TRAIN = TrainConfig(epochs=5, lr=2e-3, patience=3, seed=0, device="cpu")
+TEXT = TextEncoderConfig(
+    max_length=32, batch_size=32, finetune=TextFinetuneConfig(layers=2, lr=2e-4, epochs=5, batch_size=16)
+)
+
+
+def synthetic(task: str, seed: int = 0) -> tuple[FeatureSet, dict[str, list[str | None]]]:
+    """Texts whose sentiment word decides the class (binary: negative vs the rest)."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 3, ROWS)
+    texts: list[str | None] = []
+    for row in range(ROWS):
+        words = [*rng.choice(FILLER, 5), rng.choice(WORDS[label[row]])]
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+    texts[BLANK_ROWS[0]], texts[BLANK_ROWS[1]], texts[BLANK_ROWS[2]] = None, "   ", ""
+    texts[10] = texts[11]  # a duplicate: one cache entry for two rows
+    target = {
+        "binary": (label > 0).astype(np.float32),
+        "multiclass": label.astype(np.int64),
+        "regression": (10.0 + 5.0 * label).astype(np.float32),
+    }[task]
+    features = FeatureSet(
+        ids=np.array([f"r{i}" for i in range(ROWS)]),
+        split=np.array(["train"] * 80 + ["val"] * 20 + ["test"] * 20),
+        target=target,
+        inputs={
+            "tabular": rng.normal(size=(ROWS, 3)).astype(np.float32),
+            "text.review": np.zeros((ROWS, 384), dtype=np.float32),  # the frozen block, replaced
+        },
+        present={"tabular": np.ones(ROWS, dtype=bool), "text.review": np.ones(ROWS, dtype=bool)},
+        classes=("neg", "mid", "pos") if task == "multiclass" else (),
+    )
+    return features, {"review": texts}
+
+
+def distinct_texts(texts: list[str | None]) -> set[str]:
+    return {text for text in texts if text is not None and text.strip()}
+
+
+def entries(cache_dir: Path) -> list[Path]:
+    return sorted((cache_dir / "hidden").rglob("*.npy"))
+
+
+@pytest.fixture(scope="module")
+def minilm() -> HuggingFaceTextEncoder:
+    return load_hf_text_encoder("minilm")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("finetune-cache")
+
+
+@pytest.fixture(scope="module")
+def first(minilm, cache_dir: Path) -> FineTunedText:
+    features, texts = synthetic("multiclass")
+    return train_finetuned(
+        features, texts, "multiclass", FUSION, TRAIN, TEXT, cache_dir, progress=False, base_encoder=minilm
+    )
+
+
+@pytest.fixture(scope="module")
+def mtimes_after_first(first: FineTunedText, cache_dir: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in entries(cache_dir)}
+
+
+@pytest.fixture(scope="module")
+def second(first: FineTunedText, mtimes_after_first, minilm, cache_dir: Path) -> FineTunedText:
+    features, texts = synthetic("multiclass")
+    return train_finetuned(
+        features, texts, "multiclass", FUSION, TRAIN, TEXT, cache_dir, progress=False, base_encoder=minilm
+    )
+
+
+def test_fine_tuning_lowers_the_validation_loss(first: FineTunedText) -> None:
+    losses = [epoch["val_loss"] for epoch in first.history]
+    assert min(losses) < 0.8 * losses[0], losses
+    assert first.history[first.best_epoch - 1]["val_loss"] == min(losses)
+
+
+def test_fine_tuned_model_classifies_held_out_texts(first: FineTunedText, minilm, cache_dir: Path) -> None:
+    features, texts = synthetic("multiclass")
+    probabilities = predict_finetuned(
+        first.head, first.top, features, texts, "multiclass", None, TEXT, cache_dir, base_encoder=minilm
+    )
+    assert probabilities.shape == (ROWS, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    held_out = features.split != "train"
+    accuracy = float((probabilities.argmax(axis=1) == features.target)[held_out].mean())
+    assert accuracy >= 0.8, accuracy
+
+
+def test_result_describes_the_fine_tuned_model(first: FineTunedText) -> None:
+    assert (first.columns, first.layers, first.out_dim) == (("review",), 2, 3)
+    assert first.in_dims == {"tabular": 3, "text.review": 384}
+    assert len(first.top.layers) == 2 and not first.top.training and not first.head.training
+    assert next(first.top.parameters()).device.type == "cpu"
+
+
+def test_cache_holds_one_entry_per_distinct_non_blank_text(first: FineTunedText, cache_dir: Path) -> None:
+    _, texts = synthetic("multiclass")
+    distinct = distinct_texts(texts["review"])
+    assert len(distinct) == ROWS - len(BLANK_ROWS) - 1  # the blanks and one duplicate
+    assert first.texts_computed == len(distinct)
+    assert sorted(path.stem for path in entries(cache_dir)) == sorted(text_digest(t) for t in distinct)
+
+
+def test_cache_entries_hold_only_real_tokens_in_float16(
+    first: FineTunedText, minilm, cache_dir: Path
+) -> None:
+    _, texts = synthetic("multiclass")
+    sample = next(t for t in texts["review"] if t)
+    path = next(path for path in entries(cache_dir) if path.stem == text_digest(sample))
+    array = np.load(path)
+    real_tokens = int(minilm.tokenize([sample], 32)["attention_mask"].sum())
+    assert array.dtype == np.float16 and array.shape == (real_tokens, 384)
+
+
+def test_second_run_reads_the_cache_and_computes_nothing(
+    second: FineTunedText, mtimes_after_first: dict[Path, int], cache_dir: Path
+) -> None:
+    assert second.texts_computed == 0
+    assert second.texts_read == len(mtimes_after_first)
+    assert {path: path.stat().st_mtime_ns for path in entries(cache_dir)} == mtimes_after_first
+
+
+def test_same_seed_gives_the_same_training(first: FineTunedText, second: FineTunedText) -> None:
+    assert second.history == first.history
+    for key, value in top_state(first.top).items():
+        assert torch.equal(value, top_state(second.top)[key])
+
+
+def test_a_leftover_temp_file_is_never_read_as_an_entry(minilm, tmp_path: Path) -> None:
+    lower = lower_text(minilm, 4)
+    cache = HiddenStateCache(tmp_path, minilm, lower, max_length=32, batch_size=8, progress=False)
+    text = "a lovely dog waits by the door"
+    entry = cache.path_of(text_digest(text))
+    entry.parent.mkdir(parents=True)
+    # A killed writer's temp (this pid, so it is not swept), holding a plausible but wrong array.
+    leftover = entry.with_name(f".{entry.name}.{os.getpid()}.dead.tmp")
+    with open(leftover, "wb") as handle:
+        np.save(handle, np.zeros((5, 384), dtype=np.float16))
+    state = cache.states([text])[text_digest(text)]
+    assert cache.computed == 1 and cache.read == 0
+    assert float(state.float().abs().max()) > 0.1  # the real hidden states, not the temp's zeros
+    assert np.array_equal(np.load(entry), state.numpy())
+
+
+def test_a_torn_entry_is_recomputed_not_trusted(minilm, tmp_path: Path) -> None:
+    lower = lower_text(minilm, 4)
+    first = HiddenStateCache(tmp_path, minilm, lower, max_length=32, batch_size=8, progress=False)
+    text = "a superb dog"
+    expected = first.states([text])[text_digest(text)]
+    entry = first.path_of(text_digest(text))
+    entry.write_bytes(entry.read_bytes()[:100])  # as if cut short by a power cut
+    again = HiddenStateCache(tmp_path, minilm, lower, max_length=32, batch_size=8, progress=False)
+    assert torch.equal(again.states([text])[text_digest(text)], expected)
+    assert again.computed == 1 and np.array_equal(np.load(entry), expected.numpy())
+
+
+def test_another_split_point_or_max_length_is_another_namespace(minilm, tmp_path: Path) -> None:
+    def namespace(lower_layers: int, max_length: int) -> str:
+        lower = lower_text(minilm, lower_layers)
+        return HiddenStateCache(tmp_path, minilm, lower, max_length, 8, progress=False).namespace
+
+    assert len({namespace(4, 32), namespace(5, 32), namespace(4, 64)}) == 3
+    assert namespace(4, 32) == namespace(4, 32)
+
+
+@pytest.mark.parametrize(("task", "shape"), [("binary", (ROWS,)), ("regression", (ROWS,))])
+def test_predictions_have_the_tasks_shape(task: str, shape: tuple[int, ...], minilm, cache_dir) -> None:
+    features, texts = synthetic(task)
+    text = TEXT.model_copy(update={"finetune": TextFinetuneConfig(layers=1, epochs=2, batch_size=32)})
+    result = train_finetuned(
+        features, texts, task, FUSION, TRAIN, text, cache_dir, progress=False, base_encoder=minilm
+    )
+    prediction = predict_finetuned(
+        result.head, result.top, features, texts, task, result.target_scaling, text, cache_dir, minilm
+    )
+    assert prediction.shape == shape and np.isfinite(prediction).all()
+    if task == "binary":
+        assert ((prediction >= 0) & (prediction <= 1)).all()
+    else:  # back on the target's own scale (10, 15, 20), not standardised
+        assert 8.0 < float(prediction.mean()) < 22.0
+
+
+def test_a_blank_text_predicts_like_a_missing_one(first: FineTunedText, minilm, cache_dir: Path) -> None:
+    features, texts = synthetic("multiclass")
+    blank = {"review": [text if text else "  \n" for text in texts["review"]]}
+    missing = {"review": [text if text and text.strip() else None for text in texts["review"]]}
+    args = ("multiclass", None, TEXT, cache_dir, minilm)
+    np.testing.assert_array_equal(
+        predict_finetuned(first.head, first.top, features, blank, *args),
+        predict_finetuned(first.head, first.top, features, missing, *args),
+    )
+
+
+def test_top_rebuilt_from_its_state_predicts_the_same(first: FineTunedText, minilm, cache_dir: Path) -> None:
+    features, texts = synthetic("multiclass")
+    rebuilt = load_finetuned_top(TEXT, 2, top_state(first.top), base_encoder=minilm)
+    args = (features, texts, "multiclass", None, TEXT, cache_dir, minilm)
+    np.testing.assert_allclose(
+        predict_finetuned(first.head, rebuilt, *args),
+        predict_finetuned(first.head, first.top, *args),
+        atol=1e-6,
+    )
+
+
+def test_a_state_of_another_depth_is_refused(first: FineTunedText, minilm) -> None:
+    with pytest.raises(ValueError, match="holds 2 layers, expected 3"):
+        load_finetuned_top(TEXT, 3, top_state(first.top), base_encoder=minilm)
+
+
+def test_texts_must_cover_every_row(minilm, tmp_path: Path) -> None:
+    features, texts = synthetic("binary")
+    with pytest.raises(ValueError, match="119 texts for 120 rows"):
+        train_finetuned(
+            features, {"review": texts["review"][:-1]}, "binary", FUSION, TRAIN, TEXT, tmp_path,
+            progress=False, base_encoder=minilm,
+        )  # fmt: skip
