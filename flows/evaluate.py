@@ -44,8 +44,7 @@ from tasks.evaluate.importance import block_weights, feature_groups, permutation
 from tasks.evaluate.metrics import PRIMARY_METRIC, higher_is_better
 from tasks.evaluate.report import ReportInputs, data_summary, render_report, worsening
 from tasks.paths import Layout
-from tasks.schema import ID
-from tasks.train.assemble import load_feature_set
+from tasks.train.assemble import load_feature_set, rows_in_order
 from tasks.train.bundle import BundleMeta, baseline_dirs, load_bundle
 from tasks.train.dataset import FeatureSet
 from tasks.train.finetuned_member import member_loaders
@@ -243,7 +242,7 @@ def val_scores(
 
 def rows_of(aligned: pd.DataFrame, features: FeatureSet) -> pd.DataFrame:
     """The aligned rows of `features`, in its order: what members that read raw columns need."""
-    return aligned.set_index(ID).loc[features.ids].reset_index()
+    return rows_in_order(aligned, features.ids)
 
 
 def _figures_dir(layout: Layout) -> Path:

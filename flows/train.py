@@ -25,14 +25,12 @@ from tasks.config import Params, load_params
 from tasks.device import use_all_cores
 from tasks.evaluate.evaluation import primary_score
 from tasks.paths import Layout
-from tasks.schema import ID
-from tasks.train.assemble import feature_metadata, load_feature_set
+from tasks.train.assemble import feature_metadata, load_feature_set, read_rows, rows_in_order
 from tasks.train.bundle import BASELINES, BundleMeta, write_bundle
 from tasks.train.dataset import FeatureSet
 from tasks.train.ensemble import select_ensemble
 from tasks.train.finetuned_member import (
     FinetunedResult,
-    Texts,
     as_member,
     fit_finetuned_member,
     texts_of,
@@ -57,7 +55,7 @@ from tasks.train.training import TrainResult, train_model
 
 @task(name="train-member", cache_policy=NO_CACHE)
 def train_member(
-    spec: MemberSpec, features: FeatureSet, params: Params, budget: Budget, texts: Texts | None = None
+    spec: MemberSpec, features: FeatureSet, params: Params, budget: Budget, aligned_path: str = ""
 ) -> TrainResult | None:
     """One member; None when the time limit ran out before it could start."""
     if budget.exhausted() and not spec.required:
@@ -65,7 +63,8 @@ def train_member(
         return None
     rows = features if spec.modalities is None else features.only_modalities(set(spec.modalities))
     if spec.kind == FINETUNED_TEXT:
-        result = fit_finetuned_member(rows, params, spec, budget, texts or {})
+        texts = texts_of(read_rows(aligned_path, features.ids), params.data.columns.text)
+        result = fit_finetuned_member(rows, params, spec, budget, texts)
     else:
         result = train_model(rows, params.data.task, spec.fusion, spec.train, deadline=budget.deadline)
     get_run_logger().info(
@@ -80,16 +79,14 @@ def train_member(
 
 @flow(name="train-members")
 def train_members(
-    specs: list[MemberSpec], features: FeatureSet, params: Params, budget: Budget, texts: Texts | None = None
+    specs: list[MemberSpec], features: FeatureSet, params: Params, budget: Budget, aligned_path: str
 ) -> list[TrainResult | None]:
     """Every member on whichever task runner this subflow was given (see `train`).
 
-    `texts` (raw text per column, in feature row order) goes only to a fine-tuned text member.
+    The aligned table travels as its path, not its rows: a flow run's parameters are stored by
+    the Prefect server, which refuses large ones (and a fine-tuned member reads raw text).
     """
-    futures = [
-        train_member.submit(spec, features, params, budget, texts if spec.kind == FINETUNED_TEXT else None)
-        for spec in specs
-    ]
+    futures = [train_member.submit(spec, features, params, budget, aligned_path) for spec in specs]
     return [future.result() for future in futures]
 
 
@@ -132,10 +129,8 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     specs = member_plan(params, features.modalities)
     runner = task_runner_for(params.runtime.task_runner, params.runtime.address, params.runtime.workers)
     started = time.perf_counter()
-    texts = None
-    if any(spec.kind == FINETUNED_TEXT for spec in specs):
-        texts = texts_of(aligned.set_index(ID).loc[features.ids], params.data.columns.text)
-    results = train_members.with_options(task_runner=runner)(specs, features, params, budget, texts)
+    aligned_path = str(layout.aligned.resolve())
+    results = train_members.with_options(task_runner=runner)(specs, features, params, budget, aligned_path)
     trained = {spec.name: (spec, r) for spec, r in zip(specs, results, strict=True) if r is not None}
     tried = [_tried(spec, r) for spec, r in zip(specs, results, strict=True)]
 
@@ -154,7 +149,7 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     if linear is not None:
         members[SKLEARN_LINEAR] = LinearMember(linear)
     val = features.of_split("val")
-    val_rows = aligned.set_index(ID).loc[val.ids].reset_index()
+    val_rows = rows_in_order(aligned, val.ids)
     val_predictions = {name: member.predict(val, val_rows) for name, member in members.items()}
     for entry in tried:
         if entry["name"] in val_predictions:

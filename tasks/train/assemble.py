@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -104,3 +106,13 @@ def load_feature_set(layout: Layout, task: str, classes: tuple[str, ...] | None 
         present=present,
         classes=classes,
     )
+
+
+def rows_in_order(aligned: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
+    """The aligned rows with these ids, in this order: what members reading raw columns get."""
+    return aligned.set_index(ID).loc[ids].reset_index()
+
+
+def read_rows(aligned_path: str | Path, ids: np.ndarray) -> pd.DataFrame:
+    """rows_in_order from the aligned Parquet file (for tasks that run away from the flow)."""
+    return rows_in_order(pd.read_parquet(aligned_path), ids)
