@@ -18,17 +18,20 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows._retry import IO_RETRIES
 from tasks.config import ScheduleConfig, load_params
-from tasks.errors import ConfigError
+from tasks.errors import BundleError, ConfigError, DataError
 from tasks.paths import Layout
-from tasks.serve.promotion import current_entry, decide, promote, record, tree_digest
+from tasks.serve.champion import compare_on_same_rows
+from tasks.serve.promotion import current_entry, decide, promote, record, resolve_model_dir, tree_digest
 
 DEPLOYMENT = "scheduled-retrain"
 _RAN = re.compile(r"Running stage '([^']+)'")
@@ -82,8 +85,15 @@ def dvc_repro() -> list[str]:
 
 
 @task(name="promote-if-not-worse")
-def promote_if_not_worse(schedule: ScheduleConfig, layout: Layout) -> dict[str, Any]:
-    """Compare the fresh model with the promoted one and promote it if it is not worse."""
+def promote_if_not_worse(
+    schedule: ScheduleConfig, layout: Layout, cache_dir: str = ".cache/features"
+) -> dict[str, Any]:
+    """Compare the fresh model with the promoted one and promote it if it is not worse.
+
+    Both are scored on the fresh run's own test rows (tasks/serve/champion.py), so the decision
+    compares like with like; only when the promoted model cannot read today's rows does it fall
+    back to the number stored at its promotion, and the reason says so.
+    """
     metrics = json.loads(layout.metrics.read_text())
     metric = metrics["primary_metric"]
     candidate = float(metrics["test"][metric])
@@ -99,7 +109,20 @@ def promote_if_not_worse(schedule: ScheduleConfig, layout: Layout) -> dict[str, 
             "reason": f"the trained model is the promoted {entry['version']}",
         }
     current = float(entry["value"]) if entry is not None and entry.get("metric") == metric else None
+    same = None
+    if entry is not None:
+        try:
+            champion_dir = resolve_model_dir(registry)
+            same = compare_on_same_rows(
+                champion_dir, layout.models, pd.read_parquet(layout.aligned), metric, cache_dir
+            )
+        except (DataError, BundleError) as err:
+            get_run_logger().warning("cannot re-score the promoted model on today's rows: %s", err)
+    if same is not None:
+        candidate, current = same.candidate, same.champion
     decision = decide(metric, candidate, current, schedule.tolerance)
+    if same is not None:
+        decision = replace(decision, reason=f"on the same {same.rows} test rows: {decision.reason}")
     version = promote(registry, layout.models, metrics, decision) if decision.promote else None
     record(registry, decision, version)
     kept = entry["version"] if entry is not None else None
@@ -110,6 +133,7 @@ def promote_if_not_worse(schedule: ScheduleConfig, layout: Layout) -> dict[str, 
         "candidate": candidate,
         "current": current,
         "reason": decision.reason,
+        "same_rows": same.to_json() if same is not None else None,
     }
 
 
@@ -119,6 +143,13 @@ def retrain(params_path: str = "params.yaml") -> dict[str, Any]:
     logger = get_run_logger()
     started = time.perf_counter()
     params = load_params(params_path)
+    if not params.data.split.stable:
+        # Models are compared on their test rows; a redrawn split would compare different rows.
+        raise ConfigError(
+            f"{params_path}: data.split.method is {params.data.split.method!r}, which redraws every "
+            "row's split when rows are added; scheduled retraining needs a stable split: write "
+            "`method: hash` under data.split"
+        )
     if params.schedule.pull:
         dvc_pull()
     if Path(".dvc").is_dir():
@@ -132,7 +163,7 @@ def retrain(params_path: str = "params.yaml") -> dict[str, Any]:
 
         pipeline(params_path)
         stages = ["pipeline"]
-    result = promote_if_not_worse(params.schedule, Layout())
+    result = promote_if_not_worse(params.schedule, Layout(), params.cache.dir)
     result |= {"stages_rerun": stages, "seconds": round(time.perf_counter() - started, 1)}
     logger.info("%s: %s", result["outcome"], result["reason"])
     publish_promotion(result)
@@ -161,10 +192,23 @@ def _markdown(result: dict[str, Any]) -> str:
             "",
             f"- reason: {result['reason']}",
             f"- {result['metric']}: new {result['candidate']:.4f}, current {current}",
+            *_same_rows_lines(result.get("same_rows")),
             f"- stages rerun: {stages}",
             f"- run time: {result['seconds']} s",
         ]
     )
+
+
+def _same_rows_lines(same: dict[str, Any] | None) -> list[str]:
+    if not same:
+        return ["- compared with: the number stored when the current model was promoted (other rows)"]
+    interval = same["interval"]
+    return [
+        f"- compared on the same {same['rows']} test rows: new {same['candidate']:.4f}, "
+        f"current {same['champion']:.4f}; new minus current {same['candidate'] - same['champion']:+.4f} "
+        f"(95 % paired bootstrap interval {interval['low']:+.4f} to {interval['high']:+.4f})",
+        f"- on the same val rows: new {same['val']['candidate']:.4f}, current {same['val']['champion']:.4f}",
+    ]
 
 
 def deployment(params_path: str = "params.yaml", name: str = DEPLOYMENT) -> Any:

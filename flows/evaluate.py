@@ -38,6 +38,7 @@ from tasks.evaluate.evaluation import (
     predictions_table,
     primary_score,
     project_2d,
+    untrained_missing,
     with_blocks,
 )
 from tasks.evaluate.importance import block_weights, feature_groups, permutation_importance, weights_by_group
@@ -159,6 +160,12 @@ def _evaluate(params: Params) -> dict:
     timer.lap("sklearn")
     report = metrics_report(task_name, test.target, predictions, ablation, rows, seed=SEED)
     val = features.of_split("val")
+    if task_name == "binary":
+        report["positive_class"] = meta.classes[1]
+    if ablation:
+        dropout = float(meta.params.get("train", {}).get("modality_dropout", 0.0))
+        untrained = untrained_missing(features.of_split("train"), dropout)
+        report["ablation_untrained"] = [m for m in untrained if m in ablation]
     report["val"] = val_scores(task_name, val, fused, baselines)
     report["val"][FUSED] = primary_score(task_name, val.target, final.predict(val, rows_of(aligned, val)))
     if final.is_fused_head:

@@ -123,7 +123,7 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     logger = get_run_logger()
     use_all_cores()
     budget = Budget.start(params.train.time_limit)
-    features = load_feature_set(layout, params.data.task)
+    features = load_feature_set(layout, params.data.task, positive=params.data.positive_class)
     metadata = feature_metadata(layout)
     aligned = pd.read_parquet(layout.aligned)
     specs = member_plan(params, features.modalities)

@@ -72,9 +72,32 @@ class FractionsConfig(_Strict):
 
 
 class SplitConfig(_Strict):
+    """How rows are split. `method: hash` is stable: a row's split depends on its id and the
+    seed alone, so rows added later never move an existing row (what scheduled retraining
+    needs to compare models on the same rows). `stratified` draws an exact stratified split,
+    best for small static data, but redraws every row when rows are added."""
+
     column: str | None = None
     fractions: FractionsConfig = FractionsConfig()
     seed: int = Field(42, ge=0, le=2**32 - 1)
+    method: Literal["stratified", "hash"] = "stratified"
+    group: str | None = None  # rows sharing a value here (a product, a person) share a split; needs hash
+    dedupe: bool = False  # refuse, rather than warn about, a text or file found in more than one split
+
+    @model_validator(mode="after")
+    def _group_needs_hash(self) -> SplitConfig:
+        if self.group is not None and self.method != "hash":
+            raise ValueError("group: keeping groups together needs method: hash")
+        return self
+
+    def source_columns(self) -> list[str]:
+        """Columns the split reads from the sources besides the features: split column, group."""
+        return [c for c in (self.column, self.group) if c is not None]
+
+    @property
+    def stable(self) -> bool:
+        """Whether adding rows leaves every existing row in its split."""
+        return self.method == "hash"
 
 
 class DemoConfig(_Strict):
@@ -89,6 +112,8 @@ class DataConfig(_Strict):
     id: str
     target: str
     task: Literal["binary", "multiclass", "multilabel", "regression"]  # multilabel: list-valued target
+    # binary: the label that counts as positive (AUC, F1, prob_<label>); default: the one sorting second
+    positive_class: str | None = None
     columns: ColumnsConfig = ColumnsConfig()
     image_root: str = "."
     audio_root: str = "."  # audio paths are relative to this; never outside it
@@ -120,6 +145,8 @@ class DataConfig(_Strict):
                 seen[column] = role
         if not self.columns.all():
             raise ValueError("columns: declare at least one feature column")
+        if self.positive_class is not None and self.task != "binary":
+            raise ValueError(f"positive_class: only a binary task has one, this task is {self.task!r}")
         return self
 
 

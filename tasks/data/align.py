@@ -15,6 +15,7 @@ Schema of `data/aligned/aligned.parquet` (one row per item, sorted by `row_id`):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ class AlignReport:
     replaced_bytes: dict[str, int] = field(default_factory=dict)  # cells with non-UTF-8 bytes
     huge_values: dict[str, int] = field(default_factory=dict)  # left out of scaling, then clipped
     unseen_categories: dict[str, int] = field(default_factory=dict)  # val/test values not in train
+    cross_split_duplicates: dict[str, int] = field(
+        default_factory=dict
+    )  # rows whose text/file is in 2 splits
 
 
 def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd.DataFrame, AlignReport]:
@@ -96,9 +100,10 @@ def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd
     aligned = aligned[[ID, TARGET, *data.columns.all(), *masks, *digests]]  # the documented order
     aligned = aligned.sort_values(ID, kind="stable").reset_index(drop=True)
     split_source = table.set_index(data.id)[data.split.column] if data.split.column else None
-    aligned.insert(1, SPLIT, _split(data, aligned, split_source))
+    aligned.insert(1, SPLIT, _split(data, aligned, split_source, _split_keys(data, table, aligned)))
     report.rows = len(aligned)
     report.rows_per_split = {s: int((aligned[SPLIT] == s).sum()) for s in SPLITS}
+    _check_leaks(data, aligned, report)
     _count_outliers(data, aligned, report)
     check_runnable(data, aligned, report)
     return aligned, report
@@ -169,6 +174,13 @@ def _check_target_in_train(data: DataConfig, aligned: pd.DataFrame, train: np.nd
             rows=list(aligned.loc[target.isin(missing).to_numpy(), ID]),
         )
     if data.task == "binary":
+        classes = sorted(set(target.astype(str)))
+        if data.positive_class is not None and data.positive_class not in classes:
+            raise DataError(
+                f"data.positive_class {data.positive_class!r} is not a value of the target "
+                f"(its classes: {classes}); write one of them",
+                column=data.target,
+            )
         for split in ("val", "test"):
             seen = set(target[(aligned[SPLIT] == split).to_numpy()])
             if len(seen) < 2:
@@ -313,7 +325,52 @@ def presence(values: pd.Series) -> pd.Series:
     return present
 
 
-def _split(data: DataConfig, aligned: pd.DataFrame, given: pd.Series | None) -> np.ndarray:
+def _split_keys(data: DataConfig, table: pd.DataFrame, aligned: pd.DataFrame) -> np.ndarray:
+    """What the hash split hashes: the row's group (`data.split.group`) or, without one, its id."""
+    ids = aligned[ID].to_numpy(dtype=object)
+    group = data.split.group
+    if group is None:
+        return ids
+    if group not in table.columns:
+        raise DataError(f"data.split.group names column {group!r}, which no source has", column=group)
+    values = table.set_index(data.id)[group].reindex(aligned[ID]).astype("string").str.strip()
+    # A row without a group value is a group of its own.
+    return np.where(
+        values.isna() | values.eq(""), "id:" + pd.Series(ids).astype(str), "group:" + values.fillna("")
+    )
+
+
+def _check_leaks(data: DataConfig, aligned: pd.DataFrame, report: AlignReport) -> None:
+    """Warn (or, with data.split.dedupe, refuse) when one text or file sits in two splits.
+
+    A duplicated photo or description in train and test lets the model recall instead of
+    predict, and the test score flatters it.
+    """
+    columns = [*data.columns.text, *[c for c in aligned.columns if c.startswith(DIGEST)]]
+    for column in columns:
+        values = aligned[column].astype("string").str.strip()
+        usable = values.notna() & values.ne("")
+        splits_per_value = aligned.loc[usable, SPLIT].groupby(values[usable]).nunique()
+        shared = splits_per_value[splits_per_value > 1].index
+        rows = usable & values.isin(shared)
+        if not rows.any():
+            continue
+        name = column.removeprefix(DIGEST)
+        report.cross_split_duplicates[name] = int(rows.sum())
+        message = (
+            f"{int(rows.sum())} rows share their {name!r} value with a row of another split "
+            f"({len(shared)} distinct values), so test rows may have been seen in training"
+        )
+        if data.split.dedupe:
+            raise DataError(
+                f"{message}; deduplicate them or set data.split.group (data.split.dedupe is true)",
+                column=name,
+                rows=list(aligned.loc[rows.to_numpy(), ID]),
+            )
+        log.warning("%s; set data.split.dedupe: true to refuse this", message)
+
+
+def _split(data: DataConfig, aligned: pd.DataFrame, given: pd.Series | None, keys: np.ndarray) -> np.ndarray:
     fractions = data.split.fractions
     target = aligned[TARGET].to_numpy()
     if given is not None:
@@ -328,10 +385,16 @@ def _split(data: DataConfig, aligned: pd.DataFrame, given: pd.Series | None) -> 
         split = labels.to_numpy(dtype=object)
         if not (split == "val").any():
             train_idx = np.flatnonzero(split == "train")
-            val_count = round(len(train_idx) * fractions.val / (fractions.train + fractions.val))
-            _, val_idx = _carve(data, train_idx, val_count, target)
+            val_share = fractions.val / (fractions.train + fractions.val)
+            if data.split.method == "hash":
+                carved = unit_hash(keys[train_idx], data.split.seed, "val") < val_share
+                split[train_idx[carved]] = "val"
+                return split.astype(str)
+            _, val_idx = _carve(data, train_idx, round(len(train_idx) * val_share), target)
             split[val_idx] = "val"
         return split.astype(str)
+    if data.split.method == "hash":
+        return hash_split(keys, data.split.seed, fractions.train, fractions.val)
     index = np.arange(len(aligned))
     # Row counts, not fractions: sklearn rounds a fractional size up, so float error in
     # 0.15 / 0.85 would move a row (200 rows gave 139/31/30 rather than 140/30/30).
@@ -340,6 +403,25 @@ def _split(data: DataConfig, aligned: pd.DataFrame, given: pd.Series | None) -> 
     split = np.empty(len(aligned), dtype=object)
     split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
     return split.astype(str)
+
+
+def unit_hash(ids: np.ndarray, seed: int, salt: str = "") -> np.ndarray:
+    """A number in [0, 1) per id from SHA-256 of (seed, salt, id): fixed, whatever else the table holds."""
+    values = np.empty(len(ids), dtype=np.float64)
+    for i, row_id in enumerate(ids):
+        digest = hashlib.sha256(f"{seed}\0{salt}\0{row_id}".encode()).digest()
+        values[i] = int.from_bytes(digest[:8], "big") / 2**64
+    return values
+
+
+def hash_split(ids: np.ndarray, seed: int, train: float, val: float) -> np.ndarray:
+    """train | val | test by each id's hash: a row keeps its split when rows are added or removed.
+
+    The shares match the fractions in expectation, and every class in proportion (the hash does
+    not see the class), rather than exactly as a stratified draw would.
+    """
+    u = unit_hash(ids, seed)
+    return np.where(u < train, "train", np.where(u < train + val, "val", "test")).astype(str)
 
 
 def _carve(

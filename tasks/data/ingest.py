@@ -49,9 +49,7 @@ class SourceSnapshot:
 
 def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
     """Validate every source against the declared roles and snapshot them into `out_dir`."""
-    as_text = [data.id, *data.columns.read_as_text()]
-    if data.split.column is not None:
-        as_text.append(data.split.column)
+    as_text = [data.id, *data.columns.read_as_text(), *data.split.source_columns()]
     frames = [(source.path, read_source(source, text_columns=as_text)) for source in data.sources]
     _check_declared_columns(data, frames)
     snapshots: list[SourceSnapshot] = []
@@ -94,8 +92,7 @@ def read_snapshots(raw_dir: Path) -> list[tuple[str, pd.DataFrame]]:
 
 def _declared(data: DataConfig) -> list[str]:
     columns = [data.target, *data.columns.all()]
-    if data.split.column is not None:
-        columns.append(data.split.column)
+    columns += [c for c in data.split.source_columns() if c not in columns]
     return columns
 
 
@@ -135,8 +132,8 @@ def typed_columns(data: DataConfig, path: str, frame: pd.DataFrame) -> pd.DataFr
     finite numbers, made missing under `data.on_bad_value: missing`) and REPLACED_BYTES.
     """
     roles = {c: role for role in data.columns.roles() for c in getattr(data.columns, role)}
-    if data.split.column is not None:
-        roles[data.split.column] = "categorical"
+    for column in data.split.source_columns():
+        roles.setdefault(column, "categorical")  # read as text; a feature column keeps its role
     replaced = dict(frame.attrs.get(REPLACED_BYTES, {}))
     bad_values: dict[str, int] = {}
     out = pd.DataFrame({data.id: _as_string(_usable(frame[data.id], "id", path, replaced))})

@@ -76,6 +76,17 @@ def ablation_predictions(model: nn.Module, meta: BundleMeta, test: FeatureSet) -
     return {m: predict_with(model, meta, masked(test, m)) for m in modalities}
 
 
+def untrained_missing(train: FeatureSet, modality_dropout: float) -> list[str]:
+    """Modalities whose 'missing' embedding never trained: present in every train row, no dropout."""
+    if modality_dropout > 0:
+        return []
+    always = {}
+    for block, mask in train.present.items():
+        modality = modality_of(block)
+        always[modality] = always.get(modality, True) and bool(np.all(mask))
+    return sorted(m for m, every_row in always.items() if every_row)
+
+
 # --- metrics and intervals --------------------------------------------------------------
 
 

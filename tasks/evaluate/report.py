@@ -93,6 +93,7 @@ def _headline(inputs: ReportInputs) -> str:
         f"Primary metric: **{primary}** ({direction}), on {m['rows'].get('test', 0)} test rows "
         f"(split seed {inputs.data.split.seed}). Intervals: {int(intervals['level'] * 100)} % "
         f"{intervals['method']} ({intervals['resamples']} resamples, seed {intervals['seed']}).",
+        *(_positive_line(m) if m["task"] == "binary" else []),
         "",
         f"- **{_final_label(m)}: {_fmt(m['test'][primary])}** {_ci(intervals.get(FUSED))}",
     ]
@@ -243,8 +244,23 @@ def _contributions_section(inputs: ReportInputs) -> str:
             "modality X alone. The last column is the fused model's lead, with a paired bootstrap interval.",
             "",
             _table(["model", f"{primary} (95 % CI)", "fused minus this (95 % CI)"], body),
+            *_untrained_note(m.get("ablation_untrained", [])),
         ]
     )
+
+
+def _untrained_note(modalities: list[str]) -> list[str]:
+    """Masking a modality every train row had asks an embedding that never learned anything."""
+    if not modalities:
+        return []
+    names = ", ".join(modalities)
+    return [
+        "",
+        f"**Unreliable:** *fused without* {names}: every train row has {names} and "
+        "`train.modality_dropout` is 0, so the head's 'missing' embedding for it never trained; "
+        "the row measures an untrained vector, not the model without that input. Set "
+        "`train.modality_dropout` (e.g. 0.1) to train it.",
+    ]
 
 
 def _importance_section(inputs: ReportInputs) -> str:
@@ -386,3 +402,14 @@ def _final_label(metrics: dict) -> str:
 
 def _maybe(value: float | None) -> str:
     return "–" if value is None else _fmt(value)
+
+
+def _positive_line(metrics: dict) -> list[str]:
+    """Which label AUC, F1 and prob_<label> are about; without it a reader must guess."""
+    positive = metrics.get("positive_class")
+    if positive is None:
+        return []
+    return [
+        f"Positive class: **`{positive}`** (AUC, F1 and the `prob_{positive}` column are about it; "
+        "set `data.positive_class` to choose another)."
+    ]

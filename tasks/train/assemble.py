@@ -17,13 +17,14 @@ from tasks.train.dataset import FeatureSet
 
 
 def encode_target(
-    values: pd.Series, task: str, classes: tuple[str, ...] | None = None
+    values: pd.Series, task: str, classes: tuple[str, ...] | None = None, positive: str | None = None
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """Targets as numbers: class indices for classification, floats for regression, and for
     multilabel an (N, C) float32 0/1 matrix over the labels (`classes`).
 
     Classes are sorted (numerically when they all look like numbers, so '2' < '10'), which
     makes the positive class of a 0/1 or false/true target the second one, as users expect.
+    A binary `positive` class (`data.positive_class`) is put second whatever the sort says.
     """
     if task == "regression":
         return values.astype("float64").to_numpy(dtype=np.float32), ()
@@ -32,6 +33,8 @@ def encode_target(
     labels = values.astype(str)
     if classes is None:
         classes = _sorted_classes(labels.unique().tolist())
+        if positive is not None and task == "binary":
+            classes = _positive_second(classes, positive)
     index = {c: i for i, c in enumerate(classes)}
     unknown = ~labels.isin(index)
     if unknown.any():
@@ -39,6 +42,16 @@ def encode_target(
         raise DataError(f"target has classes unseen in training: {unseen}", column=TARGET)
     codes = labels.map(index).to_numpy(dtype=np.int64)
     return (codes.astype(np.float32) if task == "binary" else codes), classes
+
+
+def _positive_second(classes: tuple[str, ...], positive: str) -> tuple[str, ...]:
+    """(negative, positive); refuses a positive class the target never takes."""
+    if positive not in classes:
+        raise DataError(
+            f"data.positive_class {positive!r} is not a value of the target (its classes: {list(classes)})",
+            column=TARGET,
+        )
+    return tuple(c for c in classes if c != positive) + (positive,)
 
 
 def _sorted_classes(distinct: list[str]) -> tuple[str, ...]:
@@ -74,7 +87,9 @@ def feature_metadata(layout: Layout) -> dict[str, dict]:
     }
 
 
-def load_feature_set(layout: Layout, task: str, classes: tuple[str, ...] | None = None) -> FeatureSet:
+def load_feature_set(
+    layout: Layout, task: str, classes: tuple[str, ...] | None = None, positive: str | None = None
+) -> FeatureSet:
     """Join targets, splits and every modality's blocks on row_id."""
     aligned = pd.read_parquet(layout.aligned, columns=[ID, SPLIT, TARGET])
     ids = aligned[ID].astype(str).to_numpy(dtype=object)
@@ -97,7 +112,7 @@ def load_feature_set(layout: Layout, task: str, classes: tuple[str, ...] | None 
             mask = np.empty_like(masks[name])
             mask[order] = masks[name]
             inputs[name], present[name] = dense, mask
-    target, classes = encode_target(aligned[TARGET], task, classes)
+    target, classes = encode_target(aligned[TARGET], task, classes, positive)
     return FeatureSet(
         ids=ids,
         split=aligned[SPLIT].astype(str).to_numpy(),

@@ -178,3 +178,33 @@ def test_served_deployment_runs_when_triggered(prefect_api: str, repo: Repo, tmp
         except subprocess.TimeoutExpired:
             os.killpg(serve.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.mark.slow
+def test_a_retrained_model_meets_the_promoted_one_on_the_same_rows(project: Path) -> None:
+    """Issue 14 §1: the decision re-scores the promoted bundle on the new run's own test rows."""
+    from flows.deploy import retrain
+
+    assert retrain("params.yaml")["outcome"] == "promoted"
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["seed"] = 7  # another model on the same data and the same (stable) split
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = retrain("params.yaml")
+    same = result["same_rows"]
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert same["rows"] == metrics["rows"]["test"]
+    # re-scored through batch prediction, the new model gives evaluate's own number
+    assert same["candidate"] == pytest.approx(metrics["test"]["auc"], abs=1e-6)
+    assert same["interval"]["low"] <= same["candidate"] - same["champion"] <= same["interval"]["high"]
+    assert result["reason"].startswith(f"on the same {same['rows']} test rows")
+
+
+def test_retraining_refuses_a_split_that_moves_rows(prefect_api: str, tmp_path: Path) -> None:
+    from flows.deploy import retrain
+    from tasks.errors import ConfigError
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["split"]["method"] = "stratified"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="write `method: hash` under data.split"):
+        retrain(str(tmp_path / "params.yaml"))

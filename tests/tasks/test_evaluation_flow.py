@@ -293,3 +293,30 @@ def test_the_reported_model_is_the_ensemble_chosen_on_val(evaluated: tuple[Path,
     if set(weights) != {"fused"}:
         assert "fused_head" in report["baselines"] and "fused_minus_fused_head" in report["intervals"]
     assert "Models tried and the ensemble" in (workdir / "reports" / "report.md").read_text()
+
+
+def test_an_ablation_of_a_never_missing_modality_is_marked_unreliable(evaluated: tuple[Path, dict]) -> None:
+    """Issue 14 §3.3: every train row has tabular and text and modality_dropout is 0, so their
+    'missing' embeddings never trained; the report says so instead of presenting the number."""
+    workdir, report = evaluated
+    assert report["ablation_untrained"] == ["tabular", "text"]
+    assert "**Unreliable:** *fused without* tabular, text" in (workdir / "reports" / "report.md").read_text()
+
+
+def test_untrained_missing_needs_full_presence_and_no_dropout() -> None:
+    from tasks.evaluate.evaluation import untrained_missing
+    from tasks.train.dataset import FeatureSet
+
+    rows = FeatureSet(
+        ids=np.array(["a", "b"]),
+        split=np.array(["train", "train"]),
+        target=np.zeros(2, dtype=np.float32),
+        inputs={"tabular": np.zeros((2, 1)), "image.photo": np.zeros((2, 1)), "text.t": np.zeros((2, 1))},
+        present={
+            "tabular": np.array([True, True]),
+            "image.photo": np.array([True, False]),
+            "text.t": np.array([True, True]),
+        },
+    )
+    assert untrained_missing(rows, 0.0) == ["tabular", "text"]
+    assert untrained_missing(rows, 0.1) == []

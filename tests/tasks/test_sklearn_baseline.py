@@ -130,3 +130,14 @@ def test_a_column_missing_from_the_aligned_table_is_a_data_error() -> None:
     columns = ColumnsConfig(numeric=["weight"], text=["title"])
     with pytest.raises(DataError, match="weight"):
         fit_sklearn_baseline(aligned_table("binary"), columns, "binary", ("no", "yes"))
+
+
+def test_boosted_trees_are_tuned_on_val_like_the_linear_model(binary: Fitted) -> None:
+    """Issue 14 §3.9: both families get three settings chosen on val, so neither wins by tuning alone."""
+    from tasks.train.sklearn_baseline import LINEAR_STRENGTHS, TREE_SETTINGS
+
+    _, result = binary
+    trees = result.candidates["hist_gradient_boosting"]
+    chosen = {k: trees[k] for k in ("learning_rate", "max_leaf_nodes")}
+    assert any(chosen.items() <= settings.items() for settings in TREE_SETTINGS)
+    assert len(TREE_SETTINGS) == len(LINEAR_STRENGTHS)
