@@ -47,7 +47,7 @@ from tasks.train.members import (
     write_ensemble,
 )
 from tasks.train.plan import FINETUNED_TEXT, FUSED, Budget, MemberSpec, member_plan
-from tasks.train.portable_linear import write_linear
+from tasks.train.portable_linear import PortableLinear, write_linear
 from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
 from tasks.train.sklearn_baseline import fit_linear_member
 from tasks.train.training import TrainResult, train_model
@@ -134,34 +134,13 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     trained = {spec.name: (spec, r) for spec, r in zip(specs, results, strict=True) if r is not None}
     tried = [_tried(spec, r) for spec, r in zip(specs, results, strict=True)]
 
-    linear = None
-    if params.data.task in SKLEARN_TASKS and (
-        params.data.columns.text or params.data.columns.categorical or params.data.columns.numeric
-    ):
-        member_started = time.perf_counter()
-        linear = fit_linear_member(aligned, params.data.columns, params.data.task, features.classes)
-        tried.append({"name": SKLEARN_LINEAR, "kind": "sklearn", "status": "trained",
-                      "seconds": round(time.perf_counter() - member_started, 2)})  # fmt: skip
-
+    linear = _linear_member(params, aligned, features, tried)
     members: dict[str, Member] = {
         name: _as_member(spec, result, params, features, metadata) for name, (spec, result) in trained.items()
     }
     if linear is not None:
         members[SKLEARN_LINEAR] = LinearMember(linear)
-    val = features.of_split("val")
-    val_rows = rows_in_order(aligned, val.ids)
-    val_predictions = {name: member.predict(val, val_rows) for name, member in members.items()}
-    for entry in tried:
-        if entry["name"] in val_predictions:
-            entry["val"] = primary_score(params.data.task, val.target, val_predictions[entry["name"]])
-    if params.train.ensemble:
-        selection = select_ensemble(params.data.task, val.target, val_predictions).to_json()
-    else:
-        # A requested fine-tuned text model is then the model, when it was trained in time.
-        wanted = (
-            FINETUNED_TEXT if params.encoders.text.finetune.layers and FINETUNED_TEXT in members else FUSED
-        )
-        selection = {"members": {wanted: 1.0}, "selected_by": "train.ensemble: false"}
+    selection = _choose(params, members, features.of_split("val"), aligned, tried)
     selection["kinds"] = {name: trained[name][0].kind if name in trained else "sklearn" for name in members}
     logger.info("ensemble on val: %s", selection["members"])
 
@@ -176,6 +155,35 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     write_text(pd.DataFrame(fused.history).to_csv(index=False), layout.train_plots / "learning_curve.csv")
     write_json({t["name"]: t["seconds"] for t in tried}, layout.train_plots / MEMBER_SECONDS)
     return {"members": selection["members"], "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _linear_member(
+    params: Params, aligned: pd.DataFrame, features: FeatureSet, tried: list[dict[str, Any]]
+) -> PortableLinear | None:
+    """The scikit-learn linear baseline as a member, when the task and columns allow one."""
+    columns = params.data.columns
+    if params.data.task not in SKLEARN_TASKS or not (columns.text or columns.categorical or columns.numeric):
+        return None
+    started = time.perf_counter()
+    linear = fit_linear_member(aligned, columns, params.data.task, features.classes)
+    seconds = round(time.perf_counter() - started, 2)
+    tried.append({"name": SKLEARN_LINEAR, "kind": "sklearn", "status": "trained", "seconds": seconds})
+    return linear
+
+
+def _choose(
+    params: Params, members: dict[str, Member], val: FeatureSet, aligned: pd.DataFrame, tried: list[dict]
+) -> dict[str, Any]:
+    """The ensemble chosen on val (each member's val score goes into `tried`), or one model."""
+    val_predictions = {name: m.predict(val, rows_in_order(aligned, val.ids)) for name, m in members.items()}
+    for entry in tried:
+        if entry["name"] in val_predictions:
+            entry["val"] = primary_score(params.data.task, val.target, val_predictions[entry["name"]])
+    if params.train.ensemble:
+        return select_ensemble(params.data.task, val.target, val_predictions).to_json()
+    # Without an ensemble, a requested fine-tuned text model is the model (when trained in time).
+    wanted = FINETUNED_TEXT if params.encoders.text.finetune.layers and FINETUNED_TEXT in members else FUSED
+    return {"members": {wanted: 1.0}, "selected_by": "train.ensemble: false"}
 
 
 def _tried(spec: MemberSpec, result: TrainResult | None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from tasks.errors import BundleError
 
 WEIGHTS = "linear.safetensors"
 META = "linear.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: text and categorical as ordered [column, values] pairs
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,9 @@ def write_linear(directory: Path, linear: PortableLinear) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     weights = save_arrays({k: np.ascontiguousarray(v) for k, v in linear.arrays.items()})
     meta = {key: value for key, value in linear.__dict__.items() if key != "arrays"}
+    # Column order is feature order: as [column, values] pairs it survives sorted JSON keys.
+    meta["text"] = [[column, terms] for column, terms in linear.text.items()]
+    meta["categorical"] = [[column, values] for column, values in linear.categorical.items()]
     meta["format_version"] = FORMAT_VERSION
     meta["digest"] = {"weights": hashlib.sha256(weights).hexdigest(), "meta": _meta_digest(meta)}
     (directory / WEIGHTS).write_bytes(weights)
@@ -205,8 +208,10 @@ def read_linear(directory: Path) -> PortableLinear:
         raise BundleError(f"{directory}: the linear model changed after it was written (digest mismatch)")
     meta.pop("format_version")
     try:
+        meta["text"] = {column: terms for column, terms in meta["text"]}
+        meta["categorical"] = {column: values for column, values in meta["categorical"]}
         return PortableLinear(**meta, arrays=dict(load_arrays(weights)))
-    except (TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"{meta_path}: unreadable linear model ({err})") from None
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tasks.config import ColumnsConfig
 from tasks.data.align import SPLIT
 from tasks.errors import BundleError
 from tasks.train import sklearn_baseline
@@ -23,10 +24,14 @@ def test_portable_predictions_equal_the_pipeline(task: str, classes: tuple[str, 
     aligned = aligned_table(task)
     aligned.loc[aligned.index[:5], "price"] = np.nan  # the imputer and its indicator take part
     aligned.loc[aligned.index[5], "colour"] = "violet"  # a category never seen in train
-    linear = fit_linear_member(aligned, COLUMNS, task, classes)
+    # Second columns that sort before the first: their blocks must stay in feature order.
+    aligned["a_size"] = aligned["colour"].map({"red": "S", "blue": "M"}).astype("string")
+    aligned["a_note"] = aligned["title"].str.split().str[0]
+    columns = ColumnsConfig(categorical=["colour", "a_size"], numeric=["price"], text=["title", "a_note"])
+    linear = fit_linear_member(aligned, columns, task, classes)
 
     # the same pipeline, fitted the baseline's way, predicts the reference numbers
-    roles = sklearn_baseline._usable_columns(aligned, COLUMNS)
+    roles = sklearn_baseline._usable_columns(aligned, columns)
     frame = sklearn_baseline.clean_frame(aligned, roles)
     target, classes_found = sklearn_baseline.encode_target(aligned["target"], task, classes or None)
     split = aligned[SPLIT].to_numpy()
