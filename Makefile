@@ -39,7 +39,7 @@ demo: $(INSTALLED)
 	@echo "  model bundle models/   (dvc push stores it in the DVC remote)"
 	@echo "  Prefect UI   http://127.0.0.1:4200   (stop it with: make server-stop)"
 	@$(BIN)/python -c "import json; m = json.load(open('reports/metrics.json')); k = m['primary_metric']; \
-	print(f'  {k}: fused {m[\"test\"][k]:.4f}; ' + ', '.join(f'{b} only {v[k]:.4f}' for b, v in m['baselines'].items()))"
+	print(f'  {k}: final model {m[\"test\"][k]:.4f}; ' + ', '.join(f'{b} {v[k]:.4f}' if b == 'fused_head' else f'{b} only {v[k]:.4f}' for b, v in m['baselines'].items()))"
 
 test: $(INSTALLED)
 	$(BIN)/ruff check .
