@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.device import pick_device, single_threaded
+from tasks.device import pick_device
 from tasks.evaluate.evaluation import FUSED, bootstrap_intervals, primary_score
 from tasks.features.cache import FeatureCache
 from tasks.schema import SPLIT, TARGET
@@ -75,6 +75,4 @@ def compare_on_same_rows(
 
 def _predict(predictor: Predictor, rows: pd.DataFrame, cache: FeatureCache) -> np.ndarray:
     """The bundle's served predictions (its ensemble) for aligned rows, as arrays."""
-    features = predictor.features(rows, file_roots(predictor.data), cache, pick_device("auto"))
-    with single_threaded():  # as evaluate and batch prediction predict: the same rows, the same bits
-        return predictor.final.predict(features, rows)
+    return predictor.predictions(rows, file_roots(predictor.data), cache, pick_device("auto"))[1]

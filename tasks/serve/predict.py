@@ -221,10 +221,16 @@ class Predictor:
         self, rows: pd.DataFrame, roots: Roots, cache: FeatureCache, device: torch.device
     ) -> pd.DataFrame:
         """row_id, prob_<class>..., prediction: the same columns as reports/test_predictions.parquet."""
+        features, predictions = self.predictions(rows, roots, cache, device)
+        return predictions_table(self.meta.task, features, predictions)
+
+    def predictions(
+        self, rows: pd.DataFrame, roots: Roots, cache: FeatureCache, device: torch.device
+    ) -> tuple[FeatureSet, np.ndarray]:
+        """The rows' input blocks and the served model's predictions for them, as arrays."""
         features = self.features(rows, roots, cache, device)
         with single_threaded():  # as evaluate predicts: the same rows give the same bits
-            predictions = self.final.predict(features, rows)
-        return predictions_table(self.meta.task, features, predictions)
+            return features, self.final.predict(features, rows)
 
     def _embed(
         self,

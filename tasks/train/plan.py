@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 
 from tasks.config import FusionConfig, Params, TrainConfig
+from tasks.evaluate.evaluation import FUSED
 
-FUSED = "fused"
 FINETUNED_TEXT = "finetuned_text"
 BEST_EXTRA_SEEDS = 2  # the fused head again with seeds seed+1, seed+2
 BEST_OTHER_HEADS = ("gated", "attention", "concat")  # dense heads that read the same blocks

@@ -15,7 +15,6 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,7 @@ from safetensors.numpy import save as save_arrays
 from sklearn.pipeline import Pipeline
 
 from tasks.errors import BundleError
+from tasks.train.bundle import meta_digest
 
 WEIGHTS = "linear.safetensors"
 META = "linear.json"
@@ -184,7 +184,7 @@ def write_linear(directory: Path, linear: PortableLinear) -> None:
     meta["text"] = [[column, terms] for column, terms in linear.text.items()]
     meta["categorical"] = [[column, values] for column, values in linear.categorical.items()]
     meta["format_version"] = FORMAT_VERSION
-    meta["digest"] = {"weights": hashlib.sha256(weights).hexdigest(), "meta": _meta_digest(meta)}
+    meta["digest"] = {"weights": hashlib.sha256(weights).hexdigest(), "meta": meta_digest(meta)}
     (directory / WEIGHTS).write_bytes(weights)
     (directory / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
@@ -197,13 +197,15 @@ def read_linear(directory: Path) -> PortableLinear:
         weights = weights_path.read_bytes()
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BundleError(f"{directory}: unreadable linear model ({err})") from None
-    digest = meta.pop("digest", None) if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path}: unreadable linear model (not a JSON object)")
+    digest = meta.pop("digest", None)
     if meta.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{meta_path}: linear model format {meta.get('format_version')!r} is not supported")
     if (
         not isinstance(digest, dict)
         or digest.get("weights") != hashlib.sha256(weights).hexdigest()
-        or digest.get("meta") != _meta_digest(meta)
+        or digest.get("meta") != meta_digest(meta)
     ):
         raise BundleError(f"{directory}: the linear model changed after it was written (digest mismatch)")
     meta.pop("format_version")
@@ -213,8 +215,3 @@ def read_linear(directory: Path) -> PortableLinear:
         return PortableLinear(**meta, arrays=dict(load_arrays(weights)))
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"{meta_path}: unreadable linear model ({err})") from None
-
-
-def _meta_digest(meta: dict[str, Any]) -> str:
-    body = {k: v for k, v in meta.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

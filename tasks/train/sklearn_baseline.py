@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -136,35 +138,47 @@ def _tuned_trees(
     task: str, roles: dict[str, list[str]], parts: dict, n_classes: int
 ) -> tuple[dict, Pipeline]:
     """Boosted trees with the settings that score best on val; features are fitted once for all."""
-    (x_train, y_train), (x_val, y_val) = parts["train"], parts["val"]
-    primary = PRIMARY_METRIC[task]
-    sign = 1.0 if higher_is_better(primary) else -1.0
+    x_train, y_train = parts["train"]
     features = _tree_features(roles).fit(x_train)
     train_matrix = features.transform(x_train)
-    best: tuple[float, dict, object] | None = None
-    for settings in TREE_SETTINGS:
-        model = _tree_model(task, len(roles["categorical"]), settings).fit(train_matrix, y_train)
-        fitted = Pipeline([("features", features), ("model", model)])
-        score = sign * compute_metrics(task, y_val, _predict(fitted, x_val, task, n_classes))[primary]
-        if best is None or score > best[0]:
-            best = (score, settings, model)
-    assert best is not None
-    return dict(best[1]), Pipeline([("features", features), ("model", best[2])])
+    n_categorical = len(roles["categorical"])
+
+    def trees(settings: dict) -> Pipeline:
+        model = _tree_model(task, n_categorical, settings).fit(train_matrix, y_train)
+        return Pipeline([("features", features), ("model", model)])
+
+    fitted = ((settings, trees(settings)) for settings in TREE_SETTINGS)
+    settings, pipeline = _best_on_val(task, parts["val"], n_classes, fitted)
+    return dict(settings), pipeline
 
 
 def _tuned_linear(
     task: str, roles: dict[str, list[str]], parts: dict, n_classes: int
 ) -> tuple[float, Pipeline]:
     """The linear pipeline with the regularisation strength that scores best on val."""
-    (x_train, y_train), (x_val, y_val) = parts["train"], parts["val"]
+    x_train, y_train = parts["train"]
+    fitted = (
+        (
+            strength,
+            make_pipeline(_linear_features(roles), _linear_model(task, strength)).fit(x_train, y_train),
+        )
+        for strength in LINEAR_STRENGTHS
+    )
+    return _best_on_val(task, parts["val"], n_classes, fitted)
+
+
+def _best_on_val(
+    task: str, val: tuple[pd.DataFrame, np.ndarray], n_classes: int, fitted: Iterable[tuple[Any, Pipeline]]
+) -> tuple[Any, Pipeline]:
+    """The (setting, model) pair whose predictions score best on the val rows (the first on ties)."""
+    x_val, y_val = val
     primary = PRIMARY_METRIC[task]
     sign = 1.0 if higher_is_better(primary) else -1.0
-    best: tuple[float, float, Pipeline] | None = None
-    for strength in LINEAR_STRENGTHS:
-        model = make_pipeline(_linear_features(roles), _linear_model(task, strength)).fit(x_train, y_train)
+    best: tuple[float, Any, Pipeline] | None = None
+    for setting, model in fitted:
         score = sign * compute_metrics(task, y_val, _predict(model, x_val, task, n_classes))[primary]
         if best is None or score > best[0]:
-            best = (score, strength, model)
+            best = (score, setting, model)
     assert best is not None
     return best[1], best[2]
 
