@@ -227,10 +227,16 @@ def deployment(params_path: str = "params.yaml", name: str = DEPLOYMENT) -> Any:
 
 
 def serve(params_path: str = "params.yaml", name: str = DEPLOYMENT) -> None:
-    """Register the deployment and execute its scheduled (and manually triggered) runs until stopped."""
+    """Register the retrain and monitor deployments and execute their runs until stopped.
+
+    Both are served by this one process: the monitor, on drift, can start the retrain
+    deployment (`monitor.retrain_on_drift`) and this process runs it.
+    """
     from prefect import serve as prefect_serve
 
-    prefect_serve(deployment(params_path, name))
+    from flows.monitor import deployment as monitor_deployment
+
+    prefect_serve(deployment(params_path, name), monitor_deployment(params_path))
 
 
 if __name__ == "__main__":

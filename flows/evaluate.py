@@ -81,7 +81,7 @@ def importance(fused: Bundle, test: FeatureSet, params: Params) -> pd.DataFrame:
         return sign * primary_score(meta.task, rows.target, predict_with(model, meta, rows))
 
     columns = params.data.columns
-    groups = feature_groups(meta.in_dims, meta.tabular, columns.categorical, columns.numeric)
+    groups = feature_groups(meta.in_dims, meta.tabular, columns.categorical, columns.numeric, meta.wide)
     return permutation_importance(score, test, groups, repeats=IMPORTANCE_REPEATS, seed=SEED)
 
 

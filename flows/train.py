@@ -107,7 +107,12 @@ def bundle_meta(
         out_dim=result.out_dim,
         classes=features.classes,
         target_scaling=(scaling.mean, scaling.std) if scaling else None,
-        encoders={m: meta["encoder"] for m, meta in metadata.items() if "encoder" in meta},
+        # the precision the features were encoded at travels with the fingerprint: predict reuses it
+        encoders={
+            m: {**meta["encoder"], "precision": meta.get("precision")}
+            for m, meta in metadata.items()
+            if "encoder" in meta
+        },
         tabular=metadata.get("tabular", {}).get("tabular_state"),
         wide=metadata.get("tabular", {}).get("wide_state"),
         best_epoch=result.best_epoch,

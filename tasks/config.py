@@ -312,6 +312,57 @@ class ScheduleConfig(_Strict):
         return value
 
 
+class DriftThresholds(_Strict):
+    """When a drift check counts as drift: its test is significant AND its effect is large enough.
+
+    Both are needed. A test alone flags trivial shifts once the batch has thousands of rows;
+    an effect size alone flags noise when it has fifty. So a check is drift when
+    `p < alpha` and its effect reaches the threshold of its kind. The p-values of one run's
+    checks are adjusted together (Holm), so `alpha` is the chance that a run over data with
+    no drift reports drift in any column. The effect thresholds:
+
+    - `psi`: population stability index of a numeric or categorical column, or of the model's
+      predicted classes or scores (0.1 is commonly read as a slight shift, 0.2 as a significant one);
+    - `auc`: ROC AUC of a classifier telling batch embeddings from reference ones (0.5: it cannot);
+    - `missing`: change in a column's share of missing values (0.1 = ten percentage points);
+    - `unseen`: share of batch rows with a category the reference never had, beyond the share
+      expected from the reference's own long tail (Good-Turing).
+    """
+
+    alpha: float = Field(0.01, gt=0, lt=0.5)  # false alarms per run (Holm over the run's checks)
+    psi: float = Field(0.2, gt=0)
+    auc: float = Field(0.55, gt=0.5, lt=1)
+    missing: float = Field(0.1, gt=0, le=1)
+    unseen: float = Field(0.05, gt=0, le=1)
+
+
+class MonitorConfig(_Strict):
+    """Drift monitoring (`fuseline monitor`, and its deployment under `fuseline serve`).
+
+    The default cron runs an hour before the default retrain, so the training reference is
+    still the data the serving model learned from; after a retrain the fresh snapshot *is*
+    the reference and would never look drifted.
+    """
+
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    threshold: DriftThresholds = DriftThresholds()
+    max_rows: int = Field(5000, ge=50)  # rows sampled (seeded) from each side; bounds encoding and tests
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    retrain_on_drift: bool = False  # run the fuseline-retrain/scheduled-retrain deployment on drift
+    output: str = "reports/monitor"  # drift.json, drift.md, drift.png
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        return ScheduleConfig._five_fields(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return ScheduleConfig._known_timezone(value)
+
+
 class RuntimeConfig(_Strict):
     """Where extraction and batch prediction run: this process, or chunks on a Dask/Ray cluster.
 
@@ -342,6 +393,7 @@ class Params(_Strict):
     fusion: FusionConfig = FusionConfig()
     train: TrainConfig = TrainConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    monitor: MonitorConfig = MonitorConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     cache: CacheConfig = CacheConfig()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -74,5 +75,42 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor
 
 
+# How encoders compute: recorded with every feature file and bundle, because bf16 embeddings
+# differ from float32 ones far beyond rounding and a model learns the ones it was given.
+BF16_AUTOCAST = "bfloat16-autocast"
+FLOAT32 = "float32"
+_encoding_precision: ContextVar[str | None] = ContextVar("encoding_precision", default=None)
+
+
+def default_precision(device: torch.device) -> str:
+    """bf16 autocast on CUDA (tensor cores), float32 elsewhere."""
+    return BF16_AUTOCAST if device.type == "cuda" else FLOAT32
+
+
+def precision_problem(precision: str | None, device: torch.device) -> str | None:
+    """Why encoding at `precision` on `device` cannot reproduce such vectors, or None."""
+    if precision not in (BF16_AUTOCAST, FLOAT32):
+        return f"unknown encoding precision {precision!r} (expected {BF16_AUTOCAST!r} or {FLOAT32!r})"
+    if precision == BF16_AUTOCAST and device.type != "cuda":
+        return f"features at {precision} need a CUDA GPU, and this run encodes on {device.type}"
+    return None
+
+
+@contextlib.contextmanager
+def encoding_precision(precision: str) -> Iterator[None]:
+    """Encoders called inside compute at `precision`, whatever the device's default."""
+    token = _encoding_precision.set(precision)
+    try:
+        yield
+    finally:
+        _encoding_precision.reset(token)
+
+
+def bf16_autocast_on(device: torch.device) -> bool:
+    """bf16 autocast on CUDA unless an `encoding_precision` block asks for float32."""
+    precision = _encoding_precision.get() or default_precision(device)
+    return device.type == "cuda" and precision == BF16_AUTOCAST
+
+
 def autocast_for(device: torch.device) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16_autocast_on(device))

@@ -13,6 +13,16 @@ class Layout:
     root: Path = Path(".")
 
     @property
+    def resolved_params(self) -> Path:
+        """params.yaml with every default written out: what DVC's stages track (tasks/dvc_params.py)."""
+        return self.root / "data" / "resolved" / "params.yaml"
+
+    @property
+    def links(self) -> Path:
+        """Symlinks to the sources and media roots, so dvc.yaml names fixed paths."""
+        return self.root / "data" / "links"
+
+    @property
     def raw(self) -> Path:
         return self.root / "data" / "raw"
 

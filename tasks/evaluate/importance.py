@@ -2,8 +2,9 @@
 
 Permutation importance shuffles one input column across the test rows and measures how much
 the primary metric worsens: model-agnostic, and in the metric's own units. A tabular column is
-one group of one-hot/scaled features inside the `tabular` block; a text or image column is a
-whole block, shuffled together with its presence mask so a missing value moves with its row.
+one group of one-hot/scaled features inside the `tabular` block (plus, for wide_deep, its hashed
+wide ids); a text or image column is a whole block, shuffled together with its presence mask so
+a missing value moves with its row.
 """
 
 from __future__ import annotations
@@ -17,19 +18,32 @@ import torch
 
 from modelzoo.heads.base import FusionHead
 from tasks.features.tabular import TabularState
+from tasks.features.wide import TABULAR_WIDE, TEXT_WIDE
 from tasks.train.dataset import FeatureSet, modality_of
 
 TABULAR = "tabular"
 
 
 @dataclass(frozen=True)
+class BlockPart:
+    """Where a column lives in one input block: some positions, or the whole block (index None)."""
+
+    block: str
+    index: np.ndarray | None  # positions inside the block; None: the whole block and its mask
+
+
+@dataclass(frozen=True)
 class FeatureGroup:
-    """One column a user declared, located in the model's input blocks."""
+    """One column a user declared, located in every input block that carries it.
+
+    A tabular column has one-hot/scaled slots in `tabular` and, for wide_deep, its hashed id
+    (and the ids of the crosses it is part of) in `tabular.__wide__`: shuffling one without
+    the other would leave the model a copy of what was meant to be hidden.
+    """
 
     name: str  # the column name from params.yaml
     modality: str
-    block: str
-    index: np.ndarray | None  # positions inside a tabular block; None: the whole block and its mask
+    parts: tuple[BlockPart, ...]
 
 
 def feature_groups(
@@ -37,6 +51,7 @@ def feature_groups(
     tabular_state: dict | None,
     categorical: Sequence[str] = (),
     numeric: Sequence[str] = (),
+    wide_state: dict | None = None,
 ) -> list[FeatureGroup]:
     """Every declared column as a group, in block order (tabular columns in encoding order).
 
@@ -44,20 +59,47 @@ def feature_groups(
     `len(vocab) + 2` one-hot slots, then each numeric column is value + missing flag, in the
     order the columns are declared in params (`categorical`, `numeric`). That order is passed
     in rather than read from the state, because stored states are JSON written with sorted
-    keys: their dict order is alphabetical, not the order the block was built in.
+    keys: their dict order is alphabetical, not the order the block was built in. The wide
+    ids follow tasks.features.wide: one per categorical, then per numeric column, then crosses.
     """
-    groups: list[FeatureGroup] = []
+    tabular_columns = [*categorical, *numeric]
+    parts: dict[str, list[BlockPart]] = {column: [] for column in tabular_columns}
+    groups: dict[str, FeatureGroup] = {}
+    declared = (list(categorical), list(numeric))
+    if TABULAR in in_dims:
+        for column, index in _tabular_slots(in_dims[TABULAR], tabular_state, *declared):
+            parts[column].append(BlockPart(TABULAR, index))
+    if TABULAR_WIDE in in_dims:
+        for column, index in _wide_slots(in_dims[TABULAR_WIDE], wide_state, *declared):
+            parts[column].append(BlockPart(TABULAR_WIDE, index))
     for block in sorted(in_dims):
-        if block != TABULAR:
-            groups.append(FeatureGroup(block.split(".", 1)[-1], modality_of(block), block, None))
+        if modality_of(block) == TABULAR:
             continue
-        groups += _tabular_groups(block, in_dims[block], tabular_state, list(categorical), list(numeric))
-    return groups
+        name = block.split(".", 1)[-1]
+        groups[block] = FeatureGroup(name, modality_of(block), (BlockPart(block, None),))
+    if TEXT_WIDE in groups:
+        _place_text_ngrams(groups, wide_state)
+    tabular = [FeatureGroup(c, TABULAR, tuple(parts[c])) for c in tabular_columns if parts[c]]
+    return tabular + list(groups.values())
 
 
-def _tabular_groups(
-    block: str, width: int, tabular_state: dict | None, categorical: list[str], numeric: list[str]
-) -> list[FeatureGroup]:
+def _place_text_ngrams(groups: dict[str, FeatureGroup], wide_state: dict | None) -> None:
+    """One text column: its n-gram ids join its embedding. Several: the shared n-gram block is a
+    group of its own, named after them, since its ids do not say which column they came from."""
+    ngrams = groups.pop(TEXT_WIDE)
+    text = list((wide_state or {}).get("text", []))
+    owner = f"text.{text[0]}" if len(text) == 1 else None
+    if owner in groups:
+        group = groups[owner]
+        groups[owner] = FeatureGroup(group.name, group.modality, group.parts + ngrams.parts)
+    else:
+        name = f"n-grams of {', '.join(text) or 'text'} (wide)"
+        groups[TEXT_WIDE] = FeatureGroup(name, "text", ngrams.parts)
+
+
+def _tabular_slots(
+    width: int, tabular_state: dict | None, categorical: list[str], numeric: list[str]
+) -> list[tuple[str, np.ndarray]]:
     if tabular_state is None:
         raise ValueError("the model has a tabular block but the bundle carries no tabular state")
     state = TabularState.from_json(tabular_state)
@@ -69,24 +111,49 @@ def _tabular_groups(
     if state.width != width:
         raise ValueError(f"tabular state is {state.width} wide but the model's block is {width}")
     widths = [(c, len(state.categorical[c]) + 2) for c in categorical] + [(c, 2) for c in numeric]
-    groups, start = [], 0
+    slots, start = [], 0
     for column, size in widths:
-        groups.append(FeatureGroup(column, TABULAR, block, np.arange(start, start + size)))
+        slots.append((column, np.arange(start, start + size)))
         start += size
-    return groups
+    return slots
+
+
+def _wide_slots(
+    width: int, wide_state: dict | None, categorical: list[str], numeric: list[str]
+) -> list[tuple[str, np.ndarray]]:
+    """Each tabular column's id slot plus the slots of every cross that reads it."""
+    if wide_state is None:
+        raise ValueError(f"the model has a {TABULAR_WIDE} block but the bundle carries no wide state")
+    crosses = [list(cross) for cross in wide_state["crosses"]]
+    stored = [*wide_state["categorical"], *wide_state["numeric_edges"]]
+    if sorted(stored) != sorted([*categorical, *numeric]) or len(stored) + len(crosses) != width:
+        raise ValueError(
+            f"wide state columns {sorted(stored)} + {len(crosses)} crosses do not make the model's "
+            f"{TABULAR_WIDE} block of {width}"
+        )
+    own = {column: position for position, column in enumerate([*categorical, *numeric])}
+    first_cross = len(own)
+    return [
+        (
+            column,
+            np.array([own[column]] + [first_cross + j for j, cross in enumerate(crosses) if column in cross]),
+        )
+        for column in own
+    ]
 
 
 def permuted(features: FeatureSet, group: FeatureGroup, order: np.ndarray) -> FeatureSet:
     """`features` with the group's values taken from rows `order` (all else untouched)."""
     inputs = dict(features.inputs)
     present = dict(features.present)
-    if group.index is None:
-        inputs[group.block] = features.inputs[group.block][order]
-        present[group.block] = features.present[group.block][order]
-    else:
-        block = features.inputs[group.block].copy()
-        block[:, group.index] = block[order][:, group.index]
-        inputs[group.block] = block
+    for part in group.parts:
+        if part.index is None:
+            inputs[part.block] = features.inputs[part.block][order]
+            present[part.block] = features.present[part.block][order]
+        else:
+            block = inputs[part.block].copy()
+            block[:, part.index] = block[order][:, part.index]
+            inputs[part.block] = block
     return FeatureSet(features.ids, features.split, features.target, inputs, present, features.classes)
 
 

@@ -27,7 +27,16 @@ from torch import nn
 
 from modelzoo.encoders.loading import encoder_fingerprint
 from tasks.config import Params
-from tasks.device import batch_size_on, cores, decode_workers, pick_device
+from tasks.device import (
+    batch_size_on,
+    cores,
+    decode_workers,
+    default_precision,
+    encoding_precision,
+    pick_device,
+    precision_problem,
+)
+from tasks.errors import BundleError
 from tasks.features.cache import FeatureCache, ShardStore
 from tasks.features.cache.contents import Contents
 from tasks.features.cache.fingerprints import encoder_identity
@@ -117,6 +126,7 @@ class Extraction:
         device: torch.device,
         encoder: nn.Module | None,
         stats: ExtractStats,
+        precision: str,
     ) -> None:
         self.spec = spec
         self.contents = contents
@@ -126,6 +136,7 @@ class Extraction:
         self.misses = misses  # slots to encode, in encoding order
         self.chunk_rows = chunk_rows
         self.device = device
+        self.precision = precision  # tasks.device: recorded in the feature file and the bundle
         self.encoder = encoder
         self.stats = stats
         self.feed: Any = None  # what the modality keeps between chunks (a decode-ahead feed)
@@ -152,12 +163,19 @@ def plan_extraction(
     cache: FeatureCache,
     device: torch.device,
     chunk_rows: int,
+    precision: str | None = None,
 ) -> Extraction:
     """Look every content up in the cache, fill the hits and list the misses in chunks.
 
     The encoder is loaded only when something must be encoded or its fingerprint is not
     remembered; whenever it is loaded, the remembered fingerprint is checked against it.
+    `precision` (default: the device's) is how misses are encoded and which cache namespace
+    is read; prediction passes the one the model's features had.
     """
+    precision = precision or default_precision(device)
+    problem = precision_problem(precision, device)
+    if problem is not None:
+        raise BundleError(f"{spec.kind} encoder: {problem}")
     started = time.perf_counter()
     stats = ExtractStats(spec.kind, rows=rows, values=contents.values, unique=len(contents.keys))
     identity = encoder_identity(spec.kind, spec.model, spec.preprocessing())
@@ -168,7 +186,7 @@ def plan_extraction(
             encoder = encoder or _load(spec, device, stats)
             fingerprint = spec.fingerprint(encoder)
             cache.fingerprints.put(identity, fingerprint)
-        store = cache.store(fingerprint, _pipeline(spec, device))
+        store = cache.store(fingerprint, _pipeline(spec, precision))
         slots = SlotVectors(len(contents.keys), int(fingerprint["dim"]), cache.scratch)
         _fill_hits(store, contents.keys, slots, stats)
         misses = np.flatnonzero(~slots.filled)
@@ -190,7 +208,9 @@ def plan_extraction(
         spec.kind, rows, contents.values, len(contents.keys), stats.reused, len(misses),
         -(-len(misses) // chunk_rows),
     )  # fmt: skip
-    return Extraction(spec, contents, store, fingerprint, slots, misses, chunk_rows, device, encoder, stats)
+    return Extraction(
+        spec, contents, store, fingerprint, slots, misses, chunk_rows, device, encoder, stats, precision
+    )
 
 
 def encode_chunk(job: Extraction, index: int) -> int:
@@ -199,7 +219,8 @@ def encode_chunk(job: Extraction, index: int) -> int:
     slots = job.chunk(index)
     if job.encoder is None:
         job.encoder = _load(job.spec, job.device, job.stats)
-    vectors, ok, forward = job.spec.modality.encode_chunk(job, index)
+    with encoding_precision(job.precision):
+        vectors, ok, forward = job.spec.modality.encode_chunk(job, index)
     job.store.commit([job.contents.keys[s] for s in slots], vectors, ok)
     job.slots.put(slots, vectors, ok)
     seconds = time.perf_counter() - started
@@ -216,9 +237,11 @@ def encode_chunk(job: Extraction, index: int) -> int:
 
 
 def write_features(job: Extraction, ids: np.ndarray, target: Path) -> ExtractStats:
-    """Stream the feature file; its metadata carries the encoder fingerprint, as train expects."""
+    """Stream the feature file; its metadata carries the encoder fingerprint and precision, which
+    train copies into the bundle."""
     started = time.perf_counter()
-    write_feature_file(target, ids, job.contents.blocks, job.slots, {"encoder": job.fingerprint})
+    metadata = {"encoder": job.fingerprint, "precision": job.precision}
+    write_feature_file(target, ids, job.contents.blocks, job.slots, metadata)
     job.stats.seconds += time.perf_counter() - started
     return job.stats
 
@@ -278,16 +301,13 @@ def _fill_hits(store: ShardStore, keys: list[bytes], slots: SlotVectors, stats: 
         slots.put(hit_slots[mine], shard.vectors[row_of[mine]], shard.ok[row_of[mine]])
 
 
-def _pipeline(spec: EncoderSpec, device: torch.device) -> dict[str, str]:
+def _pipeline(spec: EncoderSpec, precision: str) -> dict[str, str]:
     """What besides the fingerprint decides the vectors: input handling and precision.
 
     bf16 embeddings differ from float32 ones far beyond rounding, so precision is part of
     the namespace; the device is not, as float32 on CPU and GPU agree to ~1e-6.
     """
-    return {
-        "input": spec.modality.input_version,
-        "precision": "bfloat16-autocast" if device.type == "cuda" else "float32",
-    }
+    return {"input": spec.modality.input_version, "precision": precision}
 
 
 def _load(spec: EncoderSpec, device: torch.device, stats: ExtractStats) -> nn.Module:

@@ -28,7 +28,7 @@ from tasks.config import DataConfig, EncodersConfig, SourceConfig
 from tasks.data.align import AlignReport, check_ids, presence
 from tasks.data.ingest import typed_columns
 from tasks.data.sources import read_source
-from tasks.device import single_threaded
+from tasks.device import pick_device, precision_problem, single_threaded
 from tasks.errors import BundleError, DataError, closest_names
 from tasks.evaluate.evaluation import predictions_table
 from tasks.features.cache import FeatureCache
@@ -127,6 +127,33 @@ def current_fingerprint(spec: EncoderSpec, cache: FeatureCache) -> dict[str, Any
     fingerprint = spec.fingerprint(spec.load())
     cache.fingerprints.put(identity, fingerprint)
     return fingerprint
+
+
+def encoding_precision_of(bundle_dir: str | Path, kind: str, record: dict[str, Any]) -> str:
+    """The precision the bundle's `kind` features were encoded at, if this machine can repeat it.
+
+    A model learns the vectors it was given; bf16 ones differ from float32 ones far beyond
+    rounding, so prediction encodes at the recorded precision or refuses.
+    """
+    precision = record.get("precision")
+    if precision is None:
+        raise BundleError(
+            f"{bundle_dir}: the bundle does not record the precision its {kind} features were encoded "
+            "at (bundles trained before fuseline recorded it); retrain it (dvc repro)"
+        )
+    problem = precision_problem(precision, pick_device("auto"))
+    if problem is not None:
+        raise BundleError(
+            f"{bundle_dir}: the model was trained on {kind} features encoded at {precision}, which this "
+            f"machine cannot repeat ({problem}); predict on a machine with a CUDA GPU, or retrain with "
+            "`train.device: cpu` so extraction encodes in float32"
+        )
+    return str(precision)
+
+
+def fingerprint_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The encoder's own fingerprint in a bundle's encoder record (which also holds the precision)."""
+    return {key: value for key, value in record.items() if key != "precision"}
 
 
 def check_fingerprint(
@@ -242,12 +269,14 @@ class Predictor:
         device: torch.device,
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Cache hits read back, misses encoded in one chunk and committed as a shard."""
-        job = plan_extraction(spec, contents, n_rows, cache, device, chunk_rows=max(1, len(contents.keys)))
+        record = self.meta.encoders[kind]
+        precision = encoding_precision_of(self.bundle_dir, kind, record)
+        job = plan_extraction(spec, contents, n_rows, cache, device, max(1, len(contents.keys)), precision)
         try:
-            check_fingerprint(self.bundle_dir, kind, self.meta.encoders[kind], job.fingerprint)
+            check_fingerprint(self.bundle_dir, kind, fingerprint_of(record), job.fingerprint)
             for index in range(job.chunk_count):
                 encode_chunk(job, index)
-            return _gather(job, n_rows)
+            return gather_blocks(job, n_rows)
         finally:
             job.close()
 
@@ -264,7 +293,7 @@ class Predictor:
                 )
 
 
-def _gather(job: Extraction, n_rows: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def gather_blocks(job: Extraction, n_rows: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per block: (rows, dim) vectors and presence, as write_feature_file lays them out."""
     blocks: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
@@ -283,7 +312,9 @@ def load_predictor(bundle_dir: str | Path, cache: FeatureCache) -> Predictor:
     model, meta = load_bundle(Path(bundle_dir))
     specs = encoder_specs(meta)
     for kind, spec in specs.items():
-        check_fingerprint(bundle_dir, kind, meta.encoders[kind], current_fingerprint(spec, cache))
+        record = meta.encoders[kind]
+        encoding_precision_of(bundle_dir, kind, record)
+        check_fingerprint(bundle_dir, kind, fingerprint_of(record), current_fingerprint(spec, cache))
     final = load_final_model(Path(bundle_dir), (model, meta), member_loaders(cache.root))
     return Predictor(str(bundle_dir), model, meta, specs, final)
 

@@ -45,11 +45,29 @@ def test_bad_cron_fails_at_load_naming_the_key(tmp_path: Path) -> None:
         load_params(_write_params(tmp_path / "params.yaml", cron="every day"))
 
 
-def test_prefect_yaml_schedule_matches_params_yaml() -> None:
-    deployment = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"][0]
-    schedule = yaml.safe_load((REPO / "params.yaml").read_text())["schedule"]
-    assert deployment["entrypoint"] == "flows/deploy.py:retrain"
-    assert deployment["schedules"] == [{"cron": schedule["cron"], "timezone": schedule["timezone"]}]
+def test_prefect_yaml_schedules_match_params_yaml() -> None:
+    deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, entrypoint, section in (
+        ("scheduled-retrain", "flows/deploy.py:retrain", "schedule"),
+        ("scheduled-monitor", "flows/monitor.py:monitor", "monitor"),
+    ):
+        assert deployments[name]["entrypoint"] == entrypoint
+        cron, timezone = params[section]["cron"], params[section]["timezone"]
+        assert deployments[name]["schedules"] == [{"cron": cron, "timezone": timezone}], name
+
+
+def test_monitor_deployment_takes_its_cron_from_params(tmp_path: Path) -> None:
+    from flows.monitor import deployment
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["monitor"] = {**params["monitor"], "cron": "30 1 * * *", "timezone": "Asia/Tokyo"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    built = deployment(str(tmp_path / "params.yaml"))
+    (schedule,) = built.schedules
+    assert (built.name, schedule.schedule.cron, schedule.schedule.timezone) == (
+        "scheduled-monitor", "30 1 * * *", "Asia/Tokyo",
+    )  # fmt: skip
 
 
 @pytest.mark.slow

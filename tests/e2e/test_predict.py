@@ -65,6 +65,29 @@ def test_bundle_refuses_an_encoder_with_another_fingerprint(in_repo: Path, tmp_p
         load_predictor(bundle, FeatureCache(in_repo / ".cache" / "features"))
 
 
+def test_bundle_records_the_precision_its_features_were_encoded_at(in_repo: Path) -> None:
+    from tasks.features.feature_store import read_blocks
+
+    meta = json.loads((in_repo / "models" / "bundle.json").read_text())
+    expected = "bfloat16-autocast" if torch.cuda.is_available() else "float32"
+    for kind in ("text", "image", "audio"):
+        assert meta["encoders"][kind]["precision"] == expected, kind
+        assert read_blocks(in_repo / "data" / "features" / f"{kind}.parquet")[3]["precision"] == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine can repeat bf16 autocast")
+def test_a_bundle_of_bf16_features_refuses_to_encode_in_float32(in_repo: Path, tmp_path: Path) -> None:
+    """Before the precision was recorded, prediction on CPU silently fed float32 vectors to a model
+    trained on bf16 ones (extract ran on train.device, predict on `auto`)."""
+    bundle = shutil.copytree(in_repo / "models", tmp_path / "models")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["encoders"]["image"]["precision"] = "bfloat16-autocast"
+    meta["digest"]["meta"] = meta_digest(meta)  # as if extract had run on a GPU
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"image features encoded at bfloat16-autocast, which this machine"):
+        load_predictor(bundle, FeatureCache(in_repo / ".cache" / "features"))
+
+
 def test_unseen_category_lands_in_the_unknown_slot(in_repo: Path, tmp_path: Path) -> None:
     predictor = load_predictor(in_repo / "models", FeatureCache(in_repo / ".cache" / "features"))
     rows = _raw_rows(in_repo).head(2).assign(category="a-category-never-seen")

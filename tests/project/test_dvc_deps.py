@@ -110,6 +110,29 @@ def test_the_check_sees_a_missing_dep() -> None:
     )
 
 
+RESOLVED = "data/resolved/params.yaml"
+
+
+def _tracked_keys(stage: dict) -> list[str]:
+    """The stage's params keys; any not read from the resolved file fails the test that calls this."""
+    keys: list[str] = []
+    for entry in stage.get("params", []):
+        assert isinstance(entry, dict) and list(entry) == [RESOLVED], f"params not from {RESOLVED}: {entry}"
+        keys += entry[RESOLVED]
+    return keys
+
+
 def test_evaluate_declares_the_params_it_reads() -> None:
-    evaluate = dict(_stages())["evaluate"]
-    assert "data" in evaluate.get("params", [])
+    assert "data" in _tracked_keys(dict(_stages())["evaluate"])
+
+
+@pytest.mark.parametrize("name,stage", _stages(), ids=[name for name, _ in _stages()])
+def test_stages_track_the_resolved_params_never_params_yaml_keys(name: str, stage: dict) -> None:
+    """A key read from params.yaml itself would be one a user must write out for DVC's sake."""
+    _tracked_keys(stage)
+
+
+def test_dvc_yaml_interpolates_no_params_key() -> None:
+    """`${data.image_root}` fails to parse when a user's params.yaml leaves the key to its default."""
+    text = (REPO / "dvc.yaml").read_text()
+    assert not re.findall(r"\$\{(?!key\}|item\.)[^}]*\}", text)

@@ -42,7 +42,7 @@ def _params() -> dict:
                 "text": ["note"],
                 "image": [],
             },
-            "image_root": "images",  # dvc.yaml interpolates it (and "." would overlap align's outs)
+            "image_root": "images",  # "." would hold the outputs, which the params stage refuses
             "audio_root": "audio",  # likewise
             "demo": None,
         },

@@ -15,6 +15,7 @@ from modelzoo.registry import names
 from tasks.config import FusionConfig, TrainConfig
 from tasks.evaluate.evaluation import primary_score
 from tasks.evaluate.importance import (
+    BlockPart,
     FeatureGroup,
     block_weights,
     feature_groups,
@@ -99,7 +100,7 @@ def test_feature_groups_cover_the_tabular_block_column_by_column() -> None:
     )
     tabular = [g for g in groups if g.modality == "tabular"]
     assert [g.name for g in tabular] == ["colour", "signal", "noise"]
-    assert np.concatenate([g.index for g in tabular]).tolist() == list(
+    assert np.concatenate([g.parts[0].index for g in tabular]).tolist() == list(
         range(features.inputs["tabular"].shape[1])
     )
 
@@ -109,7 +110,7 @@ def test_groups_follow_the_declared_order_not_the_stored_key_order() -> None:
     groups = feature_groups({"tabular": 9, "text.note": 8}, state, CATEGORICAL, NUMERIC)
     signal = next(g for g in groups if g.name == "signal")
     # value then missing flag: the value column is the standardised input
-    standardised = features.inputs["tabular"][:, signal.index[0]]
+    standardised = features.inputs["tabular"][:, signal.parts[0].index[0]]
     assert np.corrcoef(standardised, features.target)[0, 1] > 0.5
 
 
@@ -128,14 +129,14 @@ def test_feature_groups_refuse_columns_the_state_does_not_know() -> None:
 def test_whole_block_permutation_moves_the_presence_mask_with_the_values() -> None:
     features, _ = planted(n_rows=50)
     order = np.random.default_rng(1).permutation(50)
-    shuffled = permuted(features, FeatureGroup("note", "text", "text.note", None), order)
+    shuffled = permuted(features, FeatureGroup("note", "text", (BlockPart("text.note", None),)), order)
     np.testing.assert_array_equal(shuffled.inputs["text.note"], features.inputs["text.note"][order])
     np.testing.assert_array_equal(shuffled.present["text.note"], features.present["text.note"][order])
 
 
 def test_column_permutation_leaves_the_other_tabular_columns_alone() -> None:
     features, _ = planted(n_rows=50)
-    group = FeatureGroup("signal", "tabular", "tabular", np.array([5, 6]))
+    group = FeatureGroup("signal", "tabular", (BlockPart("tabular", np.array([5, 6])),))
     shuffled = permuted(features, group, np.random.default_rng(1).permutation(50))
     untouched = [i for i in range(9) if i not in (5, 6)]
     np.testing.assert_array_equal(
@@ -208,3 +209,76 @@ def test_every_registered_head_gives_one_weight_row_per_input_row_or_none(head: 
     model = build_head(fusion, {k: v.shape[1] for k, v in features.inputs.items()}, 1).eval()
     weights = block_weights(model, features)
     assert weights is None or (weights.shape == (20, 2) and set(weights.columns) == {"tabular", "text.note"})
+
+
+# --- wide_deep: hashed ids travel with their column ----------------------------------------------
+
+
+def _wide(text_columns: list[str], n_rows: int = 40) -> tuple[FeatureSet, dict, dict]:
+    """Dense and wide blocks of one frame, with a colour x signal cross, states as stored (JSON)."""
+    from modelzoo.heads.wide_deep import WideOptions
+    from tasks.config import ColumnsConfig
+    from tasks.features.wide import fit_wide, transform_wide
+    from tasks.schema import PRESENT
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "colour": rng.choice(["red", "green", "blue"], size=n_rows),
+            "signal": rng.normal(size=n_rows),
+            "noise": rng.normal(size=n_rows),
+            **{c: [f"word{i % 7} other{i % 3}" for i in range(n_rows)] for c in text_columns},
+        }
+    )
+    for column in ["colour", *text_columns]:
+        frame[PRESENT + column] = True
+    columns = ColumnsConfig(categorical=CATEGORICAL, numeric=NUMERIC, text=text_columns)
+    wide_state = fit_wide(frame, columns, WideOptions(crosses=[["colour", "signal"]]))
+    tabular_state = fit_tabular(frame, CATEGORICAL, NUMERIC)
+    blocks, present = transform_wide(frame, wide_state)
+    inputs = {"tabular": transform_tabular(frame, tabular_state), **blocks}
+    inputs |= {f"text.{c}": rng.normal(size=(n_rows, 4)).astype(np.float32) for c in text_columns}
+    present |= {k: np.ones(n_rows, dtype=bool) for k in inputs if k not in present}
+    features = FeatureSet(
+        np.arange(n_rows).astype(str),
+        np.full(n_rows, "test"),
+        np.zeros(n_rows, np.float32),
+        inputs,
+        present,
+        ("0", "1"),
+    )
+    stored = [json.loads(json.dumps(s.to_json(), sort_keys=True)) for s in (tabular_state, wide_state)]
+    return features, *stored
+
+
+def _groups(features: FeatureSet, tabular_state: dict, wide_state: dict) -> dict[str, FeatureGroup]:
+    in_dims = {k: v.shape[1] for k, v in features.inputs.items()}
+    groups = feature_groups(in_dims, tabular_state, CATEGORICAL, NUMERIC, wide_state)
+    names = [g.name for g in groups]
+    assert len(names) == len(set(names)), names  # once, both wide blocks were called `__wide__`
+    return {g.name: g for g in groups}
+
+
+def test_shuffling_a_column_shuffles_its_wide_ids_and_its_crosses() -> None:
+    features, tabular_state, wide_state = _wide(["note"])
+    groups = _groups(features, tabular_state, wide_state)
+    order = np.random.default_rng(0).permutation(40)
+    shuffled = permuted(features, groups["signal"], order)
+    wide = features.inputs["tabular.__wide__"]  # colour, signal, noise, colour x signal
+    np.testing.assert_array_equal(shuffled.inputs["tabular.__wide__"][:, [1, 3]], wide[order][:, [1, 3]])
+    np.testing.assert_array_equal(shuffled.inputs["tabular.__wide__"][:, [0, 2]], wide[:, [0, 2]])
+    noise = permuted(features, groups["noise"], order).inputs["tabular.__wide__"]
+    np.testing.assert_array_equal(noise[:, [0, 1, 3]], wide[:, [0, 1, 3]])
+
+
+def test_one_text_columns_ngrams_move_with_its_embedding() -> None:
+    features, tabular_state, wide_state = _wide(["note"])
+    groups = _groups(features, tabular_state, wide_state)
+    assert {part.block for part in groups["note"].parts} == {"text.note", "text.__wide__"}
+    assert set(groups) == {"colour", "signal", "noise", "note"}
+
+
+def test_several_text_columns_ngrams_are_one_named_group() -> None:
+    features, tabular_state, wide_state = _wide(["title", "body"])
+    groups = _groups(features, tabular_state, wide_state)
+    assert set(groups) == {"colour", "signal", "noise", "title", "body", "n-grams of title, body (wide)"}
