@@ -1,6 +1,11 @@
-"""Benchmark fine-tuning the text encoder's top layers against one frozen extraction pass.
+"""Benchmark fine-tuning an encoder's top (text: top layers; images: last blocks) against one
+frozen extraction pass.
 
-    python bench/finetune.py [--json] [--rows N] [--layers 2] [--epochs E] [--rounds R] [--device cpu]
+    python bench/finetune.py [--modality text|image|both] [--json] [--rows N] [--layers 2]
+                             [--epochs E] [--rounds R] [--device cpu] [--images N] [--image-size S]
+                             [--threads T]
+
+Text (`--modality text`):
 
 On the same texts in one process (petfinder `Description` -> `AdoptionSpeed` from
 ../shared/data/petfinder when present, val carved from its train rows; else synthetic texts):
@@ -20,6 +25,22 @@ On the same texts in one process (petfinder `Description` -> `AdoptionSpeed` fro
   the model fine-tuned for `finetune.epochs`, val and test accuracy and macro-F1, on the text
   column alone, so the difference is the encoder's.
 
+Images (`--modality image`), on flipkart product photos -> `category_l1` (7 classes) from
+../shared/data/flipkart_products when present (skipped, and said so, when absent): `--images`
+photos sampled evenly per class, split 60/20/20 per class, EfficientNet-Lite0 at `--image-size`:
+
+- frozen pass (a): extraction's own path over the train images (decoded and verified ahead
+  of the forward, normalised, channels_last: tasks.modalities.image.decoded_batches +
+  encode_image_batches), batch `encoders.image.batch_size`.
+- lower cache: the one-off pass through the frozen stem and first blocks that fills the
+  feature-map cache, per split point, reported apart from the epochs.
+- epoch (b): one epoch of tasks.train.image_finetune over the train rows, maps cached: the
+  last 1 and the last 2 blocks, head conv and pooling plus the fusion head, forward +
+  backward + AdamW step. `ratio` = (b) / (a), paired and best-of as for text.
+- quality: the same fusion head on frozen embeddings vs the models fine-tuned for
+  `finetune.epochs` (last 1 and last 2 blocks), val and test accuracy and macro-F1, on the
+  image column alone.
+
 On a shared CPU noise only ever slows a pass down, so (a) and (b) alternate in `--rounds`
 pairs and each side reports its best; `paired_ratios` are the per-round ones and the load
 average at start and end says how shared the machine was.
@@ -28,11 +49,13 @@ average at start and end says how shared the machine was.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +66,16 @@ import torch
 import yaml
 from sklearn.metrics import accuracy_score, f1_score
 
+from modelzoo.encoders.base import ImageEncoder
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
+from modelzoo.encoders.image_finetune import block_count
+from modelzoo.encoders.loading import load_image_encoder
 from modelzoo.encoders.text_finetune import layer_count, lower_text
-from tasks.config import FusionConfig, TextEncoderConfig, TrainConfig
+from tasks.config import FusionConfig, ImageEncoderConfig, TextEncoderConfig, TrainConfig
 from tasks.device import pick_device
+from tasks.modalities.image import close_batches, decoded_batches, encode_image_batches
 from tasks.modalities.text import encode_sorted_texts
+from tasks.schema import DIGEST, ID, PRESENT
 from tasks.train.dataset import FeatureSet
 from tasks.train.finetune import (
     BUCKET_BATCHES,
@@ -57,12 +85,24 @@ from tasks.train.finetune import (
     predict_finetuned,
     train_finetuned,
 )
+from tasks.train.image_finetune import (
+    FineTunedImage,
+    ImageCells,
+    image_cells,
+    predict_finetuned_image,
+    train_finetuned_image,
+)
 from tasks.train.training import predict, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 PETFINDER = REPO.parent / "shared" / "data" / "petfinder" / "petfinder.csv"
 TARGETS = {"ratio": 1.2}
 DEFAULT_ROWS = 2000  # about 6 minutes on 2 quiet cores; --rows 0 takes all 3,000
+FLIPKART = REPO.parent / "shared" / "data" / "flipkart_products" / "flipkart_products.csv"
+DEFAULT_IMAGES = 420  # 60 per class; the image part takes a few minutes on 2 cores
+DEFAULT_IMAGE_SIZE = 224  # params.yaml's: lite0's last blocks then see 7 x 7 maps
+IMAGE_BLOCKS = (1, 2)  # last blocks fine-tuned, each timed and scored
+IMAGE_COLUMN = "photo"
 VAL_SHARE = 0.2  # of petfinder's train rows: it ships train and test only
 COLUMN = "text"
 
@@ -223,12 +263,23 @@ def fine_tune(setup: Setup, features: FeatureSet, data: Texts, text: TextEncoder
 def paired_rounds(setup: Setup, features: FeatureSet, rounds: int) -> dict[str, Any]:
     """Frozen pass, then one fine-tuning epoch, `rounds` times: both sides see the same noise."""
     one_epoch = setup.with_finetune(epochs=1)
+    return paired_timings(
+        lambda: frozen_pass(setup),
+        lambda: fine_tune(setup, features, setup.data, one_epoch).epoch_seconds[0],
+        rounds,
+    )
+
+
+def paired_timings(
+    frozen_pass: Callable[[], float], epoch: Callable[[], dict[str, float]], rounds: int
+) -> dict[str, Any]:
+    """(a) then (b), `rounds` times; each side's best counts (noise only ever slows a pass down)."""
     frozen, train, val = [], [], []
     for _ in range(rounds):
-        frozen.append(frozen_pass(setup))
-        epoch = fine_tune(setup, features, setup.data, one_epoch).epoch_seconds[0]
-        train.append(epoch["train"])
-        val.append(epoch["val"])
+        frozen.append(frozen_pass())
+        seconds = epoch()
+        train.append(seconds["train"])
+        val.append(seconds["val"])
     best_frozen, best = min(frozen), int(np.argmin(train))
     return {
         "frozen_passes": [round(v, 3) for v in frozen],
@@ -297,6 +348,227 @@ def scores(probabilities: np.ndarray, data: Texts) -> dict[str, dict[str, float]
     return out
 
 
+# --- images -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Images:
+    source: str
+    root: Path
+    rows: pd.DataFrame  # aligned-like: row_id, photo, sha256__photo, present__photo
+    label: np.ndarray  # (N,) int64 class
+    split: np.ndarray  # (N,) train | val | test
+    classes: tuple[str, ...]
+
+    def files(self, name: str | None = None) -> tuple[list[Path], list[bytes]]:
+        """A split's (default: every) image files and their SHA-256 digests, as extraction reads them."""
+        chosen = self.rows if name is None else self.rows[self.split == name]
+        paths = [self.root / path for path in chosen[IMAGE_COLUMN]]
+        return paths, [bytes.fromhex(digest) for digest in chosen[DIGEST + IMAGE_COLUMN]]
+
+    def cells(self) -> dict[str, ImageCells]:
+        return image_cells(self.rows, [IMAGE_COLUMN], self.root)
+
+
+def load_images(path: Path, count: int, seed: int) -> Images | None:
+    """`count` flipkart photos, an even share per category, split 60/20/20 per category; None when absent."""
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, usecols=["uniq_id", "image_path", "has_image", "category_l1"])
+    frame = frame[(frame["has_image"] == 1) & frame["image_path"].notna()]
+    rng = np.random.default_rng(seed)
+    classes = tuple(sorted(frame["category_l1"].unique()))
+    per_class = max(5, count // len(classes))
+    picked, split = [], []
+    for name in classes:
+        rows = frame[frame["category_l1"] == name]
+        rows = rows.iloc[rng.permutation(len(rows))[:per_class]]
+        cut = np.array([0.6, 0.8]) * len(rows)
+        picked.append(rows)
+        split += ["train" if i < cut[0] else "val" if i < cut[1] else "test" for i in range(len(rows))]
+    chosen = pd.concat(picked, ignore_index=True)
+    root = path.parent
+    digests = [hashlib.sha256((root / p).read_bytes()).hexdigest() for p in chosen["image_path"]]
+    rows = pd.DataFrame(
+        {
+            ID: chosen["uniq_id"].astype(str),
+            IMAGE_COLUMN: chosen["image_path"].astype(str),
+            DIGEST + IMAGE_COLUMN: digests,
+            PRESENT + IMAGE_COLUMN: True,
+        }
+    )
+    label = np.array(chosen["category_l1"].map({c: i for i, c in enumerate(classes)}), dtype=np.int64)
+    return Images("flipkart photo -> category_l1", root, rows, label, np.array(split), classes)
+
+
+def encode_frozen(
+    encoder: ImageEncoder, paths: list[Path], digests: list[bytes], batch: int, device: torch.device
+) -> np.ndarray:
+    """(N, D) frozen embeddings by extraction's own path: decoded ahead, normalised, one forward."""
+    size = encoder.preprocessing.image_size
+    batches = decoded_batches(paths, digests, size, batch, device)
+    try:
+        vectors, _, _ = encode_image_batches(encoder, batches, len(paths), device)
+    finally:
+        close_batches(batches)
+    return vectors
+
+
+def image_feature_set(data: Images, embeddings: np.ndarray) -> FeatureSet:
+    block = f"image.{IMAGE_COLUMN}"
+    return FeatureSet(
+        ids=data.rows[ID].to_numpy(),
+        split=data.split,
+        target=data.label,
+        inputs={block: embeddings.astype(np.float32)},
+        present={block: np.ones(len(data.label), dtype=bool)},
+        classes=data.classes,
+    )
+
+
+@dataclass(frozen=True)
+class ImageSetup:
+    data: Images
+    encoder: ImageEncoder
+    image: ImageEncoderConfig
+    fusion: FusionConfig
+    train: TrainConfig
+    cache_dir: Path
+    device: torch.device
+
+    def with_finetune(self, **changes: Any) -> ImageEncoderConfig:
+        return self.image.model_copy(update={"finetune": self.image.finetune.model_copy(update=changes)})
+
+
+def image_frozen_pass(setup: ImageSetup) -> float:
+    """Seconds for one extraction pass over the train images: read, verify, decode, forward, copy back."""
+    started = time.perf_counter()
+    encode_frozen(setup.encoder, *setup.data.files("train"), setup.image.batch_size, setup.device)
+    return time.perf_counter() - started
+
+
+def fine_tune_images(setup: ImageSetup, features: FeatureSet, image: ImageEncoderConfig) -> FineTunedImage:
+    return train_finetuned_image(
+        features, setup.data.cells(), "multiclass", setup.fusion, setup.train, image, setup.cache_dir,
+        progress=False, base_encoder=setup.encoder,
+    )  # fmt: skip
+
+
+def image_rounds(setup: ImageSetup, features: FeatureSet, blocks: int, rounds: int) -> dict[str, Any]:
+    """Frozen pass, then one epoch fine-tuning the last `blocks`, `rounds` times (cache filled first)."""
+    one_epoch = setup.with_finetune(blocks=blocks, epochs=1)
+    filled = fine_tune_images(setup, features, one_epoch)  # the one-off lower pass, timed on its own
+    timing = paired_timings(
+        lambda: image_frozen_pass(setup),
+        lambda: fine_tune_images(setup, features, one_epoch).epoch_seconds[0],
+        rounds,
+    )
+    return {
+        "blocks": blocks,
+        "lower_cache_seconds": round(filled.lower_seconds, 3),
+        "lower_cache_images": filled.computed,
+        **timing,
+    }
+
+
+def image_quality(setup: ImageSetup, features: FeatureSet, blocks: tuple[int, ...]) -> dict[str, Any]:
+    """The same head on frozen embeddings vs fine-tuned with the last blocks, image column only."""
+    frozen = train_model(features, "multiclass", setup.fusion, setup.train, progress=False)
+    report: dict[str, Any] = {
+        "head": setup.fusion.head,
+        "frozen": {
+            **scores(predict(frozen.model, features, "multiclass", None), setup.data),
+            "best_epoch": frozen.best_epoch,
+            "epochs_run": len(frozen.history),
+        },
+    }
+    for count in blocks:
+        image = setup.with_finetune(blocks=count)
+        tuned = fine_tune_images(setup, features, image)
+        tuned.head.to(setup.device)  # predict where training ran
+        probabilities = predict_finetuned_image(
+            tuned.head, tuned.top, features, setup.data.cells(), "multiclass", None, image, setup.cache_dir,
+            base_encoder=setup.encoder,
+        )  # fmt: skip
+        report[f"finetuned_last_{count}"] = {
+            **scores(probabilities, setup.data),
+            "best_epoch": tuned.best_epoch,
+            "epochs_run": len(tuned.history),
+            "epoch_train_seconds": [round(e["train"], 3) for e in tuned.epoch_seconds],
+        }
+    return report
+
+
+def run_images(args: argparse.Namespace) -> dict[str, Any]:
+    """The image report, or a note saying why there is none (the dataset is not on this machine)."""
+    data = load_images(args.image_data, args.images, args.seed)
+    if data is None:
+        return {"skipped": f"no image dataset at {args.image_data} (see ../shared/data/README.md)"}
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    base = ImageEncoderConfig.model_validate(params["encoders"]["image"])
+    image = base.model_copy(update={"image_size": args.image_size})
+    if args.epochs:
+        image = image.model_copy(
+            update={"finetune": image.finetune.model_copy(update={"epochs": args.epochs})}
+        )
+    train = TrainConfig(seed=args.seed, device=args.device)
+    device = pick_device(train.device)
+    encoder = load_image_encoder(image.model, image.image_size).to(
+        device=device, memory_format=torch.channels_last
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-images-") as tmp:
+        fusion = FusionConfig.model_validate(params["fusion"])
+        setup = ImageSetup(data, encoder, image, fusion, train, Path(tmp), device)
+        features = image_feature_set(data, encode_frozen(encoder, *data.files(), image.batch_size, device))
+        timing = [image_rounds(setup, features, blocks, args.rounds) for blocks in IMAGE_BLOCKS]
+        quality_ = image_quality(setup, features, IMAGE_BLOCKS)
+    return {
+        "data": {
+            "source": data.source,
+            "rows": len(data.label),
+            **{name: int((data.split == name).sum()) for name in ("train", "val", "test")},
+            "classes": len(data.classes),
+            "image_size": image.image_size,
+        },
+        "machine": machine(device, load_start),
+        "encoder": {"model": image.model, "blocks": block_count(encoder)},
+        "frozen_pass": {
+            "images": int((data.split == "train").sum()),
+            "batch_size": image.batch_size,
+            "path": "extraction's: decoded_batches + encode_image_batches",
+        },
+        "finetune": {
+            "batch_size": image.finetune.batch_size,
+            "lr": {"head": train.lr, "encoder": image.finetune.lr},
+            "epochs": image.finetune.epochs,
+            "per_blocks": timing,
+        },
+        "quality": quality_,
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def summary_images(report: dict[str, Any]) -> str:
+    if "skipped" in report:
+        return f"images: skipped, {report['skipped']}"
+    data, quality_ = report["data"], report["quality"]
+    lines = [
+        f"{data['source']}: {data['rows']} images at {data['image_size']} px, "
+        f"{data['train']}/{data['val']}/{data['test']} train/val/test",
+    ]
+    for timing in report["finetune"]["per_blocks"]:
+        lines.append(
+            f"last {timing['blocks']} block(s): (a) frozen pass {timing['frozen_seconds']:.2f} s, "
+            f"(b) epoch {timing['epoch_seconds']:.2f} s, ratio {timing['ratio']:.3f} "
+            f"(with val {timing['ratio_with_val']:.3f}); "
+            f"lower cache one-off {timing['lower_cache_seconds']:.2f} s"
+        )
+    lines += [quality_line(name, quality_[name]) for name in quality_ if name != "head"]
+    return "\n".join(lines)
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -319,7 +591,7 @@ def setup_from(args: argparse.Namespace, cache_dir: Path) -> Setup:
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run_text(args: argparse.Namespace) -> dict[str, Any]:
     load_start = os.getloadavg()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
@@ -343,14 +615,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_length": text.max_length,
             "mean_train_chars": round(float(np.mean([len(t) for t in train_texts])), 1),
         },
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name() if setup.device.type == "cuda" else "cpu",
-            "loadavg_start": [round(v, 2) for v in load_start],
-            "loadavg_end": [round(v, 2) for v in os.getloadavg()],
-        },
+        "machine": machine(setup.device, load_start),
         "encoder": {"model": text.model, "layers": layer_count(setup.encoder)},
         "frozen_pass": {
             "texts": len(train_texts),
@@ -375,7 +640,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def summary(report: dict[str, Any]) -> str:
+def summary_text(report: dict[str, Any]) -> str:
     data, frozen, lower = report["data"], report["frozen_pass"], report["lower_cache"]
     tuned, every, quality = report["finetune"], report["finetune_all_layers"], report["quality"]
     lines = [
@@ -387,13 +652,28 @@ def summary(report: dict[str, Any]) -> str:
         f"(with val {tuned['ratio_with_val']:.2f}; target <= {report['targets']['ratio']})",
         f"    epoch, all {every['layers']}: {every['epoch_seconds']:.2f} s, ratio {every['ratio']:.2f}",
     ]
-    for name in ("frozen", "finetuned"):
-        val, test = quality[name]["val"], quality[name]["test"]
-        lines.append(
-            f"{name:>9}: val acc {val['accuracy']:.3f} F1 {val['macro_f1']:.3f} | "
-            f"test acc {test['accuracy']:.3f} F1 {test['macro_f1']:.3f}"
-        )
+    lines += [quality_line(name, quality[name]) for name in ("frozen", "finetuned")]
     return "\n".join(lines)
+
+
+def machine(device: torch.device, load_start: tuple[float, float, float]) -> dict[str, Any]:
+    """Where the figures were taken, and how shared the machine was meanwhile."""
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "loadavg_start": [round(v, 2) for v in load_start],
+        "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def quality_line(name: str, scores_: dict[str, Any]) -> str:
+    val, test = scores_["val"], scores_["test"]
+    return (
+        f"{name:>17}: val acc {val['accuracy']:.3f} F1 {val['macro_f1']:.3f} | "
+        f"test acc {test['accuracy']:.3f} F1 {test['macro_f1']:.3f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,11 +691,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where it all runs")
     parser.add_argument("--data", type=Path, default=PETFINDER, help="petfinder CSV (else synthetic texts)")
     parser.add_argument("--model", default=None, help="text encoder (default: params.yaml's)")
+    parser.add_argument("--modality", choices=("text", "image", "both"), default="both")
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="flipkart photos, even per class")
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    parser.add_argument("--image-data", type=Path, default=FLIPKART, help="flipkart_products.csv")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # on a shared CPU, fewer threads than cores can be steadier
     args.rows = args.rows or None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    report = run(args)
-    print(json.dumps(report, indent=2) if args.json else summary(report))
+    report, lines = {}, []
+    if args.modality in ("text", "both"):
+        report["text"] = run_text(args)
+        lines.append(summary_text(report["text"]))
+    if args.modality in ("image", "both"):
+        report["image"] = run_images(args)
+        lines.append(summary_images(report["image"]))
+    print(json.dumps(report, indent=2) if args.json else "\n\n".join(lines))
     return 0
 
 

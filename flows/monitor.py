@@ -40,7 +40,7 @@ from tasks.monitor.report import DriftReport, write_report
 from tasks.monitor.rows import aligned_rows, batch_from_file, batch_from_sources, sample_rows, split_rows
 from tasks.monitor.tabular import tabular_checks
 from tasks.paths import Layout
-from tasks.serve.predict import Predictor, Roots, cached_predictor, file_roots
+from tasks.serve.predict import Predictor, Roots, absolute_file_cells, cached_predictor, file_roots
 from tasks.serve.promotion import resolve_model_dir
 
 DEPLOYMENT = "scheduled-monitor"
@@ -101,6 +101,9 @@ def prediction_drift(
     predictor = _predictor(bundle, params)
     assert predictor is not None
     cache, device = FeatureCache(params.cache.dir), pick_device("auto")
+    # members that open files themselves (the fine-tuned image model) need the rows' own roots
+    held_out = absolute_file_cells(held_out, predictor.data, roots[0])
+    batch = absolute_file_cells(batch, predictor.data, roots[1])
     reference = predictor.predictions(held_out, roots[0], cache, device)[1]
     new = predictor.predictions(batch, roots[1], cache, device)[1]
     meta = predictor.meta

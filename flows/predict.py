@@ -29,7 +29,7 @@ from tasks.config import CacheConfig, RuntimeConfig, load_params
 from tasks.device import pick_device
 from tasks.features.cache import FeatureCache
 from tasks.serve.pathcheck import check_input_path, check_output_path
-from tasks.serve.predict import cached_predictor, chunk_bounds, file_roots, read_new_rows
+from tasks.serve.predict import absolute_file_cells, cached_predictor, chunk_bounds, file_roots, read_new_rows
 from tasks.serve.promotion import resolve_model_dir
 
 
@@ -53,9 +53,9 @@ def predict_chunk(chunk: ChunkJob, rows_file: str) -> str:
     if chunk.threads > 0:
         torch.set_num_threads(chunk.threads)
     predictor = cached_predictor(chunk.bundle_dir, chunk.bundle_mtime_ns, chunk.cache_dir)
-    rows = pd.read_parquet(rows_file)
-    device = pick_device("auto")
     roots = {name: Path(root) for name, root in chunk.roots.items()}
+    rows = absolute_file_cells(pd.read_parquet(rows_file), predictor.data, roots)
+    device = pick_device("auto")
     predictions = predictor.predict(rows, roots, FeatureCache(chunk.cache_dir), device)
     out = f"{rows_file}.pred.parquet"
     write_parquet(pa.Table.from_pandas(predictions, preserve_index=False), out)

@@ -2,10 +2,11 @@
 
 Members (tasks/train/plan.py): the fused head on all modalities, the same head on each
 modality alone (the baselines evaluate compares against), the scikit-learn linear baseline
-and, with `train.preset: best`, more seeds, more heads and a fine-tuned text encoder. Each
-member is its own Prefect task, run on `runtime.task_runner` (one after another locally, in
-parallel on a Dask or Ray cluster). Greedy ensemble selection on the val rows then weighs
-them (tasks/train/ensemble.py); models/ensemble.json is what evaluate and prediction use.
+and, with `train.preset: best`, more seeds, more heads and fine-tuned image and text
+encoders. Each member is its own Prefect task, run on `runtime.task_runner` (one after
+another locally, in parallel on a Dask or Ray cluster). Greedy ensemble selection on the val
+rows then weighs them (tasks/train/ensemble.py); models/ensemble.json is what evaluate and
+prediction use.
 Training them here keeps evaluate a pure measurement and lets DVC cache them together.
 """
 
@@ -29,13 +30,8 @@ from tasks.train.assemble import feature_metadata, load_feature_set, read_rows, 
 from tasks.train.bundle import BASELINES, BundleMeta, write_bundle
 from tasks.train.dataset import FeatureSet
 from tasks.train.ensemble import select_ensemble
-from tasks.train.finetuned_member import (
-    FinetunedResult,
-    as_member,
-    fit_finetuned_member,
-    texts_of,
-    write_finetuned_extras,
-)
+from tasks.train.finetuned_files import FinetunedResult
+from tasks.train.finetuned_member import fit_finetuned, is_finetuned
 from tasks.train.members import (
     MEMBER_SECONDS,
     MEMBERS,
@@ -46,7 +42,7 @@ from tasks.train.members import (
     Member,
     write_ensemble,
 )
-from tasks.train.plan import FINETUNED_TEXT, FUSED, Budget, MemberSpec, member_plan
+from tasks.train.plan import FINETUNED_IMAGE, FINETUNED_TEXT, FUSED, Budget, MemberSpec, member_plan
 from tasks.train.portable_linear import PortableLinear, write_linear
 from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
 from tasks.train.sklearn_baseline import fit_linear_member
@@ -62,9 +58,8 @@ def train_member(
         get_run_logger().info("%s: skipped, train.time_limit reached", spec.name)
         return None
     rows = features if spec.modalities is None else features.only_modalities(set(spec.modalities))
-    if spec.kind == FINETUNED_TEXT:
-        texts = texts_of(read_rows(aligned_path, features.ids), params.data.columns.text)
-        result = fit_finetuned_member(rows, params, spec, budget, texts)
+    if is_finetuned(spec.kind):
+        result = fit_finetuned(rows, params, spec, budget, read_rows(aligned_path, features.ids))
     else:
         result = train_model(rows, params.data.task, spec.fusion, spec.train, deadline=budget.deadline)
     get_run_logger().info(
@@ -84,7 +79,7 @@ def train_members(
     """Every member on whichever task runner this subflow was given (see `train`).
 
     The aligned table travels as its path, not its rows: a flow run's parameters are stored by
-    the Prefect server, which refuses large ones (and a fine-tuned member reads raw text).
+    the Prefect server, which refuses large ones (and a fine-tuned member reads raw columns).
     """
     futures = [train_member.submit(spec, features, params, budget, aligned_path) for spec in specs]
     return [future.result() for future in futures]
@@ -186,9 +181,17 @@ def _choose(
             entry["val"] = primary_score(params.data.task, val.target, val_predictions[entry["name"]])
     if params.train.ensemble:
         return select_ensemble(params.data.task, val.target, val_predictions).to_json()
-    # Without an ensemble, a requested fine-tuned text model is the model (when trained in time).
-    wanted = FINETUNED_TEXT if params.encoders.text.finetune.layers and FINETUNED_TEXT in members else FUSED
-    return {"members": {wanted: 1.0}, "selected_by": "train.ensemble: false"}
+    # Without an ensemble, a requested fine-tuned model is the model (when trained in time);
+    # the text one when both were asked for.
+    requested = [
+        name
+        for name, asked in (
+            (FINETUNED_TEXT, params.encoders.text.finetune.layers),
+            (FINETUNED_IMAGE, params.encoders.image.finetune.blocks),
+        )
+        if asked and name in members
+    ]
+    return {"members": {(requested or [FUSED])[0]: 1.0}, "selected_by": "train.ensemble: false"}
 
 
 def _tried(spec: MemberSpec, result: TrainResult | None) -> dict[str, Any]:
@@ -210,7 +213,7 @@ def _as_member(
 ) -> Member:
     meta = bundle_meta(result, params, features, metadata, spec)
     if isinstance(result, FinetunedResult):
-        return as_member(result, meta)
+        return result.member(meta)
     return HeadMember(result.model, meta)
 
 
@@ -232,7 +235,7 @@ def _write_member(
         directory = models / MEMBERS / name
     write_bundle(directory, result.model, meta)
     if isinstance(result, FinetunedResult):
-        write_finetuned_extras(directory, result)
+        result.write_extras(directory)
 
 
 if __name__ == "__main__":

@@ -186,10 +186,26 @@ class TextEncoderConfig(_Strict):
         return _known_encoder("text", value)
 
 
+class ImageFinetuneConfig(_Strict):
+    """End-to-end fine-tuning of the image encoder's last blocks together with the fusion head.
+
+    The feature map entering those blocks is computed once per distinct image and cached, so
+    an epoch runs only the blocks that learn (plus the head conv and pooling). `blocks: 0`
+    keeps the encoder frozen. A block is one residual block (EfficientNet or ResNet), not a stage.
+    """
+
+    blocks: int = Field(0, ge=0, le=64)  # last residual blocks trained; 0 = frozen encoder
+    lr: float = Field(1e-4, gt=0)  # encoder learning rate: well below the head's train.lr
+    warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a linear LR warm-up
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)  # images per step
+
+
 class ImageEncoderConfig(_Strict):
     model: str = "efficientnet_lite0"
     image_size: int = Field(224, ge=32, le=1024)
     batch_size: int = Field(32, ge=1)
+    finetune: ImageFinetuneConfig = ImageFinetuneConfig()
 
     @field_validator("model")
     @classmethod

@@ -122,6 +122,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
     """Globally average-pooled 1280-d features from the last conv stage, before the classifier."""
 
     weights_location = staticmethod(packaged_weights_path)  # where the weights live, for cheap identities
+    architecture = staticmethod(build_timm_lite0)  # the bare network, for questions about its layout
 
     def __init__(self, image_size: int = 224) -> None:
         super().__init__()

@@ -15,6 +15,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+from torch import nn
+
 from modelzoo.encoders.base import AudioEncoder, ImageEncoder, TextEncoder, weights_digest
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder, looks_like_local_path
 from modelzoo.encoders.huggingface_audio import HuggingFaceAudioEncoder
@@ -62,6 +65,31 @@ def load_image_encoder(name: str, image_size: int) -> ImageEncoder:
     else:
         encoder = timm_image_encoder(name, image_size)
     return encoder.eval()
+
+
+def image_architecture(name: str) -> nn.Module | None:
+    """The bare network `name` would load, built on the meta device: no weights, no memory, no download.
+
+    For questions about its layout (can its last blocks be fine-tuned?) before paying for
+    weights. None where that cannot be known without fetching something (a hub id, a
+    registered encoder that does not expose its `architecture`) or the name names nothing.
+    """
+    try:
+        with torch.device("meta"):
+            if name in names("image_encoder"):
+                build = getattr(lookup("image_encoder", name), "architecture", None)
+                return build() if callable(build) else None
+            if name.startswith(TORCHVISION_PREFIX):
+                import torchvision.models
+
+                return torchvision.models.get_model(name.removeprefix(TORCHVISION_PREFIX), weights=None)
+            if name.startswith("hf-hub:"):
+                return None
+            import timm
+
+            return timm.create_model(name, pretrained=False) if timm.is_model(name) else None
+    except (ValueError, RuntimeError, TypeError, KeyError):
+        return None
 
 
 def load_audio_encoder(name: str) -> AudioEncoder:

@@ -16,13 +16,26 @@ than training a model that silently differs from the one that was asked for.
 from __future__ import annotations
 
 import copy
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder, mean_pool
+from modelzoo.encoders.split import PROBE_TOLERANCE, load_top_state, rebuild_top, split_difference, top_state
+
+__all__ = [
+    "LowerText",
+    "TextTop",
+    "layer_count",
+    "layer_path",
+    "load_top_state",
+    "lower_text",
+    "set_attention_dropout",
+    "split_text_encoder",
+    "top_from_state",
+    "top_state",
+]
 
 # Where BERT-like models keep their layers, relative to the base model.
 _LAYER_PATHS: tuple[tuple[str, str], ...] = (
@@ -34,8 +47,6 @@ _LAYER_PATHS: tuple[tuple[str, str], ...] = (
 _PROBE = ["Splitting must not change the embedding.", "short", "a third, somewhat longer probe text here"]
 # Names self-attention modules give their query/key/value projections (BERT, DistilBERT, MPNet).
 _QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q", "k", "v"))
-_PROBE_TOLERANCE = 1e-4  # float32: a faithful split differs by ~1e-7; a wrong one by ~1e-1
-_STATE_KEY = re.compile(r"^layers\.(\d+)\.")
 
 
 def layer_path(encoder: HuggingFaceTextEncoder) -> tuple[str, ...]:
@@ -112,6 +123,8 @@ class TextTop(nn.Module):
     replaces the dropout on the attention probabilities in those layers (see
     `set_attention_dropout`); the other dropouts stay as the encoder has them.
     """
+
+    part = "layers"  # its state keys are layers.<i>.… (modelzoo.encoders.split)
 
     def __init__(
         self, encoder: HuggingFaceTextEncoder, layers: int, attention_dropout: float | None = None
@@ -199,38 +212,9 @@ def lower_text(encoder: HuggingFaceTextEncoder, layers: int) -> LowerText:
     return LowerText(encoder, layers)
 
 
-def top_state(top: TextTop) -> dict[str, Tensor]:
-    """The top's trainable weights as detached CPU tensors (what a bundle stores)."""
-    return {key: value.detach().cpu().clone() for key, value in top.state_dict().items()}
-
-
-def load_top_state(top: TextTop, state: dict[str, Tensor]) -> TextTop:
-    """Load `state` into `top`, strictly: a missing or extra key means another model.
-
-    Raises:
-        ValueError: the keys or shapes do not match this top.
-    """
-    try:
-        top.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(
-            f"fine-tuned text layers do not fit {top.model_id!r} with {len(top.layers)} top layers: {err}"
-        ) from None
-    return top
-
-
-def state_layers(state: dict[str, Tensor]) -> int:
-    """How many top layers a saved state holds (its keys are `layers.<i>.…`)."""
-    indices = {int(match.group(1)) for key in state if (match := _STATE_KEY.match(key))}
-    if not indices:
-        raise ValueError("not a fine-tuned text top state: no `layers.<i>.` keys")
-    return max(indices) + 1
-
-
 def top_from_state(encoder: HuggingFaceTextEncoder, state: dict[str, Tensor]) -> TextTop:
     """A fresh top built from the base encoder with `state` loaded, in eval mode."""
-    top = TextTop(encoder, state_layers(state))
-    return load_top_state(top, state).eval()
+    return rebuild_top(TextTop, encoder, state)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -261,8 +245,8 @@ def _check_split(encoder: HuggingFaceTextEncoder, lower: LowerText, top: TextTop
         expected = encoder(ids, mask).float()  # (P, H)
         split = top.to(device)(lower(ids, mask), mask).float()  # (P, H)
     top.train(was_training)
-    difference = float((expected - split).abs().max())
-    if not difference <= _PROBE_TOLERANCE:
+    difference = split_difference(expected, split)
+    if not difference <= PROBE_TOLERANCE:
         raise ValueError(
             f"text encoder {encoder.model_id!r} ({type(encoder.model).__name__}): its top layers cannot be "
             f"run apart from the rest (embeddings differ by {difference:.3g}); its layers need more "

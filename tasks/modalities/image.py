@@ -174,26 +174,47 @@ class _ImageFeed:
 
     def __init__(self, job: Extraction, first_chunk: int) -> None:
         slots = job.misses[first_chunk * job.chunk_rows :]
-        dataset = _ImageFiles(
-            [job.contents.sources[s] for s in slots], [job.contents.keys[s] for s in slots], job.spec.size
-        )
         self.next_chunk = first_chunk
-        workers = decode_workers(job.device)
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size_on(job.device, job.spec.batch_size),
-            collate_fn=_collate_images,
-            num_workers=workers,
-            pin_memory=job.device.type == "cuda",
-            prefetch_factor=4 if workers else None,
+        self.batches = decoded_batches(
+            [job.contents.sources[s] for s in slots],
+            [job.contents.keys[s] for s in slots],
+            job.spec.size,
+            batch_size_on(job.device, job.spec.batch_size),
+            job.device,
         )
-        self.batches: Iterator = iter(loader)
-        if workers == 0 and _PREFETCH_BATCHES:
-            self.batches = Prefetched(self.batches, _PREFETCH_BATCHES)
 
     def close(self) -> None:
-        if isinstance(self.batches, Prefetched):
-            self.batches.close()
+        close_batches(self.batches)
+
+
+def decoded_batches(
+    paths: list[Path], digests: list[bytes], size: int, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(B, S, S, 3) uint8 pixels and (B,) outcomes (DECODED, UNDECODABLE, CHANGED) of `paths`, in order.
+
+    Each file is verified against its digest and decoded ahead of the caller: in DataLoader
+    workers where there are cores to spare, else on a thread. Hand the iterator to
+    close_batches when done with it early.
+    """
+    workers = decode_workers(device)
+    loader = DataLoader(
+        _ImageFiles(paths, digests, size),
+        batch_size=batch_size,
+        collate_fn=_collate_images,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+    batches: Iterator = iter(loader)
+    if workers == 0 and _PREFETCH_BATCHES:
+        batches = Prefetched(batches, _PREFETCH_BATCHES)
+    return batches
+
+
+def close_batches(batches: Iterator) -> None:
+    """Stop decoding ahead for an iterator from decoded_batches (its consumer moved on or failed)."""
+    if isinstance(batches, Prefetched):
+        batches.close()
 
 
 register(ImageModality())

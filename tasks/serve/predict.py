@@ -13,6 +13,7 @@ predicting rows that were in training gives evaluate's numbers exactly.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -94,6 +95,22 @@ def read_new_rows(path: str | Path, data: DataConfig, roots: Roots) -> pd.DataFr
         plugin.inspect_cells(rows, rows[ID], data, roots.get(plugin.name), report)
     for column in data.columns.all():
         rows[PRESENT + column] = presence(rows[column]).to_numpy()
+    return rows
+
+
+def absolute_file_cells(rows: pd.DataFrame, data: DataConfig, roots: dict[str, Path]) -> pd.DataFrame:
+    """The rows with each file cell (image, audio) as an absolute path under its modality's root.
+
+    Extraction reads the same files either way (root / absolute path is that path), and
+    members that open files themselves (the fine-tuned image model) then follow a `--root`
+    override and a worker's own working directory, which they could not know otherwise.
+    """
+    rows = rows.copy()
+    for plugin in embedded():
+        if plugin.name in roots:
+            for column in plugin.columns(data):
+                cells = rows[column].astype("string")
+                rows[column] = cells.where(cells.isna(), str(roots[plugin.name]) + os.sep + cells)
     return rows
 
 

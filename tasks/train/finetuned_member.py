@@ -1,20 +1,14 @@
-"""The fine-tuned text model as an ensemble member: training it, its extra files, loading it.
+"""The fine-tuned text model as an ensemble member, and the loaders of every fine-tuned kind.
 
-Its directory is a head bundle (bundle.json + model.safetensors, the fusion head) plus:
-
-    text_top.safetensors   the fine-tuned top transformer layers
-    finetune.json          layers, text columns, the text encoder settings, the SHA-256 of
-                           text_top.safetensors
-
-Loading refuses top weights whose digest differs, and rebuilds the top from the base encoder
-named in finetune.json, whose fingerprint the bundle's own check has already compared with
-the encoder installed here.
+Its directory is a head bundle plus text_top.safetensors (the fine-tuned top transformer
+layers) and finetune.json (layers, text columns, the text encoder settings, the SHA-256 of
+the weights); tasks.train.finetuned_files writes and checks them, as it does for the
+fine-tuned image model (tasks.train.finetuned_image_member). Loading refuses top weights
+whose digest differs and rebuilds the top from the base encoder named in finetune.json.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,36 +16,60 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 from torch import nn
 
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
-from modelzoo.encoders.text_finetune import TextTop, top_state
+from modelzoo.encoders.text_finetune import TextTop
 from tasks.config import Params, TextEncoderConfig
 from tasks.errors import BundleError
 from tasks.evaluate.evaluation import with_blocks
 from tasks.train.bundle import BundleMeta, load_bundle
 from tasks.train.dataset import FeatureSet
 from tasks.train.finetune import load_finetuned_top, load_hf_text_encoder, predict_finetuned, train_finetuned
-from tasks.train.plan import FINETUNED_TEXT, Budget, MemberSpec
-from tasks.train.training import TrainResult
+from tasks.train.finetuned_files import (
+    FINETUNE_META,
+    FinetunedResult,
+    read_top_files,
+    top_weights_name,
+    write_top_files,
+)
+from tasks.train.finetuned_image_member import fit_finetuned_image_member, load_finetuned_image_member
+from tasks.train.plan import FINETUNED_IMAGE, FINETUNED_TEXT, Budget, MemberSpec
 
-TOP_WEIGHTS = "text_top.safetensors"
-FINETUNE_META = "finetune.json"
+__all__ = [
+    "FINETUNE_META",
+    "TOP_WEIGHTS",
+    "FinetunedMember",
+    "FinetunedTextResult",
+    "fit_finetuned",
+    "load_finetuned_member",
+    "member_loaders",
+    "texts_of",
+]
+
+TOP_WEIGHTS = top_weights_name("text")
 Texts = dict[str, list[str | None]]
 
 
 @dataclass
-class FinetunedResult(TrainResult):
-    """TrainResult (the head as `model`) plus the fine-tuned top and how it was made."""
+class FinetunedTextResult(FinetunedResult):
+    """FinetunedResult whose top is the text encoder's top layers."""
 
-    top: TextTop | None = None
-    columns: tuple[str, ...] = ()
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    cache_dir: str = ""
-    lower_seconds: float = 0.0
+
+    def member(self, meta: BundleMeta) -> FinetunedMember:
+        assert isinstance(self.top, TextTop)
+        return FinetunedMember(self.model, meta, self.top, self.columns, self.text, self.cache_dir)
+
+    def write_extras(self, directory: Path) -> None:
+        assert self.top is not None
+        info = {
+            "kind": FINETUNED_TEXT,
+            "layers": self.text.finetune.layers,
+            "columns": list(self.columns),
+            "text": self.text.model_dump(mode="json"),
+        }
+        write_top_files(directory, "text", self.top, info)
 
 
 def finetune_settings(params: Params, layers: int) -> TextEncoderConfig:
@@ -66,9 +84,11 @@ def texts_of(rows: pd.DataFrame, columns: list[str]) -> Texts:
 
 
 def fit_finetuned_member(
-    features: FeatureSet, params: Params, spec: MemberSpec, budget: Budget, texts: Texts
-) -> FinetunedResult:
+    features: FeatureSet, params: Params, spec: MemberSpec, budget: Budget, rows: pd.DataFrame
+) -> FinetunedTextResult:
+    """The fine-tuned text member on `features` (the aligned `rows`, in the same order)."""
     text = finetune_settings(params, spec.finetune_layers)
+    texts = texts_of(rows, params.data.columns.text)
     fitted = train_finetuned(
         features,
         {c: t for c, t in texts.items() if f"text.{c}" in features.inputs},
@@ -79,20 +99,24 @@ def fit_finetuned_member(
         Path(params.cache.dir),
         deadline=budget.deadline,
     )
-    return FinetunedResult(
-        model=fitted.head,
-        in_dims=fitted.in_dims,
-        out_dim=fitted.out_dim,
-        target_scaling=fitted.target_scaling,
-        history=fitted.history,
-        best_epoch=fitted.best_epoch,
-        train_seconds=fitted.train_seconds + fitted.lower_seconds,
-        top=fitted.top,
-        columns=fitted.columns,
-        text=text,
-        cache_dir=str(Path(params.cache.dir).resolve()),
-        lower_seconds=fitted.lower_seconds,
-    )
+    return FinetunedTextResult.from_fitted(fitted, params.cache.dir, text=text)
+
+
+_FITTERS: dict[str, Callable[..., FinetunedResult]] = {
+    FINETUNED_TEXT: fit_finetuned_member,
+    FINETUNED_IMAGE: fit_finetuned_image_member,
+}
+
+
+def fit_finetuned(
+    features: FeatureSet, params: Params, spec: MemberSpec, budget: Budget, rows: pd.DataFrame
+) -> FinetunedResult:
+    """The member `spec` names, for a fine-tuned kind; `rows` are the aligned rows of `features`."""
+    return _FITTERS[spec.kind](features, params, spec, budget, rows)
+
+
+def is_finetuned(kind: str) -> bool:
+    return kind in _FITTERS
 
 
 @dataclass
@@ -123,49 +147,22 @@ class FinetunedMember:
         )
 
 
-def as_member(result: FinetunedResult, meta: BundleMeta) -> FinetunedMember:
-    assert result.top is not None
-    return FinetunedMember(result.model, meta, result.top, result.columns, result.text, result.cache_dir)
-
-
-def write_finetuned_extras(directory: Path, result: FinetunedResult) -> None:
-    """text_top.safetensors and finetune.json beside the head bundle."""
-    assert result.top is not None
-    weights = save_tensors({k: v.detach().cpu().contiguous() for k, v in top_state(result.top).items()})
-    (directory / TOP_WEIGHTS).write_bytes(weights)
-    meta = {
-        "kind": FINETUNED_TEXT,
-        "layers": result.text.finetune.layers,
-        "columns": list(result.columns),
-        "text": result.text.model_dump(mode="json"),
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
-    }
-    (directory / FINETUNE_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-
 def load_finetuned_member(directory: Path, cache_dir: str | Path) -> FinetunedMember:
-    """The member written by write_finetuned_extras; refuses top weights that do not match."""
+    """The member written by FinetunedTextResult.write_extras; refuses top weights that do not match."""
     head, meta = load_bundle(directory)
-    meta_path, weights_path = directory / FINETUNE_META, directory / TOP_WEIGHTS
-    try:
-        info = json.loads(meta_path.read_text(encoding="utf-8"))
-        weights = weights_path.read_bytes()
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{directory}: unreadable fine-tuned text model ({err})") from None
-    if hashlib.sha256(weights).hexdigest() != info.get("weights_sha256"):
-        raise BundleError(
-            f"{weights_path}: the fine-tuned text weights changed after training (digest mismatch); "
-            "retrain or restore them"
-        )
+    info, state = read_top_files(directory, "text")
     try:
         text = TextEncoderConfig.model_validate(info["text"])
         encoder = load_hf_text_encoder(text.model)
-        top = load_finetuned_top(text, int(info["layers"]), load_tensors(weights), encoder)
-    except (KeyError, TypeError, ValueError, SafetensorError, RuntimeError) as err:
+        top = load_finetuned_top(text, int(info["layers"]), state, encoder)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise BundleError(f"{directory}: fine-tuned text weights do not fit their encoder ({err})") from None
     return FinetunedMember(head, meta, top, tuple(info["columns"]), text, str(cache_dir), encoder)
 
 
 def member_loaders(cache_dir: str | Path) -> dict[str, Callable[[Path], Any]]:
     """Member kind -> loader(directory), for kinds that need more than a head bundle."""
-    return {FINETUNED_TEXT: lambda directory: load_finetuned_member(directory, cache_dir)}
+    return {
+        FINETUNED_TEXT: lambda directory: load_finetuned_member(directory, cache_dir),
+        FINETUNED_IMAGE: lambda directory: load_finetuned_image_member(directory, cache_dir),
+    }

@@ -2,8 +2,10 @@
 
 `fast` fits the fused head, the same head on each modality alone and the scikit-learn linear
 baseline; the ensemble is chosen among those. `best` adds the fused head with other seeds,
-other fusion heads and, where the text encoder can be fine-tuned, a fine-tuned text model,
-cheapest first, so a time limit cuts the expensive members rather than the baselines.
+other fusion heads and, where there are images and text, a model with the image encoder's
+last block fine-tuned and one with the text encoder's top layers fine-tuned, cheapest first,
+so a time limit cuts the expensive members rather than the baselines. A fine-tuned member
+asked for in params (`encoders.<modality>.finetune`) is trained under either preset.
 """
 
 from __future__ import annotations
@@ -11,25 +13,32 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from modelzoo.encoders.image_finetune import splittable
+from modelzoo.encoders.loading import image_architecture
 from tasks.config import FusionConfig, Params, TrainConfig
 from tasks.evaluate.evaluation import FUSED
 
 FINETUNED_TEXT = "finetuned_text"
+FINETUNED_IMAGE = "finetuned_image"
 BEST_EXTRA_SEEDS = 2  # the fused head again with seeds seed+1, seed+2
 BEST_OTHER_HEADS = ("gated", "attention", "concat")  # dense heads that read the same blocks
 BEST_FINETUNE_LAYERS = 2  # what `best` fine-tunes when params leave the encoder frozen
+# EfficientNet-Lite0's last block and head conv on cached 7 x 7 maps: an epoch costs well under
+# one frozen extraction pass (bench/finetune.py), cheaper than the text layers, so it goes first.
+BEST_FINETUNE_BLOCKS = 1
 
 
 @dataclass(frozen=True)
 class MemberSpec:
-    """One model to fit: a head on some modalities' blocks, or the fine-tuned text model."""
+    """One model to fit: a head on some modalities' blocks, or a model with a fine-tuned encoder."""
 
     name: str
-    kind: str  # "head" | "finetuned_text"
+    kind: str  # "head" | "finetuned_text" | "finetuned_image"
     fusion: FusionConfig
     train: TrainConfig
     modalities: tuple[str, ...] | None = None  # None: every modality
-    finetune_layers: int = 0
+    finetune_layers: int = 0  # finetuned_text: top transformer layers trained
+    finetune_blocks: int = 0  # finetuned_image: last residual blocks trained
 
     @property
     def required(self) -> bool:
@@ -61,6 +70,7 @@ def member_plan(params: Params, modalities: list[str]) -> list[MemberSpec]:
     if len(modalities) > 1:
         plan += [MemberSpec(m, "head", fusion, train, modalities=(m,)) for m in modalities]
     layers = params.encoders.text.finetune.layers
+    blocks = params.encoders.image.finetune.blocks
     if params.train.preset == "best":
         for offset in range(1, BEST_EXTRA_SEEDS + 1):
             seed = (train.seed + offset) % 2**32
@@ -72,6 +82,19 @@ def member_plan(params: Params, modalities: list[str]) -> list[MemberSpec]:
                 other = FusionConfig.model_validate({**fusion.options(), "head": head})
                 plan.append(MemberSpec(f"head_{head}", "head", other, train))
         layers = layers or BEST_FINETUNE_LAYERS
+        if not blocks and "image" in modalities:
+            blocks = _best_blocks(params.encoders.image.model)
+    if blocks and "image" in modalities:
+        plan.append(MemberSpec(FINETUNED_IMAGE, FINETUNED_IMAGE, fusion, train, finetune_blocks=blocks))
     if layers and "text" in modalities:
         plan.append(MemberSpec(FINETUNED_TEXT, FINETUNED_TEXT, fusion, train, finetune_layers=layers))
     return plan
+
+
+def _best_blocks(model: str) -> int:
+    """What `best` fine-tunes of an image encoder nobody asked to fine-tune: its last block, where
+    its layout allows it (EfficientNet, ResNet), else nothing: a preset must not fail a run
+    over an encoder that was only ever meant to stay frozen. Asked for in params, an
+    unsupported encoder is an error instead (modelzoo.encoders.image_finetune)."""
+    network = image_architecture(model)
+    return BEST_FINETUNE_BLOCKS if network is not None and splittable(network) else 0

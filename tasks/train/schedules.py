@@ -42,3 +42,18 @@ def cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def warmup_then_linear_decay(total: int, warmup: int) -> Callable[[int], float]:
+    """LR factor per step: a linear rise over `warmup` steps, then a linear fall to zero at `total`.
+
+    The usual schedule for fine-tuning a pretrained encoder (tasks.train.finetune_loop): the
+    warm-up keeps the first, noisy gradients of a fresh head from wrecking the pretrained layers.
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup  # never 0: the first batch already learns something
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor

@@ -38,6 +38,16 @@ def project_env(prefect_api: str) -> dict[str, str]:
     return env
 
 
+def copy_project_files(root: Path) -> None:
+    """The code and dvc.yaml a fresh user project holds (no outputs, no caches)."""
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+
+
 def copy_repo(source: Path, target: Path) -> Path:
     """A full copy (git history, DVC cache, feature cache, outputs) that a test may change freely."""
     shutil.copytree(source, target, symlinks=True)
@@ -48,12 +58,7 @@ def copy_repo(source: Path, target: Path) -> Path:
 def repo(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A git + DVC repo holding the project code and a 200-row demo params.yaml, reproduced once."""
     root = tmp_path_factory.mktemp("dvc-repo")
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
+    copy_project_files(root)
     params = tiny_params(
         rows=200, encoders={"image": {"model": "efficientnet_lite0", "image_size": 128, "batch_size": 32}}
     )

@@ -9,7 +9,6 @@ are missing`).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.e2e.conftest import GIT, PROJECT_FILES, project_env, run_ok
+from tests.e2e.conftest import GIT, copy_project_files, project_env, run_ok
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +49,7 @@ def _pets(rows: int = 120, seed: int = 0) -> pd.DataFrame:
 
 def _project(root: Path, params: dict) -> Path:
     root.mkdir()
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
+    copy_project_files(root)
     _pets().to_csv(root / "pets.csv", index=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root

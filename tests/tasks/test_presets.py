@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tasks.config import params_from_dict
-from tasks.train.plan import FINETUNED_TEXT, Budget, member_plan
+from tasks.train.plan import FINETUNED_IMAGE, FINETUNED_TEXT, Budget, member_plan
 from tests.tasks.test_evaluation_flow import _params, _write_inputs
 
 
@@ -45,6 +45,27 @@ def test_fine_tuning_asked_for_under_fast_is_trained_too() -> None:
     raw["encoders"] = {"text": {"finetune": {"layers": 1}}}
     plan = member_plan(params_from_dict(raw), ["tabular", "text"])
     assert plan[-1].name == FINETUNED_TEXT and plan[-1].finetune_layers == 1
+
+
+def test_best_fine_tunes_the_last_image_block_first_then_the_text_layers() -> None:
+    plan = member_plan(params_from_dict(_with(preset="best")), ["image", "tabular", "text"])
+    assert [m.name for m in plan][-2:] == [FINETUNED_IMAGE, FINETUNED_TEXT]  # cheapest first
+    assert (plan[-2].kind, plan[-2].finetune_blocks) == (FINETUNED_IMAGE, 1)
+    without_images = member_plan(params_from_dict(_with(preset="best")), ["tabular", "text"])
+    assert FINETUNED_IMAGE not in [m.name for m in without_images]
+
+
+def test_image_fine_tuning_asked_for_under_fast_is_trained_too() -> None:
+    raw = _with()
+    raw["encoders"] = {"image": {"finetune": {"blocks": 2}}}
+    plan = member_plan(params_from_dict(raw), ["image", "tabular"])
+    assert plan[-1].name == FINETUNED_IMAGE and plan[-1].finetune_blocks == 2
+
+
+def test_best_leaves_an_image_encoder_it_cannot_split_frozen() -> None:
+    raw = _with(preset="best")
+    raw["encoders"] = {"image": {"model": "convnext_tiny"}}  # no EfficientNet or ResNet blocks
+    assert FINETUNED_IMAGE not in [m.name for m in member_plan(params_from_dict(raw), ["image", "text"])]
 
 
 def test_budget() -> None:

@@ -1,0 +1,176 @@
+"""The content-addressed cache of a frozen lower part's outputs, for fine-tuning only the top.
+
+When only an encoder's top learns, what its frozen lower part computes is a pure function of
+the content (a text, an image file), so it is computed once per distinct content and kept
+here: one float16 array per content, named by the content's SHA-256, in a namespace that
+holds everything else that decides it (the encoder by weights, the split point, max_length
+or image size):
+
+    <cache_dir>/hidden/<namespace>/<aa>/<sha256>.npy
+    <cache_dir>/hidden/<namespace>/key.json      what the namespace stands for, for humans
+
+Every entry is written to a temp file beside it and renamed into place, so a reader sees a
+whole entry or none; an entry that fails its checks (a torn file after a power cut) is
+recomputed. The cache is re-creatable, so entries are not fsynced one by one.
+
+A modality subclasses LowerOutputCache with how it describes its namespace, which entries
+are plausible, and how it runs its lower part over batches of contents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from tasks.atomic import process_alive, write_json
+
+log = logging.getLogger(__name__)
+
+Source = TypeVar("Source")  # what a content is computed from: a text, an image file's path
+_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+class LowerOutputCache(ABC, Generic[Source]):
+    """Lower-part outputs by content digest, read from disk or computed (and stored) once.
+
+    `computed` and `read` count distinct contents, so callers (and tests) can tell a warm
+    run from a cold one.
+    """
+
+    noun = "content"  # in progress bars and warnings
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        lower: nn.Module,
+        batch_size: int,
+        device: torch.device | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.lower = lower
+        self.batch_size = batch_size
+        self.device = device or torch.device("cpu")
+        self.progress = progress
+        self.namespace = namespace_of(self.describe())
+        self.root = Path(cache_dir) / "hidden" / self.namespace
+        self.computed = 0
+        self.read = 0
+        self._swept = False
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Everything that decides an entry besides the content: hashed into the namespace."""
+
+    @abstractmethod
+    def plausible(self, array: np.ndarray) -> bool:
+        """Whether a read array can be a whole entry of this namespace (shape, size)."""
+
+    @abstractmethod
+    def lower_batches(self, batches: list[list[tuple[str, Source]]]) -> Iterator[list[Tensor | None]]:
+        """Per batch of (digest, source): the lower part's outputs, float16 CPU, in order.
+
+        None where a source cannot be used (an image that does not decode). An iterator over
+        all batches at once, so a modality can read and decode the next ones ahead.
+        """
+
+    def order(self, missing: list[tuple[str, Source]]) -> list[tuple[str, Source]]:
+        """The order misses are computed in (text: shortest first, so batches pad little)."""
+        return missing
+
+    def path_of(self, digest: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def outputs(self, wanted: Mapping[str, Source]) -> dict[str, Tensor]:
+        """digest -> the lower output of each content; a source that cannot be used is left out."""
+        found: dict[str, Tensor] = {}
+        for digest in wanted:
+            state = self._read(digest)
+            if state is not None:
+                found[digest] = state
+        self.read += len(found)
+        missing = [(digest, source) for digest, source in wanted.items() if digest not in found]
+        if missing:
+            found.update(self._compute(missing))
+        return found
+
+    def _read(self, digest: str) -> Tensor | None:
+        """The entry, or None when absent or not a whole, plausible entry (then it is recomputed)."""
+        path = self.path_of(digest)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as err:
+            log.warning("lower-output cache: unreadable entry %s (%s); recomputing it", path, err)
+            return None
+        if array.dtype != np.float16 or not self.plausible(array) or not np.isfinite(array).all():
+            log.warning("lower-output cache: malformed entry %s %s; recomputing it", path, array.shape)
+            return None
+        return torch.from_numpy(array)
+
+    def _compute(self, missing: list[tuple[str, Source]]) -> dict[str, Tensor]:
+        """Run the lower part over `missing` in batches, storing each output as it comes."""
+        self._prepare_root()
+        ordered = self.order(missing)
+        out: dict[str, Tensor] = {}
+        home = next(self.lower.parameters()).device
+        self.lower.to(self.device)
+        try:
+            bar = tqdm(
+                total=len(ordered), desc=f"lower {self.noun}s", unit=self.noun, disable=not self.progress
+            )
+            with bar:
+                batches = [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+                for batch, states in zip(batches, self.lower_batches(batches), strict=True):
+                    for (digest, _), state in zip(batch, states, strict=True):
+                        if state is not None:
+                            self._write(digest, state)
+                            out[digest] = state
+                    bar.update(len(batch))
+        finally:
+            self.lower.to(home)  # its weights are the base encoder's: put them back where they were
+        self.computed += len(out)
+        return out
+
+    def _prepare_root(self) -> None:
+        """Describe the namespace for humans, and drop temps that killed writers left (once)."""
+        if self._swept:
+            return
+        self._swept = True
+        if not (self.root / "key.json").is_file():
+            write_json(self.describe(), self.root / "key.json")
+        for temp in self.root.glob("*/.*.tmp"):
+            match = _TEMP.match(temp.name)
+            if match and not process_alive(int(match["pid"])):
+                temp.unlink(missing_ok=True)
+
+    def _write(self, digest: str, state: Tensor) -> None:
+        """Temp beside the entry, then rename: a reader never sees half an entry."""
+        path = self.path_of(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(temp, "wb") as handle:
+                np.save(handle, state.numpy(), allow_pickle=False)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+
+
+def namespace_of(description: dict[str, Any]) -> str:
+    """A short stable name for a namespace description (canonical JSON, hashed)."""
+    canonical = json.dumps(description, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
