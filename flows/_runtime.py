@@ -81,3 +81,18 @@ def task_runner_for(task_runner: str, address: str | None = None, workers: int =
             return RayTaskRunner(address=address)
         return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False})
     raise ValueError(f"unknown task runner {task_runner!r}")
+
+
+def cron_deployment(
+    flow: Any, name: str, cron: str, timezone: str, params_path: str, description: str
+) -> Any:
+    """A flow as a deployment on a cron, run with the params file it was built from."""
+    from prefect.schedules import Cron
+
+    return flow.to_deployment(
+        name=name,
+        schedule=Cron(cron, timezone=timezone),
+        parameters={"params_path": params_path},
+        description=description,
+        tags=["fuseline"],
+    )

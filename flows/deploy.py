@@ -27,6 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows._retry import IO_RETRIES
+from flows._runtime import cron_deployment
 from tasks.config import ScheduleConfig, load_params
 from tasks.errors import BundleError, ConfigError, DataError
 from tasks.paths import Layout
@@ -213,17 +214,12 @@ def _same_rows_lines(same: dict[str, Any] | None) -> list[str]:
 
 def deployment(params_path: str = "params.yaml", name: str = DEPLOYMENT) -> Any:
     """The retrain flow as a deployment on `schedule.cron` in `schedule.timezone`."""
-    from prefect.schedules import Cron
-
     schedule = load_params(params_path).schedule
-    return retrain.to_deployment(
-        name=name,
-        schedule=Cron(schedule.cron, timezone=schedule.timezone),
-        parameters={"params_path": params_path},
-        description=f"Retrain on '{schedule.cron}' ({schedule.timezone}); promote unless worse by "
-        f"more than {schedule.tolerance:g}",
-        tags=["fuseline"],
+    description = (
+        f"Retrain on '{schedule.cron}' ({schedule.timezone}); promote unless worse by more than "
+        f"{schedule.tolerance:g}"
     )
+    return cron_deployment(retrain, name, schedule.cron, schedule.timezone, params_path, description)
 
 
 def serve(params_path: str = "params.yaml", name: str = DEPLOYMENT) -> None:

@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from flows._retry import IO_RETRIES
+from flows._runtime import cron_deployment
 from tasks.config import DataConfig, MonitorConfig, Params, load_params
 from tasks.device import pick_device
 from tasks.features.cache import FeatureCache
@@ -224,17 +225,10 @@ def _predictor(bundle: Bundle | None, params: Params) -> Predictor | None:
 
 def deployment(params_path: str = "params.yaml", name: str = DEPLOYMENT) -> Any:
     """The monitor flow as a deployment on `monitor.cron` in `monitor.timezone` (the current sources)."""
-    from prefect.schedules import Cron
-
     settings = load_params(params_path).monitor
-    return monitor.to_deployment(
-        name=name,
-        schedule=Cron(settings.cron, timezone=settings.timezone),
-        parameters={"params_path": params_path},
-        description=f"Drift of the sources against the train rows on '{settings.cron}' ({settings.timezone})"
-        + ("; retrains on drift" if settings.retrain_on_drift else ""),
-        tags=["fuseline"],
-    )
+    description = f"Drift of the sources against the train rows on '{settings.cron}' ({settings.timezone})"
+    description += "; retrains on drift" if settings.retrain_on_drift else ""
+    return cron_deployment(monitor, name, settings.cron, settings.timezone, params_path, description)
 
 
 if __name__ == "__main__":
