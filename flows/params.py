@@ -6,23 +6,8 @@ Not a Prefect flow: it only validates and writes two small things, and runs befo
 
 from __future__ import annotations
 
-import argparse
-import sys
-
+from flows._entry import run_from_command_line
 from tasks.dvc_params import resolve
-from tasks.errors import FuselineError
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="path to params.yaml")
-    args = parser.parse_args()
-    try:
-        resolve(args.params)
-    except FuselineError as err:
-        print(f"fuseline: {err}", file=sys.stderr)
-        sys.exit(2)
-
 
 if __name__ == "__main__":
-    main()
+    run_from_command_line(resolve, __doc__ or "")
