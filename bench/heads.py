@@ -20,11 +20,14 @@ Per dataset and head: the primary test metric's mean and std over the seeds, the
 trained on each single modality (mean; `--baselines`), train seconds, epochs, and
 `loop_ratio`: samples/s of tasks.train.training's loop (validation, early stopping, schedule and
 all) divided by samples/s of a bare in-memory PyTorch loop (shuffle, index_select, forward,
-backward, step) for the same head, data and batch size, run right after it in the same
+backward, step, then a forward pass over val as early stopping needs, with the same
+deterministic kernels) for the same head, data and batch size, run right after it in the same
 process for min(epochs, 5) epochs (enough for a stable rate). The CPU may be shared, so
 absolute seconds are noisy: both rates are the best of their per-seed measurements (other
 processes only ever slow a run down), taken back to back in one process. `--threads` sets
-torch's intra-op threads for both loops.
+torch's intra-op threads for both loops; on a loaded 2-core machine use `--threads 1`, since
+two threads contending with other processes stall at random and the ratio measures the load
+(the demo's epochs last milliseconds).
 """
 
 from __future__ import annotations
@@ -207,34 +210,56 @@ def primary_score(dataset: Dataset, fusion: FusionConfig, train: TrainConfig) ->
 
 
 def bare_loop_seconds(dataset: Dataset, fusion: FusionConfig, train: TrainConfig, epochs: int) -> float:
-    """Seconds of a bare in-memory loop: the floor any training loop for this head could reach."""
+    """Seconds of a bare in-memory loop: the floor any training loop for this head could reach.
+
+    It does the work an epoch of ours must do and nothing else: a shuffled pass with
+    backward and step over the train rows, then a forward pass over the val rows (early
+    stopping needs the val loss), under the same deterministic-kernels setting on CPU.
+    """
     features = head_features(dataset.features, fusion.head)
-    rows = features.of_split("train")
+    rows, val = features.of_split("train"), features.of_split("val")
     torch.manual_seed(train.seed)
     in_dims = {name: int(block.shape[1]) for name, block in sorted(rows.inputs.items())}
     model = build_head(fusion, in_dims, output_dim(dataset.task, features))
-    inputs = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in rows.inputs.items()}
-    present = {k: torch.as_tensor(v, dtype=torch.bool) for k, v in rows.present.items()}
-    if dataset.task == "multiclass":
-        target = torch.as_tensor(rows.target, dtype=torch.int64)
-    else:
-        target = torch.as_tensor(rows.target, dtype=torch.float32)
-        if dataset.task == "regression":
-            target = fit_target_scaling(rows.target).apply(target)
+    scaling = fit_target_scaling(rows.target) if dataset.task == "regression" else None
+    inputs, present, target = _tensors(rows, dataset.task, scaling)
+    val_inputs, val_present, val_target = _tensors(val, dataset.task, scaling)
     loss_fn = Objective(dataset.task).loss
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     generator = torch.Generator().manual_seed(train.seed)
-    model.train()
-    started = time.perf_counter()
-    for _ in range(epochs):
-        for index in torch.randperm(len(rows.ids), generator=generator).split(train.batch_size):
-            batch = {k: v.index_select(0, index) for k, v in inputs.items()}
-            mask = {k: v.index_select(0, index) for k, v in present.items()}
-            loss = loss_fn(model(batch, mask).float(), target.index_select(0, index))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return time.perf_counter() - started
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # as tasks.train.training does on CPU
+    try:
+        started = time.perf_counter()
+        for _ in range(epochs):
+            model.train()
+            for index in torch.randperm(len(rows.ids), generator=generator).split(train.batch_size):
+                batch = {k: v.index_select(0, index) for k, v in inputs.items()}
+                mask = {k: v.index_select(0, index) for k, v in present.items()}
+                loss = loss_fn(model(batch, mask).float(), target.index_select(0, index))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                for index in torch.arange(len(val.ids)).split(train.batch_size):
+                    batch = {k: v.index_select(0, index) for k, v in val_inputs.items()}
+                    mask = {k: v.index_select(0, index) for k, v in val_present.items()}
+                    loss_fn(model(batch, mask).float(), val_target.index_select(0, index))
+        return time.perf_counter() - started
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _tensors(
+    rows: FeatureSet, task: str, scaling: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    inputs = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in rows.inputs.items()}
+    present = {k: torch.as_tensor(v, dtype=torch.bool) for k, v in rows.present.items()}
+    if task == "multiclass":
+        return inputs, present, torch.as_tensor(rows.target, dtype=torch.int64)
+    target = torch.as_tensor(rows.target, dtype=torch.float32)
+    return inputs, present, scaling.apply(target) if scaling is not None else target
 
 
 def bench_head(

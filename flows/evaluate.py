@@ -44,6 +44,7 @@ from tasks.evaluate.evaluation import (
 from tasks.evaluate.importance import block_weights, feature_groups, permutation_importance, weights_by_group
 from tasks.evaluate.metrics import PRIMARY_METRIC, higher_is_better
 from tasks.evaluate.report import ReportInputs, data_summary, render_report, worsening
+from tasks.features.mapped import mapped_root
 from tasks.paths import Layout
 from tasks.train.assemble import load_feature_set, rows_in_order
 from tasks.train.bundle import BundleMeta, baseline_dirs, load_bundle
@@ -65,10 +66,13 @@ Bundle = tuple[nn.Module, BundleMeta]
 
 @task(name="fit-sklearn-baseline", cache_policy=NO_CACHE)
 def sklearn_baseline(aligned: pd.DataFrame, params: Params, classes: tuple[str, ...]) -> SklearnBaseline:
-    result = fit_sklearn_baseline(aligned, params.data.columns, params.data.task, classes)
-    get_run_logger().info(
-        "sklearn baseline: %s (by %s), %.1f s", result.selected, result.selected_by, result.seconds
+    result = fit_sklearn_baseline(
+        aligned, params.data.columns, params.data.task, classes, params.evaluate.baseline_max_rows
     )
+    get_run_logger().info(
+        "sklearn baseline: %s (by %s) on %d of %d train rows, %.1f s",
+        result.selected, result.selected_by, result.train_rows, result.train_rows_available, result.seconds,
+    )  # fmt: skip
     return result
 
 
@@ -140,7 +144,9 @@ def _evaluate(params: Params) -> dict:
     model, meta = fused
     task_name = meta.task
     final = load_final_model(layout.models, fused, member_loaders(params.cache.dir))
-    features = load_feature_set(layout, params.data.task, meta.classes or None)
+    features = load_feature_set(
+        layout, params.data.task, meta.classes or None, mapped=mapped_root(params.cache.dir)
+    )
     baselines = {m: load_bundle(path) for m, path in baseline_dirs(layout.models).items()}
     aligned = pd.read_parquet(layout.aligned)
     rows = {s: int((features.split == s).sum()) for s in ("train", "val", "test")}
@@ -182,6 +188,8 @@ def _evaluate(params: Params) -> dict:
             "selected": baseline.selected,
             "selected_by": baseline.selected_by,
             "candidates": baseline.candidates,
+            "train_rows": baseline.train_rows,
+            "train_rows_available": baseline.train_rows_available,
         }
     timer.lap("bootstrap")
     importance_table = importance(fused, test, params)

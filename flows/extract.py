@@ -5,6 +5,10 @@ reruns only image extraction. Embedded modalities (tasks/modalities) go through 
 (`cache.dir`): a plan task per modality, then one task per chunk of cache misses (each
 commits a shard, so a killed run resumes from there), then a task that writes the feature
 file. Each run publishes a `fuseline-extract` table artifact: rows seen, computed, reused.
+An encoder fitted on the data (`encoders.text.model: tfidf`) is first fitted on the train
+rows, or found in the cache (a fit task), and published as `data/features/<modality>.fitted`,
+which every modality writes (a one-line note when its encoder is not fitted; see
+tasks/features/fitted.py).
 With `runtime.task_runner: dask | ray` the misses are first encoded on that cluster
 (flows/scaleout.py), so the local pass only finds cached contents and writes the file.
 """
@@ -36,6 +40,7 @@ from tasks.features.extract import (
     write_tabular_features,
 )
 from tasks.features.feature_store import write_blocks
+from tasks.features.fitted import FittedState, needs_fitting, prepare_state, publish_state
 from tasks.modalities import TABULAR, modality_names
 from tasks.paths import Layout
 
@@ -51,12 +56,26 @@ def extract_tabular(params: Params, aligned: pd.DataFrame, target: Path) -> int:
     return len(aligned)
 
 
+@task(name="extract-fit", task_run_name="fit-{modality}", cache_policy=NO_CACHE)
+def fit(
+    params: Params, modality: str, aligned: pd.DataFrame, cache: FeatureCache, out: Path
+) -> FittedState | None:
+    """The modality's encoder fitted on the train rows (or reused from the cache), published as `out`."""
+    state = prepare_state(params, modality, aligned, cache.root) if needs_fitting(params, modality) else None
+    return publish_state(state, out, modality)
+
+
 # Extraction objects hold an encoder and big arrays: never hash them for Prefect's cache.
 @task(name="extract-plan", task_run_name="plan-{modality}", cache_policy=NO_CACHE)
 def plan(
-    params: Params, modality: str, aligned: pd.DataFrame, cache: FeatureCache, source: str
+    params: Params,
+    modality: str,
+    aligned: pd.DataFrame,
+    cache: FeatureCache,
+    source: str,
+    state: FittedState | None = None,
 ) -> Extraction:
-    return plan_modality(params, modality, aligned, cache, source)
+    return plan_modality(params, modality, aligned, cache, source, state)
 
 
 @task(name="extract-chunk", task_run_name="encode-{modality}-{index}", cache_policy=NO_CACHE)
@@ -65,8 +84,8 @@ def encode(job: Extraction, modality: str, index: int) -> int:
 
 
 @task(name="extract-write", task_run_name="write-{modality}", cache_policy=NO_CACHE)
-def write(job: Extraction, modality: str, aligned: pd.DataFrame, target: Path) -> ExtractStats:
-    return write_features(job, row_ids(aligned), target)
+def write(job: Extraction, modality: str, aligned: pd.DataFrame, target: Path, dtype: str) -> ExtractStats:
+    return write_features(job, row_ids(aligned), target, dtype)
 
 
 def embed_modality(
@@ -75,15 +94,17 @@ def embed_modality(
     """plan -> encode per chunk -> write, each a Prefect task; the scratch arrays always go."""
     target = layout.feature_file(modality)
     if not modalities.modality(modality).columns(params.data):
+        publish_state(None, layout.fitted(modality), modality)
         write_blocks(target, row_ids(aligned), {}, {}, {})
         return ExtractStats(modality, rows=len(aligned))
+    state = fit(params, modality, aligned, cache, layout.fitted(modality))
     if params.runtime.task_runner != "local":
-        fill_cache(params, modality, aligned, str(layout.aligned))
-    job = plan(params, modality, aligned, cache, str(layout.aligned))
+        fill_cache(params, modality, aligned, str(layout.aligned), state)
+    job = plan(params, modality, aligned, cache, str(layout.aligned), state)
     try:
         for index in range(job.chunk_count):
             encode(job, modality, index)
-        return write(job, modality, aligned, target)
+        return write(job, modality, aligned, target, params.cache.dtype)
     finally:
         job.close()
 
@@ -102,6 +123,7 @@ def extract(params_path: str = "params.yaml", modality: str | None = None) -> di
     report: dict[str, dict] = {}
     for name in [modality] if modality else modality_names():
         if name == TABULAR:
+            publish_state(None, layout.fitted(name), name)  # its fitted state is in the feature file
             rows = extract_tabular(params, aligned, layout.feature_file(name))
             report[name] = ExtractStats(name, rows=rows, values=rows).as_dict()
             continue

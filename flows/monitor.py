@@ -87,7 +87,8 @@ def embedding_drift(
     like whatever the bundle recorded; on the machine that trained, the train rows are cache hits.
     """
     predictor = _predictor(bundle, params)
-    specs = encoder_specs(params.encoders, params.data) | (predictor.specs if predictor is not None else {})
+    own = predictor.specs if predictor is not None else {}
+    specs = encoder_specs(params.encoders, params.data, exclude=own) | own
     cache, device = FeatureCache(params.cache.dir), pick_device("auto")
     ref_blocks = embed_rows(reference, params.data, specs, roots[0], cache, device)
     batch_blocks = embed_rows(batch, params.data, specs, roots[1], cache, device)

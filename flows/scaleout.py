@@ -26,6 +26,7 @@ from tasks.device import cores
 from tasks.features.cache import FeatureCache
 from tasks.features.encode_chunks import chunk_payloads, encode_payload
 from tasks.features.extract import EncoderSpec, plan_modality
+from tasks.features.fitted import FittedState
 
 
 @task(name="encode-contents", task_run_name="encode-{kind}-{index}", cache_policy=NO_CACHE)
@@ -52,10 +53,20 @@ def encode_on_runner(
     return sum(future.result() for future in futures)
 
 
-def fill_cache(params: Params, modality: str, aligned: pd.DataFrame, source: str = "aligned") -> int:
-    """Encode every cache miss of `modality` on `runtime.task_runner`; how many were encoded."""
+def fill_cache(
+    params: Params,
+    modality: str,
+    aligned: pd.DataFrame,
+    source: str = "aligned",
+    state: FittedState | None = None,
+) -> int:
+    """Encode every cache miss of `modality` on `runtime.task_runner`; how many were encoded.
+
+    A fitted encoder (tfidf) travels as its state directory's absolute path, which workers
+    must see at the same path, like the cache.
+    """
     cache_dir = str(Path(params.cache.dir).resolve())
-    job = plan_modality(params, modality, aligned, FeatureCache(cache_dir), source)
+    job = plan_modality(params, modality, aligned, FeatureCache(cache_dir), source, state)
     try:
         spec, payloads = job.spec, chunk_payloads(job)
     finally:

@@ -13,6 +13,7 @@ Training them here keeps evaluate a pure measurement and lets DVC cache them tog
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,6 +26,8 @@ from tasks.atomic import atomic_dir, write_json, write_text
 from tasks.config import Params, load_params
 from tasks.device import use_all_cores
 from tasks.evaluate.evaluation import primary_score
+from tasks.features.fitted import checked_states, copy_states, state_record
+from tasks.features.mapped import mapped_root
 from tasks.paths import Layout
 from tasks.train.assemble import feature_metadata, load_feature_set, read_rows, rows_in_order
 from tasks.train.bundle import BASELINES, BundleMeta, write_bundle
@@ -91,8 +94,13 @@ def bundle_meta(
     features: FeatureSet,
     metadata: dict[str, dict],
     spec: MemberSpec | None = None,
+    location: Path = Path("."),
 ) -> BundleMeta:
-    """The JSON half of a member's bundle; `spec` gives its own head and seed (default: params')."""
+    """The JSON half of a member's bundle; `spec` gives its own head and seed (default: params').
+
+    `location` is the bundle's directory under models/: a fitted encoder's record (tfidf)
+    points from there to the one copy of its state, models/fitted/<modality>/.
+    """
     fusion, train_cfg = (spec.fusion, spec.train) if spec else (params.fusion, params.train)
     scaling = result.target_scaling
     return BundleMeta(
@@ -104,7 +112,12 @@ def bundle_meta(
         target_scaling=(scaling.mean, scaling.std) if scaling else None,
         # the precision the features were encoded at travels with the fingerprint: predict reuses it
         encoders={
-            m: {**meta["encoder"], "precision": meta.get("precision")}
+            m: {
+                **meta["encoder"],
+                "precision": meta.get("precision"),
+                "dtype": meta.get("dtype", "float32"),  # prediction rounds its vectors the same way
+                **_state_of(m, meta, location),
+            }
             for m, meta in metadata.items()
             if "encoder" in meta
         },
@@ -123,8 +136,11 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     logger = get_run_logger()
     use_all_cores()
     budget = Budget.start(params.train.time_limit)
-    features = load_feature_set(layout, params.data.task, positive=params.data.positive_class)
+    features = load_feature_set(
+        layout, params.data.task, positive=params.data.positive_class, mapped=mapped_root(params.cache.dir)
+    )
     metadata = feature_metadata(layout)
+    states = checked_states(layout, metadata)  # fitted encoders (tfidf): copied into the bundle below
     aligned = pd.read_parquet(layout.aligned)
     specs = member_plan(params, features.modalities)
     runner = task_runner_for(params.runtime.task_runner, params.runtime.address, params.runtime.workers)
@@ -145,6 +161,7 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     logger.info("ensemble on val: %s", selection["members"])
 
     with atomic_dir(layout.models) as tmp:
+        copy_states(tmp, layout, states)
         for name, (spec, result) in trained.items():
             _write_member(tmp, name, spec, result, params, features, metadata)
         if linear is not None:
@@ -165,7 +182,9 @@ def _linear_member(
     if params.data.task not in SKLEARN_TASKS or not (columns.text or columns.categorical or columns.numeric):
         return None
     started = time.perf_counter()
-    linear = fit_linear_member(aligned, columns, params.data.task, features.classes)
+    linear = fit_linear_member(
+        aligned, columns, params.data.task, features.classes, params.evaluate.baseline_max_rows
+    )
     seconds = round(time.perf_counter() - started, 2)
     tried.append({"name": SKLEARN_LINEAR, "kind": "sklearn", "status": "trained", "seconds": seconds})
     return linear
@@ -211,7 +230,7 @@ def _tried(spec: MemberSpec, result: TrainResult | None) -> dict[str, Any]:
 def _as_member(
     spec: MemberSpec, result: TrainResult, params: Params, features: FeatureSet, metadata: dict[str, dict]
 ) -> Member:
-    meta = bundle_meta(result, params, features, metadata, spec)
+    meta = bundle_meta(result, params, features, metadata, spec, _location(spec.name, spec))
     if isinstance(result, FinetunedResult):
         return result.member(meta)
     return HeadMember(result.model, meta)
@@ -226,16 +245,25 @@ def _write_member(
     features: FeatureSet,
     metadata: dict[str, dict],
 ) -> None:
-    meta = bundle_meta(result, params, features, metadata, spec)
-    if name == FUSED:
-        directory = models
-    elif spec.modalities is not None:
-        directory = models / BASELINES / name
-    else:
-        directory = models / MEMBERS / name
+    location = _location(name, spec)
+    meta = bundle_meta(result, params, features, metadata, spec, location)
+    directory = models / location
     write_bundle(directory, result.model, meta)
     if isinstance(result, FinetunedResult):
         result.write_extras(directory)
+
+
+def _location(name: str, spec: MemberSpec) -> Path:
+    """A member's bundle directory relative to models/."""
+    if name == FUSED:
+        return Path(".")
+    return Path(BASELINES if spec.modalities is not None else MEMBERS) / name
+
+
+def _state_of(modality: str, meta: dict[str, Any], location: Path) -> dict[str, Any]:
+    """{"state": ...} for a modality whose encoder was fitted on the data (tfidf), else {}."""
+    files = (meta.get("state") or {}).get("files")
+    return {} if files is None else {"state": state_record(modality, files, location)}
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -139,6 +140,24 @@ def write_bytes(data: bytes, target: str | os.PathLike[str]) -> None:
 
 
 # --- failures --------------------------------------------------------------------------------
+
+
+def reserved_memmap(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.memmap:
+    """A new `.npy` array mapped for writing, its disk blocks reserved before any write.
+
+    numpy makes the file sparse, and a write through the mapping into a block the disk cannot
+    supply kills the process with SIGBUS rather than raising. Reserving the blocks first turns
+    a full disk (or a file size limit) into an OSError here, which callers can handle.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = path.stat().st_size
+    if size:
+        descriptor = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(descriptor, 0, size)
+        finally:
+            os.close(descriptor)
+    return array
 
 
 @contextmanager

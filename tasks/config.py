@@ -174,16 +174,37 @@ class TextFinetuneConfig(_Strict):
     batch_size: int = Field(32, ge=1)  # texts per step
 
 
+class TfidfConfig(_Strict):
+    """`model: tfidf`: TF-IDF of word 1-2 grams fitted on the train rows' distinct texts, then a
+    truncated SVD to `dim` (tasks/features/tfidf.py). Read only when the model is tfidf."""
+
+    dim: int = Field(128, ge=1, le=4096)  # SVD components = embedding width; clipped to what the data allows
+    min_df: int = Field(2, ge=1)  # a term must occur in at least this many distinct train texts
+    max_features: int = Field(200_000, ge=2)  # most frequent terms kept; the state holds dim x terms floats
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the randomized SVD's seed
+
+
 class TextEncoderConfig(_Strict):
     model: str = "minilm"
     max_length: int = Field(256, ge=8, le=8192)
     batch_size: int = Field(64, ge=1)
     finetune: TextFinetuneConfig = TextFinetuneConfig()
+    tfidf: TfidfConfig = TfidfConfig()
 
     @field_validator("model")
     @classmethod
     def _resolvable(cls, value: str) -> str:
         return _known_encoder("text", value)
+
+    @model_validator(mode="after")
+    def _fitted_encoders_have_no_layers(self) -> TextEncoderConfig:
+        from modelzoo.encoders.loading import fitted_encoder
+
+        if self.finetune.layers and fitted_encoder("text", self.model):
+            raise ValueError(
+                f"finetune.layers: the {self.model!r} encoder has no layers to fine-tune; set it to 0"
+            )
+        return self
 
 
 class ImageFinetuneConfig(_Strict):
@@ -379,6 +400,15 @@ class MonitorConfig(_Strict):
         return ScheduleConfig._known_timezone(value)
 
 
+class EvaluateConfig(_Strict):
+    """Bounds on what evaluation and train's scikit-learn member cost at scale."""
+
+    # Above this many train rows the scikit-learn baseline (evaluate) and linear member (train)
+    # fit on a seeded sample of them: TF-IDF + boosted trees on a million rows would take longer
+    # than the whole neural run, and the report says when a sample was used.
+    baseline_max_rows: int = Field(100_000, ge=100)
+
+
 class RuntimeConfig(_Strict):
     """Where extraction and batch prediction run: this process, or chunks on a Dask/Ray cluster.
 
@@ -393,12 +423,17 @@ class RuntimeConfig(_Strict):
 class CacheConfig(_Strict):
     """The row-level embedding cache (tasks/features/cache): every distinct text or image is encoded once.
 
-    Neither key changes what extraction produces, only where entries live and how much
-    work one task (and one shard) holds, so no DVC stage watches them.
+    `dir` and `chunk_rows` do not change what extraction produces, only where entries live
+    and how much work one task (and one shard) holds, so no DVC stage watches them.
     """
 
     dir: str = ".cache/features"  # relative to where stages run (the project root)
     chunk_rows: int = Field(1024, ge=1)  # distinct contents encoded per task and committed per shard
+    # How feature files store embeddings. float16 halves their size on disk and what train and
+    # evaluate map of them (vectors are cast back to float32 per batch); the cache keeps
+    # float32, so switching costs no re-encoding. Unlike the keys above it changes the
+    # features, so the extract stages watch it.
+    dtype: Literal["float32", "float16"] = "float32"
 
 
 class Params(_Strict):
@@ -410,6 +445,7 @@ class Params(_Strict):
     train: TrainConfig = TrainConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     monitor: MonitorConfig = MonitorConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     cache: CacheConfig = CacheConfig()
 

@@ -45,6 +45,10 @@ class Layout:
     def feature_file(self, modality: str) -> Path:
         return self.features / f"{modality}.parquet"
 
+    def fitted(self, modality: str) -> Path:
+        """An encoder state fitted on the train rows (tfidf), or a note that the modality has none."""
+        return self.features / f"{modality}.fitted"
+
     @property
     def models(self) -> Path:
         return self.root / "models"

@@ -38,6 +38,26 @@ class TextEncoder(nn.Module):
         raise NotImplementedError
 
 
+class RawTextEncoder(TextEncoder):
+    """A text encoder that reads whole strings itself: no tokenizer, no max_length (TF-IDF).
+
+    The text modality calls `forward(texts)` on slices of `batch_texts` strings instead of
+    tokenising. Such encoders are cheap per text, so extraction hands them `chunk_contents`
+    texts per chunk (one Prefect task each) rather than `cache.chunk_rows`: at a million
+    rows, a task per thousand texts would cost more than the encoding.
+    """
+
+    batch_texts: int = 4096  # strings per forward
+    chunk_contents: int = 65536  # distinct texts per extraction chunk (and cache shard)
+
+    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        raise TypeError(f"text encoder {self.model_id!r} reads raw strings: call it on a list of texts")
+
+    def forward(self, texts: list[str]) -> torch.Tensor:  # type: ignore[override]
+        """(B,) strings -> (B, dim) float32."""
+        raise NotImplementedError
+
+
 class ImageEncoder(nn.Module):
     """Normalised images (B, 3, H, W) -> one pooled embedding per image (B, dim)."""
 

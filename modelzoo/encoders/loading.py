@@ -46,13 +46,55 @@ class _AudioFactory(Protocol):
 
 
 def load_text_encoder(name: str) -> TextEncoder:
-    """Registered name first, else a Hugging Face id or local directory; in eval mode."""
+    """A fitted state directory, else a registered name, else a Hugging Face id or local directory.
+
+    In eval mode. A fitted encoder (tfidf) is loaded only from its state directory.
+    """
+    fitted = fitted_state_owner("text", name)
+    if fitted is not None:
+        return fitted.from_directory(name).eval()  # type: ignore[attr-defined, no-any-return]
     if name in names("text_encoder"):
+        _refuse_fitted_by_name("text", name)
         factory: _TextFactory = lookup("text_encoder", name)  # type: ignore[assignment]
         encoder = factory()
     else:
         encoder = HuggingFaceTextEncoder.from_pretrained(name)
     return encoder.eval()
+
+
+def fitted_encoder(kind: str, name: str) -> bool:
+    """Whether `name` is a registered `kind` encoder made from the data (tfidf), not shipped.
+
+    Such an encoder has no weights to load by name: the pipeline fits it on the train rows
+    and loads it from the state directory it wrote (the component's `from_directory`).
+    """
+    registry_kind = f"{kind}_encoder"
+    return name in names(registry_kind) and bool(getattr(lookup(registry_kind, name), "fitted", False))
+
+
+def fitted_state_owner(kind: str, path: str | Path) -> object | None:
+    """The registered fitted `kind` encoder whose state directory `path` is, or None.
+
+    Each fitted component says how to recognise its state (`holds_state`), so adding one
+    touches only its own module.
+    """
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        return None
+    registry_kind = f"{kind}_encoder"
+    for name in names(registry_kind):
+        component = lookup(registry_kind, name)
+        if getattr(component, "fitted", False) and component.holds_state(directory):  # type: ignore[attr-defined]
+            return component
+    return None
+
+
+def _refuse_fitted_by_name(kind: str, name: str) -> None:
+    if fitted_encoder(kind, name):
+        raise OSError(
+            f"{kind} encoder {name!r} is fitted on the train rows, not shipped: load it from the "
+            "state directory its fit wrote"
+        )
 
 
 def load_image_encoder(name: str, image_size: int) -> ImageEncoder:

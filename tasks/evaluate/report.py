@@ -190,10 +190,22 @@ def _sklearn_section(inputs: ReportInputs) -> str:
             "text columns, one-hot categoricals and scaled numerics into a linear model (regularisation "
             "tuned on val), and the same columns (text reduced by SVD) into histogram gradient boosting. "
             f"The candidate with the better {inputs.sklearn.get('selected_by', 'validation score')} is the "
-            "reported baseline; its test score is never used for the choice. It cannot see images.",
+            "reported baseline; its test score is never used for the choice. It cannot see images."
+            + _sample_note(inputs.sklearn),
             "",
             _table(["candidate", "settings", f"val {primary}", f"test {primary}", "selected"], body),
         ]
+    )
+
+
+def _sample_note(sklearn: dict) -> str:
+    """Say so when the baseline saw a sample of train (`evaluate.baseline_max_rows`)."""
+    used, available = sklearn.get("train_rows", 0), sklearn.get("train_rows_available", 0)
+    if not used or used >= available:
+        return ""
+    return (
+        f" It was fitted on a seeded sample of {used:,} of the {available:,} train rows "
+        "(`evaluate.baseline_max_rows`); the neural models trained on all of them."
     )
 
 

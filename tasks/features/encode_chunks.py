@@ -17,6 +17,7 @@ from torch import nn
 from tasks.device import pick_device
 from tasks.features.cache import FeatureCache
 from tasks.features.cache.contents import Contents
+from tasks.features.cache.fingerprints import encoder_identity
 from tasks.features.extract import EncoderSpec, Extraction, encode_chunk, plan_extraction
 
 
@@ -28,11 +29,14 @@ class ProcessEncoderSpec(EncoderSpec):
         return cls(spec.kind, spec.model, spec.size, spec.batch_size)
 
     def load(self) -> nn.Module:
-        return _load_once(self.kind, self.model, self.size)
+        # The files' identity is part of the key: a directory rewritten in place (a bundle's
+        # fitted tfidf state after retraining) must not be served from memory.
+        return _load_once(self.kind, self.model, self.size, encoder_identity(self.kind, self.model, {}))
 
 
 @lru_cache(maxsize=4)
-def _load_once(kind: str, model: str, size: int) -> nn.Module:
+def _load_once(kind: str, model: str, size: int, identity: str | None) -> nn.Module:
+    del identity  # part of the cache key only
     return EncoderSpec(kind, model, size, 1).load()
 
 

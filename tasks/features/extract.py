@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch import nn
 from modelzoo.encoders.loading import encoder_fingerprint
 from tasks.config import Params
 from tasks.device import (
+    FLOAT32,
     batch_size_on,
     cores,
     decode_workers,
@@ -43,6 +44,7 @@ from tasks.features.cache.fingerprints import encoder_identity
 from tasks.features.cache.gather import SlotVectors, write_feature_file
 from tasks.features.cache.store import CorruptShard
 from tasks.features.feature_store import write_blocks
+from tasks.features.fitted import FittedState, needs_fitting, prepare_state, state_digests, state_directory
 from tasks.features.tabular import TabularState, fit_tabular, transform_tabular
 from tasks.features.wide import wide_blocks
 from tasks.modalities import EmbeddedModality, modality
@@ -79,6 +81,24 @@ class EncoderSpec:
         """The same fingerprint the feature file and the model bundle record."""
         return encoder_fingerprint(encoder, **self.preprocessing())
 
+    def fitted_at(self, directory: str | Path) -> EncoderSpec:
+        """This spec loading a fitted encoder (tfidf) from its state directory instead of by name.
+
+        The fingerprint comes from the loaded encoder (model id, weights digest), never from
+        the path, so the extract out and a bundle's copy of one state fingerprint alike.
+        """
+        return replace(self, model=str(Path(directory).resolve()))
+
+    @property
+    def state_dir(self) -> Path | None:
+        """The fitted state directory this spec loads from, or None for a shipped encoder."""
+        return state_directory(self.kind, self.model)
+
+    def own_precision(self) -> str | None:
+        """float32 for a fitted encoder (tfidf: sparse products, no bf16 path) on any device;
+        None for the others, which encode at the device's default."""
+        return FLOAT32 if self.state_dir is not None else None
+
 
 @dataclass
 class ExtractStats:
@@ -96,6 +116,7 @@ class ExtractStats:
     load_seconds: float = 0.0  # loading the encoder, a one-off cost per run
     seconds: float = 0.0  # plan + chunks + write, loading included
     forward_seconds: float = 0.0  # of which in the encoder's forward and the copy back
+    fit: str = ""  # an encoder fitted on the train rows (tfidf): "fitted" by this run, or "reused"
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -169,10 +190,10 @@ def plan_extraction(
 
     The encoder is loaded only when something must be encoded or its fingerprint is not
     remembered; whenever it is loaded, the remembered fingerprint is checked against it.
-    `precision` (default: the device's) is how misses are encoded and which cache namespace
-    is read; prediction passes the one the model's features had.
+    `precision` (default: the encoder's own, else the device's) is how misses are encoded and
+    which cache namespace is read; prediction passes the one the model's features had.
     """
-    precision = precision or default_precision(device)
+    precision = precision or spec.own_precision() or default_precision(device)
     problem = precision_problem(precision, device)
     if problem is not None:
         raise BundleError(f"{spec.kind} encoder: {problem}")
@@ -200,6 +221,9 @@ def plan_extraction(
         fingerprint = None
     stats.reused = len(contents.keys) - len(misses)
     misses = spec.modality.encoding_order(contents, misses)
+    # A cheap encoder (tfidf: tens of thousands of texts a second) names a bigger chunk, or the
+    # per-chunk task and shard would cost more than its encoding; neural ones keep chunk_rows.
+    chunk_rows = max(chunk_rows, int(getattr(encoder, "chunk_contents", 0) or 0))
     batch = batch_size_on(device, spec.batch_size)
     chunk_rows = max(batch, chunk_rows // batch * batch)  # whole batches: no chunk splits one
     stats.seconds = time.perf_counter() - started
@@ -236,12 +260,15 @@ def encode_chunk(job: Extraction, index: int) -> int:
     return len(slots)
 
 
-def write_features(job: Extraction, ids: np.ndarray, target: Path) -> ExtractStats:
-    """Stream the feature file; its metadata carries the encoder fingerprint and precision, which
-    train copies into the bundle."""
+def write_features(job: Extraction, ids: np.ndarray, target: Path, dtype: str = "float32") -> ExtractStats:
+    """Stream the feature file; its metadata carries the encoder fingerprint, precision and the
+    stored dtype (`cache.dtype`), which train copies into the bundle."""
     started = time.perf_counter()
-    metadata = {"encoder": job.fingerprint, "precision": job.precision}
-    write_feature_file(target, ids, job.contents.blocks, job.slots, metadata)
+    metadata: dict[str, Any] = {"encoder": job.fingerprint, "precision": job.precision, "dtype": dtype}
+    state = job.spec.state_dir
+    if state is not None:  # which fitted state made these vectors: train copies it into the bundle
+        metadata["state"] = {"files": state_digests(state)}
+    write_feature_file(target, ids, job.contents.blocks, job.slots, metadata, dtype)
     job.stats.seconds += time.perf_counter() - started
     return job.stats
 
@@ -252,13 +279,25 @@ def plan_modality(
     aligned: pd.DataFrame,
     cache: FeatureCache,
     source: str = "aligned table",
+    state: FittedState | None = None,
 ) -> Extraction:
-    """plan_extraction for the columns of one embedded modality that params.yaml declares."""
+    """plan_extraction for the columns of one embedded modality that params.yaml declares.
+
+    An encoder fitted on the data (tfidf) is loaded from `state`; without one it is fitted on
+    the aligned table's train rows here (or found in the cache, tasks/features/fitted.py).
+    """
     spec = EncoderSpec.from_params(params, modality_name)
+    if state is None and needs_fitting(params, modality_name):
+        state = prepare_state(params, modality_name, aligned, cache.root)
+    if state is not None:
+        spec = spec.fitted_at(state.directory)
     plugin = spec.modality
     contents = plugin.contents(aligned, plugin.columns(params.data), plugin.root(params.data), source)
     device = pick_device(params.train.device)
-    return plan_extraction(spec, contents, len(aligned), cache, device, params.cache.chunk_rows)
+    job = plan_extraction(spec, contents, len(aligned), cache, device, params.cache.chunk_rows)
+    if state is not None:
+        job.stats.fit = "reused" if state.reused else "fitted"
+    return job
 
 
 def extract_embeddings(
@@ -274,7 +313,7 @@ def extract_embeddings(
     try:
         for index in range(job.chunk_count):
             encode_chunk(job, index)
-        return write_features(job, row_ids(aligned), target)
+        return write_features(job, row_ids(aligned), target, params.cache.dtype)
     finally:
         job.close()
 

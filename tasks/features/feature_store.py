@@ -1,4 +1,4 @@
-"""Feature files: one Parquet per modality, one fixed-size float32 list column per block.
+"""Feature files: one Parquet per modality, one fixed-size float list column per block.
 
 Fixed-size lists keep each embedding contiguous, so reading a block back into a dense
 (N, D) array is a zero-copy reshape rather than a per-row Python loop.
@@ -18,6 +18,8 @@ from tasks.atomic import write_parquet
 ID = "row_id"
 PRESENT = "present__"
 META_KEY = b"fuseline"
+# cache.dtype -> (numpy, Arrow) type of the stored embeddings
+STORED = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 
 
 def write_blocks(
@@ -26,13 +28,17 @@ def write_blocks(
     blocks: dict[str, np.ndarray],
     present: dict[str, np.ndarray],
     metadata: dict,
+    dtype: str = "float32",
 ) -> None:
-    """Write embeddings (N, D) per block with presence masks and JSON metadata, atomically."""
+    """Write embeddings (N, D) per block with presence masks and JSON metadata, atomically.
+
+    `dtype` float16 (`cache.dtype`) halves the file and what train maps of it.
+    """
     columns: dict[str, pa.Array] = {ID: pa.array(ids.astype(str), type=pa.string())}
     for name in sorted(blocks):
-        matrix = np.ascontiguousarray(blocks[name], dtype=np.float32)
+        matrix = np.ascontiguousarray(blocks[name], dtype=STORED[dtype][0])
         width = matrix.shape[1]
-        flat = pa.array(matrix.reshape(-1), type=pa.float32())
+        flat = pa.array(matrix.reshape(-1), type=STORED[dtype][1])
         columns[name] = pa.FixedSizeListArray.from_arrays(flat, width)
         columns[PRESENT + name] = pa.array(present[name].astype(bool), type=pa.bool_())
     table = pa.table(columns)
@@ -41,7 +47,7 @@ def write_blocks(
 
 
 def read_blocks(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict]:
-    """(ids, blocks, presence, metadata) as written by write_blocks."""
+    """(ids, blocks, presence, metadata) as written by write_blocks; blocks as float32."""
     table = pq.read_table(path)
     metadata = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
     ids = np.asarray(table.column(ID).to_pylist(), dtype=object)

@@ -1,4 +1,5 @@
-"""Text: each distinct string is tokenised and encoded once (MiniLM by default)."""
+"""Text: each distinct string is encoded once: tokenised for a transformer (MiniLM by default),
+or handed over whole to an encoder that reads raw strings (tfidf)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from modelzoo.encoders.base import RawTextEncoder
 from tasks.device import autocast_for, batch_size_on, to_device
 from tasks.features.cache.contents import Contents, contents_by_value
 from tasks.features.cache.keys import text_digest
@@ -39,6 +41,7 @@ class TextModality(EmbeddedModality):
         return {"max_length": size}
 
     def load_encoder(self, model: str, size: int) -> nn.Module:
+        """A registered name, a Hugging Face id or directory, or a fitted state directory (tfidf)."""
         from modelzoo.encoders.loading import load_text_encoder  # transformers: only when encoding
 
         return load_text_encoder(model)
@@ -55,6 +58,9 @@ class TextModality(EmbeddedModality):
     def encode_chunk(self, job: Extraction, index: int) -> tuple[np.ndarray, np.ndarray, float]:
         slots = job.chunk(index)
         texts = [job.contents.sources[s] for s in slots]
+        if isinstance(job.encoder, RawTextEncoder):
+            vectors, forward = encode_raw_texts(job.encoder, texts)
+            return vectors, np.ones(len(slots), dtype=bool), forward
         batch = batch_size_on(job.device, job.spec.batch_size)
         vectors, forward = encode_sorted_texts(job.encoder, texts, job.spec.size, batch, job.device)  # type: ignore[arg-type]
         return vectors, np.ones(len(slots), dtype=bool), forward
@@ -82,6 +88,22 @@ def encode_sorted_texts(
             out[start : start + len(batch)] = encoder(input_ids, mask).float().cpu().numpy()  # (B, dim)
             forward += time.perf_counter() - began
     return out, forward
+
+
+def encode_raw_texts(encoder: RawTextEncoder, texts: list[str]) -> tuple[np.ndarray, float]:
+    """(N, dim) float32 from an encoder that reads whole strings (no tokenizer, no truncation).
+
+    Slices of `encoder.batch_texts`, in float32 whatever the device: these encoders are sparse
+    products, which autocast has no bf16 path for (extraction records them as float32).
+    """
+    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    step = max(1, encoder.batch_texts)
+    began = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(texts), step):
+            batch = texts[start : start + step]
+            out[start : start + len(batch)] = encoder(batch).float().cpu().numpy()  # (B, dim)
+    return out, time.perf_counter() - began
 
 
 register(TextModality())

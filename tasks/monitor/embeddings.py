@@ -8,34 +8,51 @@ texts and files nobody has encoded before (which are then cached for prediction 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from modelzoo.encoders.loading import fitted_encoder, fitted_state_owner
 from tasks.config import DataConfig, DriftThresholds, EncodersConfig
+from tasks.errors import DataError
 from tasks.features.cache import FeatureCache
 from tasks.features.encode_chunks import ProcessEncoderSpec
 from tasks.features.extract import EncoderSpec, encode_chunk, plan_extraction
 from tasks.modalities import embedded, modality
 from tasks.monitor.checks import Check, judge
 from tasks.monitor.domain import domain_classifier_drift
+from tasks.paths import Layout
 from tasks.serve.predict import gather_blocks
 
 Blocks = dict[str, tuple[np.ndarray, np.ndarray]]  # "text.title" -> ((rows, dim) vectors, (rows,) present)
 
 
-def encoder_specs(encoders: EncodersConfig, data: DataConfig) -> dict[str, EncoderSpec]:
+def encoder_specs(
+    encoders: EncodersConfig, data: DataConfig, layout: Layout | None = None, exclude: Collection[str] = ()
+) -> dict[str, EncoderSpec]:
     """The encoders params.yaml names, for each embedded modality with declared columns.
 
-    Used when no model bundle is given; with one, its own (fingerprint-checked) specs are used.
+    Used when no model bundle is given; with one, its own (fingerprint-checked) specs are used
+    and its modalities are `exclude`d here. An encoder fitted on the data (tfidf) is the one
+    extract last fitted, `layout.fitted(<modality>)`.
     """
+    layout = layout or Layout()
     specs: dict[str, EncoderSpec] = {}
     for plugin in embedded():
-        if plugin.columns(data):
+        if plugin.columns(data) and plugin.name not in exclude:
             settings = plugin.encoder_settings(encoders)
             spec = ProcessEncoderSpec(plugin.name, settings.model, settings.size, settings.batch_size)
+            if fitted_encoder(plugin.name, settings.model):
+                state = layout.fitted(plugin.name)
+                if fitted_state_owner(plugin.name, state) is None:
+                    raise DataError(
+                        f"the {settings.model} {plugin.name} encoder is fitted by extract and {state} holds "
+                        "no fitted state: run `dvc repro`, or give the monitor a model (--model)"
+                    )
+                spec = spec.fitted_at(state)
             specs[plugin.name] = spec
     return specs
 

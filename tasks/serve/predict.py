@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from modelzoo.encoders.loading import fitted_encoder
 from modelzoo.heads.blocks import is_wide_block
 from tasks.config import DataConfig, EncodersConfig, SourceConfig
 from tasks.data.align import AlignReport, check_ids, presence
@@ -37,6 +38,7 @@ from tasks.features.cache.contents import Contents
 from tasks.features.cache.fingerprints import encoder_identity
 from tasks.features.encode_chunks import ProcessEncoderSpec
 from tasks.features.extract import EncoderSpec, Extraction, encode_chunk, plan_extraction, row_ids
+from tasks.features.fitted import bundle_state_dir
 from tasks.features.tabular import TabularState, transform_tabular
 from tasks.features.wide import WideState, transform_wide
 from tasks.modalities import embedded, modality
@@ -122,16 +124,21 @@ def chunk_bounds(n_rows: int, chunk_rows: int) -> list[tuple[int, int]]:
 # --- encoders --------------------------------------------------------------------------------
 
 
-def encoder_specs(meta: BundleMeta) -> dict[str, EncoderSpec]:
-    """The encoders the bundle's features came from, as its own params named them."""
+def encoder_specs(meta: BundleMeta, bundle_dir: str | Path) -> dict[str, EncoderSpec]:
+    """The encoders the bundle's features came from, as its own params named them.
+
+    An encoder fitted on the data (tfidf) is loaded from the bundle's own copy of its state,
+    never from data/features or the cache, after checking that copy's file digests.
+    """
     cfg = EncodersConfig.model_validate(meta.params.get("encoders", {}))
-    specs = {}
+    specs: dict[str, EncoderSpec] = {}
     for plugin in embedded():
         if plugin.name in meta.encoders:
             settings = plugin.encoder_settings(cfg)
-            specs[plugin.name] = ProcessEncoderSpec(
-                plugin.name, settings.model, settings.size, settings.batch_size
-            )
+            spec = ProcessEncoderSpec(plugin.name, settings.model, settings.size, settings.batch_size)
+            if fitted_encoder(plugin.name, settings.model):
+                spec = spec.fitted_at(bundle_state_dir(bundle_dir, plugin.name, meta.encoders[plugin.name]))
+            specs[plugin.name] = spec
     return specs
 
 
@@ -169,8 +176,9 @@ def encoding_precision_of(bundle_dir: str | Path, kind: str, record: dict[str, A
 
 
 def fingerprint_of(record: dict[str, Any]) -> dict[str, Any]:
-    """The encoder's own fingerprint in a bundle's encoder record (which also holds the precision)."""
-    return {key: value for key, value in record.items() if key != "precision"}
+    """The encoder's own fingerprint in a bundle's encoder record (which also holds the precision,
+    the stored dtype and, for a fitted encoder, where its state is)."""
+    return {key: value for key, value in record.items() if key not in ("precision", "dtype", "state")}
 
 
 def check_fingerprint(
@@ -293,7 +301,10 @@ class Predictor:
             check_fingerprint(self.bundle_dir, kind, fingerprint_of(record), job.fingerprint)
             for index in range(job.chunk_count):
                 encode_chunk(job, index)
-            return gather_blocks(job, n_rows)
+            blocks, present = gather_blocks(job, n_rows)
+            if record.get("dtype") == "float16":  # what train read: the feature files' rounded vectors
+                blocks = {name: block.astype(np.float16).astype(np.float32) for name, block in blocks.items()}
+            return blocks, present
         finally:
             job.close()
 
@@ -327,7 +338,7 @@ def gather_blocks(job: Extraction, n_rows: int) -> tuple[dict[str, np.ndarray], 
 def load_predictor(bundle_dir: str | Path, cache: FeatureCache) -> Predictor:
     """The bundle, after checking each encoder here against the fingerprint it was trained with."""
     model, meta = load_bundle(Path(bundle_dir))
-    specs = encoder_specs(meta)
+    specs = encoder_specs(meta, bundle_dir)
     for kind, spec in specs.items():
         record = meta.encoders[kind]
         encoding_precision_of(bundle_dir, kind, record)

@@ -11,6 +11,7 @@ from tasks.data.align import ID, SPLIT, TARGET
 from tasks.data.labels import from_canonical
 from tasks.errors import DataError
 from tasks.features.feature_store import read_blocks
+from tasks.features.mapped import mapped_blocks
 from tasks.modalities import modality_names
 from tasks.paths import Layout
 from tasks.train.dataset import FeatureSet
@@ -88,9 +89,18 @@ def feature_metadata(layout: Layout) -> dict[str, dict]:
 
 
 def load_feature_set(
-    layout: Layout, task: str, classes: tuple[str, ...] | None = None, positive: str | None = None
+    layout: Layout,
+    task: str,
+    classes: tuple[str, ...] | None = None,
+    positive: str | None = None,
+    mapped: Path | None = None,
 ) -> FeatureSet:
-    """Join targets, splits and every modality's blocks on row_id."""
+    """Join targets, splits and every modality's blocks on row_id.
+
+    With `mapped` (a directory, `<cache.dir>/mapped`), blocks are memory-mapped copies of the
+    feature files (tasks/features/mapped.py) rather than arrays in memory: what lets train and
+    evaluate run on tables larger than RAM. Both give the same values.
+    """
     aligned = pd.read_parquet(layout.aligned, columns=[ID, SPLIT, TARGET])
     ids = aligned[ID].astype(str).to_numpy(dtype=object)
     position = pd.Index(ids)
@@ -100,14 +110,20 @@ def load_feature_set(
         path = layout.feature_file(modality)
         if not path.exists():
             continue
-        file_ids, blocks, masks, _ = read_blocks(path)
-        order = position.get_indexer(pd.Index(file_ids))
+        file_ids, blocks, masks, _ = mapped_blocks(path, mapped) if mapped is not None else read_blocks(path)
+        in_order = len(file_ids) == len(ids) and bool(np.array_equal(file_ids, ids))
+        order = np.arange(len(ids)) if in_order else position.get_indexer(pd.Index(file_ids))
         if (order < 0).any() or len(file_ids) != len(ids):
             raise DataError("feature rows do not match the aligned table; rerun extract", file=str(path))
         for name, block in blocks.items():
             if block.shape[1] == 0:
                 continue
-            dense = np.empty_like(block)
+            if in_order:  # extract writes rows in the aligned order: no copy, mapped stays mapped
+                # (Arrow's zero-copy arrays are read-only; callers may shuffle a block in place)
+                writable = block if block.flags.writeable else block.copy()
+                inputs[name], present[name] = writable, np.array(masks[name], dtype=bool)
+                continue
+            dense = np.empty(block.shape, dtype=block.dtype)
             dense[order] = block
             mask = np.empty_like(masks[name])
             mask[order] = masks[name]

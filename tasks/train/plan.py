@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from modelzoo.encoders.image_finetune import splittable
-from modelzoo.encoders.loading import image_architecture
+from modelzoo.encoders.loading import fitted_encoder, image_architecture
 from tasks.config import FusionConfig, Params, TrainConfig
 from tasks.evaluate.evaluation import FUSED
 
@@ -81,7 +81,7 @@ def member_plan(params: Params, modalities: list[str]) -> list[MemberSpec]:
             if head != fusion.head:
                 other = FusionConfig.model_validate({**fusion.options(), "head": head})
                 plan.append(MemberSpec(f"head_{head}", "head", other, train))
-        layers = layers or BEST_FINETUNE_LAYERS
+        layers = layers or _best_layers(params.encoders.text.model)
         if not blocks and "image" in modalities:
             blocks = _best_blocks(params.encoders.image.model)
     if blocks and "image" in modalities:
@@ -89,6 +89,12 @@ def member_plan(params: Params, modalities: list[str]) -> list[MemberSpec]:
     if layers and "text" in modalities:
         plan.append(MemberSpec(FINETUNED_TEXT, FINETUNED_TEXT, fusion, train, finetune_layers=layers))
     return plan
+
+
+def _best_layers(model: str) -> int:
+    """What `best` fine-tunes of a text encoder nobody asked to fine-tune: its top layers, unless
+    it has none (tfidf, fitted on the data rather than a transformer)."""
+    return 0 if fitted_encoder("text", model) else BEST_FINETUNE_LAYERS
 
 
 def _best_blocks(model: str) -> int:

@@ -58,15 +58,22 @@ class SklearnBaseline:
     test_ids: np.ndarray
     candidates: dict[str, dict] = field(default_factory=dict)  # name -> {settings, val, test}
     seconds: float = 0.0
+    train_rows: int = 0  # rows it was fitted on
+    train_rows_available: int = 0  # train rows there were (more: it fitted on a seeded sample)
 
 
 def fit_sklearn_baseline(
-    aligned: pd.DataFrame, columns: ColumnsConfig, task: str, classes: tuple[str, ...] = ()
+    aligned: pd.DataFrame,
+    columns: ColumnsConfig,
+    task: str,
+    classes: tuple[str, ...] = (),
+    max_rows: int | None = None,
 ) -> SklearnBaseline:
     """Fit a linear model (regularisation tuned on val) and boosted trees; keep the better on val.
 
     `aligned` is data/aligned/aligned.parquet; `classes` the fused model's class order, so the
-    probability columns line up with its predictions.
+    probability columns line up with its predictions. With more train rows than `max_rows`
+    (`evaluate.baseline_max_rows`) it fits on a seeded sample of them.
     """
     if task not in TASKS:
         raise ValueError(f"the sklearn baseline supports {', '.join(TASKS)}, not {task!r}")
@@ -74,20 +81,20 @@ def fit_sklearn_baseline(
     # process, and two runtimes spinning on shared cores slow boosting and the SVD's QR
     # many times over. The baseline's tables are small: one thread costs little.
     with threadpool_limits(limits=1):
-        return _fit(aligned, columns, task, classes)
+        return _fit(aligned, columns, task, classes, max_rows)
 
 
 def _fit(
-    aligned: pd.DataFrame, columns: ColumnsConfig, task: str, classes: tuple[str, ...]
+    aligned: pd.DataFrame,
+    columns: ColumnsConfig,
+    task: str,
+    classes: tuple[str, ...],
+    max_rows: int | None,
 ) -> SklearnBaseline:
     started = time.perf_counter()
-    roles = _usable_columns(aligned, columns)
-    frame = clean_frame(aligned, roles)
-    target, classes = encode_target(aligned[TARGET], task, classes or None)
-    split = aligned[SPLIT].to_numpy()
-    parts = {s: (frame[split == s], target[split == s]) for s in ("train", "val", "test")}
-    if not len(parts["train"][0]) or not len(parts["val"][0]):
-        raise DataError("the sklearn baseline needs train and val rows", column=SPLIT)
+    parts, roles, classes, available = _parts(
+        aligned, columns, task, classes, ("train", "val", "test"), max_rows
+    )
     n_classes = len(classes) if task == "multiclass" else 2
     primary = PRIMARY_METRIC[task]
     sign = 1.0 if higher_is_better(primary) else -1.0
@@ -106,10 +113,39 @@ def _fit(
         selected=selected,
         selected_by=f"val {primary}",
         test_predictions=test_predictions[selected],
-        test_ids=aligned.loc[split == "test", ID].astype(str).to_numpy(dtype=object),
+        test_ids=aligned.loc[aligned[SPLIT].to_numpy() == "test", ID].astype(str).to_numpy(dtype=object),
         candidates=candidates,
         seconds=time.perf_counter() - started,
+        train_rows=len(parts["train"][0]),
+        train_rows_available=available,
     )
+
+
+def _parts(
+    aligned: pd.DataFrame,
+    columns: ColumnsConfig,
+    task: str,
+    classes: tuple[str, ...],
+    splits: tuple[str, ...],
+    max_rows: int | None,
+) -> tuple[dict[str, tuple[pd.DataFrame, np.ndarray]], dict[str, list[str]], tuple[str, ...], int]:
+    """(x, y) per split, the usable columns, the classes, and how many train rows there were.
+
+    Train is cut to a seeded sample of `max_rows` when larger, so a million-row table costs
+    the baseline what a hundred thousand do; val and test are always whole.
+    """
+    roles = _usable_columns(aligned, columns)
+    target, classes = encode_target(aligned[TARGET], task, classes or None)
+    split = aligned[SPLIT].to_numpy()
+    train = np.flatnonzero(split == "train")
+    available = len(train)
+    if max_rows is not None and available > max_rows:
+        train = np.sort(np.random.default_rng(_SEED).choice(train, max_rows, replace=False))
+    positions = {s: train if s == "train" else np.flatnonzero(split == s) for s in splits}
+    parts = {s: (clean_frame(aligned.iloc[rows], roles), target[rows]) for s, rows in positions.items()}
+    if not len(parts["train"][0]) or not len(parts["val"][0]):
+        raise DataError("the sklearn baseline needs train and val rows", column=SPLIT)
+    return parts, roles, classes, available
 
 
 # --- the candidates ---------------------------------------------------------------------
@@ -184,7 +220,11 @@ def _best_on_val(
 
 
 def fit_linear_member(
-    aligned: pd.DataFrame, columns: ColumnsConfig, task: str, classes: tuple[str, ...] = ()
+    aligned: pd.DataFrame,
+    columns: ColumnsConfig,
+    task: str,
+    classes: tuple[str, ...] = (),
+    max_rows: int | None = None,
 ) -> PortableLinear:
     """The tuned linear baseline in portable form: the scikit-learn model an ensemble can carry.
 
@@ -194,13 +234,7 @@ def fit_linear_member(
     if task not in TASKS:
         raise ValueError(f"the sklearn baseline supports {', '.join(TASKS)}, not {task!r}")
     with threadpool_limits(limits=1):
-        roles = _usable_columns(aligned, columns)
-        frame = clean_frame(aligned, roles)
-        target, classes = encode_target(aligned[TARGET], task, classes or None)
-        split = aligned[SPLIT].to_numpy()
-        parts = {s: (frame[split == s], target[split == s]) for s in ("train", "val")}
-        if not len(parts["train"][0]) or not len(parts["val"][0]):
-            raise DataError("the sklearn baseline needs train and val rows", column=SPLIT)
+        parts, roles, classes, _ = _parts(aligned, columns, task, classes, ("train", "val"), max_rows)
         n_classes = len(classes) if task == "multiclass" else 2
         _, pipeline = _tuned_linear(task, roles, parts, n_classes)
         return export_linear(pipeline, task, n_classes, _TOKEN)

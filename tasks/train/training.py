@@ -1,9 +1,12 @@
 """Train a fusion head on cached embeddings.
 
-The embeddings fit in memory (a few KB per row), so the whole table is moved to the device
-once and batches are cut from it with index tensors; a DataLoader would only add per-batch
-Python overhead. The loop is deliberately plain: seeded, early-stopped on validation loss,
-and deterministic on CPU so that two runs of the pipeline give the same metrics. Options
+Batches are cut with index tensors from the blocks as they come, which on CPU are views of
+the feature arrays (memory-mapped at scale, tasks/features/mapped.py): a shuffled batch reads
+its rows from the page cache, so training needs the feature files' size on disk plus one
+batch, never a copy of the table. On CUDA a split's rows are copied to the device once, in
+chunks. A DataLoader would only add per-batch Python overhead. The loop is deliberately
+plain: seeded, early-stopped on validation loss, and deterministic on CPU so that two runs
+of the pipeline give the same metrics. Options
 (params `train:`) add class weights, a per-batch LR schedule, gradient clipping and
 modality dropout; none of them adds per-batch host work beyond a few tensor ops.
 """
@@ -93,19 +96,20 @@ def train_model(
     """
     check_task(task)
     features = head_features(features, fusion.head)
-    train_rows, val_rows = _split_rows(features)
+    train_at, val_at = _split_positions(features)
+    train_target = features.target[train_at]
     device = pick_device(train.device)
     with _deterministic(device):
         _seed_everything(train.seed)
         in_dims = {name: int(block.shape[1]) for name, block in sorted(features.inputs.items())}
         out_dim = output_dim(task, features)
         check_target(task, features.target, out_dim)
-        scaling = fit_target_scaling(train_rows.target) if task == "regression" else None
-        weight = balanced_weights(task, train_rows.target, out_dim) if train.class_weight else None
+        scaling = fit_target_scaling(train_target) if task == "regression" else None
+        weight = balanced_weights(task, train_target, out_dim) if train.class_weight else None
         objective = Objective(task, weight).to(device)
         model = build_head(fusion, in_dims, out_dim).to(device)
-        train_data = _to_device(train_rows, task, scaling, device)
-        val_data = _to_device(val_rows, task, scaling, device)
+        train_data = _to_device(features, train_at, task, scaling, device)
+        val_data = _to_device(features, val_at, task, scaling, device)
         started = time.perf_counter()
         history, best_epoch = _fit(model, objective, train_data, val_data, train, device, progress, deadline)
         seconds = time.perf_counter() - started
@@ -134,15 +138,10 @@ def predict(
         raise ValueError("regression predictions need the target_scaling from training")
     device = next(model.parameters()).device
     model.eval()
-    inputs, present = _blocks_to_tensors(features, device)
-    n_rows = len(features.ids)
-    rows = torch.arange(n_rows, device=device)
-    # An empty table still runs one (empty) batch, so the result keeps its (0, C) shape.
-    batches = rows.split(batch_size) or (rows,)
     outputs = []
     with torch.no_grad():
-        for index in batches:
-            logits = model(*_take((inputs, present), index)).float()  # (b, out_dim)
+        for batch in _row_batches(features, batch_size, device):
+            logits = model(*batch).float()  # (b, out_dim)
             outputs.append(to_prediction(task, logits).cpu())
     prediction = torch.cat(outputs).numpy()
     if task == "regression" and target_scaling is not None:
@@ -163,12 +162,10 @@ def embed(model: FusionHead, features: FeatureSet, batch_size: int = 1024) -> np
     """(N, E) fused representation of each row: what the head's output layer reads."""
     device = next(model.parameters()).device
     model.eval()
-    inputs, present = _blocks_to_tensors(features, device)
-    rows = torch.arange(len(features.ids), device=device)
     parts = []
     with torch.no_grad():
-        for index in rows.split(batch_size) or (rows,):
-            parts.append(model.predict_and_embed(*_take((inputs, present), index))[1].float().cpu())
+        for batch in _row_batches(features, batch_size, device):
+            parts.append(model.predict_and_embed(*batch)[1].float().cpu())
     return torch.cat(parts).numpy()
 
 
@@ -200,14 +197,15 @@ def build_head(fusion: FusionConfig, in_dims: dict[str, int], out_dim: int) -> n
     return registry_build_head(fusion.head, in_dims, out_dim, fusion.head_config())
 
 
-def _split_rows(features: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
-    train_rows = features.of_split("train")
-    val_rows = features.of_split("val")
-    if len(train_rows.ids) == 0:
+def _split_positions(features: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the train and val rows: the splits are never copied out of the table."""
+    train_at = np.flatnonzero(features.split == "train")
+    val_at = np.flatnonzero(features.split == "val")
+    if len(train_at) == 0:
         raise DataError("no rows in the train split; check data.split")
-    if len(val_rows.ids) == 0:
+    if len(val_at) == 0:
         raise DataError("no rows in the val split; early stopping needs validation rows")
-    return train_rows, val_rows
+    return train_at, val_at
 
 
 def _seed_everything(seed: int) -> None:
@@ -237,9 +235,16 @@ def _deterministic(device: torch.device) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class _DeviceData:
-    """One split, already on the training device, in the form the loss wants."""
+    """One split, ready for the loop: blocks to cut batches from, and the split's own rows.
 
-    inputs: dict[str, Tensor]  # block -> (N, D)
+    On CPU `inputs` are views of the whole table's blocks (nothing copied) and `rows` are the
+    split's positions in them; on CUDA `inputs` hold only the split's rows, copied once, and
+    `rows` counts them. Presence masks and targets are the split's (small: a byte or a few
+    per row), because modality dropout redraws them per epoch.
+    """
+
+    inputs: dict[str, Tensor]  # block -> (M, D), float32 or float16 (cast per batch)
+    rows: Tensor  # (N,) int64: the split's positions in `inputs`
     present: dict[str, Tensor]  # block -> (N,) bool
     # (N,) float32 (binary; regression standardised), (N,) int64 (multiclass), (N, C) float32
     # 0/1 (multilabel)
@@ -251,34 +256,80 @@ class _DeviceData:
 
 
 def _to_device(
-    rows: FeatureSet, task: str, scaling: TargetScaling | None, device: torch.device
+    features: FeatureSet,
+    positions: np.ndarray,
+    task: str,
+    scaling: TargetScaling | None,
+    device: torch.device,
 ) -> _DeviceData:
-    inputs, present = _blocks_to_tensors(rows, device)
-    if task == "multiclass":
-        target = torch.as_tensor(rows.target, dtype=torch.int64, device=device)
-    elif task == "multilabel":
-        target = torch.as_tensor(rows.target, dtype=torch.float32, device=device)  # (N, C)
+    if device.type == "cpu":
+        inputs = {k: _tensor(v) for k, v in features.inputs.items()}
+        rows = torch.as_tensor(positions, dtype=torch.int64)
     else:
-        target = torch.as_tensor(rows.target, dtype=torch.float32, device=device)
-        if scaling is not None:
-            target = scaling.apply(target)
-    return _DeviceData(inputs, present, target)
-
-
-def _blocks_to_tensors(rows: FeatureSet, device: torch.device) -> Batch:
-    inputs = {
-        k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device) for k, v in rows.inputs.items()
+        inputs = {k: _gather(v, positions, device) for k, v in features.inputs.items()}
+        rows = torch.arange(len(positions), device=device)
+    present = {
+        k: torch.as_tensor(np.asarray(v[positions], dtype=bool), device=device)
+        for k, v in features.present.items()
     }
-    present = {k: torch.as_tensor(np.asarray(v, dtype=bool), device=device) for k, v in rows.present.items()}
-    return inputs, present
+    values = features.target[positions]
+    if task == "multiclass":
+        target = torch.as_tensor(values, dtype=torch.int64, device=device)
+    else:  # binary and regression (N,), multilabel (N, C): float32
+        target = torch.as_tensor(values, dtype=torch.float32, device=device)
+        if task != "multilabel" and scaling is not None:
+            target = scaling.apply(target)
+    return _DeviceData(inputs, rows, present, target)
 
 
-def _take(batch: Batch, index: Tensor) -> Batch:
-    """Rows `index` of every block: (N, D) -> (b, D), (N,) -> (b,)."""
-    inputs, present = batch
+def _tensor(array: np.ndarray) -> Tensor:
+    """A CPU tensor sharing the array's memory (a mapped file stays mapped); copies only a
+    read-only array, which torch would otherwise warn about."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def _gather(array: np.ndarray, positions: np.ndarray, device: torch.device, chunk: int = 65_536) -> Tensor:
+    """Rows `positions` of a block on the device, copied a chunk at a time (bounded host memory)."""
+    out = torch.empty((len(positions), array.shape[1]), dtype=_torch_dtype(array.dtype), device=device)
+    for start in range(0, len(positions), chunk):
+        part = np.ascontiguousarray(array[positions[start : start + chunk]])
+        out[start : start + len(part)] = torch.from_numpy(part).to(device, non_blocking=True)
+    return out
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.float16 if dtype == np.float16 else torch.float32
+
+
+def _row_batches(features: FeatureSet, batch_size: int, device: torch.device) -> Iterator[Batch]:
+    """Consecutive batches of rows as float32 tensors on the device, read as they are needed.
+
+    An empty table still yields one (empty) batch, so predictions keep their (0, C) shape.
+    """
+    n_rows = len(features.ids)
+    for start in range(0, n_rows, batch_size) if n_rows else (0,):
+        stop = min(start + batch_size, n_rows)
+        inputs = {
+            k: _tensor(np.ascontiguousarray(v[start:stop])).to(device).float()
+            for k, v in features.inputs.items()
+        }
+        present = {
+            k: torch.as_tensor(np.asarray(v[start:stop], dtype=bool), device=device)
+            for k, v in features.present.items()
+        }
+        yield inputs, present
+
+
+def _take(data: _DeviceData, index: Tensor, present: dict[str, Tensor] | None = None) -> Batch:
+    """Batch `index` (positions within the split) of every block: (b, D) float32 and (b,) masks.
+
+    `present` replaces the split's own masks (modality dropout's per-epoch draw).
+    """
+    rows = data.rows.index_select(0, index.to(data.rows.device))
+    masks = data.present if present is None else present
     return (
-        {k: v.index_select(0, index) for k, v in inputs.items()},
-        {k: v.index_select(0, index) for k, v in present.items()},
+        {k: v.index_select(0, rows).float() for k, v in data.inputs.items()},
+        {k: v.index_select(0, index) for k, v in masks.items()},
     )
 
 
@@ -377,10 +428,9 @@ def _train_epoch(
 ) -> float:
     """One pass over the train rows in `order`; returns the row-weighted mean loss."""
     model.train()
-    batch_all = (data.inputs, present)
     total = torch.zeros((), device=device)  # accumulate on device: no sync per batch
     for index in order.split(cfg.batch_size):
-        inputs, batch_present = _take(batch_all, index)
+        inputs, batch_present = _take(data, index, present)
         with _autocast(device):
             logits = model(inputs, batch_present)  # (b, out_dim)
         loss = objective.loss(logits.float(), data.target.index_select(0, index))
@@ -406,12 +456,11 @@ def _evaluate_loss(model: nn.Module, objective: Objective, data: _DeviceData, ba
     Early stopping compares these numbers across epochs, so they should not carry bf16 noise.
     """
     model.eval()
-    batch_all = (data.inputs, data.present)
     rows = torch.arange(data.n_rows, device=data.target.device)
     total = torch.zeros((), device=data.target.device)
     with torch.no_grad():
         for index in rows.split(batch_size):
-            logits = model(*_take(batch_all, index)).float()  # (b, out_dim)
+            logits = model(*_take(data, index)).float()  # (b, out_dim)
             total += objective.loss(logits, data.target.index_select(0, index)) * index.numel()
     return float(total) / data.n_rows
 

@@ -6,6 +6,8 @@ Layout under the cache directory (`cache.dir` in params.yaml, default `.cache/fe
     <namespace>/shards/<sha256>.parquet (key, vector, ok) rows, named by their own checksum
     fingerprints/<identity>.json        remembered fingerprints (tasks/features/cache/fingerprints.py)
     scratch/                            per-run temp arrays, deleted when the run ends
+    fitted/<modality>-<key>/            encoder states fitted on train rows (tfidf), keyed by
+                                        their inputs (tasks/features/fitted.py)
 
 `keys.py` says what a key is, `store.py` how shards are committed and verified,
 `fingerprints.py` how a warm run avoids loading a model, and `gather.py` how entries become

@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.atomic import atomic_path
-from tasks.features.feature_store import ID, META_KEY, PRESENT
+from tasks.atomic import atomic_path, reserved_memmap
+from tasks.features.feature_store import ID, META_KEY, PRESENT, STORED
 
 ROWS_PER_GROUP = 16_384
 _STALE_SECONDS = 24 * 3600
@@ -36,9 +36,11 @@ class SlotVectors:
         self._dir = Path(tempfile.mkdtemp(prefix="slots-", dir=scratch))
         self.dim = dim
         if count:
-            self.vectors = np.lib.format.open_memmap(
-                self._dir / "vectors.npy", mode="w+", dtype=np.float32, shape=(count, dim)
-            )  # (count, dim)
+            try:
+                self.vectors = reserved_memmap(self._dir / "vectors.npy", np.float32, (count, dim))
+            except BaseException:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                raise
         else:
             self.vectors = np.zeros((0, dim), np.float32)
         self.ok = np.zeros(count, dtype=bool)  # (count,)
@@ -74,13 +76,22 @@ class BlockRows:
 
 
 def write_feature_file(
-    path: Path, ids: np.ndarray, blocks: list[BlockRows], slots: SlotVectors, metadata: dict
+    path: Path,
+    ids: np.ndarray,
+    blocks: list[BlockRows],
+    slots: SlotVectors,
+    metadata: dict,
+    dtype: str = "float32",
 ) -> None:
-    """Write `feature_store` format atomically; a row is present when its slot exists and is ok."""
+    """Write `feature_store` format atomically; a row is present when its slot exists and is ok.
+
+    `dtype` (`cache.dtype`) is how the file stores the vectors; the cache keeps float32.
+    """
+    numpy_type, arrow_type = STORED[dtype]
     ordered = sorted(blocks, key=lambda block: block.name)
     fields = [pa.field(ID, pa.string())]
     for block in ordered:
-        fields.append(pa.field(block.name, pa.list_(pa.float32(), slots.dim)))
+        fields.append(pa.field(block.name, pa.list_(arrow_type, slots.dim)))
         fields.append(pa.field(PRESENT + block.name, pa.bool_()))
     schema = pa.schema(fields, metadata={META_KEY: json.dumps(metadata, sort_keys=True).encode()})
     ids = np.asarray(ids).astype(str)
@@ -95,6 +106,7 @@ def write_feature_file(
                 present[have] = slots.ok[slot[have]]
                 matrix = np.zeros((len(slot), slots.dim), dtype=np.float32)  # (group, dim)
                 matrix[present] = slots.vectors[slot[present]]
-                columns.append(pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), slots.dim))
+                flat = pa.array(matrix.reshape(-1).astype(numpy_type, copy=False), type=arrow_type)
+                columns.append(pa.FixedSizeListArray.from_arrays(flat, slots.dim))
                 columns.append(pa.array(present, type=pa.bool_()))
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
