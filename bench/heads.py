@@ -41,7 +41,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_be
 from tasks.features.wide import wide_blocks
 from tasks.paths import Layout
 from tasks.train.assemble import load_feature_set
-from tasks.train.dataset import FeatureSet
+from tasks.train.dataset import FeatureSet, modality_of
 from tasks.train.objectives import Objective
 from tasks.train.training import (
     build_head,
@@ -104,6 +104,16 @@ def demo_datasets(root: Path) -> list[Dataset]:
         Dataset("demo/multiclass", "multiclass", multiclass),
         Dataset("demo/regression", "regression", regression),
     ]
+
+
+def rounded_to_float16(features: FeatureSet) -> FeatureSet:
+    """The embedding blocks as a float16 feature file holds them; tabular and hashed ids stay float32."""
+    inputs = {
+        name: block if modality_of(name) == "tabular" or name.endswith(".__wide__") else
+        block.astype(np.float16).astype(np.float32)
+        for name, block in features.inputs.items()
+    }  # fmt: skip
+    return replace(features, inputs=inputs)
 
 
 def retarget(features: FeatureSet, target: np.ndarray, classes: tuple[str, ...]) -> FeatureSet:
@@ -330,6 +340,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here, after every head")
     parser.add_argument("--root", type=Path, default=REPO, help="project root holding data/features")
+    parser.add_argument(
+        "--dtype", choices=("float32", "float16"), default="float32",
+        help="embeddings as stored: float16 rounds every embedding block as cache.dtype: float16 does",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -354,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             datasets.append(loaded)
     datasets = [d for d in datasets if d.name in wanted or d.name.split("/")[0] in wanted]
+    if args.dtype == "float16":
+        datasets = [Dataset(d.name, d.task, rounded_to_float16(d.features)) for d in datasets]
     report: dict[str, Any] = {
         "note": "loop_ratio = training-loop samples/s over a bare in-memory loop's for the same head, "
         "data and batch size, measured back to back in this process (best rate of the seeds for each); "
@@ -361,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": "cpu"},
         "seeds": seeds,
+        "dtype": args.dtype,
         "train": train_base.model_dump(),
         "fusion": fusion_base,
         "skipped": skipped,

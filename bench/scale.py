@@ -13,7 +13,9 @@ peak resident memory of the stage's process tree (ru_maxrss from wait4: the larg
 and the flow it started). Finally `dvc repro` with nothing changed is timed.
 
 Stages share one Prefect server started here (as `make demo` does), so no stage pays a
-temporary server's start-up. The `ratios` section divides each stage's time per row at the
+temporary server's start-up. Prefect's own cost per task run is measured first, on the same
+server (`prefect`: a flow of no-op tasks against an empty one), to set against a chunk's
+encoding time. The `ratios` section divides each stage's time per row at the
 largest size by that at the previous size: 1.0 is linear, the issue's target is <= 1.5.
 """
 
@@ -44,7 +46,10 @@ GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
 SEED = 7
 
 
-def params_for(text_model: str) -> dict[str, Any]:
+def params_for(text_model: str, tfidf_dim: int | None = None) -> dict[str, Any]:
+    text: dict[str, Any] = {"model": text_model}
+    if tfidf_dim is not None:
+        text["tfidf"] = {"dim": tfidf_dim}
     return {
         "data": {
             "sources": [{"path": "items.parquet"}],
@@ -55,11 +60,11 @@ def params_for(text_model: str) -> dict[str, Any]:
             "split": {"method": "hash", "seed": 42},
             "demo": None,
         },
-        "encoders": {"text": {"model": text_model}},
+        "encoders": {"text": text},
     }
 
 
-def make_project(root: Path, rows: int, text_model: str, env: dict[str, str]) -> float:
+def make_project(root: Path, rows: int, text: tuple[str, int | None], env: dict[str, str]) -> float:
     """A fresh project with `rows` demo rows; returns the seconds spent generating the data."""
     if root.exists():
         shutil.rmtree(root)
@@ -70,7 +75,7 @@ def make_project(root: Path, rows: int, text_model: str, env: dict[str, str]) ->
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(params_for(text_model), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params_for(*text), sort_keys=False))
     started = time.perf_counter()
     demo_table(rows, SEED).to_parquet(root / "items.parquet", index=False)
     seconds = time.perf_counter() - started
@@ -103,8 +108,8 @@ def measured(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> tupl
     return seconds, usage.ru_maxrss / 1024, process.returncode  # ru_maxrss is KiB on Linux
 
 
-def run_size(root: Path, rows: int, text_model: str, env: dict[str, str]) -> dict[str, Any]:
-    generate = make_project(root, rows, text_model, env)
+def run_size(root: Path, rows: int, text: tuple[str, int | None], env: dict[str, str]) -> dict[str, Any]:
+    generate = make_project(root, rows, text, env)
     log = root / "bench.log"
     stages: dict[str, dict[str, float]] = {}
     for stage in stage_order(root, env):
@@ -144,17 +149,56 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def prefect_task_overhead(env: dict[str, str], tasks: int) -> dict[str, float]:
+    """Seconds Prefect adds per task run on this server: a flow of `tasks` no-op tasks, less
+    the same flow without them, over the count (in a child process, on the bench's server)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--prefect-child", str(tasks)],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _prefect_child(tasks: int) -> None:
+    from prefect import flow, task
+
+    @task
+    def nothing(index: int) -> int:
+        return index
+
+    @flow
+    def with_tasks(count: int) -> None:
+        for index in range(count):
+            nothing(index)
+
+    with_tasks(1)  # warm: imports, server connection
+    timings = []
+    for count in (0, tasks, 0, tasks):
+        started = time.perf_counter()
+        with_tasks(count)
+        timings.append(time.perf_counter() - started)
+    empty, full = min(timings[0], timings[2]), min(timings[1], timings[3])
+    per_task_ms = (full - empty) / tasks * 1000
+    print(json.dumps({"tasks": tasks, "ms_per_task": round(per_task_ms, 3), "empty_flow_s": round(empty, 3)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--text-model", default="tfidf")
+    parser.add_argument("--tfidf-dim", type=int, help="encoders.text.tfidf.dim (384: MiniLM's feature width)")
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "bench" / "scale")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--out", type=Path, help="write the JSON report here after every size")
     parser.add_argument("--keep", action="store_true", help="keep each size's project (default: delete)")
+    parser.add_argument("--prefect-tasks", type=int, default=2000, help="no-op tasks timed")
+    parser.add_argument("--prefect-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prefect_child:
+        _prefect_child(args.prefect_child)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -164,12 +208,15 @@ def main() -> None:
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "text_model": args.text_model,
+        "tfidf_dim": args.tfidf_dim,
         "sizes": [],
     }
     try:
+        report["prefect"] = prefect_task_overhead(env, args.prefect_tasks)
+        print(f"  Prefect: {report['prefect']['ms_per_task']:.3f} ms per task run", flush=True)
         for rows in sizes:
             root = args.workdir / f"rows-{rows}"
-            report["sizes"].append(run_size(root, rows, args.text_model, env))
+            report["sizes"].append(run_size(root, rows, (args.text_model, args.tfidf_dim), env))
             report["ratios"] = ratios(report["sizes"])
             if args.out:
                 write_json(report, args.out)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -96,3 +98,18 @@ def cron_deployment(
         description=description,
         tags=["fuseline"],
     )
+
+
+class Unstored(Generic[T]):
+    """A subflow parameter that Prefect records as a placeholder without looking inside.
+
+    Prefect stores a flow run's parameters through FastAPI's `jsonable_encoder`, which turns a
+    dataclass into a dict with `dataclasses.asdict` (a deep copy of every array) before finding
+    that numpy arrays are not JSON: a million rows' features cost gigabytes and seconds just to
+    be refused. With no `__dict__` and no iteration, this wrapper is refused at once.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value

@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._entry import run_from_command_line
-from flows._runtime import task_runner_for
+from flows._runtime import Unstored, task_runner_for
 from tasks.atomic import atomic_dir, write_json, write_text
 from tasks.config import Params, load_params
 from tasks.device import use_all_cores
@@ -77,14 +77,15 @@ def train_member(
 
 @flow(name="train-members")
 def train_members(
-    specs: list[MemberSpec], features: FeatureSet, params: Params, budget: Budget, aligned_path: str
+    specs: list[MemberSpec], features: Unstored[FeatureSet], params: Params, budget: Budget, aligned_path: str
 ) -> list[TrainResult | None]:
     """Every member on whichever task runner this subflow was given (see `train`).
 
     The aligned table travels as its path, not its rows: a flow run's parameters are stored by
     the Prefect server, which refuses large ones (and a fine-tuned member reads raw columns).
+    The features travel `Unstored`, which Prefect records without copying them first.
     """
-    futures = [train_member.submit(spec, features, params, budget, aligned_path) for spec in specs]
+    futures = [train_member.submit(spec, features.value, params, budget, aligned_path) for spec in specs]
     return [future.result() for future in futures]
 
 
@@ -146,7 +147,9 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     runner = task_runner_for(params.runtime.task_runner, params.runtime.address, params.runtime.workers)
     started = time.perf_counter()
     aligned_path = str(layout.aligned.resolve())
-    results = train_members.with_options(task_runner=runner)(specs, features, params, budget, aligned_path)
+    results = train_members.with_options(task_runner=runner)(
+        specs, Unstored(features), params, budget, aligned_path
+    )
     trained = {spec.name: (spec, r) for spec, r in zip(specs, results, strict=True) if r is not None}
     tried = [_tried(spec, r) for spec, r in zip(specs, results, strict=True)]
 

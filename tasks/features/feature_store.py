@@ -46,6 +46,11 @@ def write_blocks(
     write_parquet(table, path)
 
 
+def read_metadata(path: Path) -> dict:
+    """The JSON metadata alone (encoder fingerprint, fitted states): the schema, not the blocks."""
+    return json.loads((pq.read_schema(path).metadata or {}).get(META_KEY, b"{}"))
+
+
 def read_blocks(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """(ids, blocks, presence, metadata) as written by write_blocks; blocks as float32."""
     table = pq.read_table(path)

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tasks.atomic import reserved_memmap, write_json
-from tasks.features.feature_store import ID, META_KEY, PRESENT, read_blocks
+from tasks.features.feature_store import ID, PRESENT, read_blocks, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def mapped_blocks(
     """
     path = Path(path)
     parquet = pq.ParquetFile(path)
-    metadata = json.loads((parquet.schema_arrow.metadata or {}).get(META_KEY, b"{}"))
+    metadata = read_metadata(path)
     ids = np.asarray(parquet.read(columns=[ID]).column(ID).to_pylist(), dtype=object)
     try:
         directory = _decoded(path, parquet, Path(root))

@@ -35,6 +35,7 @@ TABULAR_WIDE = "tabular" + WIDE_SUFFIX
 TEXT_WIDE = "text" + WIDE_SUFFIX
 _MISSING = "<missing>"
 _WORD = re.compile(r"\w+")
+CHUNK_ROWS = 65_536  # rows whose string keys exist at once
 
 Blocks = dict[str, np.ndarray]  # block name -> (N, L) ids, or -> (N,) presence
 
@@ -79,7 +80,10 @@ def fit_wide(train: pd.DataFrame, columns: ColumnsConfig, options: WideOptions) 
     _check_columns(columns, options)
     edges = {column: _quantile_edges(train[column], options.numeric_bins) for column in columns.numeric}
     text = list(columns.text) if options.ngrams > 0 else []
-    longest = max((len(row) for row in _text_keys(train, text, options.ngrams, None)), default=0)
+    longest = max(
+        (len(row) for chunk in _row_chunks(train) for row in _text_keys(chunk, text, options.ngrams, None)),
+        default=0,
+    )
     return WideState(
         categorical=list(columns.categorical),
         numeric_edges=edges,
@@ -92,7 +96,23 @@ def fit_wide(train: pd.DataFrame, columns: ColumnsConfig, options: WideOptions) 
 
 
 def transform_wide(frame: pd.DataFrame, state: WideState) -> tuple[Blocks, Blocks]:
-    """Id blocks (N, L) float32 and presence masks (N,) for any rows, with a fitted state."""
+    """Id blocks (N, L) float32 and presence masks (N,) for any rows, with a fitted state.
+
+    Built CHUNK_ROWS rows at a time: the keys are Python strings, a few hundred bytes per row,
+    which for a million rows would cost gigabytes at once for blocks of a few megabytes.
+    """
+    parts = [_transform_rows(chunk, state) for chunk in _row_chunks(frame)]
+    blocks = {name: np.concatenate([part[0][name] for part in parts]) for name in parts[0][0]}
+    present = {name: np.concatenate([part[1][name] for part in parts]) for name in parts[0][1]}
+    return blocks, present
+
+
+def _row_chunks(frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """The frame in consecutive slices of CHUNK_ROWS rows (one empty slice for an empty frame)."""
+    return [frame.iloc[start : start + CHUNK_ROWS] for start in range(0, max(len(frame), 1), CHUNK_ROWS)]
+
+
+def _transform_rows(frame: pd.DataFrame, state: WideState) -> tuple[Blocks, Blocks]:
     blocks: Blocks = {}
     present: Blocks = {}
     n_rows = len(frame)

@@ -10,7 +10,7 @@ import pandas as pd
 from tasks.data.align import ID, SPLIT, TARGET
 from tasks.data.labels import from_canonical
 from tasks.errors import DataError
-from tasks.features.feature_store import read_blocks
+from tasks.features.feature_store import read_blocks, read_metadata
 from tasks.features.mapped import mapped_blocks
 from tasks.modalities import modality_names
 from tasks.paths import Layout
@@ -82,7 +82,7 @@ def _encode_label_sets(
 def feature_metadata(layout: Layout) -> dict[str, dict]:
     """Metadata each feature file carries (encoder fingerprints, tabular state), by modality."""
     return {
-        modality: read_blocks(layout.feature_file(modality))[3]
+        modality: read_metadata(layout.feature_file(modality))  # a million rows' blocks are not read for it
         for modality in modality_names()
         if layout.feature_file(modality).exists()
     }

@@ -157,3 +157,21 @@ def test_a_decoded_copy_that_cannot_be_written_falls_back_to_memory(tmp_path: Pa
     reference = load_feature_set(layout, "binary")
     assert not isinstance(features.inputs["text.title"], np.memmap)
     np.testing.assert_array_equal(features.inputs["text.title"], reference.inputs["text.title"])
+
+
+def test_the_members_subflow_records_the_features_without_copying_them(tmp_path: Path) -> None:
+    """Prefect stores subflow parameters; a plain dataclass would be deep-copied (asdict) first."""
+    from flows._runtime import Unstored
+    from flows.train import train_members
+
+    layout = write_project(tmp_path / "project", rows=20_000, text_dim=256)  # text block: 20 MB
+    features = load_feature_set(layout, "binary")
+    train_members.serialize_parameters({"warm": 1})  # Prefect imports its encoder on first use
+    tracemalloc.start()
+    try:
+        stored = train_members.serialize_parameters({"features": Unstored(features)})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stored == {"features": "<Unstored>"}
+    assert peak < 2_000_000, f"{peak / 1e6:.1f} MB to record a parameter"

@@ -147,3 +147,19 @@ def test_extract_tabular_writes_the_wide_blocks(tmp_path: Path) -> None:
     assert set(blocks) == {"tabular", TABULAR_WIDE, TEXT_WIDE}
     np.testing.assert_array_equal(blocks[TEXT_WIDE], expected[TEXT_WIDE])
     assert metadata["wide_state"] == state
+
+
+def test_blocks_built_a_chunk_of_rows_at_a_time_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunking bounds the Python keys held at once (a million rows) and changes no id."""
+    aligned = aligned_items()
+    whole_blocks, whole_present, state = build(aligned)
+    monkeypatch.setattr("tasks.features.wide.CHUNK_ROWS", 7)  # 60 rows: 9 chunks, the last short
+    columns = DataConfig.model_validate(DATA).columns
+    assert fit_wide(aligned[aligned[SPLIT] == "train"], columns, OPTIONS) == state
+    blocks, present = transform_wide(aligned, state)
+    assert blocks.keys() == whole_blocks.keys() == {TABULAR_WIDE, TEXT_WIDE}
+    for name in blocks:
+        np.testing.assert_array_equal(blocks[name], whole_blocks[name])
+        np.testing.assert_array_equal(present[name], whole_present[name])
+    empty_blocks, _ = transform_wide(aligned.iloc[:0], state)
+    assert {k: v.shape for k, v in empty_blocks.items()} == {k: (0, v.shape[1]) for k, v in blocks.items()}
