@@ -141,3 +141,21 @@ def test_boosted_trees_are_tuned_on_val_like_the_linear_model(binary: Fitted) ->
     chosen = {k: trees[k] for k in ("learning_rate", "max_leaf_nodes")}
     assert any(chosen.items() <= settings.items() for settings in TREE_SETTINGS)
     assert len(TREE_SETTINGS) == len(LINEAR_STRENGTHS)
+
+
+def test_a_large_train_split_is_sampled_and_the_report_says_so(binary: Fitted) -> None:
+    """evaluate.baseline_max_rows: a seeded sample of train, the same one every run; val and test whole."""
+    from tasks.evaluate.report import _sample_note
+
+    aligned, whole = binary
+    available = int((aligned[SPLIT] == "train").sum())
+    sampled = fit_sklearn_baseline(aligned, COLUMNS, "binary", ("no", "yes"), max_rows=100)
+    again = fit_sklearn_baseline(aligned, COLUMNS, "binary", ("no", "yes"), max_rows=100)
+    assert (whole.train_rows, whole.train_rows_available) == (available, available)
+    assert (sampled.train_rows, sampled.train_rows_available) == (100, available)
+    np.testing.assert_array_equal(sampled.test_predictions, again.test_predictions)
+    assert len(sampled.test_predictions) == len(whole.test_predictions)
+    assert not np.allclose(sampled.test_predictions, whole.test_predictions)
+    note = _sample_note({"train_rows": 100, "train_rows_available": available})
+    assert f"seeded sample of 100 of the {available:,} train rows" in note
+    assert _sample_note({"train_rows": available, "train_rows_available": available}) == ""
