@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from tasks.config import FusionConfig, TrainConfig
 from tasks.device import autocast_for, pick_device
-from tasks.errors import DataError, FuselineError
+from tasks.errors import FuselineError
 from tasks.train.dataset import FeatureSet
 from tasks.train.lower_cache import LowerOutputCache
 from tasks.train.objectives import Objective, balanced_weights, check_target, check_task, to_prediction
@@ -39,6 +39,7 @@ from tasks.train.training import (
     fit_target_scaling,
     head_features,
     output_dim,
+    split_indices,
 )
 
 __all__ = [
@@ -309,17 +310,6 @@ def fit_with_top(
         columns=lower.columns,
         epoch_seconds=fit.epoch_seconds,
     )
-
-
-def split_indices(features: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
-    """The train and val rows; callers check them before the (costly) lower pass too."""
-    train_rows = np.flatnonzero(features.split == "train")
-    val_rows = np.flatnonzero(features.split == "val")
-    if len(train_rows) == 0:
-        raise DataError("no rows in the train split; check data.split")
-    if len(val_rows) == 0:
-        raise DataError("no rows in the val split; early stopping needs validation rows")
-    return train_rows, val_rows
 
 
 @dataclass

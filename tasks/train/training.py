@@ -48,6 +48,7 @@ __all__ = [
     "head_features",
     "output_dim",
     "predict",
+    "split_indices",
     "train_model",
 ]  # fmt: skip  (TASKS is re-exported: callers have imported it from here)
 
@@ -96,7 +97,7 @@ def train_model(
     """
     check_task(task)
     features = head_features(features, fusion.head)
-    train_at, val_at = _split_positions(features)
+    train_at, val_at = split_indices(features)
     train_target = features.target[train_at]
     device = pick_device(train.device)
     with _deterministic(device):
@@ -197,8 +198,11 @@ def build_head(fusion: FusionConfig, in_dims: dict[str, int], out_dim: int) -> n
     return registry_build_head(fusion.head, in_dims, out_dim, fusion.head_config())
 
 
-def _split_positions(features: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the train and val rows: the splits are never copied out of the table."""
+def split_indices(features: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the train and val rows: the splits are never copied out of the table.
+
+    Fine-tuning also calls it before its (costly) lower pass, so an empty split fails first.
+    """
     train_at = np.flatnonzero(features.split == "train")
     val_at = np.flatnonzero(features.split == "val")
     if len(train_at) == 0:
