@@ -15,12 +15,15 @@ import queue
 import threading
 from abc import abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
+from tasks.device import cores
 from tasks.errors import DataError
 from tasks.features.cache.contents import Contents, contents_by_digest
 from tasks.modalities.base import EmbeddedModality
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from tasks.data.align import AlignReport
 
 log = logging.getLogger(__name__)
+_PROBE_BLOCK = 1024  # files handed to the probing threads at a time
+Verdict = tuple[str, str | None]  # a file's (SHA-256 hex, why it cannot be used or None)
 
 
 class FileModality(EmbeddedModality):
@@ -73,11 +78,12 @@ class FileModality(EmbeddedModality):
     def _inspect(
         self, paths: pd.Series, ids: pd.Series, root: Path, column: str, on_bad: str, report: AlignReport
     ) -> tuple[pd.Series, pd.Series]:
-        """(paths, SHA-256 digests): each file is read once, hashed and test-decoded.
+        """(paths, SHA-256 digests): each distinct file is read once, hashed and test-decoded.
 
         A file that does not decode is a DataError under `on_bad == "error"`; otherwise its
         cell becomes absent, counted and logged, so later stages see a row without it.
         """
+        verdicts = self._probe_distinct(root, paths.dropna().unique().tolist(), column)
         kept: list[str | None] = []
         digests: list[str | None] = []
         bad: list[tuple[str, str, str]] = []  # (row id, path, reason)
@@ -86,10 +92,7 @@ class FileModality(EmbeddedModality):
                 kept.append(None)
                 digests.append(None)
                 continue
-            try:
-                digest, reason = self.probe_file(root / str(value))
-            except OSError as err:  # removed or unreadable since it was resolved
-                digest, reason = "", f"cannot be read ({err.strerror})"
+            digest, reason = verdicts[value]
             if reason is None:
                 kept.append(str(value))
                 digests.append(digest)
@@ -106,6 +109,28 @@ class FileModality(EmbeddedModality):
             log.warning("%s: %s; treated as missing (data.on_bad_%s: missing)", column, message, self.name)
         index = paths.index
         return pd.Series(kept, index=index, dtype="string"), pd.Series(digests, index=index, dtype="string")
+
+    def _probe_distinct(self, root: Path, values: list[str], column: str) -> dict[str, Verdict]:
+        """(SHA-256 hex, why unusable or None) per distinct path, probed on a thread per core.
+
+        Reading, hashing and decoding release the GIL, so threads scale with the cores; files
+        are handed out a block at a time, so a million paths never become a million futures.
+        """
+
+        def probe(value: str) -> Verdict:
+            try:
+                return self.probe_file(root / value)
+            except OSError as err:  # removed or unreadable since it was resolved
+                return "", f"cannot be read ({err.strerror})"
+
+        verdicts: dict[str, Verdict] = {}
+        progress = tqdm(total=len(values), desc=f"{column}: hashing {self.noun}s", unit="file", disable=None)
+        with ThreadPoolExecutor(cores(), thread_name_prefix="probe") as pool, progress:
+            for start in range(0, len(values), _PROBE_BLOCK):
+                block = values[start : start + _PROBE_BLOCK]
+                verdicts.update(zip(block, pool.map(probe, block), strict=True))
+                progress.update(len(block))
+        return verdicts
 
 
 def resolve_paths(paths: pd.Series, root: Path, column: str, report: AlignReport) -> pd.Series:
@@ -188,12 +213,13 @@ _END = object()
 
 
 class Prefetched:
-    """Reads and decodes the next batches on a thread while the encoder runs on this one.
+    """Prepares the next inputs (audio clips, tokenised texts) on a thread while the encoder
+    runs on this one.
 
-    Without decode worker processes (a 2-core CPU, where their start-up and IPC cost more
-    than they save) decoding would sit between forwards. A CNN forward leaves cores idle
-    between its many small ops, and file reads, sha256 and the decoders release the GIL, so
-    a thread hides most of the decode time in those gaps.
+    Without worker processes (a 2-core CPU, where their start-up and IPC cost more than
+    they save) this work would sit between forwards. File reads, sha256, the decoders and
+    the tokenizer release the GIL, so a thread hides most of it in the forward's gaps.
+    Images decode between forwards instead (tasks/modalities/image.py says why).
     """
 
     def __init__(self, source: Iterator, depth: int) -> None:

@@ -313,6 +313,43 @@ def test_blank_image_path_is_absent_but_not_counted(image_tree: Path) -> None:
     assert report.paths_refused == {"photo": 0}
 
 
+def test_a_file_many_rows_share_is_read_once(image_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.modalities.image import ImageModality
+
+    probed: list[Path] = []
+    probe_file = ImageModality.probe_file
+
+    def counting(self: ImageModality, path: Path) -> tuple[str, str | None]:
+        probed.append(path)
+        return probe_file(self, path)
+
+    monkeypatch.setattr(ImageModality, "probe_file", counting)
+    aligned, report = align(image_config(image_tree), [("a.csv", image_rows(["sub/b.jpg"]))])
+    assert sorted(p.name for p in probed) == ["a.jpg", "b.jpg"]  # 29 rows show a.jpg
+    assert report.present["photo"] == 30
+
+
+def test_thousands_of_files_probed_in_parallel_keep_each_row_its_own_digest(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    rows = 2600  # more than one block of files handed to the probing threads
+    for i in range(rows):
+        Image.new("RGB", (2, 2), (i % 256, i // 256, 7)).save(root / f"{i}.png")
+    (root / "13.png").write_bytes(b"not an image")
+    frame = items(rows)
+    frame["photo"] = pd.array([f"{i}.png" for i in range(rows)], dtype="string")
+    aligned, report = align(image_config(root), [("a.csv", frame)])
+    by_id = aligned.set_index(ID)
+    for i in (0, 1, 1024, 2047, 2599):
+        expected = hashlib.sha256((root / f"{i}.png").read_bytes()).hexdigest()
+        assert by_id.loc[f"id-{i:04d}", DIGEST + "photo"] == expected
+    assert pd.isna(by_id.loc["id-0013", DIGEST + "photo"])
+    assert report.files_undecodable == {"photo": 1}
+    with pytest.raises(DataError) as info:
+        align(image_config(root).model_copy(update={"on_bad_image": "error"}), [("a.csv", frame)])
+    assert info.value.rows == ["id-0013"]
+
+
 # --- presence ---------------------------------------------------------------------------------
 
 

