@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 from flows.server import start_server, stop_server  # noqa: E402
 from tasks.atomic import write_json  # noqa: E402
 from tasks.data.demo import demo_table  # noqa: E402
+from tasks.paths import copy_project_code  # noqa: E402
 
-PROJECT_FILES = ("dvc.yaml", "flows", "tasks", "modelzoo")
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
 SEED = 7
 
@@ -69,12 +69,7 @@ def make_project(root: Path, rows: int, text: tuple[str, int | None], env: dict[
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
+    copy_project_code(REPO, root)
     (root / "params.yaml").write_text(yaml.safe_dump(params_for(*text), sort_keys=False))
     started = time.perf_counter()
     demo_table(rows, SEED).to_parquet(root / "items.parquet", index=False)

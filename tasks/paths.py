@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+PROJECT_CODE = ("dvc.yaml", "flows", "tasks", "modelzoo")  # what a project needs to run dvc.yaml
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,14 @@ class Layout:
     @property
     def train_plots(self) -> Path:
         return self.reports / "train"
+
+
+def copy_project_code(checkout: Path, project: Path) -> None:
+    """The code and dvc.yaml of `checkout` into `project`, a fresh project without outputs or
+    caches: the end-to-end tests and bench/scale.py run the real pipeline in such copies."""
+    for name in PROJECT_CODE:
+        source = checkout / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, project / name)

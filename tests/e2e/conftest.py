@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks.paths import copy_project_code
 from tests.conftest import REPO, tiny_params
 
-PROJECT_FILES = ("dvc.yaml", "flows", "tasks", "modelzoo")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
 
 
@@ -40,12 +40,7 @@ def project_env(prefect_api: str) -> dict[str, str]:
 
 def copy_project_files(root: Path) -> None:
     """The code and dvc.yaml a fresh user project holds (no outputs, no caches)."""
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
+    copy_project_code(REPO, root)
 
 
 def copy_repo(source: Path, target: Path) -> Path:
