@@ -48,13 +48,18 @@ def write_blocks(
 
 def read_metadata(path: Path) -> dict:
     """The JSON metadata alone (encoder fingerprint, fitted states): the schema, not the blocks."""
-    return json.loads((pq.read_schema(path).metadata or {}).get(META_KEY, b"{}"))
+    return schema_metadata(pq.read_schema(path))
+
+
+def schema_metadata(schema: pa.Schema) -> dict:
+    """The JSON metadata a feature file's schema carries ({} when it has none)."""
+    return json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
 
 
 def read_blocks(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """(ids, blocks, presence, metadata) as written by write_blocks; blocks as float32."""
     table = pq.read_table(path)
-    metadata = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    metadata = schema_metadata(table.schema)
     ids = np.asarray(table.column(ID).to_pylist(), dtype=object)
     blocks: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tasks.atomic import reserved_memmap, write_json
-from tasks.features.feature_store import ID, PRESENT, read_blocks, read_metadata
+from tasks.features.feature_store import ID, PRESENT, read_blocks, schema_metadata
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def mapped_blocks(
     """
     path = Path(path)
     parquet = pq.ParquetFile(path)
-    metadata = read_metadata(path)
+    metadata = schema_metadata(parquet.schema_arrow)  # the footer ParquetFile has already read
     ids = np.asarray(parquet.read(columns=[ID]).column(ID).to_pylist(), dtype=object)
     try:
         directory = _decoded(path, parquet, Path(root))

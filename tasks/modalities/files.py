@@ -113,7 +113,8 @@ class FileModality(EmbeddedModality):
     def _probe_distinct(self, root: Path, values: list[str], column: str) -> dict[str, Verdict]:
         """(SHA-256 hex, why unusable or None) per distinct path, probed on a thread per core.
 
-        Reading, hashing and decoding release the GIL, so threads scale with the cores; files
+        Reading, hashing and decoding release the GIL: on flipkart's photos two threads probe
+        1.6x as fast as one (tiny files are bound by Python's own work, and gain nothing). Files
         are handed out a block at a time, so a million paths never become a million futures.
         """
 
