@@ -10,14 +10,23 @@ from contextvars import ContextVar
 import torch
 from threadpoolctl import threadpool_limits
 
+from tasks.allocator import keep_freed_memory
+
 
 def pick_device(preference: str = "auto") -> torch.device:
-    """`auto` takes CUDA when a GPU is visible; asking for CUDA without one is an error."""
+    """`auto` takes CUDA when a GPU is visible; asking for CUDA without one is an error.
+
+    Choosing the CPU also keeps its freed memory for the next batch (tasks.allocator): every
+    process that runs an encoder or a head picks its device here, workers on a cluster too.
+    """
     if preference == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
     if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(preference)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
 
 
 def use_all_cores() -> None:
