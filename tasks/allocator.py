@@ -23,6 +23,7 @@ import os
 import platform
 import sys
 import threading
+from collections.abc import Callable
 
 MMAP_THRESHOLD = 256 * 1024 * 1024  # single allocations above this are still mapped and unmapped
 TRIM_THRESHOLD = 1024 * 1024 * 1024  # at 256 or 512 MiB forwards still trimmed: 84-92 images/s, not 103-110
@@ -41,21 +42,23 @@ def keep_freed_memory() -> bool:
     global _applied
     with _lock:
         if _applied is None:
-            wanted = os.environ.get("FUSELINE_KEEP_FREED_MEMORY", "1") != "0"
+            mallopt = _glibc_mallopt()
             _applied = (
-                wanted
-                and _glibc_mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                and _glibc_mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+                mallopt is not None
+                and os.environ.get("FUSELINE_KEEP_FREED_MEMORY", "1") != "0"
+                and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
             )
         return _applied
 
 
-def _glibc_mallopt(option: int, value: int) -> bool:
+def _glibc_mallopt() -> Callable[[int, int], int] | None:
+    """glibc's mallopt (1 on success), or None where malloc is another allocator's."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return False  # macOS, Windows and musl have other allocators, with other settings
+        return None  # macOS, Windows and musl have other allocators, with other settings
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return False
+        return None
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return mallopt(option, value) == 1
+    return mallopt

@@ -221,9 +221,10 @@ def _decoded_on_demand(files: _ImageFiles, batch_size: int) -> Iterator[tuple[to
 
     On a CPU too small for decode workers, a decode thread running beside the forward took
     the forward's cores in the middle of its parallel ops, which then waited for the
-    preempted one: 10-15 % off the forward's rate for decoding that is 4 % of its CPU time
-    (measured on flipkart's photos, bench/extract.py). Decoding between forwards on every
-    core (file reads, sha256, libjpeg and resizing release the GIL) costs only the decode.
+    preempted one: 10-15 % off the forward's rate for decoding that was then 4-8 % of its CPU
+    time (flipkart's photos, bench/extract.py, before tasks.allocator sped the forward up).
+    Decoding between forwards on every core (file reads, sha256, libjpeg and resizing release
+    the GIL) costs only the decode.
     """
     with ThreadPoolExecutor(cores(), thread_name_prefix="decode") as pool:
         for start in range(0, len(files), batch_size):

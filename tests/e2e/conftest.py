@@ -38,11 +38,6 @@ def project_env(prefect_api: str) -> dict[str, str]:
     return env
 
 
-def copy_project_files(root: Path) -> None:
-    """The code and dvc.yaml a fresh user project holds (no outputs, no caches)."""
-    copy_project_code(REPO, root)
-
-
 def copy_repo(source: Path, target: Path) -> Path:
     """A full copy (git history, DVC cache, feature cache, outputs) that a test may change freely."""
     shutil.copytree(source, target, symlinks=True)
@@ -53,7 +48,7 @@ def copy_repo(source: Path, target: Path) -> Path:
 def repo(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A git + DVC repo holding the project code and a 200-row demo params.yaml, reproduced once."""
     root = tmp_path_factory.mktemp("dvc-repo")
-    copy_project_files(root)
+    copy_project_code(REPO, root)
     params = tiny_params(
         rows=200, encoders={"image": {"model": "efficientnet_lite0", "image_size": 128, "batch_size": 32}}
     )

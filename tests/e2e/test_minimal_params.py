@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.e2e.conftest import GIT, copy_project_files, project_env, run_ok
+from tasks.paths import copy_project_code
+from tests.conftest import REPO
+from tests.e2e.conftest import GIT, project_env, run_ok
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +51,7 @@ def _pets(rows: int = 120, seed: int = 0) -> pd.DataFrame:
 
 def _project(root: Path, params: dict) -> Path:
     root.mkdir()
-    copy_project_files(root)
+    copy_project_code(REPO, root)
     _pets().to_csv(root / "pets.csv", index=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
