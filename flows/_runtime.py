@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Generic, TypeVar
 
+from tasks.errors import ConfigError
+
 T = TypeVar("T")
 
 DEFAULT_HOST = "127.0.0.1"
@@ -23,8 +25,19 @@ DEFAULT_PORT = 4200
 
 
 def local_api_url(port: int | None = None) -> str:
-    port = port or int(os.environ.get("FUSELINE_PREFECT_PORT", DEFAULT_PORT))
+    """The local server's API: at `port`, else $FUSELINE_PREFECT_PORT, else 4200 (bad: ConfigError)."""
+    if port is None:
+        port = parse_port(os.environ.get("FUSELINE_PREFECT_PORT", str(DEFAULT_PORT)), "FUSELINE_PREFECT_PORT")
     return f"http://{DEFAULT_HOST}:{port}/api"
+
+
+def parse_port(text: str, name: str) -> int:
+    """A TCP port from 1 to 65535, else a ConfigError naming where the text came from."""
+    digits = text.strip()
+    port = int(digits) if digits.isascii() and digits.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name}: {text!r} is not a port (a number from 1 to 65535)")
+    return port
 
 
 def server_is_up(api_url: str, timeout: float = 0.5) -> bool:
@@ -40,7 +53,10 @@ def configure_prefect() -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")
     if "PREFECT_API_URL" in os.environ:
         return
-    url = local_api_url()
+    try:
+        url = local_api_url()
+    except ConfigError:  # a bad FUSELINE_PREFECT_PORT: the commands that start a server say so
+        return
     if server_is_up(url):
         os.environ["PREFECT_API_URL"] = url
 
@@ -74,8 +90,6 @@ def task_runner_for(task_runner: str, address: str | None = None, workers: int =
         try:
             from prefect_ray import RayTaskRunner
         except ImportError:
-            from tasks.errors import ConfigError
-
             raise ConfigError(
                 "runtime.task_runner: ray needs the prefect-ray package (pip install prefect-ray)"
             ) from None

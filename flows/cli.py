@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> None:
     run = commands.add_parser("run", help="run the whole pipeline as one Prefect flow")
     run.add_argument("--params", default="params.yaml")
     check = commands.add_parser(
-        "check", help="validate params.yaml (make demo runs this before dvc, which reads it unguarded)"
+        "check",
+        help="validate params.yaml and what its settings meet here (make demo runs this before dvc, "
+        "which reads it unguarded)",
     )
     check.add_argument("--params", default="params.yaml")
     stage = commands.add_parser("stage", help="run one stage (what dvc repro calls)")
@@ -26,9 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     stage.add_argument("--modality", choices=modality_names(), default=None, help="extract only")
     server = commands.add_parser("server", help="the project's local Prefect server (UI on 127.0.0.1)")
     server.add_argument("action", choices=("start", "stop", "status"))
-    server.add_argument("--port", type=int, default=None)
+    server.add_argument("--port", type=_port, default=None)
     ui = commands.add_parser("ui", help="start the local Prefect server (SQLite) and print the UI address")
-    ui.add_argument("--port", type=int, default=None)
+    ui.add_argument("--port", type=_port, default=None)
     serve = commands.add_parser(
         "serve", help="serve the retrain (schedule.cron) and monitor (monitor.cron) deployments until stopped"
     )
@@ -53,12 +55,18 @@ def main(argv: list[str] | None = None) -> None:
         help="where a file modality's paths are relative to (e.g. image=photos/); default: the bundle's",
     )
     monitor = commands.add_parser(
-        "monitor", help="drift of new rows (or the current sources) against the training rows; exits 0"
+        "monitor", help="drift of rows the served model has not seen against its train rows; exits 0"
     )
-    monitor.add_argument("--input", default=None, help="csv, parquet or jsonl of new rows (default: sources)")
+    monitor.add_argument(
+        "--input",
+        default=None,
+        help="csv, parquet or jsonl of new rows (default: source rows the model never saw)",
+    )
     monitor.add_argument("--params", default="params.yaml")
     monitor.add_argument(
-        "--model", default="models", help="bundle (models/) or registry whose predictions are compared"
+        "--model",
+        default="served",
+        help="bundle or registry to watch (default 'served': the registry's promoted version, else models/)",
     )
     monitor.add_argument("--inputs-only", action="store_true", help="compare inputs only, not predictions")
     monitor.add_argument(
@@ -69,8 +77,23 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _dispatch(args)
     except FuselineError as err:
-        print(f"fuseline: {err}", file=sys.stderr)
+        print(f"fuseline: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
+
+
+def _one_line(message: str) -> str:
+    """A message as one line: a library's text inside it (a YAML parser's) may span several."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _port(text: str) -> int:
+    """argparse type for --port: a usage error, not a traceback, for 0, 70000 or 'abc'."""
+    from flows._runtime import parse_port
+
+    try:
+        return parse_port(text, "--port")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--port: ")) from None
 
 
 def _dispatch(args: argparse.Namespace) -> None:
@@ -86,12 +109,14 @@ def _dispatch(args: argparse.Namespace) -> None:
         print("directory report here. Elsewhere: export PREFECT_API_URL=" + _api_url(args.port))
         return
     if args.command == "serve":
+        _check(args.params, quiet=True)  # a bad setting fails now, not in the first scheduled run
         _ensure_api()
         from flows.deploy import DEPLOYMENT, serve
 
         serve(params_path=args.params, name=args.name or DEPLOYMENT)
         return
     if args.command == "retrain":
+        _check(args.params, quiet=True)
         from flows.deploy import retrain
 
         retrain(params_path=args.params)
@@ -104,6 +129,7 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         # Refusals before the flow starts are one line; inside a flow run Prefect logs a traceback.
         verify_bundle(Path(check_predict_paths(args.model, args.input, args.output, args.params)))
+        _check_cluster(args.params)
         summary = predict(args.model, args.input, args.output, args.params, _roots(args.root))
         print(f"{summary['rows']} predictions -> {summary['output']}")
         return
@@ -126,7 +152,10 @@ def _dispatch(args: argparse.Namespace) -> None:
 def _monitor(args: argparse.Namespace) -> None:
     """Run the monitor flow and print its verdict, one line per drifted column; drift is not an error."""
     from flows.monitor import monitor
+    from tasks.serve.pathcheck import check_input_path
 
+    if args.input is not None:
+        check_input_path(args.input)  # one line before the flow starts (a FIFO, a device, missing)
     summary = monitor(
         params_path=args.params,
         input_path=args.input,
@@ -136,6 +165,11 @@ def _monitor(args: argparse.Namespace) -> None:
     print(summary["headline"])
     for line in summary["column_lines"]:
         print(f"  drift: {line}")
+    if summary.get("performance"):
+        from tasks.monitor.history import summary_line
+
+        history = summary["files"]["performance.png"]
+        print(f"performance: {summary_line(summary['performance'])} (over time: {history})")
     print(f"report: {summary['files']['drift.md']} (exit 0: drift is reported, not an error)")
 
 
@@ -150,14 +184,37 @@ def _roots(pairs: list[str]) -> dict[str, str]:
     return roots
 
 
-def _check(params_path: str) -> None:
-    """Validate params.yaml with fuseline's guarded loader; exit 2 with the problem if invalid."""
+def _check(params_path: str, quiet: bool = False) -> None:
+    """Validate params.yaml, then what its settings meet on this machine (tasks/preflight.py).
+
+    The first is static (types, ranges, cron fields: also checked by every stage that loads
+    the file); the second looks at the device, the paths and the cluster, which can change
+    between runs. Either problem is one ConfigError naming the key: exit 2.
+    """
     from tasks.config import load_params
+    from tasks.preflight import check_environment
 
     params = load_params(params_path)
+    try:
+        check_environment(params)
+    except ConfigError as err:
+        raise ConfigError(f"{params_path}: {err}") from None
+    if quiet:
+        return
     columns = params.data.columns
     roles = ", ".join(f"{role} {len(getattr(columns, role))}" for role in columns.roles())
     print(f"{params_path}: valid ({params.data.task} target {params.data.target!r}; columns: {roles})")
+
+
+def _check_cluster(params_path: str) -> None:
+    """Prediction's chunks go to `runtime.address` when one is set: it must answer first."""
+    from pathlib import Path
+
+    from tasks.config import load_params
+    from tasks.preflight import check_cluster
+
+    if params_path and Path(params_path).exists():
+        check_cluster(load_params(params_path).runtime)
 
 
 def _api_url(port: int | None) -> str:

@@ -28,11 +28,20 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows._retry import IO_RETRIES
 from flows._runtime import cron_deployment
+from tasks import escape
 from tasks.config import ScheduleConfig, load_params
 from tasks.errors import BundleError, ConfigError, DataError
 from tasks.paths import Layout
-from tasks.serve.champion import compare_on_same_rows
-from tasks.serve.promotion import current_entry, decide, promote, record, resolve_model_dir, tree_digest
+from tasks.serve.champion import NotComparable, compare_on_same_rows
+from tasks.serve.promotion import (
+    Decision,
+    current_entry,
+    decide,
+    promote,
+    record,
+    resolve_model_dir,
+    tree_digest,
+)
 
 DEPLOYMENT = "scheduled-retrain"
 _RAN = re.compile(r"Running stage '([^']+)'")
@@ -91,9 +100,11 @@ def promote_if_not_worse(
 ) -> dict[str, Any]:
     """Compare the fresh model with the promoted one and promote it if it is not worse.
 
-    Both are scored on the fresh run's own test rows (tasks/serve/champion.py), so the decision
-    compares like with like; only when the promoted model cannot read today's rows does it fall
-    back to the number stored at its promotion, and the reason says so.
+    Both are scored on the fresh run's test rows that neither trained on, each through its own
+    classes (tasks/serve/champion.py), so the decision compares like with like. When no such
+    comparison exists (a changed split leaves too few rows, a changed task) the current model
+    is kept and the reason says how to go on; only when the promoted model cannot read today's
+    rows does it fall back to the number stored at its promotion, and the reason says so.
     """
     metrics = json.loads(layout.metrics.read_text())
     metric = metrics["primary_metric"]
@@ -110,20 +121,27 @@ def promote_if_not_worse(
             "reason": f"the trained model is the promoted {entry['version']}",
         }
     current = float(entry["value"]) if entry is not None and entry.get("metric") == metric else None
-    same = None
+    same = refused = None
     if entry is not None:
         try:
             champion_dir = resolve_model_dir(registry)
             same = compare_on_same_rows(
                 champion_dir, layout.models, pd.read_parquet(layout.aligned), metric, cache_dir
             )
+        except NotComparable as err:
+            refused = f"no fair comparison with the promoted model, so it stays: {err}"
         except (DataError, BundleError) as err:
-            get_run_logger().warning("cannot re-score the promoted model on today's rows: %s", err)
+            message = escape.log(err)
+            get_run_logger().warning("cannot re-score the promoted model on today's rows: %s", message)
     if same is not None:
         candidate, current = same.candidate, same.champion
-    decision = decide(metric, candidate, current, schedule.tolerance)
+    if refused is not None:
+        decision = Decision(False, metric, candidate, current, schedule.tolerance, refused)
+    else:
+        decision = decide(metric, candidate, current, schedule.tolerance)
     if same is not None:
-        decision = replace(decision, reason=f"on the same {same.rows} test rows: {decision.reason}")
+        changes = "".join(f"; {note}" for note in same.notes)
+        decision = replace(decision, reason=f"on the same {same.rows} test rows: {decision.reason}{changes}")
     version = promote(registry, layout.models, metrics, decision) if decision.promote else None
     record(registry, decision, version)
     kept = entry["version"] if entry is not None else None
@@ -135,6 +153,7 @@ def promote_if_not_worse(
         "current": current,
         "reason": decision.reason,
         "same_rows": same.to_json() if same is not None else None,
+        "refused": refused,
     }
 
 
@@ -180,35 +199,42 @@ def publish_promotion(result: dict[str, Any]) -> None:
 
 
 def _markdown(result: dict[str, Any]) -> str:
+    version = escape.text(result["version"])  # read back from the registry's current.json
     headline = {
-        "promoted": f"Promoted the new model as **{result['version']}**",
-        "kept": f"Kept the current model **{result['version']}**; the new one was not promoted",
-        "unchanged": f"Nothing new to promote: the model is still **{result['version']}**",
+        "promoted": f"Promoted the new model as **{version}**",
+        "kept": f"Kept the current model **{version}**; the new one was not promoted",
+        "unchanged": f"Nothing new to promote: the model is still **{version}**",
     }[result["outcome"]]
     current = "none" if result["current"] is None else f"{result['current']:.4f}"
-    stages = ", ".join(result["stages_rerun"]) or "none (nothing changed)"
+    stages = ", ".join(map(escape.text, result["stages_rerun"])) or "none (nothing changed)"
     return "\n".join(
         [
             f"# {headline}",
             "",
-            f"- reason: {result['reason']}",
+            f"- reason: {escape.text(result['reason'])}",  # may quote an error about the user's files
             f"- {result['metric']}: new {result['candidate']:.4f}, current {current}",
-            *_same_rows_lines(result.get("same_rows")),
+            *_same_rows_lines(result.get("same_rows"), result.get("refused")),
             f"- stages rerun: {stages}",
             f"- run time: {result['seconds']} s",
         ]
     )
 
 
-def _same_rows_lines(same: dict[str, Any] | None) -> list[str]:
+def _same_rows_lines(same: dict[str, Any] | None, refused: str | None = None) -> list[str]:
+    if refused:
+        return ["- compared with: nothing; the reason above says why no fair comparison exists"]
     if not same:
         return ["- compared with: the number stored when the current model was promoted (other rows)"]
     interval = same["interval"]
+    val = same["val"]
     return [
         f"- compared on the same {same['rows']} test rows: new {same['candidate']:.4f}, "
         f"current {same['champion']:.4f}; new minus current {same['candidate'] - same['champion']:+.4f} "
         f"(95 % paired bootstrap interval {interval['low']:+.4f} to {interval['high']:+.4f})",
-        f"- on the same val rows: new {same['val']['candidate']:.4f}, current {same['val']['champion']:.4f}",
+        f"- on the same val rows: new {val['candidate']:.4f}, current {val['champion']:.4f}"
+        if val
+        else "- on the same val rows: none (the split changed, so the two models early-stopped on others)",
+        *(f"- changed since the current model: {escape.text(note)}" for note in same.get("notes", ())),
     ]
 
 

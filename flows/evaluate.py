@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from flows._entry import run_from_command_line
+from tasks import escape
 from tasks.atomic import atomic_dir, write_bytes, write_json, write_parquet, write_text
 from tasks.config import Params, load_params
 from tasks.device import single_threaded
@@ -122,9 +123,13 @@ def _interval_columns(interval: dict | None) -> dict[str, float]:
 
 
 def _json_safe(rows: list[dict]) -> list[dict]:
-    """NaN is not JSON; the artifact API would refuse the whole table for one undefined AUC."""
+    """NaN is not JSON (the artifact API would refuse the whole table for one undefined AUC), and
+    a column name in a cell must not open an HTML tag (`tasks.escape.table_value`)."""
     return [
-        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else escape.table_value(v))
+            for k, v in row.items()
+        }
         for row in rows
     ]
 

@@ -1,12 +1,23 @@
-"""Flow `fuseline-monitor`: does a new batch (or today's source tables) drift from the training rows?
+"""Flow `fuseline-monitor`: do rows the served model has never seen drift from the rows it learned from?
 
-Compared with the train rows of data/aligned (what the model learned from):
+The model is the served one: the registry's promoted version (models/ until the first
+promotion), or `--model`. The reference is its own train rows (its lineage: ids and content
+digests, as data/aligned holds them); the batch is `--input`, or else the rows of the
+current sources the model has never seen (added or changed since it was trained). See
+tasks/monitor/rows.py. Compared:
 
+- columns added, removed or retyped since the model was trained: a finding each, by name;
 - numeric and categorical columns: KS / chi-squared tests and the PSI, unseen categories;
 - every column: its share of missing values;
 - text, image and audio columns: a domain classifier on their embeddings, computed through
   the encoders and the row-level cache that batch prediction uses;
-- with a model: its predicted classes and scores (against its predictions on val and test).
+- with a model: its predicted classes and scores (against its predictions on val and test),
+  and its performance: the primary metric on the batch rows whose labels have arrived, with
+  a bootstrap interval, and before they arrive an estimate from its calibrated probabilities
+  (CBPE, tasks/monitor/performance.py). Each run appends a record to
+  `monitor.output`/performance.json and redraws performance.png (tasks/monitor/history.py);
+  the `monitor-performance` table and `monitor-performance-plot` markdown artifacts keep
+  fixed keys, so the UI lists every run's numbers as versions of one artifact.
 
 Each check's rule is in tasks/config.py (DriftThresholds); p-values are adjusted over the
 run's checks together (Holm), so `alpha` bounds the false alarms per run. The run writes
@@ -19,10 +30,15 @@ failure: the run fails only when it cannot compare.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -31,46 +47,90 @@ from prefect.states import Completed, State
 
 from flows._retry import IO_RETRIES
 from flows._runtime import cron_deployment
+from tasks import escape
 from tasks.config import DataConfig, MonitorConfig, Params, load_params
 from tasks.device import pick_device
 from tasks.features.cache import FeatureCache
 from tasks.monitor.checks import Check, holm
 from tasks.monitor.embeddings import embed_rows, embedding_checks, encoder_specs
+from tasks.monitor.history import (
+    FIGURE_NAME,
+    HISTORY_NAME,
+    append_record,
+    history_markdown,
+    history_record,
+    history_table,
+    summary_line,
+    write_history_figure,
+)
+from tasks.monitor.performance import Performance, measure_performance, unmeasured
 from tasks.monitor.predictions import prediction_checks
 from tasks.monitor.report import DriftReport, write_report
-from tasks.monitor.rows import aligned_rows, batch_from_file, batch_from_sources, sample_rows, split_rows
+from tasks.monitor.rows import (
+    Batch,
+    Reference,
+    aligned_rows,
+    model_reference,
+    new_batch,
+    sample_rows,
+    served_model_dir,
+    with_file_labels,
+)
+from tasks.monitor.schema import Schema, compare_schemas, roles_of, table_roles
 from tasks.monitor.tabular import tabular_checks
 from tasks.paths import Layout
+from tasks.schema import TARGET
 from tasks.serve.predict import Predictor, Roots, absolute_file_cells, cached_predictor, file_roots
 from tasks.serve.promotion import resolve_model_dir
+from tasks.train.bundle import META
+from tasks.train.lineage import read_lineage
 
 DEPLOYMENT = "scheduled-monitor"
 RETRAIN_DEPLOYMENT = "fuseline-retrain/scheduled-retrain"
 MARKDOWN_KEY, TABLE_KEY = "fuseline-drift", "fuseline-drift-table"
+# fixed keys: every run is a new version of the same artifact, so the UI shows the history
+PERFORMANCE_TABLE_KEY, PERFORMANCE_PLOT_KEY = "monitor-performance", "monitor-performance-plot"
 DRIFT_STATE = "Drift detected"
+SERVED = "served"  # `model`'s default: the registry's promoted version, else models/
 
 
 @task(name="read-reference", cache_policy=NO_CACHE)
-def read_reference(layout: Layout, settings: MonitorConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A seeded sample of the train rows, and one of the held-out (val, test) rows."""
-    aligned = aligned_rows(layout)
-    train = sample_rows(split_rows(aligned, "train"), settings.max_rows, settings.seed)
-    held_out = sample_rows(split_rows(aligned, "val", "test"), settings.max_rows, settings.seed)
-    return train, held_out
+def read_reference(layout: Layout, bundle: Bundle | None, params: Params) -> Reference:
+    """The served model's train rows and held-out (val, test) rows, each a seeded sample."""
+    predictor = _predictor(bundle, params)
+    lineage = read_lineage(Path(bundle.path), predictor.meta.lineage) if bundle and predictor else None
+    found = model_reference(
+        aligned_rows(layout), lineage, bundle.path if bundle else None, str(layout.aligned)
+    )
+    settings = params.monitor
+    train = sample_rows(found.train, settings.max_rows, settings.seed)
+    held_out = sample_rows(found.held_out, settings.max_rows, settings.seed)
+    return replace(
+        found,
+        train=train,
+        held_out=held_out,
+        description=_sampled(found.description, len(found.train), len(train)),
+    )
 
 
 @task(name="read-batch", cache_policy=NO_CACHE, **IO_RETRIES)
 def read_batch(
-    data: DataConfig, input_path: str | None, roots: Roots, settings: MonitorConfig
-) -> pd.DataFrame:
+    data: DataConfig, input_path: str | None, roots: Roots, settings: MonitorConfig, reference: Reference
+) -> Batch:
     """The new rows (retried: they may sit on flaky storage), sampled like the reference."""
-    rows = batch_from_file(input_path, data, roots) if input_path else batch_from_sources(data)
-    return sample_rows(rows, settings.max_rows, settings.seed)
+    batch = new_batch(data, input_path, roots, reference.lineage)
+    if input_path:  # labels that arrived for these rows: the model's realized performance
+        batch = with_file_labels(batch, input_path, data)
+    rows = sample_rows(batch.rows, settings.max_rows, settings.seed)
+    return replace(batch, rows=rows, description=_sampled(batch.description, len(batch.rows), len(rows)))
 
 
 @task(name="tabular-drift", cache_policy=NO_CACHE)
-def tabular_drift(reference: pd.DataFrame, batch: pd.DataFrame, params: Params) -> list[Check]:
-    return tabular_checks(reference, batch, params.data, params.monitor.threshold)
+def tabular_drift(
+    reference: pd.DataFrame, batch: pd.DataFrame, params: Params, data: DataConfig
+) -> list[Check]:
+    """The columns both sides hold alike (`data`: params.yaml's, less the schema findings)."""
+    return tabular_checks(reference, batch, data, params.monitor.threshold)
 
 
 @task(name="embedding-drift", cache_policy=NO_CACHE)
@@ -80,25 +140,27 @@ def embedding_drift(
     params: Params,
     bundle: Bundle | None,
     roots: tuple[Roots, Roots],
+    data: DataConfig,
 ) -> list[Check]:
     """Vectors of both sides through the same encoders (the model's, else params.yaml's) and cache.
 
     Both sides use the same encoder and the device's precision, so the comparison is like for
     like whatever the bundle recorded; on the machine that trained, the train rows are cache hits.
+    `data` holds the columns both sides hold alike.
     """
     predictor = _predictor(bundle, params)
     own = predictor.specs if predictor is not None else {}
-    specs = encoder_specs(params.encoders, params.data, exclude=own) | own
+    specs = encoder_specs(params.encoders, data, exclude=own) | own
     cache, device = FeatureCache(params.cache.dir), pick_device("auto")
-    ref_blocks = embed_rows(reference, params.data, specs, roots[0], cache, device)
-    batch_blocks = embed_rows(batch, params.data, specs, roots[1], cache, device)
+    ref_blocks = embed_rows(reference, data, specs, roots[0], cache, device)
+    batch_blocks = embed_rows(batch, data, specs, roots[1], cache, device)
     return embedding_checks(ref_blocks, batch_blocks, params.monitor.threshold, params.monitor.seed)
 
 
-@task(name="prediction-drift", cache_policy=NO_CACHE)
-def prediction_drift(
+@task(name="predict-sides", cache_policy=NO_CACHE)
+def predict_sides(
     held_out: pd.DataFrame, batch: pd.DataFrame, params: Params, bundle: Bundle, roots: tuple[Roots, Roots]
-) -> list[Check]:
+) -> tuple[np.ndarray, np.ndarray]:
     """The served model (its ensemble) on held-out reference rows and on the batch."""
     predictor = _predictor(bundle, params)
     assert predictor is not None
@@ -108,8 +170,47 @@ def prediction_drift(
     batch = absolute_file_cells(batch, predictor.data, roots[1])
     reference = predictor.predictions(held_out, roots[0], cache, device)[1]
     new = predictor.predictions(batch, roots[1], cache, device)[1]
-    meta = predictor.meta
-    return prediction_checks(meta.task, list(meta.classes or []), reference, new, params.monitor.threshold)
+    return reference, new
+
+
+@task(name="prediction-drift", cache_policy=NO_CACHE)
+def prediction_drift(
+    predictions: tuple[np.ndarray, np.ndarray], params: Params, bundle: Bundle
+) -> list[Check]:
+    """The model's predicted classes and scores: held-out reference rows against the batch."""
+    meta = _predictor(bundle, params).meta
+    classes = list(meta.classes or [])
+    return prediction_checks(meta.task, classes, *predictions, params.monitor.threshold)
+
+
+@task(name="measure-performance", cache_policy=NO_CACHE)
+def performance_of(
+    held_out: pd.DataFrame,
+    batch: pd.DataFrame,
+    predictions: tuple[np.ndarray, np.ndarray],
+    params: Params,
+    bundle: Bundle,
+) -> Performance:
+    """Realized on the batch rows with labels, CBPE's estimate on all (tasks/monitor/performance.py)."""
+    meta = _predictor(bundle, params).meta
+    sides = ((held_out.get(TARGET), predictions[0]), (batch.get(TARGET), predictions[1]))
+    return measure_performance(meta.task, tuple(meta.classes or ()), *sides, seed=params.monitor.seed)
+
+
+@task(name="publish-performance", cache_policy=NO_CACHE)
+def publish_performance(record: dict[str, Any], out_dir: str) -> dict[str, str]:
+    """Append the run to performance.json, redraw performance.png, publish both artifacts."""
+    records = append_record(record, Path(out_dir))
+    figure = str(write_history_figure(records, Path(out_dir)))
+    create_table_artifact(
+        key=PERFORMANCE_TABLE_KEY, table=history_table(records),
+        description=f"The served model's {record['metric']} per monitor run (estimated, realized, reference)",
+    )  # fmt: skip
+    create_markdown_artifact(
+        key=PERFORMANCE_PLOT_KEY, markdown=history_markdown(records, figure),
+        description="The served model's latest performance and its figure over time",
+    )  # fmt: skip
+    return {HISTORY_NAME: str(Path(out_dir) / HISTORY_NAME), FIGURE_NAME: figure}
 
 
 @task(name="publish-drift", cache_policy=NO_CACHE)
@@ -117,7 +218,7 @@ def publish_drift(report: DriftReport, out_dir: str) -> dict[str, str]:
     """Files first (atomically), then the artifacts (from a task: Prefect 3.8 drops a flow body's)."""
     files = write_report(report, Path(out_dir))
     create_markdown_artifact(
-        key=MARKDOWN_KEY, markdown=report.markdown() + f"\nFigure: `{files['drift.png']}`\n",
+        key=MARKDOWN_KEY, markdown=report.markdown() + f"\nFigure: {escape.code(files['drift.png'])}\n",
         description="Drift of the new rows against the training reference",
     )  # fmt: skip
     create_table_artifact(
@@ -146,47 +247,72 @@ def trigger_retrain() -> str:
 def monitor(
     params_path: str = "params.yaml",
     input_path: str | None = None,
-    model: str | None = "models",
+    model: str | None = SERVED,
     roots: dict[str, str] | None = None,
 ) -> State:
-    """Compare `input_path` (or, without it, the current sources) with the training rows.
+    """Compare `input_path` (or, without it, the current rows the model has not seen) with its train rows.
 
-    `model` is a bundle directory or a registry (its promoted version); None compares the
-    inputs only. `roots` names the directory of a file modality's paths in `input_path`
-    (default: params.yaml's `data.<modality>_root`). Returns a Completed state, named
-    "Drift detected" when any check drifted; its result is the run's summary.
+    `model` is "served" (the registry's promoted version, models/ until the first promotion),
+    a bundle directory or a registry (its promoted version); None compares the inputs only,
+    against the train rows of data/aligned. `roots` names the directory of a file modality's
+    paths in `input_path` (default: params.yaml's `data.<modality>_root`). Returns a Completed
+    state, named "Drift detected" when any check drifted; its result is the run's summary.
     """
     logger = get_run_logger()
     started = time.perf_counter()
     params = load_params(params_path)
     settings, layout = params.monitor, Layout()
-    bundle = _bundle(model)
-    _predictor(bundle, params)  # fails here, before any work, on a bad bundle or encoder
+    bundle = _bundle(model, params, layout)
+    predictor = _predictor(bundle, params)  # fails here, before any work, on a bad bundle or encoder
+    if bundle is not None:
+        logger.info("model: %s (%s)", bundle.path, bundle.chosen)
     sides = (file_roots(params.data), file_roots(params.data, roots if input_path else None))
-    reference, held_out = read_reference(layout, settings)
-    batch = read_batch(params.data, input_path, sides[1], settings)
-    logger.info("comparing %d batch rows with %d train rows", len(batch), len(reference))
-    checks = tabular_drift(reference, batch, params)
-    checks += embedding_drift(reference, batch, params, bundle, sides)
-    notes = []
-    if bundle is None:
-        notes.append("no model given: the model's predictions were not compared")
-    elif held_out.empty:
-        notes.append("no val or test rows: the model's predictions were not compared")
+    reference = read_reference(layout, bundle, params)
+    batch = read_batch(params.data, input_path, sides[1], settings, reference)
+    schema = _schema(predictor, params, reference, batch)
+    logger.info("comparing %s with %s", batch.description, reference.description)
+    checks: list[Check] = []
+    notes = [*reference.notes, *batch.notes]
+    performance = None
+    if predictor is not None:  # replaced below where the model's predictions are compared
+        why = "the model's predictions were not compared (see the drift notes)"
+        performance = unmeasured(predictor.meta.task, len(batch.rows), why)
+    if batch.rows.empty:
+        notes.append("no rows to compare: the batch is empty")
     else:
-        checks += prediction_drift(held_out, batch, params, bundle, sides)
+        checks += tabular_drift(reference.train, batch.rows, params, schema.compared)
+        checks += embedding_drift(reference.train, batch.rows, params, bundle, sides, schema.compared)
+        if predictor is None:
+            notes.append("no model given: the model's predictions were not compared")
+        elif reference.held_out.empty:
+            notes.append("no val or test rows: the model's predictions were not compared")
+        elif not schema.holds(roles_of(predictor.data.columns)):
+            notes.append(
+                "columns the model reads changed (schema findings): its predictions were not compared"
+            )
+        else:
+            predictions = predict_sides(reference.held_out, batch.rows, params, bundle, sides)
+            checks += prediction_drift(predictions, params, bundle)
+            performance = performance_of(reference.held_out, batch.rows, predictions, params, bundle)
     report = DriftReport(
-        checks=holm(checks, settings.threshold),  # alpha: the chance of a false alarm per run
-        reference=f"{len(reference)} train rows of {layout.aligned}",
-        batch=f"{len(batch)} rows of {input_path or 'the current sources'}",
+        # alpha: the chance of a false alarm per run; schema findings are no test and stay as they are
+        checks=holm(checks, settings.threshold) + schema.findings,
+        reference=reference.description,
+        batch=batch.description,
         model=bundle.path if bundle is not None else None,
         thresholds=settings.threshold,
         notes=notes,
     )
-    files = publish_drift(report, settings.output)
-    logger.info(report.headline())
+    files: dict[str, str] = {}
+    if performance is not None:
+        record = history_record(performance, bundle.path, *_model_identity(Path(bundle.path)), report.drifted)
+        report = replace(report, performance=record)
+        files |= publish_performance(record, settings.output)
+        logger.info("performance: %s", escape.log(summary_line(record)))
+    files = publish_drift(report, settings.output) | files
+    logger.info("%s", report.headline(escape.log))
     for line in report.column_lines():
-        logger.warning("drift: %s", line)
+        logger.warning("drift: %s", escape.log(line))
     retrain_run = trigger_retrain() if report.drifted and settings.retrain_on_drift else None
     if retrain_run:
         logger.info("started %s (flow run %s)", RETRAIN_DEPLOYMENT, retrain_run)
@@ -206,15 +332,49 @@ class Bundle(NamedTuple):
 
     path: str
     mtime_ns: int
+    chosen: str = ""  # why this one, for the log: "the promoted v0002 of registry", "--model models"
 
 
-def _bundle(model: str | None) -> Bundle | None:
-    """The bundle directory (a registry's promoted version), or None to compare the inputs only."""
+def _bundle(model: str | None, params: Params, layout: Layout) -> Bundle | None:
+    """The bundle directory (a registry's promoted version), or None to compare the inputs only.
+
+    SERVED picks what deployments serve: `schedule.registry`'s promoted version, or models/
+    before anything was promoted.
+    """
     if model is None:
         return None
-    path = resolve_model_dir(Path(model)).resolve()
+    if model == SERVED:
+        where, chosen = served_model_dir(Path(params.schedule.registry), layout.models)
+    else:
+        where, chosen = Path(model), f"--model {model}"
+    path = resolve_model_dir(where).resolve()
     files = [p for p in path.iterdir() if p.is_file()]
-    return Bundle(str(path), max((p.stat().st_mtime_ns for p in files), default=0))
+    return Bundle(str(path), max((p.stat().st_mtime_ns for p in files), default=0), chosen)
+
+
+def _model_identity(path: Path) -> tuple[str, str]:
+    """A readable version ("v0002" in a registry, else the directory's name) and a short digest.
+
+    The digest is of bundle.json's own (weights and metadata, checked when it was loaded), so
+    a retrained models/ reads as another model even under the same name.
+    """
+    version = path.parent.name if re.fullmatch(r"v\d+", path.parent.name) else path.name
+    recorded = json.loads((path / META).read_text(encoding="utf-8")).get("digest") or {}
+    parts = f"{recorded.get('weights', '')}:{recorded.get('meta', '')}"
+    return version, hashlib.sha256(parts.encode()).hexdigest()[:12]
+
+
+def _schema(predictor: Predictor | None, params: Params, reference: Reference, batch: Batch) -> Schema:
+    """Columns changed since the model was trained (without one: since data/aligned was aligned)."""
+    current = roles_of(params.data.columns)
+    before = roles_of(predictor.data.columns) if predictor else table_roles(reference.train, current)
+    since = "since the model was trained" if predictor else "since data/aligned was aligned"
+    return compare_schemas(before, params.data, {"reference": reference.train, "batch": batch.rows}, since)
+
+
+def _sampled(description: str, total: int, kept: int) -> str:
+    """`description`, and how many of its `total` rows the seeded sample kept (monitor.max_rows)."""
+    return description if kept == total else f"{description}; a seeded sample of {kept}"
 
 
 def _predictor(bundle: Bundle | None, params: Params) -> Predictor | None:
@@ -225,9 +385,16 @@ def _predictor(bundle: Bundle | None, params: Params) -> Predictor | None:
 
 
 def deployment(params_path: str = "params.yaml", name: str = DEPLOYMENT) -> Any:
-    """The monitor flow as a deployment on `monitor.cron` in `monitor.timezone` (the current sources)."""
+    """The monitor flow as a deployment on `monitor.cron` in `monitor.timezone`.
+
+    It watches the served model (SERVED): the rows of the current sources that model has not
+    seen, against its own train rows.
+    """
     settings = load_params(params_path).monitor
-    description = f"Drift of the sources against the train rows on '{settings.cron}' ({settings.timezone})"
+    description = (
+        f"Drift of the source rows the served model has not seen against its train rows on '{settings.cron}' "
+        f"({settings.timezone})"
+    )
     description += "; retrains on drift" if settings.retrain_on_drift else ""
     return cron_deployment(monitor, name, settings.cron, settings.timezone, params_path, description)
 

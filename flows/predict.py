@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from flows._runtime import task_runner_for
 from flows.scaleout import threads_per_task
+from tasks import escape
 from tasks.atomic import write_parquet
 from tasks.config import CacheConfig, RuntimeConfig, load_params
 from tasks.device import pick_device
@@ -165,9 +166,10 @@ def _publish(summary: dict, predictions: pd.DataFrame) -> None:
     """A summary artifact (from a task: Prefect 3.8 drops artifacts made in a flow body)."""
     counts = predictions["prediction"].value_counts().head(20) if len(predictions) else pd.Series(dtype=int)
     lines = [f"# Batch prediction: {summary['rows']} rows", ""]
-    lines += [f"- {key}: `{value}`" for key, value in summary.items()]
+    lines += [f"- {key}: {escape.code(value)}" for key, value in summary.items()]
     if predictions["prediction"].dtype == object and len(counts):
-        lines += ["", "| prediction | rows |", "|---|---|"] + [f"| {k} | {v} |" for k, v in counts.items()]
+        rows = [f"| {escape.cell(escape.code(k))} | {v} |" for k, v in counts.items()]
+        lines += ["", "| prediction | rows |", "|---|---|", *rows]
     create_markdown_artifact(
         markdown="\n".join(lines), key="fuseline-predictions", description="Batch prediction"
     )

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from flows._runtime import DEFAULT_HOST, local_api_url, server_is_up
+from tasks.errors import ConfigError, FuselineError
 
 STATE_DIR = Path(".prefect")
 
@@ -28,13 +30,14 @@ def start_server(port: int | None = None, timeout: float = 90.0, state_dir: Path
     url = local_api_url(port)
     if server_is_up(url):
         return url
+    port_str = url.rsplit(":", 1)[1].split("/", 1)[0]
+    refuse_taken_port(int(port_str))
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PREFECT_HOME=str(state_dir.resolve()))
     env.pop("PREFECT_API_URL", None)
     # `--port` alone moves the API but not the address the UI calls (it would stay :4200).
     env["PREFECT_UI_API_URL"] = url
-    port_str = url.rsplit(":", 1)[1].split("/", 1)[0]
     log = open(state_dir / "server.log", "ab")  # noqa: SIM115 - handed to the child process
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", DEFAULT_HOST, "--port", port_str],
@@ -49,11 +52,30 @@ def start_server(port: int | None = None, timeout: float = 90.0, state_dir: Path
         if server_is_up(url):
             return url
         if process.poll() is not None:
-            raise RuntimeError(f"Prefect server exited early; see {state_dir / 'server.log'}")
+            raise FuselineError(f"the Prefect server exited at start; see {state_dir / 'server.log'}")
         time.sleep(0.5)
-    raise RuntimeError(
-        f"Prefect server did not answer within {timeout:.0f} s; see {state_dir / 'server.log'}"
+    raise FuselineError(
+        f"the Prefect server did not answer within {timeout:.0f} s; see {state_dir / 'server.log'}"
     )
+
+
+def refuse_taken_port(port: int) -> None:
+    """A ConfigError when another program holds `port` on our host (a Prefect server there was
+    reused already): the server would exit at start and leave only its log to say why."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((DEFAULT_HOST, port))
+        except PermissionError:
+            raise ConfigError(
+                f"port {port}: permission denied on {DEFAULT_HOST}; use a port above 1023 (--port or "
+                "FUSELINE_PREFECT_PORT)"
+            ) from None
+        except OSError as err:
+            raise ConfigError(
+                f"port {port} on {DEFAULT_HOST} is taken by a program that does not answer as a Prefect "
+                f"server ({err.strerror}); pick another with --port or FUSELINE_PREFECT_PORT"
+            ) from None
 
 
 def stop_server(state_dir: Path = STATE_DIR) -> bool:

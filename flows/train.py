@@ -13,6 +13,7 @@ Training them here keeps evaluate a pure measurement and lets DVC cache them tog
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from tasks.train.dataset import FeatureSet
 from tasks.train.ensemble import select_ensemble
 from tasks.train.finetuned_files import FinetunedResult
 from tasks.train.finetuned_member import fit_finetuned, is_finetuned
+from tasks.train.lineage import write_lineage
 from tasks.train.members import (
     MEMBER_SECONDS,
     MEMBERS,
@@ -165,8 +167,11 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
 
     with atomic_dir(layout.models) as tmp:
         copy_states(tmp, layout, states)
+        lineage = write_lineage(tmp, aligned, params.data.split)  # the rows it saw: the monitor's reference
         for name, (spec, result) in trained.items():
-            _write_member(tmp, name, spec, result, params, features, metadata)
+            _write_member(
+                tmp, name, spec, result, params, features, metadata, lineage if name == FUSED else None
+            )
         if linear is not None:
             write_linear(tmp / SKLEARN_DIR, linear)
         # Seconds stay out of models/: a rerun with the same params must give the same bytes.
@@ -247,9 +252,10 @@ def _write_member(
     params: Params,
     features: FeatureSet,
     metadata: dict[str, dict],
+    lineage: dict[str, Any] | None = None,
 ) -> None:
     location = _location(name, spec)
-    meta = bundle_meta(result, params, features, metadata, spec, location)
+    meta = replace(bundle_meta(result, params, features, metadata, spec, location), lineage=lineage)
     directory = models / location
     write_bundle(directory, result.model, meta)
     if isinstance(result, FinetunedResult):

@@ -6,7 +6,9 @@ typo fails in a second with the key's path instead of an hour into a run.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -312,7 +314,12 @@ class TrainConfig(_Strict):
     ensemble: bool = True  # greedy ensemble selection (Caruana 2004) on val over every trained model
 
 
-_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#-]+$")
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    """The IANA names of this machine's time zone database (a directory walk: once per process)."""
+    from zoneinfo import available_timezones
+
+    return frozenset(available_timezones())
 
 
 class ScheduleConfig(_Strict):
@@ -332,20 +339,37 @@ class ScheduleConfig(_Strict):
     @field_validator("cron")
     @classmethod
     def _five_fields(cls, value: str) -> str:
-        fields = value.split()
-        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
-            raise ValueError(f"expected a 5-field cron expression like '0 3 * * *', got {value!r}")
+        from tasks.cron import cron_problem  # every value in range, and a day that occurs
+
+        problem = cron_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        # The names Prefect's schedules accept; ZoneInfo alone also opens 'posixrules' or
+        # 'right/UTC', which Prefect refuses when `fuseline serve` builds the deployment.
+        if value not in _time_zones():
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like 'Europe/Berlin')")
+        return value
 
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name like 'Europe/Berlin')") from None
+    @field_validator("registry")
+    @classmethod
+    def _outside_what_it_copies(cls, value: str) -> str:
+        """Promotion copies models/ into the registry: a registry inside models/ would copy itself."""
+        from tasks.paths import Layout
+
+        if not value.strip():
+            raise ValueError("the registry path is empty")
+        models = os.path.normpath(Layout().models)
+        written = os.path.normpath(value)
+        if written == models or written.startswith(models + os.sep):
+            raise ValueError(
+                f"{value!r} lies inside {models}/, which every promotion copies into the registry; "
+                "name a directory outside it, e.g. 'registry'"
+            )
         return value
 
 
@@ -376,9 +400,9 @@ class DriftThresholds(_Strict):
 class MonitorConfig(_Strict):
     """Drift monitoring (`fuseline monitor`, and its deployment under `fuseline serve`).
 
-    The default cron runs an hour before the default retrain, so the training reference is
-    still the data the serving model learned from; after a retrain the fresh snapshot *is*
-    the reference and would never look drifted.
+    The scheduled run watches the served model (the registry's promoted version): its own
+    train rows (its bundle's lineage) against the source rows it has never seen, whenever it
+    runs relative to the retrain (tasks/monitor/rows.py).
     """
 
     cron: str = "0 2 * * *"
@@ -418,6 +442,18 @@ class RuntimeConfig(_Strict):
     task_runner: Literal["local", "dask", "ray"] = "local"
     address: str | None = None  # e.g. tcp://scheduler:8786 (dask) or ray://head:10001 (ray)
     workers: int = Field(2, ge=1)  # chunks are `cache.chunk_rows` rows (prediction) or contents (extraction)
+
+    @model_validator(mode="after")
+    def _address_fits_runner(self) -> RuntimeConfig:
+        """A malformed address fails here; whether it answers, `fuseline check` finds out."""
+        if self.address is None:
+            return self
+        from tasks.preflight import address_problem
+
+        problem = address_problem(self.task_runner, self.address)
+        if problem is not None:
+            raise ValueError(f"address: {problem}")
+        return self
 
 
 class CacheConfig(_Strict):
@@ -495,13 +531,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; any problem becomes a ConfigError naming the key."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = _read_params_text(path)
         _refuse_alias_bombs(text, path)
         raw = yaml.load(text, Loader=_Loader)  # a SafeLoader: builds no objects
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a params file") from None
     except (UnicodeDecodeError, ValueError) as err:
         raise ConfigError(f"{path}: not a UTF-8 text file ({err})") from None
     except yaml.YAMLError as err:
@@ -509,6 +541,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return params_from_dict(raw, source=str(path))
+
+
+def _read_params_text(path: Path) -> str:
+    """The file's text, read once and only from a regular file: /dev/zero would never end, and
+    a FIFO would block the next command that reads params.yaml (predict reads it twice)."""
+    from tasks.serve.pathcheck import open_regular
+
+    with open_regular(path, ConfigError, "params") as handle:
+        return handle.read().decode("utf-8")
 
 
 def _refuse_alias_bombs(text: str, path: Path) -> None:
@@ -539,7 +580,9 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
 
 
 def _describe(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
+    """One line, `<file>: invalid configuration: <key>: <problem>; <key>: <problem>`, so that the
+    command-line edge prints `fuseline: ...` and nothing else."""
+    problems = []
     for problem in err.errors():
         key = ".".join(str(part) for part in problem["loc"] if part not in ("function-after",))
         message = problem["msg"].removeprefix("Value error, ")
@@ -549,5 +592,6 @@ def _describe(err: ValidationError, source: str) -> str:
         if problem["type"] == "value_error" and nested:
             # a component's own option (e.g. a head's `hidden`) reports its key in the message
             key, message = f"{key}.{nested.group(1)}" if key else nested.group(1), nested.group(2)
-        lines.append(f"  {key or '<root>'}: {message}")
-    return "\n".join(lines)
+        problem_line = f"{key or '<root>'}: {message}"  # a key or value may hold a line break
+        problems.append(problem_line.replace("\r", "\\r").replace("\n", "\\n"))
+    return f"{source}: invalid configuration: " + "; ".join(problems)

@@ -11,6 +11,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from tasks.allocator import keep_freed_memory
+from tasks.errors import ConfigError
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -20,7 +21,10 @@ def pick_device(preference: str = "auto") -> torch.device:
     process that runs an encoder or a head picks its device here, workers on a cluster too.
     """
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+        raise ConfigError(
+            "train.device: 'cuda' but no CUDA device is visible here; use 'auto' (CUDA when present, "
+            "else the CPU) or 'cpu'"
+        )
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(preference)

@@ -29,6 +29,11 @@ class TextEncoder(nn.Module):
     dim: int
     model_id: str
     pooling: str
+    # What decides token ids besides the weights (the tokenizer's vocabulary and settings), as
+    # a digest taken at load; part of the fingerprint, since a changed vocabulary feeds the same
+    # weights other ids. None for encoders with no separate tokenizer (tfidf: its weights
+    # digest covers its vocabulary).
+    tokenizer_digest: str | None = None
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         """Tokenise a batch, padded to its own longest row (not to max_length)."""

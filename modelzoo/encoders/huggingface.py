@@ -7,6 +7,8 @@ downstream heads see embeddings on one scale whatever the model.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -21,6 +23,17 @@ if TYPE_CHECKING:
 
 # Tokenizers report this (or larger) when they do not know their model's limit.
 _UNKNOWN_MAX_LENGTH = 1_000_000
+# Files a Hugging Face tokenizer may read besides those its class names (`vocab_files_names`):
+# transformers falls back to vocab.json / vocab.txt / merges.txt when tokenizer.json is absent.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -105,6 +118,7 @@ class HuggingFaceTextEncoder(TextEncoder):
         self.model_id = model_id
         self.dim = int(model.config.hidden_size)
         self.max_positions = _max_positions(model, tokenizer)
+        self.tokenizer_digest = tokenizer_digest(tokenizer)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> HuggingFaceTextEncoder:
@@ -138,6 +152,51 @@ class HuggingFaceTextEncoder(TextEncoder):
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = mean_pool(hidden, attention_mask)  # (B, D)
         return F.normalize(pooled, p=2, dim=1)  # (B, D)
+
+
+def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    """SHA-256 of the tokenizer's class and of the files it was loaded from, read once per load.
+
+    The weights digest misses a changed vocabulary, yet the same weights fed other token ids
+    give other vectors. Files are found where the tokenizer was loaded from (a directory, or a
+    hub id's snapshot in the local cache); every file it may read is hashed, not only the one
+    this transformers version prefers (about 0.7 MB for MiniLM). A tokenizer with no files to
+    find (built in memory) is digested by its vocabulary instead.
+    """
+    digest = hashlib.sha256(type(tokenizer).__qualname__.encode())
+    source = str(getattr(tokenizer, "name_or_path", "") or "")
+    names = sorted({*_TOKENIZER_FILES, *getattr(tokenizer, "vocab_files_names", {}).values()})
+    found = False
+    for name in names:
+        path = _tokenizer_file(source, name)
+        if path is None:
+            continue
+        content = path.read_bytes()
+        digest.update(f"\0{name}\0{len(content)}\0".encode())
+        digest.update(content)
+        found = True
+    if not found:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    return digest.hexdigest()[:16]
+
+
+def _tokenizer_file(source: str, name: str) -> Path | None:
+    """`name` in the local directory `source`, or in hub id `source`'s cached snapshot; None if absent."""
+    if not source:
+        return None  # Path("") is the working directory, which is no tokenizer's
+    local = Path(source).expanduser()
+    if local.is_dir():
+        path = local / name
+        return path if path.is_file() else None
+    if looks_like_local_path(source):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(source, name)
+    except ValueError:  # not a valid hub id: nothing cached under it
+        return None
+    return Path(cached) if isinstance(cached, str) else None
 
 
 def _max_positions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:

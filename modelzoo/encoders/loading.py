@@ -30,6 +30,8 @@ from modelzoo.registry import lookup, names
 
 # Libraries whose upgrades can change features computed from the very same weights.
 _VERSIONED = ("torch", "transformers", "timm", "torchvision")
+# ... and, for an encoder with a tokenizer, the library that runs it (same files, other ids).
+_TOKENIZER_VERSIONED = ("tokenizers",)
 _DIGEST_ATTRIBUTE = "_fingerprint_weights_digest"
 
 
@@ -229,6 +231,8 @@ def encoder_fingerprint(
     audio) is filled in, and keyword arguments add to or override it (for audio, say how
     windows are pooled and hop); text encoders must be given `max_length`, since the
     tokenizer truncates at whatever the caller asks for and the key would otherwise miss it.
+    A text encoder with a tokenizer adds its tokenizer's digest and the `tokenizers` version:
+    a changed vocabulary feeds the same weights other token ids.
     """
     if isinstance(encoder, TextEncoder):
         kind = "text"
@@ -253,14 +257,18 @@ def encoder_fingerprint(
         raise TypeError(f"not an encoder: {type(encoder).__name__}")
     params.update(preprocessing)
 
-    fingerprint = {
+    tokenizer = encoder.tokenizer_digest if isinstance(encoder, TextEncoder) else None
+    versioned = _VERSIONED + (_TOKENIZER_VERSIONED if tokenizer is not None else ())
+    fingerprint: dict[str, Any] = {
         "kind": kind,
         "model_id": encoder.model_id,
         "dim": int(encoder.dim),
         "weights_digest": _memoised_digest(encoder),
         "preprocessing": {key: _jsonable(value, key) for key, value in sorted(params.items())},
-        "versions": {package: _version(package) for package in _VERSIONED},
+        "versions": {package: _version(package) for package in versioned},
     }
+    if tokenizer is not None:
+        fingerprint["tokenizer_digest"] = tokenizer
     json.dumps(fingerprint, sort_keys=True, allow_nan=False)  # fail here, not in the cache
     return fingerprint
 

@@ -33,10 +33,10 @@ def parse_labels(value: object) -> list[str]:
     if text.startswith("[") and text.endswith("]"):
         try:
             parsed = json.loads(text)
-        except json.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, list):
-            return _clean(str(item) for item in parsed)
+            if isinstance(parsed, list):
+                return _clean(str(item) for item in parsed)
+        except (json.JSONDecodeError, RecursionError):  # nested past Python's limit: read as text
+            pass
         inner = text[1:-1]
         quoted = [single or double for single, double in _QUOTED.findall(inner)]
         return _clean(quoted if quoted else re.split(r"[,\s]+", inner))

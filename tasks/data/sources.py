@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
 import logging
 from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
 
 from tasks.config import SourceConfig
 from tasks.errors import DataError
+from tasks.serve.pathcheck import open_regular
 
 REPLACED_BYTES = "fuseline.replaced_bytes"  # frame.attrs key: {column: cells holding U+FFFD}
 # Only an empty CSV cell is missing on reading. pandas' default list would also turn the
@@ -57,45 +61,55 @@ def read_source(source: SourceConfig, text_columns: Collection[str] = ()) -> pd.
     failing the whole file; the cells that hold one are counted per column in
     `frame.attrs[REPLACED_BYTES]` and logged. Errors that rereading cannot fix (missing,
     empty, unreadable, a directory, permission denied) name the file and are never retried.
+
+    The file is opened once and must be a regular file (a FIFO or a device is refused before
+    any read): the second decoding pass and the header check rewind that one handle.
     """
     fmt = source_format(source)
     path = source.path
+    with open_regular(path, DataError, "source") as handle:
+        frame, replaced = _read_once(fmt, handle, path, text_columns)
+        if fmt == "csv":
+            handle.seek(0)
+            _refuse_duplicate_header(handle, path)
+    frame.columns = [str(c) for c in frame.columns]
+    frame.attrs[REPLACED_BYTES] = replaced
+    return frame
+
+
+def _read_once(
+    fmt: str, handle: BinaryIO, path: str, text_columns: Collection[str]
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The table and its replaced-byte counts; bytes that are not UTF-8 cost a second pass."""
     try:
         try:
-            frame = _read(fmt, path, text_columns, "strict")
+            frame = _read(fmt, handle, text_columns, "strict")
             replaced: dict[str, int] = {}
         except UnicodeDecodeError:
-            frame = _read(fmt, path, text_columns, "replace")
+            handle.seek(0)
+            frame = _read(fmt, handle, text_columns, "replace")
             replaced = _cells_with_replacement(frame)
             log.warning(
                 "%s: bytes that are not UTF-8 were replaced by U+FFFD in %s",
                 path,
                 ", ".join(f"{n} cells of {c!r}" for c, n in replaced.items()) or "column names",
             )
-    except FileNotFoundError:
-        raise DataError("source file not found", file=path) from None
-    except IsADirectoryError:
-        raise DataError("source path is a directory, not a file", file=path) from None
-    except PermissionError:
-        raise DataError("permission denied reading the source file", file=path) from None
     except pd.errors.EmptyDataError:
         raise DataError("source file is empty", file=path) from None
     except (ValueError, pa.ArrowException, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise DataError(f"cannot read as {fmt}: {err}", file=path) from None
+        line = _first_bad_json_line(handle) if fmt == "jsonl" else None
+        where = f"line {line}: " if line is not None else ""
+        raise DataError(f"{where}cannot read as {fmt}: {err}", file=path) from None
     if frame.empty:
         raise DataError("source has a header but no rows", file=path)
-    if fmt == "csv":
-        _refuse_duplicate_header(path)
-    frame.columns = [str(c) for c in frame.columns]
-    frame.attrs[REPLACED_BYTES] = replaced
-    return frame
+    return frame, replaced
 
 
-def _read(fmt: str, path: str, text_columns: Collection[str], encoding_errors: str) -> pd.DataFrame:
+def _read(fmt: str, handle: BinaryIO, text_columns: Collection[str], encoding_errors: str) -> pd.DataFrame:
     if fmt == "csv":
         # keep_default_na with empty strings as NaN, but never let pandas guess dates.
         return pd.read_csv(
-            path,
+            handle,
             low_memory=False,
             dtype={c: str for c in text_columns},
             encoding_errors=encoding_errors,
@@ -103,16 +117,37 @@ def _read(fmt: str, path: str, text_columns: Collection[str], encoding_errors: s
             na_values=_CSV_MISSING,
         )
     if fmt == "parquet":
-        return pd.read_parquet(path)
-    return pd.read_json(path, lines=True, dtype=False, encoding_errors=encoding_errors)
+        return pd.read_parquet(handle)
+    return pd.read_json(handle, lines=True, dtype=False, encoding_errors=encoding_errors)
 
 
-def _refuse_duplicate_header(path: str) -> None:
+def _first_bad_json_line(handle: BinaryIO) -> int | None:
+    """The first line (from 1) that is not a JSON value, or None when each line parses here.
+
+    pandas' reader reports a position in the whole file ("depth limit at position 1113"); a
+    person needs the line. Each line is parsed on its own, so a line nested 100,000 levels deep
+    stops the parser with RecursionError at Python's limit, which is caught here.
+    """
+    handle.seek(0)
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line.decode("utf-8", errors="replace"))
+        except (ValueError, RecursionError):
+            return number
+    return None
+
+
+def _refuse_duplicate_header(handle: BinaryIO, path: str) -> None:
     """pandas renames a repeated header `price` to `price.1` and the pipeline would train on
     one of the two without a word; the Parquet reader refuses the same table, so CSV does too.
     """
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-        header = next(csv.reader(handle), [])
+    text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="")
+    try:
+        header = next(csv.reader(text), [])
+    finally:
+        text.detach()  # the caller closes the handle
     repeated = sorted(name for name, count in Counter(h.strip() for h in header).items() if count > 1)
     if repeated:
         raise DataError(

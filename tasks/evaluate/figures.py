@@ -3,27 +3,48 @@
 Drawing from the plot data files (not from the model) keeps the PNG and `dvc plots show`
 in agreement by construction. Figures are built with matplotlib's object API on the Agg
 canvas: no pyplot global state and no display, so it is safe in flows, workers and tests.
+Labels from the data (classes, columns) go through `tasks.escape.figure`, and `to_png` draws
+every text literally, so a label is never read as mathtext.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from tasks import escape
 
 _DPI = 110
 _MAX_LABELS = 40  # classes shown by name on confusion axes; beyond that the ticks are unreadable
+_MAX_INCHES = 14  # a figure grows with its classes up to this; 10 000 classes must not make it huge
+_LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
 
 
 def to_png(figure: Figure) -> bytes:
-    """The figure as PNG bytes (written atomically by the caller)."""
+    """The figure as PNG bytes (written atomically by the caller).
+
+    Every text is drawn literally: mathtext and TeX are off for the texts the figure holds
+    and, through the rc context, for the tick labels matplotlib makes while drawing. A class
+    named `$$` or `$x^2$` is then its own name, not a formula that fails to parse after
+    training; the figures use no mathtext of their own, so nothing is lost. A character the
+    font lacks (CJK, emoji in a label) is drawn as a box without a warning per glyph and draw.
+    """
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
+    with rc_context(_LITERAL_TEXT), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        for text in figure.findobj(Text):
+            text.set_parse_math(False)
+            text.set_usetex(False)
+        figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
     return buffer.getvalue()
 
 
@@ -59,15 +80,15 @@ def confusion(table: pd.DataFrame) -> Figure:
     )
     matrix = counts.to_numpy()
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    size = min(4 + 0.35 * len(labels), 14)
+    size = min(4 + 0.35 * len(labels), _MAX_INCHES)
     figure, ax = _axes("Confusion matrix (test)", size, size * 0.85)
     ax.grid(False)
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=ax, label="share of the actual class")
     if len(labels) <= _MAX_LABELS:
-        ticks = np.arange(len(labels))
-        ax.set_xticks(ticks, labels, rotation=90)
-        ax.set_yticks(ticks, labels)
+        ticks, names = np.arange(len(labels)), [escape.figure(label) for label in labels]
+        ax.set_xticks(ticks, names, rotation=90)
+        ax.set_yticks(ticks, names)
     if len(labels) <= 15:
         for i, j in np.ndindex(matrix.shape):
             color = "white" if shares[i, j] > 0.5 else "black"
@@ -118,8 +139,8 @@ def importance(table: pd.DataFrame, change: str) -> Figure:
     """`change` names what a positive bar means, e.g. "drop in auc" or "rise in rmse"."""
     shown = table.head(30).iloc[::-1]  # largest at the top
     figure, ax = _axes("Permutation importance (test rows)", 6, 1.5 + 0.3 * len(shown))
-    names = [f"{f} ({m})" for f, m in zip(shown["feature"], shown["modality"], strict=True)]
-    ax.barh(names, shown["importance"], xerr=shown["std"], color="tab:blue", alpha=0.8)
+    names = [f"{escape.figure(f)} ({m})" for f, m in zip(shown["feature"], shown["modality"], strict=True)]
+    _bars(ax, names, shown["importance"], xerr=shown["std"], color="tab:blue", alpha=0.8)
     ax.axvline(0, color="black", lw=0.8)
     ax.set(xlabel=f"{change} when shuffled (mean +- std over repeats)")
     return figure
@@ -132,12 +153,24 @@ def contributions(table: pd.DataFrame, metric: str) -> Figure:
     errors = np.vstack([shown["value"] - shown["low"], shown["high"] - shown["value"]])
     errors = np.where(np.isfinite(errors), np.maximum(errors, 0), 0)
     colors = [_KIND_COLORS.get(k, "tab:gray") for k in shown["kind"]]
-    ax.barh(shown["model"], shown["value"], xerr=errors, color=colors, alpha=0.85)
+    names = [escape.figure(model, limit=60) for model in shown["model"]]
+    _bars(ax, names, shown["value"], xerr=errors, color=colors, alpha=0.85)
     ax.set(xlabel=f"{metric} (bars: 95 % bootstrap interval where computed)")
     return figure
 
 
 _KIND_COLORS = {"fused": "tab:green", "masked": "tab:orange", "single": "tab:blue", "sklearn": "tab:purple"}
+
+
+def _bars(ax: object, names: list[str], values: pd.Series, **style: object) -> None:
+    """Horizontal bars at numbered positions, named by tick labels.
+
+    Passing the names as bar positions would make them matplotlib categories: two names
+    that escape or truncate alike would share one bar.
+    """
+    positions = np.arange(len(names))
+    ax.barh(positions, values, **style)
+    ax.set_yticks(positions, names)
 
 
 def embedding(coords: np.ndarray, labels: np.ndarray, method: str, numeric: bool) -> Figure:
@@ -151,7 +184,8 @@ def embedding(coords: np.ndarray, labels: np.ndarray, method: str, numeric: bool
         palette = _palette(len(classes))
         for color, label in zip(palette, classes, strict=True):
             rows = labels == label
-            ax.scatter(coords[rows, 0], coords[rows, 1], s=10, color=color, label=str(label))
+            name = escape.figure(label, legend=True)
+            ax.scatter(coords[rows, 0], coords[rows, 1], s=10, color=color, label=name)
         if len(classes) <= 20:
             ax.legend(fontsize=7, markerscale=1.5, loc="best")
     ax.set(xticks=[], yticks=[])
@@ -161,14 +195,16 @@ def embedding(coords: np.ndarray, labels: np.ndarray, method: str, numeric: bool
 def block_weights(table: pd.DataFrame) -> Figure:
     """Mean attention/gate weight per block (columns) and target group (rows)."""
     pivot = table.pivot(index="label", columns="block", values="weight")
-    figure, ax = _axes(
-        "Mean block weight per target group", 2 + 1.2 * pivot.shape[1], 1.5 + 0.35 * len(pivot)
-    )
+    width = min(2 + 1.2 * pivot.shape[1], _MAX_INCHES)
+    figure, ax = _axes("Mean block weight per target group", width, min(1.5 + 0.35 * len(pivot), _MAX_INCHES))
     ax.grid(False)
     image = ax.imshow(pivot.to_numpy(), cmap="viridis", aspect="auto")
     figure.colorbar(image, ax=ax, label="mean weight")
-    ax.set_xticks(np.arange(pivot.shape[1]), [str(c) for c in pivot.columns], rotation=45, ha="right")
-    ax.set_yticks(np.arange(len(pivot)), [str(i) for i in pivot.index])
+    ax.set_xticks(
+        np.arange(pivot.shape[1]), [escape.figure(c) for c in pivot.columns], rotation=45, ha="right"
+    )
+    if len(pivot) <= _MAX_LABELS:
+        ax.set_yticks(np.arange(len(pivot)), [escape.figure(i) for i in pivot.index])
     return figure
 
 

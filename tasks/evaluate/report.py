@@ -2,7 +2,9 @@
 
 Built from the numbers evaluate already wrote (metrics.json content, plot tables), never
 recomputed here, so the page cannot disagree with the files DVC tracks. The same markdown,
-with figures listed instead of embedded, becomes the Prefect report artifact.
+with figures listed instead of embedded, becomes the Prefect report artifact. Names from the
+data (classes, columns, the target) are shown through `tasks.escape.code`, and every table
+cell through `tasks.escape.cell`, so no label can end a code span, split a row or add HTML.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tasks import escape
 from tasks.config import DataConfig
 from tasks.data.align import PRESENT, SPLIT, SPLITS, TARGET
 from tasks.evaluate.evaluation import FUSED, FUSED_HEAD, SKLEARN
@@ -89,7 +92,8 @@ def _headline(inputs: ReportInputs) -> str:
     lines = [
         "# fuseline evaluation report",
         "",
-        f"{m['task'].capitalize()} task on target `{inputs.data.target}`, fusion head `{inputs.head}`. "
+        f"{m['task'].capitalize()} task on target {escape.code(inputs.data.target)}, "
+        f"fusion head {escape.code(inputs.head)}. "
         f"Primary metric: **{primary}** ({direction}), on {m['rows'].get('test', 0)} test rows "
         f"(split seed {inputs.data.split.seed}). Intervals: {int(intervals['level'] * 100)} % "
         f"{intervals['method']} ({intervals['resamples']} resamples, seed {intervals['seed']}).",
@@ -134,13 +138,13 @@ def _data_section(inputs: ReportInputs) -> str:
     else:
         balance = summary["balance"]
         labels = sorted(balance, key=lambda c: -sum(balance[c].values()))
-        body = [[f"`{c}`", *(balance[c][s] for s in SPLITS)] for c in labels[:_MAX_CLASSES_SHOWN]]
+        body = [[escape.code(c), *(balance[c][s] for s in SPLITS)] for c in labels[:_MAX_CLASSES_SHOWN]]
         more = len(labels) - _MAX_CLASSES_SHOWN
         lines += ["", f"Class balance ({len(labels)} classes):", "", _table(["class", *SPLITS], body)]
         if more > 0:
             lines.append(f"\n({more} smaller classes not shown.)")
     coverage = summary["coverage"]
-    body = [[f"`{c}`", v["role"], *(_pct(v[s]) for s in SPLITS)] for c, v in coverage.items()]
+    body = [[escape.code(c), v["role"], *(_pct(v[s]) for s in SPLITS)] for c, v in coverage.items()]
     lines += [
         "",
         "Modality coverage (rows with a usable value):",
@@ -283,7 +287,7 @@ def _importance_section(inputs: ReportInputs) -> str:
     change = worsening(primary, inputs.metrics["intervals"]["higher_is_better"])
     repeats = int(table["repeats"].iloc[0])
     body = [
-        [f"`{r.feature}`", r.modality, f"{_signed(r.importance)} ± {_fmt(r.std)}"]
+        [escape.code(r.feature), r.modality, f"{_signed(r.importance)} ± {_fmt(r.std)}"]
         for r in table.head(_MAX_FEATURES_SHOWN).itertuples(index=False)
     ]
     return "\n".join(
@@ -324,22 +328,23 @@ def _weights_section(inputs: ReportInputs) -> str:
             [
                 "## Attention / gate weights",
                 "",
-                f"The `{inputs.head}` head has no per-block weights (its `block_weights` is None), "
-                "so there is nothing to show here.",
+                f"The {escape.code(inputs.head)} head has no per-block weights "
+                "(its `block_weights` is None), so there is nothing to show here.",
             ]
         )
     pivot = table.pivot(index="label", columns="block", values="weight")
     body = [
-        [f"`{label}`", *(_fmt(v) for v in row)]
+        [escape.code(label), *(_fmt(v) for v in row)]
         for label, row in zip(pivot.index, pivot.to_numpy(), strict=True)
     ]
     return "\n".join(
         [
             "## Attention / gate weights",
             "",
-            f"Mean weight the `{inputs.head}` head gives each input block, per target group (test rows).",
+            f"Mean weight the {escape.code(inputs.head)} head gives each input block, per target group "
+            "(test rows).",
             "",
-            _table(["group", *map(str, pivot.columns)], body),
+            _table(["group", *map(escape.code, pivot.columns)], body),
         ]
     )
 
@@ -379,8 +384,9 @@ _FIGURE_TITLES = {
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    """A GFM table; every cell escaped whole, so a `|` from a label cannot add a column."""
+    lines = ["| " + " | ".join(map(escape.cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(escape.cell, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -422,6 +428,7 @@ def _positive_line(metrics: dict) -> list[str]:
     if positive is None:
         return []
     return [
-        f"Positive class: **`{positive}`** (AUC, F1 and the `prob_{positive}` column are about it; "
+        f"Positive class: **{escape.code(positive)}** (AUC, F1 and the {escape.code(f'prob_{positive}')} "
+        "column are about it; "
         "set `data.positive_class` to choose another)."
     ]

@@ -7,6 +7,7 @@ unseen categories fall into an explicit 'unknown' slot instead of failing.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,36 +69,50 @@ def fit_tabular(train: pd.DataFrame, categorical: list[str], numeric: list[str])
         counts = train[column].dropna().astype(str).value_counts()
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         vocab[column] = [value for value, _ in ranked[:MAX_CATEGORIES]]
-    scaling: dict[str, tuple[float, float]] = {}
-    for column in numeric:
-        values = train[column].astype("float64").replace([np.inf, -np.inf], np.nan).dropna()
-        # One 1e308 would make the mean and std so large that every other value scales to ~0.
-        scaling[column] = _mean_std(values[~huge_mask(values.to_numpy())])
+    block = _numeric_block(train, numeric)  # (rows, numeric columns), NaN where not finite
+    # One 1e308 would make the mean and std so large that every other value scales to ~0.
+    kept = ~np.isnan(block) & ~huge_masks(block)
+    scaling = {column: _mean_std(pd.Series(block[kept[:, j], j])) for j, column in enumerate(numeric)}
     return TabularState(vocab, scaling)
 
 
-def huge_mask(values: np.ndarray) -> np.ndarray:
-    """True for finite values more than HUGE_SPREADS robust spreads from the column's median.
+def _numeric_block(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """The columns as one float64 (rows, columns) array, NaN for missing and infinite values.
+
+    One array for all of them: 10,000 columns converted one by one cost seconds in pandas calls.
+    """
+    block = frame[list(columns)].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+    block[np.isinf(block)] = np.nan
+    return block
+
+
+def huge_masks(block: np.ndarray) -> np.ndarray:
+    """True for finite values more than HUGE_SPREADS robust spreads from their column's median.
 
     They are left out of the fitted mean and std and, like any far-out value, clipped at
     transform time. The spread is the median absolute deviation, or for mostly-constant
-    columns the 99th percentile of deviations, or failing that max(|median|, 1).
+    columns the 99th percentile of deviations, or failing that max(|median|, 1). Every column
+    of the (rows, columns) block at once: one call per column cost 1 ms in overhead.
     """
-    values = np.asarray(values, dtype=np.float64)
-    mask = np.zeros(values.shape, dtype=bool)
-    finite = np.isfinite(values)
-    if finite.sum() < 2:
+    block = np.asarray(block, dtype=np.float64)
+    finite = np.isfinite(block)
+    mask = np.zeros(block.shape, dtype=bool)
+    enough = finite.sum(axis=0) >= 2  # fewer finite values have no spread
+    if not enough.any():
         return mask
-    with np.errstate(over="ignore", invalid="ignore"):
-        median = float(np.median(values[finite]))
-        deviation = np.abs(values[finite] - median)  # may overflow to inf: then surely huge
-        spread = float(np.median(deviation))
-        if not (np.isfinite(spread) and spread > 0):
-            spread = float(np.quantile(deviation, 0.99))
-        if not (np.isfinite(spread) and spread > 0):
-            spread = max(abs(median), 1.0)
-        mask[finite] = deviation > HUGE_SPREADS * spread
-    return mask
+    values = np.where(finite, block, np.nan)[:, enough]  # (rows, usable columns), NaN where not finite
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are left out below
+        median = np.nanmedian(values, axis=0)
+        deviation = np.abs(values - median)  # may overflow to inf: then surely huge
+        spread = np.nanmedian(deviation, axis=0)
+        flat = ~(np.isfinite(spread) & (spread > 0))
+        if flat.any():
+            spread[flat] = np.nanquantile(deviation[:, flat], 0.99, axis=0)
+        flat = ~(np.isfinite(spread) & (spread > 0))
+        spread[flat] = np.maximum(np.abs(median[flat]), 1.0)
+        mask[:, enough] = np.nan_to_num(deviation, nan=0.0, posinf=np.inf) > HUGE_SPREADS * spread
+    return mask & finite
 
 
 def _mean_std(values: pd.Series) -> tuple[float, float]:
@@ -129,12 +144,15 @@ def transform_tabular(frame: pd.DataFrame, state: TabularState) -> np.ndarray:
         one_hot = np.zeros((len(frame), len(vocab) + 2), dtype=np.float32)
         one_hot[np.arange(len(frame)), codes] = 1.0
         blocks.append(one_hot)
-    for column, (mean, std) in state.numeric.items():
-        values = frame[column].astype("float64").replace([np.inf, -np.inf], np.nan).to_numpy()
+    if state.numeric:
+        values = _numeric_block(frame, list(state.numeric))  # (rows, numeric columns)
+        mean, std = (np.array(v, dtype=np.float64) for v in zip(*state.numeric.values(), strict=True))
         missing = np.isnan(values)
         with np.errstate(over="ignore", invalid="ignore"):  # huge values overflow to +-inf, then clip
             scaled = np.clip(np.where(missing, 0.0, (values - mean) / std), -_CLIP, _CLIP)
-        blocks.append(np.stack([scaled, missing.astype(np.float64)], axis=1).astype(np.float32))
+        pairs = np.empty((len(frame), 2 * len(state.numeric)), dtype=np.float32)  # value, missing flag
+        pairs[:, 0::2], pairs[:, 1::2] = scaled, missing
+        blocks.append(pairs)
     if not blocks:
         return np.zeros((len(frame), 0), dtype=np.float32)
     return np.concatenate(blocks, axis=1)

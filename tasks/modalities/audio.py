@@ -8,19 +8,29 @@ evenly over its whole length, read with seeks, so a 3-hour recording costs what 
 
 Formats: WAV (and its 64-bit variants), FLAC, OGG/Vorbis, AIFF, CAF, and MP3 where the
 installed libsndfile decodes it (1.1 and later). Anything else, an empty or truncated file,
-zero samples, NaN or infinite samples, or more than 64 channels is a bad file: absent and
-counted, or an error with `data.on_bad_audio: error`.
+zero samples, NaN or infinite samples, more than 64 channels, or a sample rate outside
+MIN_SAMPLE_RATE..MAX_SAMPLE_RATE is a bad file: absent and counted, or an error with
+`data.on_bad_audio: error`.
+
+Work and memory follow the encoder's needs and the bytes present, never a header's claims
+(issue 23): the rate is bounded, so one window never spans more than MAX_SAMPLE_RATE /
+the encoder's rate source frames; a header declaring more samples than the file's bytes
+hold is truncated; frames are read in blocks and mixed to mono as they come, so channels
+never multiply memory; and the resampling ratio's terms are bounded (`_ratio`). A WAV
+claiming 2,147,483,647 Hz once passed align and then asked `_resample` for 320 GiB.
 """
 
 from __future__ import annotations
 
-import io
+import logging
 import math
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
 import soundfile
@@ -36,9 +46,38 @@ if TYPE_CHECKING:
     from modelzoo.encoders.base import AudioEncoder
     from tasks.features.extract import Extraction
 
-AUDIO_DECODE = "tasks.modalities.audio/v1"  # bump when the samples produced for a file change
+log = logging.getLogger(__name__)
+
+# v2: resampling ratios with a term over _MAX_RATIO_TERM are approximated (`_ratio`)
+AUDIO_DECODE = "tasks.modalities.audio/v2"  # bump when the samples produced for a file change
 FORMATS = ("WAV", "WAVEX", "RF64", "W64", "FLAC", "OGG", "MP3", "AIFF", "CAF")
 MAX_CHANNELS = 64
+# Below 1 kHz a file holds nothing above 500 Hz, and no recorder or codec writes such rates
+# (the lowest in use are 4, 5.5125 and 8 kHz): it is a wrong header, and resampling it to
+# the encoder's rate would multiply its samples by up to 48. Above 384 kHz (DXD's 352.8 and
+# 384 kHz, the highest PCM rates audio software writes) every window reads more source
+# frames than the encoder keeps, while nothing above its rate's Nyquist frequency survives.
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+# Bytes per sample of the uncompressed encodings: their header's frame count must fit the file.
+_PCM_BYTES = {
+    "PCM_S8": 1,
+    "PCM_U8": 1,
+    "PCM_16": 2,
+    "PCM_24": 3,
+    "PCM_32": 4,
+    "FLOAT": 4,
+    "DOUBLE": 8,
+    "ULAW": 1,
+    "ALAW": 1,
+}
+_COMPRESSED = ("FLAC", "OGG", "MP3")  # their subtype names the decoded width, not the stored one
+# A polyphase resampler's filter has about 20 * max(up, down) taps: 2**31 - 1 Hz to 44.1 kHz
+# asked for 43 billion. Every standard rate reduces to terms of at most 1,280 (384 kHz to
+# 44.1 kHz is 147/1280); other ratios are approximated within 0.013 % (a fifth of a cent).
+_MAX_RATIO_TERM = 4096
+_READ_FRAMES = 1 << 16  # frames read at a time: 16 MB at 64 channels, mixed to mono at once
+_CHUNKS = 64  # chunks walked to find the samples' chunk; a real file has a handful
 _PROBE_SECONDS = 5.0  # align decodes this much of each file to prove it decodes
 _PREFETCH_CLIPS = 8
 
@@ -78,14 +117,9 @@ class AudioModality(FileModality):
 
         return load_audio_encoder(model)
 
-    def probe(self, data: bytes) -> str | None:
-        return _why_unusable(io.BytesIO(data), len(data), data[:12])
-
-    def probe_file(self, path: Path) -> tuple[str, str | None]:
-        """Hashed in blocks and decoded in part (head and tail): a 3-hour file is never read whole."""
-        with path.open("rb") as handle:
-            head = handle.read(12)
-        return file_sha256(path), _why_unusable(path, path.stat().st_size, head)
+    def probe(self, path: Path) -> str | None:
+        """Decoded in part (head and tail): a 3-hour file is never read whole."""
+        return _why_unusable(path)
 
     def encode_chunk(self, job: Extraction, index: int) -> tuple[np.ndarray, np.ndarray, float]:
         encoder: AudioEncoder = job.encoder  # type: ignore[assignment]
@@ -127,9 +161,13 @@ def _decoded(job: Extraction, slots: np.ndarray, framing: Framing) -> Iterator[t
         except OSError:
             raise_changed(job.contents, np.array([slot]), "audio file")
         try:
-            yield position, clip_windows(path, framing)
-        except (AudioDecodeError, soundfile.LibsndfileError, RuntimeError, ValueError):
-            yield position, None
+            windows = clip_windows(path, framing)
+        except OSError:  # gone since its digest was checked
+            raise_changed(job.contents, np.array([slot]), "audio file")
+        except (AudioDecodeError, soundfile.LibsndfileError, RuntimeError, ValueError) as err:
+            log.warning("audio file %s: %s; treated as missing", path, err)
+            windows = None
+        yield position, windows
 
 
 def _encode_clips(
@@ -159,21 +197,22 @@ def clip_windows(path: Path, framing: Framing) -> np.ndarray:
 
     A clip up to `max_seconds` long is cut into consecutive windows (the last zero-padded);
     a longer one gives `max_windows` windows at evenly spaced offsets over its whole length.
+    The header is judged again as align judged it: a file must not reach the resampler with
+    a rate or a length align would have refused.
     """
-    with soundfile.SoundFile(path) as sound:
-        _check_header(sound)
+    with _opened(path) as sound:
         rate = sound.samplerate
         span = math.ceil(framing.window_samples * rate / framing.sample_rate)  # source frames per window
         count = max(1, math.ceil(sound.frames / span))
         if count <= framing.max_windows:
-            pieces = [_mono(sound.read(sound.frames, "float32", always_2d=True))]
+            pieces = [_read_mono(sound, sound.frames)]
         else:
             count = framing.max_windows
             starts = np.linspace(0, sound.frames - span, count).astype(np.int64)
             pieces = []
             for start in starts:
                 sound.seek(int(start))
-                pieces.append(_mono(sound.read(span, "float32", always_2d=True)))
+                pieces.append(_read_mono(sound, span))
     windows: list[np.ndarray] = []
     for piece in pieces:
         _check_samples(piece)
@@ -191,11 +230,41 @@ def _mono(frames: np.ndarray) -> np.ndarray:
     return frames.mean(axis=1, dtype=np.float32) if frames.size else np.zeros(0, dtype=np.float32)
 
 
+def _read_mono(sound: soundfile.SoundFile, frames: int) -> np.ndarray:
+    """Up to `frames` frames from the current position, mixed to mono a block at a time.
+
+    Reading them at once would allocate frames x channels floats up front, whatever the
+    file then holds; mono blocks cost what is read, one channel's worth.
+    """
+    blocks: list[np.ndarray] = []
+    left = frames
+    while left > 0:
+        block = sound.read(min(left, _READ_FRAMES), "float32", always_2d=True)
+        if not len(block):
+            break
+        blocks.append(_mono(block))
+        left -= len(block)
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
 def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     if rate == target:
         return samples
+    up, down = _ratio(rate, target)
+    return resample_poly(samples, up, down).astype(np.float32)
+
+
+def _ratio(rate: int, target: int) -> tuple[int, int]:
+    """(up, down): up / down is target / rate, approximated when a term would pass _MAX_RATIO_TERM."""
     common = math.gcd(rate, target)
-    return resample_poly(samples, target // common, rate // common).astype(np.float32)
+    up, down = target // common, rate // common
+    if max(up, down) <= _MAX_RATIO_TERM:
+        return up, down
+    if up >= down:  # the smaller over the larger, below 1: its best approximation keeps both small
+        near = Fraction(down, up).limit_denominator(_MAX_RATIO_TERM)
+        return near.denominator, max(1, near.numerator)
+    near = Fraction(up, down).limit_denominator(_MAX_RATIO_TERM)
+    return max(1, near.numerator), near.denominator
 
 
 def _cut(samples: np.ndarray, window: int) -> list[np.ndarray]:
@@ -205,15 +274,48 @@ def _cut(samples: np.ndarray, window: int) -> list[np.ndarray]:
     return list(padded.reshape(count, window))
 
 
-def _check_header(sound: soundfile.SoundFile) -> None:
+@contextmanager
+def _opened(path: Path) -> Iterator[soundfile.SoundFile]:
+    """The sound file, open once its header passed every check (`_check_header`).
+
+    Container sizes are read first (`_declares_more`): libsndfile quietly shortens a WAV
+    whose header declares more bytes than the file holds, which would make a cut file look whole.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise AudioDecodeError("file is empty")
+    with path.open("rb") as handle:
+        truncated = _declares_more(handle, size)
+    if truncated is not None:
+        raise AudioDecodeError(truncated)
+    try:
+        sound = soundfile.SoundFile(path)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
+        raise AudioDecodeError(_decoder_reason(err)) from None
+    with sound:
+        _check_header(sound, size)
+        yield sound
+
+
+def _check_header(sound: soundfile.SoundFile, size: int) -> None:
+    """Refuse what the header says before a sample is read: work would follow its claims."""
     if sound.format not in FORMATS:
         raise AudioDecodeError(f"{sound.format} audio is not read (formats: {', '.join(FORMATS)})")
     if sound.frames <= 0:
         raise AudioDecodeError("the file holds no samples")
     if not 1 <= sound.channels <= MAX_CHANNELS:
         raise AudioDecodeError(f"{sound.channels} channels is more than the {MAX_CHANNELS} we mix")
-    if sound.samplerate <= 0:
-        raise AudioDecodeError(f"sample rate {sound.samplerate} Hz")
+    if not MIN_SAMPLE_RATE <= sound.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioDecodeError(
+            f"the header's sample rate {sound.samplerate:,} Hz is outside the "
+            f"{MIN_SAMPLE_RATE:,} to {MAX_SAMPLE_RATE:,} Hz of real recordings"
+        )
+    per_sample = _PCM_BYTES.get(sound.subtype) if sound.format not in _COMPRESSED else None
+    if per_sample is not None and sound.frames * sound.channels * per_sample > size:
+        raise AudioDecodeError(
+            f"truncated: the header declares {sound.frames:,} frames of {sound.subtype}, "
+            f"more than the file's {size:,} bytes hold"
+        )
 
 
 def _check_samples(samples: np.ndarray) -> None:
@@ -221,19 +323,14 @@ def _check_samples(samples: np.ndarray) -> None:
         raise AudioDecodeError("the samples hold NaN or infinite values")
 
 
-def _why_unusable(source: Path | io.BytesIO, size: int, head: bytes) -> str | None:
-    """Why a sound file cannot be used (`head`: its first 12 bytes), or None when it decodes.
+def _why_unusable(path: Path) -> str | None:
+    """Why a sound file cannot be used, or None when it decodes.
 
-    Decodes the first seconds and the last second, not the whole file.
+    Decodes the first seconds and the last second, not the whole file, a block at a time.
     """
-    if size == 0:
-        return "file is empty"
-    if _riff_truncated(head, size):
-        return _TRUNCATED
     try:
-        with soundfile.SoundFile(source) as sound:
-            _check_header(sound)
-            _check_samples(_head(sound))
+        with _opened(path) as sound:
+            _check_head(sound)
             _check_end(sound)
     except AudioDecodeError as err:
         return str(err)
@@ -242,32 +339,119 @@ def _why_unusable(source: Path | io.BytesIO, size: int, head: bytes) -> str | No
     return None
 
 
-def _head(sound: soundfile.SoundFile) -> np.ndarray:
-    return sound.read(min(sound.frames, int(_PROBE_SECONDS * sound.samplerate)), "float32")
+def _check_head(sound: soundfile.SoundFile) -> None:
+    wanted = min(sound.frames, int(_PROBE_SECONDS * sound.samplerate))
+    if _check_blocks(sound, wanted) < wanted:
+        raise _truncated(sound)
 
 
 def _check_end(sound: soundfile.SoundFile) -> None:
     """Read the last second too: a truncated file usually decodes fine until its end."""
     tail = min(sound.frames, sound.samplerate)
-    sound.seek(sound.frames - tail)
-    samples = sound.read(tail, "float32")
-    if len(samples) < tail:
-        raise AudioDecodeError(f"truncated: {sound.frames} frames declared, the data ends sooner")
-    _check_samples(samples)
+    try:
+        sound.seek(sound.frames - tail)
+    except (soundfile.LibsndfileError, RuntimeError):  # a declared end past the data (FLAC, MP3)
+        raise _truncated(sound) from None
+    if _check_blocks(sound, tail) < tail:
+        raise _truncated(sound)
 
 
-_TRUNCATED = "truncated: the RIFF header declares more bytes than the file holds"
+def _truncated(sound: soundfile.SoundFile) -> AudioDecodeError:
+    return AudioDecodeError(f"truncated: {sound.frames:,} frames declared, the data ends sooner")
 
 
-def _riff_truncated(head: bytes, size: int) -> bool:
-    """A WAV/RF64 cut short: libsndfile quietly reads what is there, so the header must be checked.
+def _check_blocks(sound: soundfile.SoundFile, frames: int) -> int:
+    """Read up to `frames` frames a block at a time, checking each; the number read.
 
-    Other containers (FLAC, OGG, MP3) fail to decode at the cut, which `_check_end` reads.
+    A read that runs past the data stops the count (libsndfile raises there for FLAC).
     """
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return False
-    declared = int.from_bytes(head[4:8], "little") + 8
-    return declared > size
+    read = 0
+    while read < frames:
+        try:
+            block = sound.read(min(frames - read, _READ_FRAMES), "float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError):
+            break
+        if not len(block):
+            break
+        _check_samples(block)
+        read += len(block)
+    return read
+
+
+_W64_RIFF = bytes.fromhex("72696666 2e91cf11 a5d628db 04c10000")
+_W64_DATA = bytes.fromhex("64617461 f3acd311 8cd100c0 4f8edb8a")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a container's chunks are laid out: where they start, id and size widths, byte order."""
+
+    first: int  # offset of the first chunk, after the container's own header
+    id_bytes: int
+    size_bytes: int
+    order: Literal["little", "big"]
+    size_counts_header: bool  # Wave64 sizes include the chunk's own id and size
+    align: int
+    data: bytes  # the id of the chunk holding the samples
+
+
+_RIFF = _Layout(12, 4, 4, "little", False, 2, b"data")
+_AIFF = _Layout(12, 4, 4, "big", False, 2, b"SSND")
+_W64 = _Layout(40, 16, 8, "little", True, 8, _W64_DATA)
+
+
+def _declares_more(handle: BinaryIO, size: int) -> str | None:
+    """Why a WAV, RF64, Wave64 or AIFF is cut short, or None.
+
+    libsndfile quietly reads what is there when the container or its sample chunk declares
+    more bytes than the file holds, so a truncated file would pass as a shorter whole one.
+    FLAC, OGG and MP3 fail to decode at the cut, which `_check_end` reads; CAF refuses to open.
+    """
+    head = handle.read(24)
+    if head[:4] == b"RF64" and head[8:12] == b"WAVE":  # its sizes are in the ds64 chunk
+        declared, layout = 0, _RIFF
+    elif head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        declared, layout = int.from_bytes(head[4:8], "little") + 8, _RIFF
+    elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        declared, layout = int.from_bytes(head[4:8], "big") + 8, _AIFF
+    elif head[:16] == _W64_RIFF and len(head) == 24:
+        declared, layout = int.from_bytes(head[16:24], "little"), _W64
+    else:
+        return None
+    if declared > size:
+        return f"truncated: the header declares {declared:,} bytes, the file holds {size:,}"
+    return _data_chunk_beyond(handle, size, layout)
+
+
+def _data_chunk_beyond(handle: BinaryIO, size: int, layout: _Layout) -> str | None:
+    """Walk the chunks; why the sample chunk (or RF64's ds64) overruns the file, or None."""
+    header_bytes = layout.id_bytes + layout.size_bytes
+    offset, data_size64 = layout.first, None
+    for _ in range(_CHUNKS):
+        handle.seek(offset)
+        header = handle.read(header_bytes)
+        if len(header) < header_bytes:
+            return None  # no sample chunk: libsndfile says what is wrong
+        kind = header[: layout.id_bytes]
+        length = int.from_bytes(header[layout.id_bytes :], layout.order)
+        body = length - header_bytes if layout.size_counts_header else length
+        if kind == b"ds64":
+            sizes = handle.read(16)
+            riff_size64 = int.from_bytes(sizes[:8], "little")
+            data_size64 = int.from_bytes(sizes[8:16], "little")
+            if riff_size64 + 8 > size:
+                return f"truncated: the header declares {riff_size64 + 8:,} bytes, the file holds {size:,}"
+        elif kind == layout.data:
+            if body == 0xFFFFFFFF and data_size64 is not None:
+                body = data_size64
+            held = size - offset - header_bytes
+            if body > held:
+                return f"truncated: the sample chunk declares {body:,} bytes, the file holds {held:,}"
+            return None
+        if body < 0:
+            return None
+        offset += header_bytes + body + (-body % layout.align)
+    return None
 
 
 def _decoder_reason(err: Exception) -> str:

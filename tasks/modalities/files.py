@@ -1,9 +1,12 @@
 """Modalities whose cells are paths to files under a root (images, audio).
 
-Align resolves each path under `data.<name>_root` (never outside it), reads the file once,
-asks the modality whether it decodes, and records its SHA-256: the digest is the cache key,
-so an edited file is new content and the same file twice is one. Batch prediction runs the
-same pass over new rows.
+Align resolves each path under `data.<name>_root` (never outside it), hashes the file in
+blocks, asks the modality whether it decodes, and records its SHA-256: the digest is the cache
+key, so an edited file is new content and the same file twice is one. Batch prediction runs
+the same pass over new rows.
+
+No file is ever held whole: memory must follow what the encoder needs, not how big a file
+is (a sparse 2.5 GB `.jpg` once took align to 3.3 GB when files were read into memory).
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import os
 import queue
 import threading
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -36,11 +40,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _PROBE_BLOCK = 1024  # files handed to the probing threads at a time
 Verdict = tuple[str, str | None]  # a file's (SHA-256 hex, why it cannot be used or None)
+T = TypeVar("T")
 
 
 class FileModality(EmbeddedModality):
     has_files = True
     noun = "file"  # "image", "audio file": in messages
+    max_bytes: ClassVar[int | None] = None  # a bigger file is refused unread (None: any size)
 
     def root(self, data: DataConfig) -> Path:
         return Path(getattr(data, f"{self.name}_root"))
@@ -49,17 +55,25 @@ class FileModality(EmbeddedModality):
         return str(getattr(data, f"on_bad_{self.name}"))
 
     @abstractmethod
-    def probe(self, data: bytes) -> str | None:
-        """Why these bytes cannot be used, or None when they decode."""
+    def probe(self, path: Path) -> str | None:
+        """Why the file cannot be used, or None when it decodes; reads only what decoding needs."""
 
-    def probe_file(self, path: Path) -> tuple[str, str | None]:
+    def probe_file(self, path: Path) -> Verdict:
         """(SHA-256 hex of the file, why it cannot be used or None).
 
-        Reads the file once into memory; a modality whose files can be huge (hours of audio)
-        overrides this to hash in blocks and decode only what it needs.
+        Hashed in blocks and probed from the file, so memory stays flat whatever its size; a
+        file over `max_bytes` is refused before a byte is read (its digest is then "").
         """
-        content = path.read_bytes()
-        return hashlib.sha256(content).hexdigest(), self.probe(content)
+        too_big = self.refuse_size(path.stat().st_size)
+        if too_big is not None:
+            return "", too_big
+        return file_sha256(path), self.probe(path)
+
+    def refuse_size(self, size: int) -> str | None:
+        """Why a file of `size` bytes is refused unread, or None."""
+        if self.max_bytes is not None and size > self.max_bytes:
+            return f"{size:,} bytes is more than the {self.max_bytes:,} accepted"
+        return None
 
     def inspect_cells(
         self, table: pd.DataFrame, ids: pd.Series, data: DataConfig, root: Path | None, report: AlignReport
@@ -190,13 +204,33 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def verified_bytes(path: Path, digest: bytes) -> bytes | None:
-    """The file's bytes if they are still the ones align hashed, else None (changed or gone)."""
+def read_verified(path: Path, digest: bytes, read: Callable[[BinaryIO], T]) -> tuple[bool, T | None]:
+    """(True, read(file)) if the file still hashes to `digest`, else (False, None): changed or gone.
+
+    Hashed in blocks through the handle `read` then decodes from, so a huge file is never
+    held whole and the bytes decoded are the bytes hashed: a file replaced by another keeps
+    this handle on the old one, and one written over in place in the meantime changes its
+    size or modification time, which is compared after `read`. What `read` raises propagates.
+    """
     try:
-        content = path.read_bytes()
+        handle = path.open("rb")
     except OSError:
-        return None
-    return content if hashlib.sha256(content).digest() == digest else None
+        return False, None
+    with handle:
+        try:
+            before = _identity(handle)
+            if hashlib.file_digest(handle, "sha256").digest() != digest:
+                return False, None
+            handle.seek(0)
+        except OSError:
+            return False, None
+        result = read(handle)
+        return (True, result) if _identity(handle) == before else (False, None)
+
+
+def _identity(handle: BinaryIO) -> tuple[int, int]:
+    found = os.fstat(handle.fileno())
+    return found.st_size, found.st_mtime_ns
 
 
 def raise_changed(contents: Contents, slots: np.ndarray, noun: str) -> None:

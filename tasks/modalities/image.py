@@ -20,9 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tasks.device import autocast_for, batch_size_on, cores, decode_workers
-from tasks.features.images import DECODE_VERSION, ImageDecodeError, load_square_rgb, probe
+from tasks.features.images import DECODE_VERSION, MAX_FILE_BYTES, ImageDecodeError, load_square_rgb, probe
 from tasks.modalities import register
-from tasks.modalities.files import FileModality, raise_changed, verified_bytes
+from tasks.modalities.files import FileModality, raise_changed, read_verified
 
 if TYPE_CHECKING:
     from modelzoo.encoders.base import ImageEncoder, ImagePreprocessing
@@ -39,6 +39,7 @@ class ImageModality(FileModality):
     order = 2
     input_version = IMAGE_DECODE
     noun = "image file"
+    max_bytes = MAX_FILE_BYTES
 
     def size_of(self, config: Any) -> int:
         return int(config.image_size)
@@ -55,8 +56,8 @@ class ImageModality(FileModality):
         """On the device in channels_last, the layout CNN kernels run fastest in, on CPU too."""
         return encoder.to(device=device, memory_format=torch.channels_last)
 
-    def probe(self, data: bytes) -> str | None:
-        return probe(data)
+    def probe(self, path: Path) -> str | None:
+        return probe(path)
 
     def encode_chunk(self, job: Extraction, index: int) -> tuple[np.ndarray, np.ndarray, float]:
         feed = job.feed
@@ -111,14 +112,14 @@ class _ImageFiles(Dataset):
         """
         blank = np.zeros((self.size, self.size, 3), dtype=np.uint8)
         path = self.paths[index]
-        content = verified_bytes(path, self.digests[index])  # decode the very bytes that were verified
-        if content is None:
-            return blank, CHANGED
-        try:
-            return load_square_rgb(content, self.size), DECODED  # (S, S, 3) uint8
+        try:  # decodes the very handle it hashed, never a copy of the file (tasks/modalities/files.py)
+            same, pixels = read_verified(
+                path, self.digests[index], lambda file: load_square_rgb(file, self.size)
+            )
         except ImageDecodeError as err:
             log.warning("image %s: %s; treated as missing", path, err.reason)
             return blank, UNDECODABLE
+        return (pixels, DECODED) if same and pixels is not None else (blank, CHANGED)  # (S, S, 3) uint8
 
 
 def _collate_images(items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,8 +10,13 @@ One module per job:
     tabular      statistics applied to the declared numeric and categorical columns
     embeddings   text/image/audio vectors through the encoders and the row-level cache
     predictions  the model's predicted classes and scores on both sides
-    rows         where the two sides come from (train rows, a file, the source snapshot)
+    rows         where the two sides come from: the served model, its train rows (its lineage),
+                 and a file or the source rows it has never seen
+    schema       columns added, removed or retyped since the model was trained, as findings
     report       drift.json, drift.md, drift.png and the Prefect table rows
+    performance  the model's primary metric on a batch: realized on the labelled rows (with
+                 its bootstrap interval), estimated from calibrated probabilities (CBPE)
+    history      performance.json (one record per run) and performance.png over time
 
 Why scipy.stats (and scikit-learn's linear algebra) rather than Evidently, NannyML or
 alibi-detect: the tests these libraries run by default for data of our size are the same

@@ -19,7 +19,7 @@ from tasks.monitor.statistics import Comparison
 PREDICTION = "prediction"  # the column name of checks on the model's output
 
 # What an effect size is when nothing has changed: the zero of the bar chart.
-_BASELINE = {"psi": 0.0, "auc": 0.5, "missing": 0.0, "unseen": 0.0}
+_BASELINE = {"psi": 0.0, "auc": 0.5, "missing": 0.0, "unseen": 0.0, "schema": 0.0}  # schema: see schema.py
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,12 @@ class Check:
 
     column: str  # the source column, or "prediction"
     role: str  # numeric | categorical | text | image | audio | prediction
-    aspect: str  # distribution | missing | unseen | embedding | predicted class | score
+    aspect: str  # distribution | missing | unseen | embedding | predicted class | score | schema
     test: str
     statistic: float
     p_value: float  # of this test alone
     p_adjusted: float  # for every check of the run (holm); what `drifted` compares with alpha
-    effect: str  # psi | auc | missing | unseen
+    effect: str  # psi | auc | missing | unseen | schema (a changed column: schema.py)
     score: float
     threshold: float
     drifted: bool

@@ -3,22 +3,27 @@
 The files are written atomically (tasks/atomic.py), so a dashboard or a later run never
 reads half a report. The figure draws every check's effect as a share of its threshold,
 so checks on different scales (PSI, AUC, shares) share one axis with the threshold at 1.
+Column names, category values and paths reach drift.md through `tasks.escape.text` and every
+table cell through `tasks.escape.cell`; the figure's labels through `tasks.escape.figure`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from tasks import escape
 from tasks.atomic import write_bytes, write_json, write_text
 from tasks.config import DriftThresholds
 from tasks.evaluate.figures import to_png
 from tasks.monitor.checks import Check
+from tasks.monitor.history import summary_line
 
 JSON_NAME, MARKDOWN_NAME, FIGURE_NAME = "drift.json", "drift.md", "drift.png"
 _BAR_CELLS = 10  # width of the text bars in the Markdown table (the threshold at 5 cells)
@@ -35,6 +40,7 @@ class DriftReport:
     model: str | None  # the bundle whose predictions were compared; None: inputs only
     thresholds: DriftThresholds
     notes: list[str] = field(default_factory=list)  # what was skipped, and why
+    performance: dict[str, Any] | None = None  # the model's record in performance.json (history.py)
 
     @property
     def drifted(self) -> bool:
@@ -44,11 +50,13 @@ class DriftReport:
         """Columns with at least one drifted check, in report order."""
         return list(OrderedDict.fromkeys(check.column for check in self.checks if check.drifted))
 
-    def headline(self) -> str:
+    def headline(self, show: Callable[[str], str] = str) -> str:
+        """One sentence; `show` renders each name or path in it (e.g. `escape.text` for Markdown)."""
         columns = self.drifted_columns()
         if not columns:
-            return f"No drift in {len(self.checks)} checks of {self.batch} against {self.reference}"
-        return f"Drift in {len(columns)} column(s): {', '.join(columns)}"
+            checked = f"{len(self.checks)} checks of {show(self.batch)}"
+            return f"No drift in {checked} against {show(self.reference)}"
+        return f"Drift in {len(columns)} column(s): {', '.join(map(show, columns))}"
 
     def column_lines(self) -> list[str]:
         """One line per drifted column naming its largest drifted effect, e.g. for the CLI."""
@@ -71,16 +79,18 @@ class DriftReport:
             "notes": self.notes,
             "column_lines": self.column_lines(),
             "checks": [check.to_json() for check in self.checks],
+            "performance": self.performance,
         }
 
     def table(self) -> list[dict[str, Any]]:
         """Rows for the Prefect table artifact (fixed key: the UI keeps each run's version)."""
+        cell = escape.table_value
         return [
             {
-                "column": c.column, "role": c.role, "aspect": c.aspect, "test": c.test,
+                "column": cell(c.column), "role": c.role, "aspect": c.aspect, "test": c.test,
                 "p_value": _finite(c.p_value), "p_adjusted": _finite(c.p_adjusted), "effect": c.effect,
                 "score": _finite(c.score),
-                "threshold": c.threshold, "drifted": c.drifted, "detail": c.detail,
+                "threshold": c.threshold, "drifted": c.drifted, "detail": cell(c.detail),
             }
             for c in self.checks
         ]  # fmt: skip
@@ -88,31 +98,46 @@ class DriftReport:
     def markdown(self) -> str:
         verdict = "**Drift detected**" if self.drifted else "No drift"
         t = self.thresholds
+        text = escape.text
         lines = [
-            f"# {self.headline()}",
+            f"# {self.headline(text)}",
             "",
             f"- verdict: {verdict}",
-            f"- reference: {self.reference}",
-            f"- batch: {self.batch}",
-            f"- model: {self.model or 'none (input drift only)'}",
-            f"- rule: a check is drift when p < {t.alpha:g} (Holm-adjusted over the run's {len(self.checks)} "
+            f"- reference: {text(self.reference)}",
+            f"- batch: {text(self.batch)}",
+            f"- model: {text(self.model) if self.model else 'none (input drift only)'}",
+            f"- rule: a check is drift when p < {t.alpha:g} (Holm-adjusted over the run's {self._tests()} "
             "checks) and its effect reaches its threshold "
             f"(PSI {t.psi:g}, domain AUC {t.auc:g}, missing share {t.missing:g}, unseen share {t.unseen:g})",
-            *[f"- note: {note}" for note in self.notes],
+            *[f"- note: {text(note)}" for note in self.notes],
+            *self._performance_lines(),
             "",
-            *[f"- **{line}**" for line in self.column_lines()],
+            *[f"- **{text(line)}**" for line in self.column_lines()],
             "",
             "| column | role | check | test | p | p adjusted | effect | threshold | vs threshold | drift "
             "| detail |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for c in sorted(self.checks, key=lambda c: (-c.drifted, -c.severity)):
-            lines.append(
-                f"| {c.column} | {c.role} | {c.aspect} | {c.test} | {c.p_value:.3g} | {c.p_adjusted:.3g} "
-                f"| {c.effect} {c.score:.3f} | {c.threshold:g} | `{_bar(c.severity)}` "
-                f"| {'yes' if c.drifted else ''} | {c.detail} |"
-            )
+            cells = [
+                text(c.column), c.role, c.aspect, c.test, f"{c.p_value:.3g}", f"{c.p_adjusted:.3g}",
+                f"{c.effect} {c.score:.3f}", f"{c.threshold:g}", f"`{_bar(c.severity)}`",
+                "yes" if c.drifted else "", text(c.detail),
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(map(escape.cell, cells)) + " |")
         return "\n".join(lines) + "\n"
+
+    def _performance_lines(self) -> list[str]:
+        """The model's latest numbers (performance.json keeps every run's; performance.png draws them)."""
+        if self.performance is None:
+            return []
+        record, text = self.performance, escape.text
+        notes = [f"- performance note: {text(note)}" for note in record.get("notes", [])]
+        return [f"- performance: {text(summary_line(record))}", *notes]
+
+    def _tests(self) -> int:
+        """Checks that ran a test (Holm adjusts those); schema findings are none."""
+        return sum(1 for check in self.checks if check.aspect != "schema")
 
     def figure(self) -> Figure:
         """Horizontal bars: each check's effect relative to its threshold (1.0), red where drifted."""
@@ -124,14 +149,14 @@ class DriftReport:
         colours = [_colour(c) for c in checks]
         positions = range(len(checks))
         ax.barh(positions, values, color=colours)
-        ax.set_yticks(list(positions), [f"{c.column} · {c.aspect}" for c in checks], fontsize=8)
+        names = [f"{escape.figure(c.column)} · {c.aspect}" for c in checks]
+        ax.set_yticks(list(positions), names, fontsize=8)
         for y, (value, check) in enumerate(zip(values, checks, strict=True)):
             ax.text(value + 0.03, y, f"{check.effect} {check.score:.3g}", va="center", fontsize=7)
         ax.axvline(1.0, color="black", ls="--", lw=1)
         ax.set_xlim(0, _SEVERITY_SHOWN + 0.6)
         ax.set_xlabel("effect / threshold (1 = threshold; red: drift; orange: over it, adjusted p >= alpha)")
-        headline = self.headline()
-        ax.set_title(headline if len(headline) < 80 else headline[:77] + "...", fontsize=9)
+        ax.set_title(escape.figure(self.headline(), limit=80), fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
         return figure
 
@@ -147,6 +172,8 @@ def write_report(report: DriftReport, out_dir: Path) -> dict[str, str]:
 
 
 def _sentence(check: Check) -> str:
+    if check.aspect == "schema":  # a finding, not a test (tasks/monitor/schema.py)
+        return f"schema: {check.detail}"
     return (
         f"{check.aspect} {check.effect} {check.score:.3f} >= {check.threshold:g} "
         f"({check.test} p {check.p_value:.2g}, adjusted {check.p_adjusted:.2g}); {check.detail}"

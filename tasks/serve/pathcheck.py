@@ -8,6 +8,11 @@ names the path and the reason, raised before the model is loaded.
 
 Paths are compared after resolving symlinks and `..`, and by (device, inode) when both
 exist, so a second name for a file (symlink, hard link) is the same file.
+
+Every file a user names as input (rows to predict, source tables, params.yaml) is read only
+if it is a regular file: a FIFO blocked a second read forever (its writer had gone) and
+/dev/zero never ends, so both are refused by their type before a byte is read
+(`open_regular`, `check_input_path`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from tasks.errors import BundleError, DataError, FuselineError
 
@@ -73,7 +79,70 @@ def check_input_path(path: PathLike) -> Path:
         raise _error(DataError, path, "input file not found")
     if stat.S_ISDIR(found.st_mode):
         raise _error(DataError, path, "the input is a directory, not a file")
+    problem = special_file_problem(found.st_mode, "input")
+    if problem is not None:
+        raise _error(DataError, path, problem)
     return Path(path)
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file_problem(mode: int, noun: str) -> str | None:
+    """Why a file of this mode cannot be an input, or None for a regular file (or a directory).
+
+    A pipe yields its bytes once, and only while a writer is there, so any second read (a
+    retry, a header check, the next command) blocks forever; a device may never end.
+    """
+    for is_kind, kind in _SPECIAL_KINDS:
+        if is_kind(mode):
+            return (
+                f"the {noun} path is {kind}, not a regular file; fuseline reads inputs only from "
+                "regular files (copy the data into one)"
+            )
+    return None
+
+
+def open_regular(path: PathLike, fail: type[FuselineError], noun: str) -> BinaryIO:
+    """`path` opened once for binary reading, if it is a regular file; else a one-line `fail`.
+
+    The type is checked before opening (so a socket or a device is never opened) and again on
+    the open descriptor, which is opened non-blocking: a FIFO put in the file's place in
+    between is refused instead of waiting for a writer. Callers rewind the handle to read
+    again (a retry, a header check) rather than open the path twice.
+    """
+    found = probe(path, fail, noun)
+    if found is None:
+        raise _error(fail, path, f"{noun} file not found")
+    _refuse_non_regular(found, path, fail, noun)
+    try:
+        descriptor = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise _error(fail, path, f"{noun} file not found") from None
+    except PermissionError:
+        raise _error(fail, path, f"permission denied reading the {noun} file") from None
+    except OSError as err:
+        raise _error(fail, path, f"cannot open the {noun} file ({err.strerror})") from None
+    try:
+        _refuse_non_regular(os.fstat(descriptor), path, fail, noun)
+        os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return os.fdopen(descriptor, "rb")
+
+
+def _refuse_non_regular(found: os.stat_result, path: PathLike, fail: type[FuselineError], noun: str) -> None:
+    if stat.S_ISDIR(found.st_mode):
+        raise _error(fail, path, f"the {noun} path is a directory, not a file")
+    problem = special_file_problem(found.st_mode, noun)
+    if problem is not None:
+        raise _error(fail, path, problem)
 
 
 def check_output_path(

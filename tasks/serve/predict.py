@@ -237,6 +237,7 @@ class Predictor:
     ) -> FeatureSet:
         """The model's input blocks for these rows, computed (or read from the cache) as extract does."""
         data = self.data
+        _check_columns(rows, data)
         inputs: dict[str, np.ndarray] = {}
         present: dict[str, np.ndarray] = {}
         if self.meta.tabular is not None:
@@ -319,6 +320,18 @@ class Predictor:
                     f"{self.bundle_dir}: input block {block!r} has width {inputs[block].shape[1]}, "
                     f"the model expects {width}"
                 )
+
+
+def _check_columns(rows: pd.DataFrame, data: DataConfig) -> None:
+    """Rows aligned under other params (a champion re-scored on today's table) may lack a column
+    the model reads: name it in one line rather than fail on it deep in a transform."""
+    for column in data.columns.all():
+        if column not in rows.columns:
+            raise DataError(
+                "the model was trained on this column, and these rows do not have it (removed or renamed "
+                f"since?){closest_names(column, rows.columns)}",
+                column=column,
+            )
 
 
 def gather_blocks(job: Extraction, n_rows: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -57,6 +57,9 @@ class BundleMeta:
     params: dict[str, Any]
     # wide_deep's fitted hashing state (tasks/features/wide.py), so prediction builds the same id blocks.
     wide: dict[str, Any] | None = None
+    # The fused bundle's record of lineage.parquet (tasks/train/lineage.py): the rows it was trained,
+    # validated and tested on, the file's SHA-256 and the split settings. None: bundles trained before.
+    lineage: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)

@@ -10,8 +10,11 @@ or image size):
     <cache_dir>/hidden/<namespace>/key.json      what the namespace stands for, for humans
 
 Every entry is written to a temp file beside it and renamed into place, so a reader sees a
-whole entry or none; an entry that fails its checks (a torn file after a power cut) is
-recomputed. The cache is re-creatable, so entries are not fsynced one by one.
+whole entry or none. An entry is an .npy file followed by a 16-byte trailer, `FLCRC32:` and
+the CRC-32 of the .npy bytes in hex (np.load ignores it): an entry cut short, zeroed or with
+one byte changed fails the check, is reported and recomputed, never used. The shape and
+finiteness checks alone would pass a flipped bit in a float. The cache is re-creatable, so
+entries are not fsynced one by one.
 
 A modality subclasses LowerOutputCache with how it describes its namespace, which entries
 are plausible, and how it runs its lower part over batches of contents.
@@ -20,6 +23,7 @@ are plausible, and how it runs its lower part over batches of contents.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -36,11 +40,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tasks.atomic import process_alive, write_json
+from tasks.features.cache.checksum import crc32_of, stamp
 
 log = logging.getLogger(__name__)
 
 Source = TypeVar("Source")  # what a content is computed from: a text, an image file's path
 _TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.tmp$")
+ENTRY_FORMAT = 2  # 2: entries end with a CRC-32 trailer; part of the namespace, so older ones go unread
+_TRAILER = b"FLCRC32:"  # then 8 hex digits
+_TRAILER_BYTES = len(_TRAILER) + 8
 
 
 class LowerOutputCache(ABC, Generic[Source]):
@@ -64,7 +72,7 @@ class LowerOutputCache(ABC, Generic[Source]):
         self.batch_size = batch_size
         self.device = device or torch.device("cpu")
         self.progress = progress
-        self.namespace = namespace_of(self.describe())
+        self.namespace = namespace_of({**self.describe(), "entry_format": ENTRY_FORMAT})
         self.root = Path(cache_dir) / "hidden" / self.namespace
         self.computed = 0
         self.read = 0
@@ -110,7 +118,7 @@ class LowerOutputCache(ABC, Generic[Source]):
         """The entry, or None when absent or not a whole, plausible entry (then it is recomputed)."""
         path = self.path_of(digest)
         try:
-            array = np.load(path, allow_pickle=False)
+            array = np.load(io.BytesIO(checked_entry(path.read_bytes())), allow_pickle=False)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as err:
@@ -162,12 +170,29 @@ class LowerOutputCache(ABC, Generic[Source]):
         path = self.path_of(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        buffer = io.BytesIO()
+        np.save(buffer, state.numpy(), allow_pickle=False)
+        data = buffer.getvalue()
         try:
             with open(temp, "wb") as handle:
-                np.save(handle, state.numpy(), allow_pickle=False)
+                handle.write(data + _TRAILER + stamp(crc32_of(data)).encode())
             os.replace(temp, path)
         finally:
             temp.unlink(missing_ok=True)
+
+
+def checked_entry(data: bytes) -> bytes:
+    """An entry's .npy bytes, after checking them against its trailer.
+
+    Raises:
+        ValueError: no trailer (cut short, zeroed) or a checksum that does not match.
+    """
+    body, trailer = data[:-_TRAILER_BYTES], data[-_TRAILER_BYTES:]
+    if len(data) < _TRAILER_BYTES or not trailer.startswith(_TRAILER):
+        raise ValueError("no checksum trailer: cut short or overwritten")
+    if trailer[len(_TRAILER) :] != stamp(crc32_of(body)).encode():
+        raise ValueError("does not match its checksum")
+    return body
 
 
 def namespace_of(description: dict[str, Any]) -> str:

@@ -140,7 +140,8 @@ def test_report_files_and_artifacts_are_published(project: Path, shifted_run: tu
             return artifacts[0].data
 
     files = shifted_run[1]["files"]
-    assert sorted(Path(path).name for path in files.values()) == ["drift.json", "drift.md", "drift.png"]
+    names = ["drift.json", "drift.md", "drift.png", "performance.json", "performance.png"]
+    assert sorted(Path(path).name for path in files.values()) == names
     assert all((project / path).parent == project / "reports" / "monitor" for path in files.values())
     assert f"# {shifted_run[1]['headline']}" in str(asyncio.run(newest("fuseline-drift")))
     table = asyncio.run(newest("fuseline-drift-table"))
@@ -169,13 +170,15 @@ def test_fuseline_monitor_prints_each_drifted_column_and_exits_0(
     assert {line.split()[1] for line in drift_lines} == set(shifted_run[1]["drifted_columns"])
 
 
-def test_scheduled_run_compares_the_current_sources_and_finds_no_drift(project: Path) -> None:
-    """Without --input the batch is the sources as ingest reads them: the training data itself."""
+def test_scheduled_run_compares_only_rows_the_model_has_not_seen(project: Path) -> None:
+    """Without --input the batch is the rows of the sources the served model never saw: here none,
+    since the sources are what it was trained on (its train rows are the reference, not the batch)."""
     from flows.monitor import monitor
 
     state = monitor(return_state=True)
     summary = state.result()
-    assert summary["batch"] == "200 rows of the current sources" and not summary["drifted"]
+    assert summary["batch"] == "0 rows of the current sources the model has not seen (200 rows in all)"
+    assert not summary["drifted"]
 
 
 def test_drift_starts_the_retrain_deployment_when_asked(project: Path, shifted: Path) -> None:

@@ -8,11 +8,18 @@ Layout under the cache directory (`cache.dir` in params.yaml, default `.cache/fe
     scratch/                            per-run temp arrays, deleted when the run ends
     fitted/<modality>-<key>/            encoder states fitted on train rows (tfidf), keyed by
                                         their inputs (tasks/features/fitted.py)
+    mapped/<key>/                       feature files decoded for memory-mapping (train, evaluate;
+                                        tasks/features/mapped.py)
+    hidden/<namespace>/                 a frozen lower part's outputs, for fine-tuning the top
+                                        (tasks/train/lower_cache.py)
 
 `keys.py` says what a key is, `store.py` how shards are committed and verified,
 `fingerprints.py` how a warm run avoids loading a model, and `gather.py` how entries become
 the feature file. The cache is a memo of a pure function, so deleting any part of it only
-costs time.
+costs time, and every file a later run reads back is checked first (shards by the SHA-256
+that names them, fitted states by a manifest of SHA-256s, the rest by a CRC-32, see
+`checksum.py`): a damaged one is reported by name and rebuilt, never used. Scratch arrays
+live only as long as the run that made them, which alone reads them.
 """
 
 from __future__ import annotations

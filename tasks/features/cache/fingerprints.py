@@ -8,6 +8,11 @@ file, the versions of the libraries that change outputs, and the source of
 again. Encoders whose weights live somewhere we cannot stat cheaply (hub ids, timm or
 torchvision names) get no identity and are always loaded; the memo only ever saves time.
 Extraction also re-checks the memo against the real fingerprint whenever it loads the model.
+
+Each entry carries the CRC-32 of its fingerprint's canonical JSON: an entry damaged on disk
+(a flipped byte that still parses, a zeroed or cut-short file) is reported and recomputed.
+Unchecked, a damaged `dim` crashed extraction and a damaged digest made prediction refuse a
+sound bundle.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from tasks.atomic import write_json
+from tasks.features.cache.checksum import crc32_of, stamp
 
 log = logging.getLogger(__name__)
 
 # The libraries whose versions encoder_fingerprint records, plus the ones that run before it.
 _VERSIONED = ("torch", "transformers", "tokenizers", "timm", "torchvision", "pillow", "numpy")
+MEMO_FORMAT = 2  # 2: {"fingerprint", "crc32"}; part of the identity, so older entries go unread
 
 
 class FingerprintMemo:
@@ -35,16 +42,32 @@ class FingerprintMemo:
         self.directory = Path(directory)
 
     def get(self, identity: str | None) -> dict[str, Any] | None:
+        """The remembered fingerprint, or None when absent or damaged (then it is recomputed)."""
         if identity is None:
             return None
+        path = self.directory / f"{identity}.json"
         try:
-            return json.loads((self.directory / f"{identity}.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None  # absent, or half-written by a tool other than ours: recompute
+            entry = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            log.warning("fingerprint memo %s is unreadable (%s); recomputing it", path, type(err).__name__)
+            return None
+        fingerprint = entry.get("fingerprint") if isinstance(entry, dict) else None
+        if not isinstance(fingerprint, dict) or entry.get("crc32") != _checksum(fingerprint):
+            log.warning("fingerprint memo %s does not match its checksum; recomputing it", path)
+            return None
+        return fingerprint
 
     def put(self, identity: str | None, fingerprint: dict[str, Any]) -> None:
         if identity is not None:
-            write_json(fingerprint, self.directory / f"{identity}.json")
+            entry = {"fingerprint": fingerprint, "crc32": _checksum(fingerprint)}
+            write_json(entry, self.directory / f"{identity}.json")
+
+
+def _checksum(fingerprint: dict[str, Any]) -> str:
+    canonical = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
+    return stamp(crc32_of(canonical.encode()))
 
 
 def encoder_identity(kind: str, model: str, preprocessing: dict[str, Any]) -> str | None:
@@ -59,6 +82,7 @@ def encoder_identity(kind: str, model: str, preprocessing: dict[str, Any]) -> st
             info = file.stat()
             stats.append([file.relative_to(location).as_posix(), info.st_size, info.st_mtime_ns])
     identity = {
+        "memo": MEMO_FORMAT,
         "kind": kind,
         "model": model,
         "location": str(location),
