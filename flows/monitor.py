@@ -63,7 +63,7 @@ from tasks.monitor.history import (
     summary_line,
     write_history_figure,
 )
-from tasks.monitor.performance import Performance, measure_performance, unmeasured
+from tasks.monitor.performance import Performance, measure_performance, shortfall_check, unmeasured
 from tasks.monitor.predictions import prediction_checks
 from tasks.monitor.report import DriftReport, write_report
 from tasks.monitor.rows import (
@@ -294,6 +294,8 @@ def monitor(
             predictions = predict_sides(reference.held_out, batch.rows, params, bundle, sides)
             checks += prediction_drift(predictions, params, bundle)
             performance = performance_of(reference.held_out, batch.rows, predictions, params, bundle)
+            shortfall = shortfall_check(performance, settings.threshold)  # labels arrived: a concept change?
+            checks += [shortfall] if shortfall is not None else []
     report = DriftReport(
         # alpha: the chance of a false alarm per run; schema findings are no test and stay as they are
         checks=holm(checks, settings.threshold) + schema.findings,

@@ -387,7 +387,10 @@ class DriftThresholds(_Strict):
     - `auc`: ROC AUC of a classifier telling batch embeddings from reference ones (0.5: it cannot);
     - `missing`: change in a column's share of missing values (0.1 = ten percentage points);
     - `unseen`: share of batch rows with a category the reference never had, beyond the share
-      expected from the reference's own long tail (Good-Turing).
+      expected from the reference's own long tail (Good-Turing);
+    - `performance`: once labels arrive, how far the realized primary metric may fall below
+      what CBPE expected of the same rows (below the held-out metric for regression), in the
+      metric's own units, before a significant shortfall is drift: a concept change.
     """
 
     alpha: float = Field(0.01, gt=0, lt=0.5)  # false alarms per run (Holm over the run's checks)
@@ -395,6 +398,7 @@ class DriftThresholds(_Strict):
     auc: float = Field(0.55, gt=0.5, lt=1)
     missing: float = Field(0.1, gt=0, le=1)
     unseen: float = Field(0.05, gt=0, le=1)
+    performance: float = Field(0.05, gt=0)
 
 
 class MonitorConfig(_Strict):

@@ -18,8 +18,9 @@ from tasks.monitor.statistics import Comparison
 
 PREDICTION = "prediction"  # the column name of checks on the model's output
 
-# What an effect size is when nothing has changed: the zero of the bar chart.
-_BASELINE = {"psi": 0.0, "auc": 0.5, "missing": 0.0, "unseen": 0.0, "schema": 0.0}  # schema: see schema.py
+# What an effect size is when nothing has changed: the zero of the bar chart (schema: see
+# schema.py; shortfall: the realized metric below its expected level, performance.py).
+_BASELINE = {"psi": 0.0, "auc": 0.5, "missing": 0.0, "unseen": 0.0, "schema": 0.0, "shortfall": 0.0}
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Check:
     statistic: float
     p_value: float  # of this test alone
     p_adjusted: float  # for every check of the run (holm); what `drifted` compares with alpha
-    effect: str  # psi | auc | missing | unseen | schema (a changed column: schema.py)
+    effect: str  # psi | auc | missing | unseen | schema (a changed column: schema.py) | shortfall
     score: float
     threshold: float
     drifted: bool

@@ -26,16 +26,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
+from tasks.config import DriftThresholds
 from tasks.data.labels import parse_labels
 from tasks.evaluate.evaluation import bootstrap_intervals, primary_score
 from tasks.evaluate.metrics import PRIMARY_METRIC, higher_is_better
+from tasks.monitor.checks import PREDICTION, Check
 
 # Below this many labelled reference rows the raw probabilities are used: a fit on fewer rows
 # adds more noise than the model's miscalibration it removes.
@@ -47,6 +50,7 @@ MIN_CALIBRATION_ROWS = 50
 ISOTONIC_ROWS = 1000
 RESAMPLES = 1000  # bootstrap resamples of the realized metric (as evaluate)
 LEVEL = 0.95
+PERFORMANCE_COLUMN = "performance"  # the column name of the realized-metric check
 _EPS = 1e-6
 
 Mapping = Callable[[np.ndarray], np.ndarray]
@@ -306,3 +310,60 @@ def unmeasured(task: str, batch_rows: int, reason: str) -> Performance:
         estimate=None, realized=None, low=None, high=None, reference=None, reference_low=None,
         reference_high=None, calibration="none: not measured", notes=[reason],
     )  # fmt: skip
+
+
+# --- the alarm once labels arrive ------------------------------------------------------------
+
+
+def shortfall_check(performance: Performance, thresholds: DriftThresholds) -> Check | None:
+    """A drift check of the realized metric against what the model was expected to score.
+
+    The expected level is CBPE's estimate for this very batch: it already follows covariate
+    shift, so a realized metric well below it means the labels no longer follow the inputs as
+    they did (a concept change), which no input check can see. Regression has no estimate, so
+    its level is the model's held-out metric, whose own sampling error then adds to the test's.
+    One-sided z-test on the bootstrap standard errors; drift when significant (after Holm, with
+    the run's other checks) and the shortfall reaches `threshold.performance` in metric units.
+    None before labels arrive.
+    """
+    if performance.realized is None or performance.low is None or performance.high is None:
+        return None
+    error = _standard_error(performance.low, performance.high)
+    expected = performance.estimate
+    if expected is None:
+        if (
+            performance.reference is None
+            or performance.reference_low is None
+            or performance.reference_high is None
+        ):
+            return None
+        expected = performance.reference
+        error = math.hypot(error, _standard_error(performance.reference_low, performance.reference_high))
+    sign = 1.0 if performance.higher_is_better else -1.0
+    shortfall = sign * (expected - performance.realized)
+    p_value = 0.5 * math.erfc(shortfall / (error * math.sqrt(2))) if error > 0 else float(shortfall <= 0)
+    level = "estimated" if performance.estimate is not None else "held-out"
+    check = Check(
+        column=PERFORMANCE_COLUMN,
+        role=PREDICTION,
+        aspect="realized metric",
+        test="one-sided z (bootstrap se)",
+        statistic=shortfall / error if error > 0 else 0.0,
+        p_value=p_value,
+        p_adjusted=p_value,
+        effect="shortfall",
+        score=shortfall,
+        threshold=thresholds.performance,
+        drifted=False,
+        detail=(
+            f"realized {performance.metric} {performance.realized:.4f} on {performance.labeled_rows} "
+            f"labelled rows against {level} {expected:.4f}"
+        ),
+        reference_rows=0,
+        batch_rows=performance.labeled_rows,
+    )
+    return replace(check, drifted=check.p_adjusted < thresholds.alpha and shortfall >= thresholds.performance)
+
+
+def _standard_error(low: float, high: float) -> float:
+    return (high - low) / (2 * NormalDist().inv_cdf(0.5 + LEVEL / 2))  # 95 %: 2 x 1.96 errors wide

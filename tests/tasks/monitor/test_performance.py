@@ -191,3 +191,45 @@ def test_the_command_prints_the_latest_numbers(
     main(["monitor"])
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("performance: ")]
     assert line.startswith("performance: auc: realized ") and f"on {NEW} labelled rows" in line
+
+
+def _labels(y: np.ndarray) -> pd.Series:
+    return pd.Series(np.where(y > 0, "1", "0"))
+
+
+def _shortfall(batch_labels: np.ndarray, batch_p: np.ndarray) -> bool:
+    """Whether the monitor's realized-metric check flags this batch (calibrated on a quiet reference)."""
+    from tasks.config import DriftThresholds
+    from tasks.monitor.performance import shortfall_check
+
+    p_ref, y_ref = _binary(REFERENCE, seed=21)
+    measured = measure_performance(
+        "binary", ("0", "1"), (_labels(y_ref), p_ref), (_labels(batch_labels), batch_p)
+    )
+    check = shortfall_check(measured, DriftThresholds())
+    assert check is not None
+    return check.drifted
+
+
+def test_a_concept_change_is_flagged_once_labels_arrive() -> None:
+    p, _ = _binary(500, seed=22)
+    rng = np.random.default_rng(23)
+    reversed_labels = (rng.random(p.shape) < 1 - p).astype(
+        np.float64
+    )  # same inputs, the label's relation reversed
+    assert _shortfall(reversed_labels, p)
+
+
+@pytest.mark.parametrize("shift", [0.0, 1.0])
+def test_labels_that_follow_the_model_raise_no_alarm_even_after_covariate_shift(shift: float) -> None:
+    p, y = _binary(500, seed=24, shift=shift, spread=0.5 if shift else 1.0)
+    assert not _shortfall(y, p)
+
+
+def test_no_alarm_is_possible_before_labels_arrive() -> None:
+    from tasks.config import DriftThresholds
+    from tasks.monitor.performance import shortfall_check
+
+    p_ref, y_ref = _binary(REFERENCE, seed=25)
+    measured = measure_performance("binary", ("0", "1"), (_labels(y_ref), p_ref), (None, p_ref[:200]))
+    assert shortfall_check(measured, DriftThresholds()) is None
