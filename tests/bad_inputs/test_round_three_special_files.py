@@ -22,18 +22,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from flows.cli import main
-from modelzoo.registry import lookup
 from tasks.config import DataConfig, SourceConfig, load_params
 from tasks.data.ingest import ingest_sources
 from tasks.data.sources import read_source
 from tasks.errors import ConfigError, DataError
-from tasks.train.bundle import BundleMeta, write_bundle
 from tests.bad_inputs.project import Project
+from tests.bad_inputs.test_round_three_settings import refused
 from tests.conftest import tiny_params
+from tests.tasks.test_predict_output import write_tiny_bundle
 
 HANG = pytest.mark.timeout(120, method="signal")  # the old code blocked here for ever
 CSV = b"item_id,price\na,1.0\nb,2.0\n"
@@ -74,30 +72,11 @@ def unix_socket(path: Path) -> Iterator[Path]:
 @pytest.fixture()
 def predict_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A real (tiny, tabular) bundle in models/ and params.yaml: the working directory."""
-    head_cls = lookup("head", "concat")
-    torch.manual_seed(0)
-    model = head_cls({"tabular": 3}, 1, head_cls.Config(hidden=4, dropout=0.0))
-    meta = BundleMeta(
-        task="binary", fusion={"head": "concat", "hidden": 4, "dropout": 0.0}, in_dims={"tabular": 3},
-        out_dim=1, classes=("no", "yes"), target_scaling=None, encoders={}, tabular=None, best_epoch=1,
-        params={},
-    )  # fmt: skip
-    write_bundle(tmp_path / "models", model, meta)
+    write_tiny_bundle(tmp_path / "models")
     params = tiny_params(cache={"dir": ".cache/features"})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run `fuseline ARGV`; assert exit 2 with one stderr line and no traceback; return the line."""
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("fuseline: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 # --- predict and monitor --input --------------------------------------------------------------------

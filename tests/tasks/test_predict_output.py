@@ -28,9 +28,8 @@ from tests.conftest import tiny_params
 TOO_LONG = "x" * 5000  # longer than NAME_MAX and PATH_MAX
 
 
-@pytest.fixture()
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A tiny bundle in models/, new rows as CSV and Parquet, params.yaml; the working directory."""
+def write_tiny_bundle(models: Path) -> None:
+    """A real two-class concat head over three tabular features: a bundle prediction can load."""
     head_cls = lookup("head", "concat")
     torch.manual_seed(0)
     model = head_cls({"tabular": 3}, 1, head_cls.Config(hidden=4, dropout=0.0))
@@ -39,7 +38,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         out_dim=1, classes=("no", "yes"), target_scaling=None, encoders={}, tabular=None, best_epoch=1,
         params={},
     )  # fmt: skip
-    write_bundle(tmp_path / "models", model, meta)
+    write_bundle(models, model, meta)
+
+
+@pytest.fixture()
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny bundle in models/, new rows as CSV and Parquet, params.yaml; the working directory."""
+    write_tiny_bundle(tmp_path / "models")
     rows = pd.DataFrame({"item_id": ["a", "b"], "price": [1.0, 2.0]})
     rows.to_csv(tmp_path / "new.csv", index=False)
     rows.to_parquet(tmp_path / "new.parquet", index=False)
