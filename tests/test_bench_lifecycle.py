@@ -5,8 +5,6 @@ The season itself (dvc repro and the flows over 24 drops) is the benchmark, not 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -14,18 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "lifecycle.py"
+from tests.bench_module import load_bench
+
 SIGNALS = {"covariate": {"price"}, "empty_column": {"description"}, "new_category": {"category"}}
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_lifecycle", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("lifecycle")
 
 
 def test_default_events_keep_those_that_fit_and_a_spec_places_them(bench: ModuleType) -> None:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from tasks.config import TrainConfig
+from tests.bench_module import load_bench
 from tests.tasks.test_training import synthetic
 from tests.threads import torch_threads
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "heads.py"
 TINY = TrainConfig(epochs=3, lr=3e-3, batch_size=64, patience=3, device="cpu")
 FUSION = {"head": "concat", "hidden": 16, "dropout": 0.0}
 
@@ -28,12 +25,7 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_heads", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("heads")
 
 
 def test_a_head_entry_has_metric_spread_time_and_loop_ratio(bench: ModuleType) -> None:
