@@ -77,6 +77,16 @@ strongest checks, in lifecycle.json under --workdir):
   With tfidf the row cache has little to save (a refit re-encodes, and encoding is a second
   or two); `--text-model minilm` measures it where encoding is the cost.
 
+Mistaken edits: no data event makes two consecutive models differ by more than twice the
+tolerance on the oracle (each retrain adds 5 % rows of the same traffic), so on their own the
+promotion counts would test nothing. Two drops therefore carry an operator's mistake in
+params.yaml, made before that drop's retrain and reverted before the next drop, as someone
+who notices the next morning would: at 21 the numeric columns are left out of
+`data.columns`, at 23 the text columns (`--edits` moves them). The candidate trained that day
+is clearly worse on the oracle, so the gate must keep the served model: these are the
+decisions `promotions_total` counts. A wrongly promoted one would also be scored at the next
+drop, where the reverted candidate beats it.
+
 The timeline PNG: events (vertical lines), drift flags, estimated and realized metric,
 oracle scores, promotions. `--json` prints the summary as one JSON line, last.
 """
@@ -93,7 +103,8 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +134,8 @@ DEFAULT_EVENTS = {
 DROP_SHARE = 0.05  # each drop adds this share of the rows so far
 ORACLE_ROWS = 5000
 DATA_EVENTS = frozenset(EVENT_KINDS) - {"split_seed"}  # events that live in rows
+EDIT_ROLES = ("numeric", "categorical", "text")  # a mistaken edit empties one role's column list
+DEFAULT_EDITS = {21: "numeric", 23: "text"}
 
 # demo events: sizes chosen to be plain incidents, not needles
 PRICE_SHIFT = 1.0  # sd of log price
@@ -149,6 +162,25 @@ def event_schedule(drops: int, spec: str | None = None) -> dict[int, str]:
             raise SystemExit(f"--events: drop {drop} has two events")
         events[int(drop)] = kind
     return events
+
+
+def edit_schedule(drops: int, events: dict[int, str], spec: str | None = None) -> dict[int, str]:
+    """Drop number -> the column role a mistaken params.yaml edit empties for that drop's retrain."""
+    if spec is None:
+        chosen = {d: role for d, role in DEFAULT_EDITS.items() if d <= drops}
+    else:
+        chosen = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            drop, _, role = part.partition(":")
+            if not drop.isdigit() or not 1 <= int(drop) <= drops or role not in EDIT_ROLES:
+                raise SystemExit(
+                    f"--edits {part!r}: expected DROP:ROLE, DROP in 1..{drops}, ROLE in {EDIT_ROLES}"
+                )
+            chosen[int(drop)] = role
+    clash = sorted(set(chosen) & set(events))
+    if clash:
+        raise SystemExit(f"--edits: drops {clash} already have an event; an edit needs a drop of its own")
+    return chosen
 
 
 def performance_alarm(flags: Sequence[dict[str, str]]) -> bool:
@@ -479,6 +511,21 @@ def set_split_seed(root: Path, seed: int) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+@contextmanager
+def mistaken_edit(root: Path, role: str | None) -> Iterator[None]:
+    """params.yaml with `data.columns.<role>` emptied while the block runs, then as it was."""
+    path = root / "params.yaml"
+    before = path.read_text()
+    if role is not None:
+        params = yaml.safe_load(before)
+        params["data"]["columns"][role] = []
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        yield
+    finally:
+        path.write_text(before)
+
+
 class Taps:
     """The ids the flows compared on, recorded by wrapping the functions that choose them.
 
@@ -551,6 +598,7 @@ class Season:
     events: dict[int, str]
     table: pd.DataFrame
     oracle: Oracle
+    edits: dict[int, str] = field(default_factory=dict)  # drop -> the role a mistaken edit empties
     taps: Taps | None = None  # set once the flows are imported (after the Prefect server is up)
     flows: dict[str, Callable[[], Any]] = field(default_factory=dict)
     event_ids: dict[str, set[str]] = field(default_factory=dict)
@@ -670,8 +718,8 @@ def run_oracle(season: Season, record: dict[str, Any], champion: Path | None, ca
 def run_drop(season: Season, drop: int) -> dict[str, Any]:
     """One scheduled day: new rows (and the event), the monitor, the retrain, the oracle."""
     started = time.perf_counter()
-    event = season.events.get(drop)
-    record: dict[str, Any] = {"drop": drop, "event": event, "leaked": {}, "errors": []}
+    event, edit = season.events.get(drop), season.edits.get(drop)
+    record: dict[str, Any] = {"drop": drop, "event": event, "edit": edit, "leaked": {}, "errors": []}
     if drop > 0:
         count = max(1, round(DROP_SHARE * len(season.table)))
         rows = season.source.drop(drop, count, event)
@@ -688,7 +736,8 @@ def run_drop(season: Season, drop: int) -> dict[str, Any]:
             record["errors"].append(f"monitor: {type(err).__name__}: {err}")
     record["rows_total"] = len(season.table)
     try:
-        champion, candidate = run_retrain(season, record)
+        with mistaken_edit(season.root, edit):
+            champion, candidate = run_retrain(season, record)
         run_oracle(season, record, champion, candidate)
     except Exception as err:
         record["errors"].append(f"retrain: {type(err).__name__}: {err}")
@@ -705,6 +754,7 @@ def progress(record: dict[str, Any]) -> str:
     flags = ",".join(sorted({f["column"] for f in monitor.get("flags", ())})) or "-"
     perf = "ALARM" if monitor.get("performance_alarm") else ""
     label = record["event"] or ("quiet" if record.get("quiet") else "-")
+    label += f" (no {record['edit']})" if record.get("edit") else ""
     return (
         f"  drop {record['drop']:>2} {label:<13}"
         f" rows {record['rows_total']:>5}  flags {flags} {perf}"
@@ -760,7 +810,9 @@ def stage_seconds(since: float, cold_end: float) -> dict[str, dict[str, float]]:
 # --- the timeline -------------------------------------------------------------------------------
 
 
-def timeline_figure(records: list[dict[str, Any]], events: dict[int, str], metric: str) -> Any:
+def timeline_figure(
+    records: list[dict[str, Any]], events: dict[int, str], metric: str, edits: dict[int, str] | None = None
+) -> Any:
     """Metric per drop (estimated, realized with its interval, oracle), events, drift flags, promotions."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -792,6 +844,10 @@ def timeline_figure(records: list[dict[str, Any]], events: dict[int, str], metri
     for drop, kind in events.items():
         ax.axvline(drop, color="tab:orange", alpha=0.6, lw=1)
         ax.text(drop + 0.1, bottom - 0.02 * span, kind, rotation=90, va="top", fontsize=7, color="tab:orange")
+    for drop, role in (edits or {}).items():
+        ax.axvline(drop, color="tab:brown", alpha=0.5, lw=1, ls="--")
+        ax.text(drop + 0.1, bottom - 0.02 * span, f"edit: no {role}", rotation=90, va="top", fontsize=7,
+                color="tab:brown")  # fmt: skip
     flagged = [r["drop"] for r in records if (r.get("monitor") or {}).get("flags")]
     alarms = [r["drop"] for r in records if (r.get("monitor") or {}).get("performance_alarm")]
     promoted = [r["drop"] for r in records if (r.get("retrain") or {}).get("outcome") == "promoted"]
@@ -808,10 +864,16 @@ def timeline_figure(records: list[dict[str, Any]], events: dict[int, str], metri
     return figure
 
 
-def write_timeline(records: list[dict[str, Any]], events: dict[int, str], metric: str, path: Path) -> Path:
+def write_timeline(
+    records: list[dict[str, Any]],
+    events: dict[int, str],
+    metric: str,
+    path: Path,
+    edits: dict[int, str] | None = None,
+) -> Path:
     from tasks.evaluate.figures import to_png
 
-    write_bytes(to_png(timeline_figure(records, events, metric)), path)
+    write_bytes(to_png(timeline_figure(records, events, metric, edits)), path)
     return path
 
 
@@ -844,6 +906,16 @@ def season_summary(season: Season, cold: float, started: float, stages: dict[str
         # a drop's retrain time outside the stage flows' own run time: process start-up, imports, DVC
         "retrain_outside_stages_per_drop": round(outside, 1) if outside is not None else None,
     }
+    summary["edits"] = [
+        {
+            "drop": r["drop"],
+            "role": r["edit"],
+            "outcome": (r.get("retrain") or {}).get("outcome"),
+            "oracle_gain": round(((r.get("oracle") or {}).get("verdict") or {}).get("gain", math.nan), 4),
+        }
+        for r in records
+        if r.get("edit")
+    ]
     summary["done"] = done(summary)
     return summary
 
@@ -864,7 +936,10 @@ def play(season: Season, drops: int, workdir: Path, started: float) -> dict[str,
                 raise SystemExit(f"lifecycle: the cold run failed: {record['errors']}")
             cold, cold_end = record["retrain"]["seconds"], time.time()
         print(progress(record), file=sys.stderr, flush=True)
-        write_json({"events": season.events, "records": season.records}, workdir / "lifecycle.json")
+        write_json(
+            {"events": season.events, "edits": season.edits, "records": season.records},
+            workdir / "lifecycle.json",
+        )
     try:
         stages = stage_seconds(season_start, cold_end)
     except Exception as err:  # the breakdown is a help, not a result
@@ -873,10 +948,13 @@ def play(season: Season, drops: int, workdir: Path, started: float) -> dict[str,
     metric = next(
         (r["monitor"]["metric"] for r in season.records if (r.get("monitor") or {}).get("metric")), ""
     )
-    timeline = write_timeline(season.records, season.events, metric or "metric", workdir / "timeline.png")
+    timeline = write_timeline(
+        season.records, season.events, metric or "metric", workdir / "timeline.png", season.edits
+    )
     summary |= {"timeline": str(timeline), "records": str(workdir / "lifecycle.json")}
     write_json(
-        {"summary": summary, "events": season.events, "records": season.records}, workdir / "lifecycle.json"
+        {"summary": summary, "events": season.events, "edits": season.edits, "records": season.records},
+        workdir / "lifecycle.json",
     )
     return summary
 
@@ -890,6 +968,7 @@ def main() -> None:
     parser.add_argument("--oracle-rows", type=int, default=ORACLE_ROWS)
     parser.add_argument("--dataset", help="a season on ../shared/data/NAME (petfinder)")
     parser.add_argument("--events", help="DROP:KIND,... instead of the default schedule")
+    parser.add_argument("--edits", help="DROP:ROLE,... mistaken params edits (default 21:numeric,23:text)")
     parser.add_argument(
         "--text-model", default="tfidf", help="encoders.text.model (minilm: the row cache pays)"
     )
@@ -898,6 +977,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the project (default: delete it)")
     args = parser.parse_args()
     events = event_schedule(args.drops, args.events)
+    edits = edit_schedule(args.drops, events, args.edits)
     source = (
         shared_source(args.dataset, args.rows, args.drops, events)
         if args.dataset
@@ -922,7 +1002,8 @@ def main() -> None:
         new_project(root, source, table, args.text_model)
         os.chdir(root)
         oracle = Oracle(workdir / "oracle-cache", source.data["target"])
-        summary = play(Season(root, source, events, table, oracle), args.drops, workdir, started)
+        season = Season(root, source, events, table, oracle, edits=edits)
+        summary = play(season, args.drops, workdir, started)
         summary["text_model"] = args.text_model
     finally:
         os.chdir(REPO)

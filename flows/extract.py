@@ -15,6 +15,13 @@ With `runtime.task_runner: dask | ray` the misses are first encoded on that clus
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # first: a modality without columns needs none of the imports below
+    from flows._no_columns import finish_if_no_columns
+
+    finish_if_no_columns(sys.argv[1:])
+
 import logging
 from pathlib import Path
 

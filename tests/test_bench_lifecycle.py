@@ -30,6 +30,33 @@ def test_default_events_keep_those_that_fit_and_a_spec_places_them(bench: Module
         bench.event_schedule(3, "4:concept")
 
 
+def test_mistaken_edits_keep_those_that_fit_and_never_share_a_drop_with_an_event(bench: ModuleType) -> None:
+    events = bench.event_schedule(24)
+    assert bench.edit_schedule(24, events) == {21: "numeric", 23: "text"}
+    assert bench.edit_schedule(22, events) == {21: "numeric"}
+    assert bench.edit_schedule(5, {}, "2:text") == {2: "text"}
+    with pytest.raises(SystemExit, match="DROP:ROLE"):
+        bench.edit_schedule(5, {}, "2:label")
+    with pytest.raises(SystemExit, match="already have an event"):
+        bench.edit_schedule(24, events, "4:text")
+
+
+def test_a_mistaken_edit_empties_one_role_while_it_lasts_and_restores_the_file(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    import yaml
+
+    text = "# the operator's comments stay\ndata:\n  columns: {numeric: [price], text: [title]}\n"
+    (tmp_path / "params.yaml").write_text(text)
+    with bench.mistaken_edit(tmp_path, "numeric"):
+        edited = yaml.safe_load((tmp_path / "params.yaml").read_text())
+        assert edited["data"]["columns"] == {"numeric": [], "text": ["title"]}
+    assert (tmp_path / "params.yaml").read_text() == text
+    with pytest.raises(RuntimeError), bench.mistaken_edit(tmp_path, "text"):
+        raise RuntimeError("a failed retrain")
+    assert (tmp_path / "params.yaml").read_text() == text
+
+
 def test_the_oracle_counts_only_clear_calls_and_flags_a_worse_promotion(bench: ModuleType) -> None:
     close = bench.oracle_verdict(True, 0.801, 0.800, tolerance=0.005)
     assert not close["counted"] and not close["agree"] and not close["worse_promoted"]
@@ -126,5 +153,5 @@ def test_demo_events_move_the_rows_as_documented(bench: ModuleType) -> None:
 
 def test_the_timeline_is_a_png(bench: ModuleType, tmp_path: Path) -> None:
     records = [_record(bench, 1, None), _record(bench, 2, "covariate", flags=[("price", "numeric")])]
-    path = bench.write_timeline(records, {2: "covariate"}, "auc", tmp_path / "timeline.png")
+    path = bench.write_timeline(records, {2: "covariate"}, "auc", tmp_path / "timeline.png", {1: "text"})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

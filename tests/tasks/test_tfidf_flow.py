@@ -157,3 +157,38 @@ def test_the_monitor_embeds_through_the_bundle_copy_or_else_the_extract_out(
     blocks = embed_rows(rows, params.data, specs, {}, cache, pick_device("cpu"))
     vectors, present = blocks["text.note"]
     assert vectors.shape == (len(new), 16) and present.all() and np.abs(vectors).sum(axis=1).min() > 0
+
+
+@pytest.mark.parametrize("modality", ["image", "audio"])
+def test_the_command_line_writes_a_modality_without_columns_without_prefect_or_an_encoder(
+    project: tuple[Path, pd.DataFrame], modality: str, tmp_path: Path
+) -> None:
+    """`python -m flows.extract --modality M` takes the short path and writes what the flow wrote."""
+    import os
+    import subprocess
+    import sys
+
+    workdir, _ = project
+    features = workdir / "data" / "features"
+    by_flow = pd.read_parquet(features / f"{modality}.parquet")
+    note = (features / f"{modality}.fitted" / "none.json").read_bytes()
+    shutil.copytree(workdir, tmp_path / "copy")
+    copy = tmp_path / "copy" / "data" / "features"
+    (copy / f"{modality}.parquet").unlink()
+    shutil.rmtree(copy / f"{modality}.fitted")
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "flows.extract", "--modality", modality],
+        cwd=tmp_path / "copy",
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"no {modality} columns" in done.stdout
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "prefect" not in imported and "tasks.features.extract" not in imported
+    pd.testing.assert_frame_equal(pd.read_parquet(copy / f"{modality}.parquet"), by_flow)
+    assert list(by_flow.columns) == ["row_id"]
+    assert (copy / f"{modality}.fitted" / "none.json").read_bytes() == note
