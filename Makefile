@@ -34,12 +34,16 @@ demo: $(INSTALLED)
 	dvc repro
 	@echo
 	@echo "Results:"
-	@echo "  metrics      reports/metrics.json   (dvc metrics show)"
+	@echo "  metrics      reports/metrics.json   (the headline: dvc metrics show, dvc exp show)"
+	@echo "  detail       reports/evaluation.json, reports/report.md"
 	@echo "  plots        reports/plots/, reports/train/   (dvc plots show)"
 	@echo "  model bundle models/   (dvc push stores it in the DVC remote)"
-	@echo "  Prefect UI   http://127.0.0.1:4200   (stop it with: make server-stop)"
-	@$(BIN)/python -c "import json; m = json.load(open('reports/metrics.json')); k = m['primary_metric']; \
-	print(f'  {k}: final model {m[\"test\"][k]:.4f}; ' + ', '.join(f'{b} {v[k]:.4f}' if b == 'fused_head' else f'{b} only {v[k]:.4f}' for b, v in m['baselines'].items()))"
+	@$(BIN)/python -c 'from flows.server import read_state; s = read_state(); \
+	print("  Prefect UI  ", s.ui_url if s else "not running", "  (stop it with: make server-stop)")'
+	@echo
+	@grep -m1 -E "^(The final model|There is no baseline)" reports/report.md
+	@echo
+	fuseline leaderboard
 
 test: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -158,8 +158,8 @@ def run_stages(workdir: Path, only: tuple[str, ...] | None = None) -> dict[str, 
 
 
 def summarise(workdir: Path, params: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
-    """The numbers a reader compares, taken from the metrics.json evaluate wrote."""
-    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    """The numbers a reader compares, taken from the evaluation.json evaluate wrote."""
+    metrics = json.loads((workdir / "reports" / "evaluation.json").read_text())
     primary = metrics["primary_metric"]
     higher = metrics["intervals"]["higher_is_better"]
     intervals = metrics["intervals"]
@@ -171,7 +171,8 @@ def summarise(workdir: Path, params: dict[str, Any], seconds: dict[str, float]) 
             "ci95": [_round(interval.get("low")), _round(interval.get("high"))],
         }
 
-    singles = {k: v for k, v in metrics["baselines"].items() if k not in ("sklearn", "fused_head")}
+    not_single = ("sklearn", "fused_head", "majority", "mean")
+    singles = {k: v for k, v in metrics["baselines"].items() if k not in not_single}
     best = (max if higher else min)(singles, key=lambda k: singles[k][primary]) if singles else None
     total = sum(seconds.values())
     result: dict[str, Any] = {
@@ -206,6 +207,9 @@ def summarise(workdir: Path, params: dict[str, Any], seconds: dict[str, float]) 
             **scored("sklearn", metrics["baselines"]["sklearn"]),
         }
         result["fused_minus_sklearn_ci95"] = _pair(intervals.get("fused_minus_sklearn"))
+    for prior in ("majority", "mean"):  # the no-input baseline: train class frequencies or mean
+        if prior in metrics["baselines"]:
+            result[prior] = scored(prior, metrics["baselines"][prior])
     result["fused_all_metrics"] = {k: _round(v) for k, v in metrics["test"].items()}
     return result
 

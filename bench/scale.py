@@ -120,7 +120,7 @@ def run_size(root: Path, rows: int, text: tuple[str, int | None], env: dict[str,
     noop, _, code = measured(["dvc", "repro"], root, env, log)
     if code != 0:
         raise SystemExit(f"no-op dvc repro failed at {rows} rows; see {log}")
-    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    metrics = json.loads((root / "reports" / "evaluation.json").read_text())
     return {
         "rows": rows,
         "generate_seconds": round(generate, 2),

@@ -1,8 +1,10 @@
 """Process set-up shared by every flow entry point.
 
 Without PREFECT_API_URL, each `python -m flows.<stage>` would start its own temporary Prefect
-server (~10 s). When a local fuseline server is up (`fuseline server start`, which
-`make demo` runs), stages use it instead: runs land in one UI and start in a fraction of that.
+server (~10 s). When this checkout's fuseline server is up (`fuseline server start`, which
+`make demo` runs; flows/server.py), stages use it instead: runs land in one UI and start in a
+fraction of that. Only the server that this checkout's `.prefect/server.json` records counts,
+never another clone's that answers on the usual port. An explicit PREFECT_API_URL wins.
 This must run before Prefect reads its settings, hence from the package's __init__.
 
 It also turns `runtime.task_runner` into a Prefect task runner (imported only when chosen,
@@ -40,25 +42,28 @@ def parse_port(text: str, name: str) -> int:
     return port
 
 
+# Requests to our own host go direct: an http_proxy in the environment must not answer for them.
+local_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def server_is_up(api_url: str, timeout: float = 0.5) -> bool:
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
+        with local_opener.open(f"{api_url}/health", timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
 
 def configure_prefect() -> None:
-    """Use the local shared server when one answers; let our own loggers reach Prefect."""
+    """Report to this checkout's own server when it is up; let our own loggers reach Prefect."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")
     if "PREFECT_API_URL" in os.environ:
         return
-    try:
-        url = local_api_url()
-    except ConfigError:  # a bad FUSELINE_PREFECT_PORT: the commands that start a server say so
-        return
-    if server_is_up(url):
-        os.environ["PREFECT_API_URL"] = url
+    from flows.server import running_server  # imported here: flows.server imports this module
+
+    state = running_server()
+    if state is not None:
+        os.environ["PREFECT_API_URL"] = state.api_url
 
 
 def task_runner_for(task_runner: str, address: str | None = None, workers: int = 2) -> Any:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from tasks.errors import ConfigError, FuselineError
 from tasks.modalities import modality_names
 
+if TYPE_CHECKING:
+    from flows.server import ServerState
+
 STAGES = ("demo", "ingest", "align", "extract", "train", "evaluate")
+_PORT_HELP = "default: $FUSELINE_PREFECT_PORT, else the first free port from 4200 (each checkout has its own)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,11 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     stage.add_argument("name", choices=STAGES)
     stage.add_argument("--params", default="params.yaml")
     stage.add_argument("--modality", choices=modality_names(), default=None, help="extract only")
-    server = commands.add_parser("server", help="the project's local Prefect server (UI on 127.0.0.1)")
+    server = commands.add_parser(
+        "server", help="this checkout's local Prefect server (UI on 127.0.0.1; one per checkout)"
+    )
     server.add_argument("action", choices=("start", "stop", "status"))
-    server.add_argument("--port", type=_port, default=None)
-    ui = commands.add_parser("ui", help="start the local Prefect server (SQLite) and print the UI address")
-    ui.add_argument("--port", type=_port, default=None)
+    server.add_argument("--port", type=_port, default=None, help=_PORT_HELP)
+    ui = commands.add_parser(
+        "ui", help="start this checkout's local Prefect server (SQLite) and print its UI address"
+    )
+    ui.add_argument("--port", type=_port, default=None, help=_PORT_HELP)
     serve = commands.add_parser(
         "serve", help="serve the retrain (schedule.cron) and monitor (monitor.cron) deployments until stopped"
     )
@@ -45,7 +54,12 @@ def main(argv: list[str] | None = None) -> None:
         "--model", default="models", help="bundle directory (models/) or registry (registry/)"
     )
     predict.add_argument("--input", required=True, help="csv, parquet or jsonl with the training columns")
-    predict.add_argument("--output", default="predictions.parquet")
+    predict.add_argument(
+        "--output",
+        default=None,
+        help="where to write the predictions (.parquet or .pq; the id column, prob_<class>..., prediction); "
+        "default: predictions/<input name>.parquet in the current directory",
+    )
     predict.add_argument("--params", default="params.yaml", help="read for `runtime` only (where chunks run)")
     predict.add_argument(
         "--root",
@@ -73,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         "--root", action="append", default=[], metavar="MODALITY=DIR",
         help="where a file modality's paths in --input are relative to (default: params.yaml's)",
     )  # fmt: skip
+    commands.add_parser(
+        "leaderboard", help="every trained model's val and test metric and training time (after evaluate)"
+    )
     args = parser.parse_args(argv)
     try:
         _dispatch(args)
@@ -104,9 +121,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         _server(args.action, args.port)
         return
     if args.command == "ui":
-        _server("start", args.port)
-        print("Runs of `dvc repro`, `fuseline run`, `fuseline serve` and `fuseline predict` from this")
-        print("directory report here. Elsewhere: export PREFECT_API_URL=" + _api_url(args.port))
+        _ui(args.port)
         return
     if args.command == "serve":
         _check(args.params, quiet=True)  # a bad setting fails now, not in the first scheduled run
@@ -124,17 +139,21 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "predict":
         from pathlib import Path
 
-        from flows.predict import check_predict_paths, predict
+        from flows.predict import check_predict_paths, default_output_path, predict
         from tasks.train.bundle import verify_bundle
 
+        output = args.output or default_output_path(args.input)
         # Refusals before the flow starts are one line; inside a flow run Prefect logs a traceback.
-        verify_bundle(Path(check_predict_paths(args.model, args.input, args.output, args.params)))
+        verify_bundle(Path(check_predict_paths(args.model, args.input, output, args.params)))
         _check_cluster(args.params)
-        summary = predict(args.model, args.input, args.output, args.params, _roots(args.root))
+        summary = predict(args.model, args.input, output, args.params, _roots(args.root))
         print(f"{summary['rows']} predictions -> {summary['output']}")
         return
     if args.command == "monitor":
         _monitor(args)
+        return
+    if args.command == "leaderboard":
+        _leaderboard()
         return
     if args.command == "run":
         from flows.pipeline import pipeline
@@ -173,6 +192,16 @@ def _monitor(args: argparse.Namespace) -> None:
     print(f"report: {summary['files']['drift.md']} (exit 0: drift is reported, not an error)")
 
 
+def _leaderboard() -> None:
+    """Print reports/leaderboard.csv of the project in this directory; before evaluate, one line."""
+    from tasks.evaluate.leaderboard import format_leaderboard, read_leaderboard
+    from tasks.paths import Layout
+
+    path = Layout().leaderboard
+    print(format_leaderboard(read_leaderboard(path)))
+    print(f"({path}, written by evaluate; the detail is in {Layout().evaluation})")
+
+
 def _roots(pairs: list[str]) -> dict[str, str]:
     """`--root image=photos/` pairs as a mapping; a malformed pair is a usage error."""
     roots: dict[str, str] = {}
@@ -189,9 +218,12 @@ def _check(params_path: str, quiet: bool = False) -> None:
 
     The first is static (types, ranges, cron fields: also checked by every stage that loads
     the file); the second looks at the device, the paths and the cluster, which can change
-    between runs. Either problem is one ConfigError naming the key: exit 2.
+    between runs. Either problem is one ConfigError naming the key: exit 2. Last, every
+    configured column the sources' headers lack is one line naming its key, the files and
+    the closest name there (tasks/data/columns.py): exit 2 after listing them all.
     """
     from tasks.config import load_params
+    from tasks.data.columns import source_column_problems
     from tasks.preflight import check_environment
 
     params = load_params(params_path)
@@ -199,6 +231,11 @@ def _check(params_path: str, quiet: bool = False) -> None:
         check_environment(params)
     except ConfigError as err:
         raise ConfigError(f"{params_path}: {err}") from None
+    missing = source_column_problems(params.data)
+    for problem in missing:
+        print(f"fuseline: {params_path}: {_one_line(problem.line())}", file=sys.stderr)
+    if missing:
+        sys.exit(2)
     if quiet:
         return
     columns = params.data.columns
@@ -217,37 +254,58 @@ def _check_cluster(params_path: str) -> None:
         check_cluster(load_params(params_path).runtime)
 
 
-def _api_url(port: int | None) -> str:
-    from flows._runtime import local_api_url
-
-    return local_api_url(port)
-
-
 def _ensure_api() -> None:
-    """A served deployment needs a lasting API: PREFECT_API_URL, else the local server (started if down)."""
+    """A served deployment needs a lasting API: PREFECT_API_URL, else this checkout's server (started)."""
     import os
 
     if "PREFECT_API_URL" in os.environ:
         return
-    from flows.server import start_server
+    os.environ["PREFECT_API_URL"] = _start_server(None).api_url
 
-    url = start_server()
-    os.environ["PREFECT_API_URL"] = url
-    print(f"Prefect UI: {url.removesuffix('/api')}")
+
+def _ui(port: int | None) -> None:
+    """Start this checkout's server and say which runs report to it."""
+    import os
+
+    state = _start_server(port)
+    explicit = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if explicit and explicit != state.api_url:
+        print(f"PREFECT_API_URL is set to {explicit}: runs started from this shell report there, not here.")
+        return
+    print("Runs of `dvc repro`, `fuseline run`, `fuseline serve` and `fuseline predict` from this")
+    print(f"checkout report here. Elsewhere: export PREFECT_API_URL={state.api_url}")
+
+
+def _start_server(port: int | None) -> ServerState:
+    """This checkout's server, started unless it runs, and one line saying where it is."""
+    from flows.server import ensure_server
+
+    started = ensure_server(port)
+    if started.note:
+        print(started.note)
+    state = started.state
+    how = "started" if started.started else "already running"
+    print(f"Prefect server of this checkout ({how}, pid {state.pid}): {state.ui_url}  (API {state.api_url})")
+    return state
 
 
 def _server(action: str, port: int | None) -> None:
-    from flows._runtime import local_api_url, server_is_up
-    from flows.server import start_server, stop_server
+    from flows.server import requested_port, running_server, stop_server
 
     if action == "start":
-        url = start_server(port)
-        print(f"Prefect server: {url.removesuffix('/api')}  (API {url})")
+        _start_server(port)
     elif action == "stop":
-        print("stopped" if stop_server() else "no server started by this project")
+        if stop_server():
+            print("stopped this checkout's Prefect server")
+        else:
+            print("no Prefect server ran for this checkout")
     else:
-        url = local_api_url(port)
-        print(f"{url}: {'up' if server_is_up(url) else 'down'}")
+        requested_port(port)  # a bad FUSELINE_PREFECT_PORT is named here too, not at the next start
+        state = running_server()
+        if state is None:
+            print("no Prefect server runs for this checkout (start one: fuseline server start)")
+        else:
+            print(f"{state.ui_url}  up: this checkout's Prefect server (pid {state.pid})")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ prefect.yaml describes the same deployment for a work pool.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.runner import Runner
 
 from flows._retry import IO_RETRIES
 from flows._runtime import cron_deployment
@@ -106,7 +108,7 @@ def promote_if_not_worse(
     is kept and the reason says how to go on; only when the promoted model cannot read today's
     rows does it fall back to the number stored at its promotion, and the reason says so.
     """
-    metrics = json.loads(layout.metrics.read_text())
+    metrics = json.loads(layout.evaluation.read_text())  # the detail: the registry keeps it per version
     metric = metrics["primary_metric"]
     candidate = float(metrics["test"][metric])
     registry = Path(schedule.registry)
@@ -252,13 +254,60 @@ def serve(params_path: str = "params.yaml", name: str = DEPLOYMENT) -> None:
     """Register the retrain and monitor deployments and execute their runs until stopped.
 
     Both are served by this one process: the monitor, on drift, can start the retrain
-    deployment (`monitor.retrain_on_drift`) and this process runs it.
+    deployment (`monitor.retrain_on_drift`) and this process runs it. Ctrl-C or SIGTERM
+    stops it cleanly: schedules paused, exit status 0.
     """
-    from prefect import serve as prefect_serve
-
     from flows.monitor import deployment as monitor_deployment
 
-    prefect_serve(deployment(params_path, name), monitor_deployment(params_path))
+    deployments = (deployment(params_path, name), monitor_deployment(params_path))
+    names = [f"{served.flow_name}/{served.name}" for served in deployments]
+    runner = _ServeRunner(names, pause_on_shutdown=True, limit=None)  # as prefect.serve builds it
+    for served in deployments:
+        runner.add_deployment(served)
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        pass
+    print("stopped serving; the deployments' schedules are paused")
+
+
+class _ServeRunner(Runner):
+    """Prefect's Runner, stopped by SIGTERM the way its own `astop` means it to be.
+
+    Prefect's handler calls the blocking `stop()` inside the running event loop, where it
+    only makes `astop()`'s coroutine and drops it ("coroutine 'Runner.astop' was never
+    awaited") before `sys.exit`. This one schedules `astop()` on the loop and lets `start()`
+    return.
+    """
+
+    def __init__(self, names: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.names = names
+        self._stopping: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> _ServeRunner:
+        """Started: now say so (Prefect's serve said it before SIGTERM would stop it cleanly)."""
+        await super().__aenter__()
+        served = " and ".join(self.names)
+        print(f"{served} are served from this process until Ctrl-C or SIGTERM; UI: {_ui_url()}", flush=True)
+        return self
+
+    def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+        self._logger.info("SIGTERM received, shutting down...")
+        if self._loop is None or not self.started:
+            raise KeyboardInterrupt  # not serving yet: nothing to stop but the start
+        self._loop.call_soon_threadsafe(self._stop_soon)  # also wakes the loop from its wait
+
+    def _stop_soon(self) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self.astop())  # kept: a task needs a reference
+
+
+def _ui_url() -> str:
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()
+    return f"{ui}/deployments" if ui else "none"
 
 
 if __name__ == "__main__":

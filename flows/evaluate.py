@@ -1,8 +1,10 @@
 """Stage `evaluate`: how good the fused model is, what each input contributes, and against what.
 
-Writes reports/metrics.json (fused, single-modality and scikit-learn baselines, modality
-ablation, bootstrap intervals), reports/plots/*.csv (DVC plots), reports/figures/*.png,
-reports/report.md and the test predictions, and publishes the report as Prefect artifacts.
+Writes reports/evaluation.json (the final model, single-modality, scikit-learn and majority/mean
+baselines, every trained member, modality ablation, bootstrap intervals), the few headline
+numbers of it as reports/metrics.json (what `dvc exp show` compares), reports/leaderboard.csv,
+reports/plots/*.csv (DVC plots), reports/figures/*.png, reports/report.md and the test
+predictions, and publishes the report as Prefect artifacts.
 """
 
 from __future__ import annotations
@@ -38,20 +40,24 @@ from tasks.evaluate.evaluation import (
     predict_with,
     predictions_table,
     primary_score,
+    prior_name,
+    prior_predictions,
     project_2d,
     untrained_missing,
     with_blocks,
 )
 from tasks.evaluate.importance import block_weights, feature_groups, permutation_importance, weights_by_group
-from tasks.evaluate.metrics import PRIMARY_METRIC, higher_is_better
+from tasks.evaluate.metrics import compute_metrics, higher_is_better
 from tasks.evaluate.report import ReportInputs, data_summary, render_report, worsening
+from tasks.evaluate.summary import headline, leaderboard_table, model_label
 from tasks.features.mapped import mapped_root
 from tasks.paths import Layout
 from tasks.train.assemble import load_feature_set, rows_in_order
 from tasks.train.bundle import BundleMeta, baseline_dirs, load_bundle
 from tasks.train.dataset import FeatureSet
+from tasks.train.ensemble import blend
 from tasks.train.finetuned_member import member_loaders
-from tasks.train.members import MEMBER_SECONDS, load_final_model, read_ensemble
+from tasks.train.members import MEMBER_SECONDS, load_final_model, load_member, read_ensemble
 from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
 from tasks.train.sklearn_baseline import SklearnBaseline, fit_sklearn_baseline
 
@@ -67,9 +73,11 @@ Bundle = tuple[nn.Module, BundleMeta]
 
 @task(name="fit-sklearn-baseline", cache_policy=NO_CACHE)
 def sklearn_baseline(aligned: pd.DataFrame, params: Params, classes: tuple[str, ...]) -> SklearnBaseline:
+    task_name = params.data.task
     result = fit_sklearn_baseline(
-        aligned, params.data.columns, params.data.task, classes, params.evaluate.baseline_max_rows
-    )
+        aligned, params.data.columns, task_name, classes, params.evaluate.baseline_max_rows,
+        params.evaluate.chosen(task_name),
+    )  # fmt: skip
     get_run_logger().info(
         "sklearn baseline: %s (by %s) on %d of %d train rows, %.1f s",
         result.selected, result.selected_by, result.train_rows, result.train_rows_available, result.seconds,
@@ -80,10 +88,11 @@ def sklearn_baseline(aligned: pd.DataFrame, params: Params, classes: tuple[str, 
 @task(name="permutation-importance", cache_policy=NO_CACHE)
 def importance(fused: Bundle, test: FeatureSet, params: Params) -> pd.DataFrame:
     model, meta = fused
-    sign = 1.0 if higher_is_better(PRIMARY_METRIC[meta.task]) else -1.0
+    metric = params.evaluate.chosen(meta.task)
+    sign = 1.0 if higher_is_better(metric) else -1.0
 
     def score(rows: FeatureSet) -> float:
-        return sign * primary_score(meta.task, rows.target, predict_with(model, meta, rows))
+        return sign * primary_score(meta.task, rows.target, predict_with(model, meta, rows), metric)
 
     columns = params.data.columns
     groups = feature_groups(meta.in_dims, meta.tabular, columns.categorical, columns.numeric, meta.wide)
@@ -97,7 +106,7 @@ def publish(report: dict, markdown: str, importance_table: pd.DataFrame, contrib
     intervals = report["intervals"]
     rows = [{"model": "fused", **report["test"], **_interval_columns(intervals.get(FUSED))}]
     rows += [
-        {"model": f"{m} only" if m != SKLEARN else "sklearn", **values, **_interval_columns(intervals.get(m))}
+        {"model": model_label(m), **values, **_interval_columns(intervals.get(m))}
         for m, values in report["baselines"].items()
     ]
     create_markdown_artifact(key=REPORT_KEY, markdown=markdown, description="fuseline evaluation report")
@@ -148,7 +157,8 @@ def _evaluate(params: Params) -> dict:
     fused = load_bundle(layout.models)
     model, meta = fused
     task_name = meta.task
-    final = load_final_model(layout.models, fused, member_loaders(params.cache.dir))
+    loaders = member_loaders(params.cache.dir)
+    final = load_final_model(layout.models, fused, loaders)
     features = load_feature_set(
         layout, params.data.task, meta.classes or None, mapped=mapped_root(params.cache.dir)
     )
@@ -159,7 +169,9 @@ def _evaluate(params: Params) -> dict:
 
     # `fused` is the model prediction serves (the ensemble, when one was chosen), so every
     # fused_minus_<model> interval compares what users get with what they could have used.
-    predictions = {FUSED: final.predict(test, rows_of(aligned, test))}
+    test_rows = rows_of(aligned, test)
+    each = final.predict_each(test, test_rows)  # scored one by one for the leaderboard too
+    predictions = {FUSED: blend(each, final.weights)}
     if not final.is_fused_head:
         predictions[FUSED_HEAD] = predict_with(model, meta, test)
     predictions |= {m: predict_with(bm, bmeta, test) for m, (bm, bmeta) in sorted(baselines.items())}
@@ -169,7 +181,11 @@ def _evaluate(params: Params) -> dict:
     if baseline is not None:
         predictions[SKLEARN] = _in_order(baseline.test_predictions, baseline.test_ids, test.ids)
     timer.lap("sklearn")
-    report = metrics_report(task_name, test.target, predictions, ablation, rows, seed=SEED)
+    train_target = features.of_split("train").target
+    prior = prior_name(task_name)
+    predictions[prior] = prior_predictions(task_name, train_target, len(test.ids), len(features.classes))
+    chosen = params.evaluate.chosen(task_name)  # evaluate.metric: metrics.json's primary_metric
+    report = metrics_report(task_name, test.target, predictions, ablation, rows, seed=SEED, metric=chosen)
     val = features.of_split("val")
     if task_name == "binary":
         report["positive_class"] = meta.classes[1]
@@ -177,10 +193,15 @@ def _evaluate(params: Params) -> dict:
         dropout = float(meta.params.get("train", {}).get("modality_dropout", 0.0))
         untrained = untrained_missing(features.of_split("train"), dropout)
         report["ablation_untrained"] = [m for m in untrained if m in ablation]
-    report["val"] = val_scores(task_name, val, fused, baselines)
-    report["val"][FUSED] = primary_score(task_name, val.target, final.predict(val, rows_of(aligned, val)))
+    report["val"] = val_scores(task_name, val, fused, baselines, chosen)
+    val_final = final.predict(val, rows_of(aligned, val))
+    report["val"][FUSED] = primary_score(task_name, val.target, val_final, chosen)
     if final.is_fused_head:
         del report["val"][FUSED_HEAD]
+    guess = prior_predictions(task_name, train_target, len(val.ids), len(features.classes))
+    report["val"][prior] = primary_score(task_name, val.target, guess, chosen)
+    if baseline is not None:
+        report["val"][SKLEARN] = baseline.candidates[baseline.selected]["val"].get(chosen, math.nan)
     ensemble = read_ensemble(layout.models)
     if ensemble is not None:
         report["ensemble"] = {k: v for k, v in ensemble.items() if k not in ("files", "format_version")}
@@ -197,6 +218,12 @@ def _evaluate(params: Params) -> dict:
             "train_rows_available": baseline.train_rows_available,
         }
     timer.lap("bootstrap")
+    scored = _member_predictions(each, predictions, ensemble, baselines)
+    scored |= _left_out_members(layout.models, ensemble, scored, loaders, test, test_rows)
+    report["members"] = {
+        name: compute_metrics(task_name, test.target, p, chosen) for name, p in scored.items()
+    }
+    timer.lap("members")
     importance_table = importance(fused, test, params)
     timer.lap("importance")
     weights = block_weights(model, with_blocks(test, meta.in_dims))
@@ -220,6 +247,7 @@ def _evaluate(params: Params) -> dict:
             write_bytes(png, tmp / name)
     timer.lap("figures")
 
+    board = leaderboard_table(report)  # no evaluate timing in a file: a rerun writes the same bytes
     inputs = ReportInputs(
         metrics=report,
         data=params.data,
@@ -231,9 +259,12 @@ def _evaluate(params: Params) -> dict:
         block_weights=weights_table,
         figures=list(pngs),
         embedding_method=method,
+        leaderboard=board,
     )
     write_text(render_report(inputs), layout.reports / "report.md")
-    write_json(report, layout.metrics)
+    write_json(report, layout.evaluation)
+    write_json(headline(report), layout.metrics)
+    write_text(board.to_csv(index=False), layout.leaderboard)
     write_parquet(
         pa.Table.from_pandas(predictions_table(task_name, test, predictions[FUSED]), preserve_index=False),
         layout.reports / "test_predictions.parquet",
@@ -246,18 +277,62 @@ def _evaluate(params: Params) -> dict:
 
 
 def val_scores(
-    task_name: str, val: FeatureSet, fused: tuple[nn.Module, BundleMeta], baselines: dict
+    task_name: str,
+    val: FeatureSet,
+    fused: tuple[nn.Module, BundleMeta],
+    baselines: dict,
+    metric: str | None = None,
 ) -> dict[str, float]:
-    """The primary metric of the fused model and each single-modality model on val.
+    """`metric` (None: the task's default) of the fused model and each single-modality model on val.
 
     Choosing "the best single modality" by its test score would pick on the rows the
     comparison is then reported on; the choice is made on val, and test is reported once.
     """
     models = {FUSED_HEAD: fused, **baselines}
     return {
-        name: primary_score(task_name, val.target, predict_with(m, meta, val))
+        name: primary_score(task_name, val.target, predict_with(m, meta, val), metric)
         for name, (m, meta) in models.items()
     }
+
+
+def _member_predictions(
+    each: dict[str, np.ndarray], predictions: dict[str, np.ndarray], ensemble: dict | None, baselines: dict
+) -> dict[str, np.ndarray]:
+    """Test predictions of every member train fitted that evaluate has already made, by member name.
+
+    The ensemble's members were predicted for the blend, the single modalities as baselines,
+    and the fused head as `fused_head` (or as `fused` when it is the final model alone).
+    """
+    trained = _trained_names(ensemble, baselines)
+    made = {**{n: p for n, p in predictions.items() if n in baselines}, **each}
+    made.setdefault(FUSED, predictions.get(FUSED_HEAD, predictions[FUSED]))
+    return {name: made[name] for name in trained if name in made}
+
+
+def _left_out_members(
+    models: Path,
+    ensemble: dict | None,
+    scored: dict[str, np.ndarray],
+    loaders: dict,
+    test: FeatureSet,
+    test_rows: pd.DataFrame,
+) -> dict[str, np.ndarray]:
+    """Test predictions of the members the ensemble gave no weight (other heads, seeds, fine-tuned)."""
+    if ensemble is None:
+        return {}
+    kinds = ensemble.get("kinds", {})
+    return {
+        name: load_member(models, name, kinds.get(name, "head"), loaders).predict(test, test_rows)
+        for name in _trained_names(ensemble, {})
+        if name not in scored
+    }
+
+
+def _trained_names(ensemble: dict | None, baselines: dict) -> list[str]:
+    """The members train fitted, in its order; without ensemble.json, the fused head and baselines."""
+    if ensemble is None:
+        return [FUSED, *sorted(baselines)]
+    return [t["name"] for t in ensemble.get("tried", []) if t.get("status") == "trained"]
 
 
 def rows_of(aligned: pd.DataFrame, features: FeatureSet) -> pd.DataFrame:

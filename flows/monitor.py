@@ -82,7 +82,7 @@ from tasks.paths import Layout
 from tasks.schema import TARGET
 from tasks.serve.predict import Predictor, Roots, absolute_file_cells, cached_predictor, file_roots
 from tasks.serve.promotion import resolve_model_dir
-from tasks.train.bundle import META
+from tasks.train.bundle import META, bundle_metric
 from tasks.train.lineage import read_lineage
 
 DEPLOYMENT = "scheduled-monitor"
@@ -194,7 +194,8 @@ def performance_of(
     """Realized on the batch rows with labels, CBPE's estimate on all (tasks/monitor/performance.py)."""
     meta = _predictor(bundle, params).meta
     sides = ((held_out.get(TARGET), predictions[0]), (batch.get(TARGET), predictions[1]))
-    return measure_performance(meta.task, tuple(meta.classes or ()), *sides, seed=params.monitor.seed)
+    classes, metric = tuple(meta.classes or ()), bundle_metric(meta)  # what it was selected on
+    return measure_performance(meta.task, classes, *sides, seed=params.monitor.seed, metric=metric)
 
 
 @task(name="publish-performance", cache_policy=NO_CACHE)
@@ -276,7 +277,7 @@ def monitor(
     performance = None
     if predictor is not None:  # replaced below where the model's predictions are compared
         why = "the model's predictions were not compared (see the drift notes)"
-        performance = unmeasured(predictor.meta.task, len(batch.rows), why)
+        performance = unmeasured(predictor.meta.task, len(batch.rows), why, bundle_metric(predictor.meta))
     if batch.rows.empty:
         notes.append("no rows to compare: the batch is empty")
     else:

@@ -33,6 +33,8 @@ from tasks.serve.pathcheck import check_input_path, check_output_path
 from tasks.serve.predict import absolute_file_cells, cached_predictor, chunk_bounds, file_roots, read_new_rows
 from tasks.serve.promotion import resolve_model_dir
 
+PREDICTIONS_DIR = "predictions"  # where `fuseline predict` writes without --output
+
 
 class ChunkJob(BaseModel):
     """What every chunk task shares: which bundle, which cache, where images are, how many threads."""
@@ -74,11 +76,14 @@ def predict_chunks(chunk: ChunkJob, rows_files: list[str]) -> list[str]:
 def predict(
     model: str = "models",
     input_path: str = "new.csv",
-    output_path: str = "predictions.parquet",
+    output_path: str | None = None,
     params_path: str | None = "params.yaml",
     roots: dict[str, str] | None = None,
 ) -> dict:
-    """Write `output_path` (row_id, prob_<class>..., prediction) for every row of `input_path`.
+    """Write `output_path` (<data.id>, prob_<class>..., prediction) for every row of `input_path`.
+
+    The id column has the training data's id name and `prediction` the target's type there
+    (tasks/serve/predict.served_table). Without `output_path`: predictions/<input stem>.parquet.
 
     `model` is a bundle directory (models/) or a registry (registry/: its current version).
     From `params_path` only `runtime` (where chunks run) and `cache` (the feature cache and
@@ -88,6 +93,7 @@ def predict(
     """
     logger = get_run_logger()
     started = time.perf_counter()
+    output_path = output_path or default_output_path(input_path)
     runtime, cache = _machine_settings(params_path)
     # Absolute paths: cluster workers need not share this process's working directory.
     bundle_dir = check_predict_paths(model, input_path, output_path, params_path)
@@ -134,6 +140,12 @@ def predict(
     return summary
 
 
+def default_output_path(input_path: str) -> str:
+    """predictions/<input stem>.parquet under the working directory: one folder for every run's
+    output, named after its input, rather than one fixed file that each run overwrites."""
+    return str(Path(PREDICTIONS_DIR) / f"{Path(input_path).stem}.parquet")
+
+
 def check_predict_paths(model: str, input_path: str, output_path: str, params_path: str | None) -> str:
     """Refuse an unusable model, input or output path before any work; the resolved bundle directory.
 
@@ -167,7 +179,7 @@ def _publish(summary: dict, predictions: pd.DataFrame) -> None:
     counts = predictions["prediction"].value_counts().head(20) if len(predictions) else pd.Series(dtype=int)
     lines = [f"# Batch prediction: {summary['rows']} rows", ""]
     lines += [f"- {key}: {escape.code(value)}" for key, value in summary.items()]
-    if predictions["prediction"].dtype == object and len(counts):
+    if not pd.api.types.is_float_dtype(predictions["prediction"]) and len(counts):  # classes
         rows = [f"| {escape.cell(escape.code(k))} | {v} |" for k, v in counts.items()]
         lines += ["", "| prediction | rows |", "|---|---|", *rows]
     create_markdown_artifact(

@@ -25,8 +25,11 @@ from flows._entry import run_from_command_line
 from flows._runtime import Unstored, task_runner_for
 from tasks.atomic import atomic_dir, write_json, write_text
 from tasks.config import Params, load_params
+from tasks.data.align import recorded_target_type
 from tasks.device import use_all_cores
+from tasks.errors import ConfigError
 from tasks.evaluate.evaluation import primary_score
+from tasks.evaluate.metric_names import ordered_classes_problem
 from tasks.features.fitted import checked_states, copy_states, state_record
 from tasks.features.mapped import mapped_root
 from tasks.paths import Layout
@@ -66,7 +69,9 @@ def train_member(
     if is_finetuned(spec.kind):
         result = fit_finetuned(rows, params, spec, budget, read_rows(aligned_path, features.ids))
     else:
-        result = train_model(rows, params.data.task, spec.fusion, spec.train, deadline=budget.deadline)
+        task = params.data.task
+        metric = params.evaluate.epoch_metric(task)
+        result = train_model(rows, task, spec.fusion, spec.train, deadline=budget.deadline, metric=metric)
     get_run_logger().info(
         "%s: best epoch %d of %d, %.1f s",
         spec.name,
@@ -128,6 +133,7 @@ def bundle_meta(
         wide=metadata.get("tabular", {}).get("wide_state"),
         best_epoch=result.best_epoch,
         params=params.model_copy(update={"fusion": fusion, "train": train_cfg}).model_dump(mode="json"),
+        metric=params.evaluate.chosen(params.data.task),
     )
 
 
@@ -142,9 +148,11 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     features = load_feature_set(
         layout, params.data.task, positive=params.data.positive_class, mapped=mapped_root(params.cache.dir)
     )
+    check_metric_classes(params, features.classes, params_path)
     metadata = feature_metadata(layout)
     states = checked_states(layout, metadata)  # fitted encoders (tfidf): copied into the bundle below
     aligned = pd.read_parquet(layout.aligned)
+    target_type = recorded_target_type(layout.align_summary)  # recorded in each bundle for prediction
     specs = member_plan(params, features.modalities)
     runner = task_runner_for(params.runtime.task_runner, params.runtime.address, params.runtime.workers)
     started = time.perf_counter()
@@ -170,8 +178,9 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
         lineage = write_lineage(tmp, aligned, params.data.split)  # the rows it saw: the monitor's reference
         for name, (spec, result) in trained.items():
             _write_member(
-                tmp, name, spec, result, params, features, metadata, lineage if name == FUSED else None
-            )
+                tmp, name, spec, result, params, features, metadata, lineage if name == FUSED else None,
+                target_type,
+            )  # fmt: skip
         if linear is not None:
             write_linear(tmp / SKLEARN_DIR, linear)
         # Seconds stay out of models/: a rerun with the same params must give the same bytes.
@@ -191,8 +200,9 @@ def _linear_member(
         return None
     started = time.perf_counter()
     linear = fit_linear_member(
-        aligned, columns, params.data.task, features.classes, params.evaluate.baseline_max_rows
-    )
+        aligned, columns, params.data.task, features.classes, params.evaluate.baseline_max_rows,
+        params.evaluate.chosen(params.data.task),
+    )  # fmt: skip
     seconds = round(time.perf_counter() - started, 2)
     tried.append({"name": SKLEARN_LINEAR, "kind": "sklearn", "status": "trained", "seconds": seconds})
     return linear
@@ -202,12 +212,13 @@ def _choose(
     params: Params, members: dict[str, Member], val: FeatureSet, aligned: pd.DataFrame, tried: list[dict]
 ) -> dict[str, Any]:
     """The ensemble chosen on val (each member's val score goes into `tried`), or one model."""
+    task, metric = params.data.task, params.evaluate.chosen(params.data.task)
     val_predictions = {name: m.predict(val, rows_in_order(aligned, val.ids)) for name, m in members.items()}
     for entry in tried:
         if entry["name"] in val_predictions:
-            entry["val"] = primary_score(params.data.task, val.target, val_predictions[entry["name"]])
+            entry["val"] = primary_score(task, val.target, val_predictions[entry["name"]], metric)
     if params.train.ensemble:
-        return select_ensemble(params.data.task, val.target, val_predictions).to_json()
+        return select_ensemble(task, val.target, val_predictions, metric=metric).to_json()
     # Without an ensemble, a requested fine-tuned model is the model (when trained in time);
     # the text one when both were asked for.
     requested = [
@@ -219,6 +230,13 @@ def _choose(
         if asked and name in members
     ]
     return {"members": {(requested or [FUSED])[0]: 1.0}, "selected_by": "train.ensemble: false"}
+
+
+def check_metric_classes(params: Params, classes: tuple[str, ...], source: str = "params.yaml") -> None:
+    """Refuse quadratic_kappa on classes that have no order, as soon as the classes are known."""
+    problem = ordered_classes_problem(params.evaluate.chosen(params.data.task), classes)
+    if problem is not None:
+        raise ConfigError(f"{source}: evaluate.metric: {problem}")
 
 
 def _tried(spec: MemberSpec, result: TrainResult | None) -> dict[str, Any]:
@@ -253,9 +271,11 @@ def _write_member(
     features: FeatureSet,
     metadata: dict[str, dict],
     lineage: dict[str, Any] | None = None,
+    target_type: str | None = None,
 ) -> None:
     location = _location(name, spec)
-    meta = replace(bundle_meta(result, params, features, metadata, spec, location), lineage=lineage)
+    meta = bundle_meta(result, params, features, metadata, spec, location)
+    meta = replace(meta, lineage=lineage, target_type=target_type)
     directory = models / location
     write_bundle(directory, result.model, meta)
     if isinstance(result, FinetunedResult):

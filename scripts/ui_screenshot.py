@@ -131,11 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.api_url is None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from flows._runtime import local_api_url, server_is_up
+        from flows.server import running_server
 
-        args.api_url = local_api_url()
-        if not server_is_up(args.api_url):
-            raise SystemExit(f"no Prefect server at {args.api_url}; start it with `fuseline ui`")
+        state = running_server()  # this checkout's, not whichever answers on 4200
+        if state is None:
+            raise SystemExit("no Prefect server runs for this checkout; start it with `fuseline ui`")
+        args.api_url = state.api_url
     run_id = (
         UUID(args.flow_run_id)
         if args.flow_run_id

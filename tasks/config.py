@@ -6,17 +6,19 @@ typo fails in a second with the key's path instead of an hour into a run.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ConfigError
+from tasks.evaluate.metric_names import AUTO, MetricName, metric_problem, resolve_metric
 from tasks.schema import reserved_reason
 
 # YAML aliases let a few lines expand to gigabytes ("billion laughs"); params never need many.
@@ -290,8 +292,12 @@ class FusionConfig(BaseModel):
         except ValidationError as err:
             first = err.errors()[0]
             key = ".".join(str(part) for part in first["loc"])
-            message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-            raise ValueError(f"{key}: {message} (for head {self.head!r})") from None
+            message = f"{first['msg']} (for head {self.head!r})"
+            if first["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(key, [*own, *others, "head"], n=1, cutoff=0.6)
+                hint = f"; did you mean 'fusion.{close[0]}'?" if close else ""
+                message = f"unknown key (for head {self.head!r}){hint}"
+            raise ValueError(f"{key}: {message}") from None
 
 
 class TrainConfig(_Strict):
@@ -325,7 +331,7 @@ def _time_zones() -> frozenset[str]:
 class ScheduleConfig(_Strict):
     """Scheduled retraining (`fuseline serve`): when it runs and when its model replaces the current one.
 
-    `tolerance` is in units of the task's primary metric (auc, accuracy or rmse): a new model
+    `tolerance` is in units of `evaluate.metric` (by default auc, accuracy or rmse): a new model
     is promoted unless it is worse than the promoted one by more than this, so retraining on
     fresh data is not blocked by noise-level differences.
     """
@@ -429,12 +435,24 @@ class MonitorConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    """Bounds on what evaluation and train's scikit-learn member cost at scale."""
+    """The metric every choice is made on, and bounds on what the scikit-learn models cost at scale."""
 
     # Above this many train rows the scikit-learn baseline (evaluate) and linear member (train)
     # fit on a seeded sample of them: TF-IDF + boosted trees on a million rows would take longer
     # than the whole neural run, and the report says when a sample was used.
     baseline_max_rows: int = Field(100_000, ge=100)
+    # Early stopping and the best epoch, the ensemble, the scikit-learn tuning, promotion, the
+    # report's headline. `auto`: the task's default (tasks/evaluate/metric_names.py) with early
+    # stopping on val loss; a metric that does not fit data.task fails at load (Params).
+    metric: MetricName = "auto"
+
+    def chosen(self, task: str) -> str:
+        """The metric selections use for `task`: `metric`, or the task's default under `auto`."""
+        return resolve_metric(task, self.metric)
+
+    def epoch_metric(self, task: str) -> str | None:
+        """What picks a training loop's best epoch: the chosen metric, or None (val loss) under `auto`."""
+        return None if self.metric == AUTO else self.chosen(task)
 
 
 class RuntimeConfig(_Strict):
@@ -499,6 +517,13 @@ class Params(_Strict):
     def _class_weight_needs_classes(self) -> Params:
         if self.train.class_weight is not None and self.data.task == "regression":
             raise ValueError("train.class_weight: only applies to classification, not regression")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> Params:
+        problem = metric_problem(self.data.task, self.evaluate.metric)
+        if problem is not None:
+            raise ValueError(f"evaluate.metric: {problem}")
         return self
 
 
@@ -591,7 +616,7 @@ def _describe(err: ValidationError, source: str) -> str:
         key = ".".join(str(part) for part in problem["loc"] if part not in ("function-after",))
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + _did_you_mean(problem["loc"])
         nested = re.match(r"([A-Za-z_][\w.]*): (.*)", message, re.DOTALL)
         if problem["type"] == "value_error" and nested:
             # a component's own option (e.g. a head's `hidden`) reports its key in the message
@@ -599,3 +624,33 @@ def _describe(err: ValidationError, source: str) -> str:
         problem_line = f"{key or '<root>'}: {message}"  # a key or value may hold a line break
         problems.append(problem_line.replace("\r", "\\r").replace("\n", "\\n"))
     return f"{source}: invalid configuration: " + "; ".join(problems)
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """`; did you mean 'train.lr'?` for an unknown key (`train.lrr`), from the keys valid where it
+    stands; empty when none is close. Every command that loads params says it, not only check."""
+    keys = _keys_at(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6) if keys else []
+    if not close:
+        return ""
+    return "; did you mean " + repr(".".join([*(str(part) for part in loc[:-1]), close[0]])) + "?"
+
+
+def _keys_at(path: tuple[int | str, ...]) -> list[str]:
+    """The keys the model at `path` in params.yaml declares (a list index stays on its item's model)."""
+    model: type[BaseModel] | None = Params
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        model = _model_in(field.annotation) if field is not None else None
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config model an annotation holds: itself, or inside `X | None` or `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in get_args(annotation) if (m := _model_in(arg)) is not None), None)

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from tasks.atomic import write_text
-from tasks.config import FusionConfig, Params, load_params
+from tasks.config import FusionConfig, Params, load_params, params_from_dict
 from tasks.errors import ConfigError
 from tasks.modalities import embedded
 from tasks.paths import Layout
@@ -114,10 +114,87 @@ def _replace_with_link(path: Path, pointer: Path) -> None:
 
 
 def resolve(params_path: str | Path = "params.yaml", layout: Layout | None = None) -> Params:
-    """Validate params.yaml and write what DVC tracks; a problem is fuseline's message, not DVC's."""
+    """Validate params.yaml, fill in its missing defaults, write what DVC tracks.
+
+    A problem is fuseline's message, not DVC's.
+    """
     layout = layout or Layout()
     params = load_params(params_path)
+    added = fill_missing_keys(params_path, params)
+    if added:
+        shown = ", ".join(added[:6]) + (f" and {len(added) - 6} more" if len(added) > 6 else "")
+        print(
+            f"params: wrote {len(added)} defaults into {params_path} ({shown}), so that"
+            " `dvc exp run -S key=value` can set any key; commit it with dvc.lock"
+        )
     targets = link_targets(params, layout)
     write_text(resolved_params_text(params), layout.resolved_params)
     write_links(targets, layout)
     return params
+
+
+# --- every key in params.yaml, so `dvc exp run -S key=value` can set it ---------------------
+
+
+def fill_missing_keys(params_path: str | Path, params: Params) -> list[str]:
+    """Write each default the user's params.yaml leaves out into it; the dotted keys added.
+
+    DVC applies `dvc exp run -S train.lr=0.003` with Hydra in struct mode: a key the file
+    does not hold is refused ("Key 'train' is not in struct"), so on a minimal params.yaml
+    only `+train.lr=...` would work. The first `dvc repro` therefore writes the defaults in,
+    keeping the user's keys, values, order and comments (a round-trip YAML edit), and only
+    when the file then means exactly what it meant before; lists are never touched.
+    """
+    import io
+
+    path = Path(params_path)
+    text = path.read_text(encoding="utf-8")
+    editor = _round_trip_editor(text)
+    document = editor.load(text)
+    defaults = editor.load(resolved_params_text(params))  # round-trip: 5.0e-05 stays a float to PyYAML
+    added = _add_missing(document, defaults, "")
+    if not added:
+        return []
+    out = io.StringIO()
+    editor.dump(document, out)
+    filled = out.getvalue()
+    if resolved_params_text(params_from_dict(yaml.safe_load(filled), str(path))) != resolved_params_text(
+        params
+    ):
+        return []  # never change what a run means; DVC's -S then needs `+key=value` for these keys
+    write_text(filled, path)
+    return added
+
+
+def _round_trip_editor(text: str) -> Any:
+    """A ruamel round-trip loader/dumper that indents as this file does (mapping and list dashes)."""
+    from ruamel.yaml import YAML
+
+    mapping, offset = 2, 0
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    indents = [len(line) - len(line.lstrip()) for line in lines if not line.lstrip().startswith("- ")]
+    nested = [i for i in indents if i > 0]
+    if nested:
+        mapping = min(nested)
+    for before, line in zip(lines, lines[1:], strict=False):
+        if line.lstrip().startswith("- ") and before.rstrip().endswith(":"):
+            offset = max(0, (len(line) - len(line.lstrip())) - (len(before) - len(before.lstrip())))
+            break
+    editor = YAML()
+    editor.width = 4096
+    editor.representer.add_representer(  # `demo: null`, not a bare `demo:`
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    editor.indent(mapping=mapping, sequence=offset + 2, offset=offset)
+    return editor
+
+
+def _add_missing(document: Any, defaults: dict[str, Any], prefix: str) -> list[str]:
+    added: list[str] = []
+    for key, value in defaults.items():
+        if key not in document:
+            document[key] = value
+            added.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(document[key], dict):
+            added += _add_missing(document[key], value, f"{prefix}{key}.")
+    return added

@@ -62,7 +62,18 @@ class Layout:
 
     @property
     def metrics(self) -> Path:
+        """The headline metrics (at most 30 keys): the one file dvc.yaml declares as `metrics`."""
         return self.reports / "metrics.json"
+
+    @property
+    def evaluation(self) -> Path:
+        """Everything evaluate measured (metrics_report's output and more): what code reads."""
+        return self.reports / "evaluation.json"
+
+    @property
+    def leaderboard(self) -> Path:
+        """Every trained model's val and test metric and training seconds (`fuseline leaderboard`)."""
+        return self.reports / "leaderboard.csv"
 
     @property
     def plots(self) -> Path:

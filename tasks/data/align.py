@@ -16,16 +16,18 @@ Schema of `data/aligned/aligned.parquet` (one row per item, sorted by `row_id`):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from tasks.config import DataConfig
-from tasks.data.ingest import BAD_VALUES
+from tasks.data.ingest import BAD_VALUES, TARGET_TYPE
 from tasks.data.labels import canonical, check_label_sets, refuse_case_variants
 from tasks.data.sources import REPLACED_BYTES
 from tasks.errors import ConfigError, DataError, preview
@@ -67,6 +69,15 @@ class AlignReport:
     cross_split_duplicates: dict[str, int] = field(
         default_factory=dict
     )  # rows whose text/file is in 2 splits
+    target_type: str | None = None  # the target's type in the source (ingest.target_type); train records it
+
+
+def recorded_target_type(summary: Path) -> str | None:
+    """The target's source type from align's summary.json; None for a summary written before it was."""
+    try:
+        return json.loads(summary.read_text()).get("target_type")
+    except FileNotFoundError:
+        return None
 
 
 def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd.DataFrame, AlignReport]:
@@ -77,6 +88,7 @@ def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd
     """
     report = AlignReport()
     for _, frame in sources:
+        report.target_type = report.target_type or frame.attrs.get(TARGET_TYPE)
         for key, counts in ((BAD_VALUES, report.bad_values), (REPLACED_BYTES, report.replaced_bytes)):
             for column, count in frame.attrs.get(key, {}).items():
                 counts[column] = counts.get(column, 0) + int(count)

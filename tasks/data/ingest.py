@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +18,14 @@ import pyarrow.parquet as pq
 
 from tasks.atomic import atomic_dir, write_json
 from tasks.config import DataConfig
+from tasks.data.columns import refuse_missing_columns
 from tasks.data.sources import REPLACED_BYTES, read_source
-from tasks.errors import DataError, closest_names, preview
+from tasks.errors import DataError, preview
 from tasks.modalities import embedded
 
 MANIFEST = "manifest.json"
 BAD_VALUES = "fuseline.bad_values"  # frame.attrs key: {column: numeric cells made missing}
+TARGET_TYPE = "fuseline.target_type"  # frame.attrs key: how the source typed the target (target_type)
 # Spellings of "no value" that a numeric column reads as missing, not as a bad value. CSV
 # cells are read verbatim (only an empty one is missing), so text and categories keep them.
 NA_TOKENS = frozenset(
@@ -47,13 +48,14 @@ class SourceSnapshot:
     columns: tuple[str, ...]
     bad_values: dict[str, int] = field(default_factory=dict)  # numeric cells made missing
     replaced_bytes: dict[str, int] = field(default_factory=dict)  # cells with non-UTF-8 bytes
+    target_type: str | None = None  # int | float | bool | str; None: the target is not in this source
 
 
 def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
     """Validate every source against the declared roles and snapshot them into `out_dir`."""
     as_text = [data.id, *data.columns.read_as_text(), *data.split.source_columns()]
     frames = [(source.path, read_source(source, text_columns=as_text)) for source in data.sources]
-    _check_declared_columns(data, frames)
+    refuse_missing_columns(data, [(path, frame.columns) for path, frame in frames])
     snapshots: list[SourceSnapshot] = []
     with atomic_dir(out_dir) as tmp:
         for index, (path, frame) in enumerate(frames):
@@ -65,6 +67,7 @@ def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
                 SourceSnapshot(
                     path, name, len(typed), tuple(typed.columns),
                     typed.attrs.get(BAD_VALUES, {}), typed.attrs.get(REPLACED_BYTES, {}),
+                    target_type(frame[data.target], data.task) if data.target in frame else None,
                 )
             )  # fmt: skip
         write_json(
@@ -77,8 +80,9 @@ def ingest_sources(data: DataConfig, out_dir: Path) -> list[SourceSnapshot]:
 def read_snapshots(raw_dir: Path) -> list[tuple[str, pd.DataFrame]]:
     """The typed tables written by ingest, with the source path each came from.
 
-    Each frame's attrs carry ingest's counts (BAD_VALUES, REPLACED_BYTES), so align can put
-    them in its summary without another file to read.
+    Each frame's attrs carry ingest's counts (BAD_VALUES, REPLACED_BYTES) and the target's
+    type in the source (TARGET_TYPE), so align can put them in its summary without another
+    file to read.
     """
     manifest = json.loads((raw_dir / MANIFEST).read_text())
     tables = []
@@ -87,44 +91,36 @@ def read_snapshots(raw_dir: Path) -> list[tuple[str, pd.DataFrame]]:
         frame.attrs = {
             BAD_VALUES: entry.get("bad_values", {}),
             REPLACED_BYTES: entry.get("replaced_bytes", {}),
+            TARGET_TYPE: entry.get("target_type"),
         }
         tables.append((entry["source"], frame))
     return tables
 
 
-def _declared(data: DataConfig) -> list[str]:
-    columns = [data.target, *data.columns.all()]
-    columns += [c for c in data.split.source_columns() if c not in columns]
-    return columns
+def target_type(series: pd.Series, task: str) -> str:
+    """How the user's file typed the target: int, float, bool or str.
 
-
-def _check_declared_columns(data: DataConfig, frames: list[tuple[str, pd.DataFrame]]) -> None:
-    for path, frame in frames:
-        if data.id not in frame.columns:
-            raise DataError(
-                f"the id column {data.id!r} is missing{_suggest(data.id, frame.columns)}",
-                file=path,
-                column=data.id,
-            )
-    available = {c for _, frame in frames for c in frame.columns}
-    for column in _declared(data):
-        if column not in available:
-            files = ", ".join(path for path, _ in frames)
-            raise DataError(
-                f"declared column {column!r} is in none of the sources{_suggest(column, available)}",
-                file=files,
-                column=column,
-            )
-
-
-def _suggest(name: str, columns: Iterable[str]) -> str:
-    """The closest names, or when nothing is close, the columns there are (a dozen at most)."""
-    columns = sorted(str(c) for c in columns)
-    close = closest_names(name, columns)
-    if close:
-        return close
-    shown = ", ".join(preview(c) for c in columns[:12])
-    return f" (the columns are {shown}{', ...' if len(columns) > 12 else ''})"
+    Ingest stores class labels as strings (`4`, `True`), one form whatever the format; the
+    bundle records this type so that prediction gives labels back as the training data had
+    them (4, not "4"). Regression targets are numbers, multilabel ones label lists.
+    """
+    if task == "regression":
+        return "float"
+    if task == "multilabel":
+        return "str"
+    values = series.dropna()
+    if pd.api.types.is_bool_dtype(series):
+        return "bool"
+    if pd.api.types.is_integer_dtype(series):
+        return "int"
+    if pd.api.types.is_float_dtype(series):
+        return "float"
+    kinds = set(values.map(type))  # an object column: JSON lines with blanks, or mixed values
+    if kinds == {bool}:
+        return "bool"
+    if kinds and kinds <= {int, np.int64}:
+        return "int"
+    return "str"
 
 
 def typed_columns(data: DataConfig, path: str, frame: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.config import SourceConfig
 from tasks.errors import DataError
@@ -75,6 +76,65 @@ def read_source(source: SourceConfig, text_columns: Collection[str] = ()) -> pd.
     frame.columns = [str(c) for c in frame.columns]
     frame.attrs[REPLACED_BYTES] = replaced
     return frame
+
+
+def read_columns(source: SourceConfig, wanted: Collection[str] = ()) -> list[str]:
+    """The source's column names, read without its rows: what `fuseline check` compares params with.
+
+    Parquet gives its schema (the footer), CSV its header line. JSON lines have no header, so
+    records are read until every `wanted` name has been seen, or to the end of the file when
+    one is truly missing (a key may first appear in any record). Names come out as
+    `read_source` would name the columns; a file it would refuse as empty is refused here too.
+    """
+    fmt = source_format(source)
+    path = source.path
+    with open_regular(path, DataError, "source") as handle:
+        try:
+            if fmt == "parquet":
+                names = _parquet_columns(handle)
+            elif fmt == "csv":
+                names = _csv_header(handle)
+            else:
+                names = _jsonl_keys(handle, set(wanted), path)
+        except (ValueError, csv.Error, pa.ArrowException) as err:
+            raise DataError(f"cannot read as {fmt}: {err}", file=path) from None
+    if not names:
+        raise DataError("source file is empty", file=path)
+    return names
+
+
+def _parquet_columns(handle: BinaryIO) -> list[str]:
+    """The schema's names, less the index columns pandas stored (read_parquet makes those the index)."""
+    schema = pq.ParquetFile(handle).schema_arrow
+    stored = (schema.pandas_metadata or {}).get("index_columns", [])
+    index = {name for name in stored if isinstance(name, str)}  # a RangeIndex is stored as a dict
+    return [str(name) for name in schema.names if name not in index]
+
+
+def _csv_header(handle: BinaryIO) -> list[str]:
+    """The first non-blank line's cells, as pandas names them (a UTF-8 byte-order mark dropped)."""
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="")
+    try:
+        return next((row for row in csv.reader(text) if any(cell.strip() for cell in row)), [])
+    finally:
+        text.detach()  # the caller closes the handle
+
+
+def _jsonl_keys(handle: BinaryIO, wanted: set[str], path: str) -> list[str]:
+    """Keys of the records in file order, stopping as soon as every wanted key has been seen."""
+    seen: dict[str, None] = {}  # insertion-ordered set
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8", errors="replace"))
+        except (ValueError, RecursionError) as err:
+            raise DataError(f"line {number}: cannot read as jsonl: {err}", file=path) from None
+        if isinstance(record, dict):
+            seen |= dict.fromkeys(str(key) for key in record)
+            if wanted and wanted <= seen.keys():
+                break
+    return list(seen)
 
 
 def _read_once(

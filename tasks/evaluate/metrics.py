@@ -1,7 +1,11 @@
-"""Evaluation metrics per task, computed with scikit-learn.
+"""Evaluation metrics per task, computed with scikit-learn and numpy.
 
-One function for all tasks so that reports, model selection and the tests agree on exactly
-which numbers describe a model.
+One module for all tasks so that reports, model selection and the tests agree on exactly
+which numbers describe a model. `compute_metrics` gives every metric of a task (the report);
+`score` one metric alone, cheaply enough for a thousand bootstrap resamples or a check after
+every epoch (selection). The metrics scikit-learn has always computed here keep computing
+them; those added for `evaluate.metric` (balanced accuracy, macro and weighted F1 for binary,
+quadratic kappa) are numpy over the confusion matrix, held to scikit-learn's values by tests.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
     f1_score,
@@ -19,32 +24,15 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-PRIMARY_METRIC: dict[str, str] = {
-    "binary": "auc",
-    "multiclass": "accuracy",
-    "multilabel": "f1_micro",
-    "regression": "rmse",
-}
+from tasks.evaluate.metric_names import METRICS, PRIMARY_METRIC, higher_is_better, resolve_metric
 
-# Error-like metrics; every other metric we report is a score where larger is better.
-_LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae", "hamming_loss"})
-_KNOWN = frozenset(
-    {
-        "auc", "accuracy", "f1", "f1_macro", "f1_weighted", "log_loss", "rmse", "mae", "r2",
-        "f1_micro", "auc_macro", "subset_accuracy", "hamming_loss",
-    }
-)  # fmt: skip
+__all__ = ["METRICS", "PRIMARY_METRIC", "compute_metrics", "higher_is_better", "resolve_metric", "score"]
 
 
-def higher_is_better(metric: str) -> bool:
-    """Direction of a metric, so model selection never compares an error as if it were a score."""
-    if metric not in _KNOWN:
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(sorted(_KNOWN))}")
-    return metric not in _LOWER_IS_BETTER
-
-
-def compute_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """All metrics of a task.
+def compute_metrics(
+    task: str, y_true: np.ndarray, y_pred: np.ndarray, metric: str | None = None
+) -> dict[str, float]:
+    """All metrics of a task, and `metric` (`evaluate.metric`) too when the task's set lacks it.
 
     y_pred is what `tasks.train.training.predict` returns: P(class 1) (N,) for binary,
     probabilities (N, C) for multiclass, values (N,) for regression, and for multilabel
@@ -55,14 +43,18 @@ def compute_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[s
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} rows but y_pred has {len(y_pred)}")
     if task == "binary":
-        return _binary(y_true, y_pred)
-    if task == "multiclass":
-        return _multiclass(y_true, y_pred)
-    if task == "multilabel":
-        return _multilabel(y_true, y_pred)
-    if task == "regression":
-        return _regression(y_true, y_pred)
-    raise ValueError(f"unknown task {task!r}; expected binary, multiclass, multilabel or regression")
+        values = _binary(y_true, y_pred)
+    elif task == "multiclass":
+        values = _multiclass(y_true, y_pred)
+    elif task == "multilabel":
+        values = _multilabel(y_true, y_pred)
+    elif task == "regression":
+        values = _regression(y_true, y_pred)
+    else:
+        raise ValueError(f"unknown task {task!r}; expected binary, multiclass, multilabel or regression")
+    if metric is not None and metric not in values:
+        values[metric] = score(task, metric, y_true, y_pred)
+    return values
 
 
 def _binary(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
@@ -87,6 +79,7 @@ def _auc(labels: np.ndarray, prob: np.ndarray) -> float:
 def _multiclass(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     if prob.ndim != 2:
         raise ValueError(f"multiclass y_pred must be (N, C) probabilities, got shape {prob.shape}")
+    prob = _rows_sum_to_one(prob)
     labels = y_true.astype(np.int64)
     predicted = prob.argmax(axis=1)
     return {
@@ -97,23 +90,53 @@ def _multiclass(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     }
 
 
+def _rows_sum_to_one(prob: np.ndarray) -> np.ndarray:
+    """(N, C) probabilities with each row divided, in float64, by its sum; in their own float type.
+
+    A float32 softmax (or an average of them) sums to 1 only within float32's rounding,
+    about 1e-7; once cast to float64, scikit-learn's log_loss checks the sums at float64's
+    tolerance (1.5e-8) and warns on every run. float32 input stays float32, so log_loss
+    clips it as before. An all-zero row is left as it is.
+    """
+    dtype = prob.dtype if np.issubdtype(prob.dtype, np.floating) else np.dtype(np.float64)
+    wide = prob.astype(np.float64)
+    sums = wide.sum(axis=1, keepdims=True)
+    return np.divide(wide, sums, out=wide, where=sums > 0).astype(dtype, copy=False)
+
+
 def _multilabel(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    if prob.ndim != 2 or y_true.shape != prob.shape:
-        raise ValueError(
-            f"multilabel y_true and y_pred must both be (N, C), got {y_true.shape} and {prob.shape}"
-        )
-    labels = y_true.astype(np.int64)
-    predicted = (prob >= 0.5).astype(np.int64)
-    clipped = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)
-    bce = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+    labels, predicted = _multilabel_decisions(y_true, prob)
     return {
         "f1_micro": float(f1_score(labels, predicted, average="micro", zero_division=0)),
         "f1_macro": _macro_f1(labels, predicted),
         "auc_macro": _macro_auc(labels, prob),
-        "subset_accuracy": float(np.mean((labels == predicted).all(axis=1))) if len(labels) else math.nan,
-        "hamming_loss": float(np.mean(labels != predicted)) if labels.size else math.nan,
-        "log_loss": float(bce.mean()) if bce.size else math.nan,
+        "subset_accuracy": _subset_accuracy(labels, predicted),
+        "hamming_loss": _hamming_loss(labels, predicted),
+        "log_loss": _multilabel_log_loss(labels, prob),
     }
+
+
+def _multilabel_decisions(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predicted): both (N, C) 0/1 int64, a label predicted at probability 0.5 or more."""
+    if prob.ndim != 2 or y_true.shape != prob.shape:
+        raise ValueError(
+            f"multilabel y_true and y_pred must both be (N, C), got {y_true.shape} and {prob.shape}"
+        )
+    return y_true.astype(np.int64), (prob >= 0.5).astype(np.int64)
+
+
+def _subset_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.mean((labels == predicted).all(axis=1))) if len(labels) else math.nan
+
+
+def _hamming_loss(labels: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.mean(labels != predicted)) if labels.size else math.nan
+
+
+def _multilabel_log_loss(labels: np.ndarray, prob: np.ndarray) -> float:
+    clipped = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)
+    bce = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+    return float(bce.mean()) if bce.size else math.nan
 
 
 def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
@@ -144,3 +167,139 @@ def _regression(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         "mae": float(mean_absolute_error(y_true, y_pred)),
         "r2": float(r2_score(y_true, y_pred)),
     }
+
+
+# --- one metric, cheaply: what selection and the bootstrap call -------------------------
+
+
+def score(task: str, metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """One metric of `task`, equal to compute_metrics' value of that name, at a fraction of its cost.
+
+    NaN where the metric is undefined on these rows (AUC on one class, R² on one row); callers
+    that select skip or rank such values last. Raises ValueError for a metric the task lacks.
+    """
+    if metric not in METRICS.get(task, ()):
+        known = ", ".join(METRICS.get(task, ())) or "none (unknown task)"
+        raise ValueError(f"{metric!r} does not score a {task!r} task; its metrics: {known}")
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if task == "regression":
+        return _regression_score(metric, y_true, y_pred)
+    if task == "multilabel":
+        return _multilabel_score(metric, y_true, y_pred)
+    if metric == "auc":
+        return _rank_auc(y_true, y_pred)
+    if metric == "log_loss":
+        return _log_loss(task, y_true, y_pred)
+    if metric == "accuracy" and task == "multiclass":
+        return float(np.mean(y_pred.argmax(axis=1) == y_true))
+    return from_confusion(metric, confusion(task, y_true, y_pred))
+
+
+def _rank_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """AUC as the Mann-Whitney rank statistic (ties averaged): roc_auc_score without its overhead."""
+    labels = y_true.astype(bool)
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(prob)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _log_loss(task: str, y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Mean negative log probability of the true class, clipped as scikit-learn clips it."""
+    prob = prob if np.issubdtype(prob.dtype, np.floating) else prob.astype(np.float64)
+    labels = y_true.astype(np.int64)
+    if task == "binary":
+        picked = np.where(labels == 1, prob, 1 - prob)
+    else:
+        picked = prob[np.arange(len(labels)), labels]
+    if not len(picked):
+        return math.nan
+    eps = np.finfo(prob.dtype).eps
+    return float(-np.mean(np.log(np.clip(picked, eps, 1 - eps).astype(np.float64))))
+
+
+def confusion(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """(C, C) counts, rows the true class and columns the predicted one (0.5 threshold or argmax)."""
+    if task == "binary":
+        n_classes, predicted = 2, (np.asarray(y_pred) >= 0.5).astype(np.int64)
+    else:
+        n_classes, predicted = y_pred.shape[1], np.asarray(y_pred).argmax(axis=1)
+    cells = np.asarray(y_true).astype(np.int64) * n_classes + predicted
+    counts = np.bincount(cells, minlength=n_classes * n_classes)
+    return counts.reshape(n_classes, n_classes).astype(np.float64)
+
+
+def from_confusion(metric: str, counts: np.ndarray) -> float:
+    """A decision metric from (C, C) counts (truth x predicted); expected counts work alike (CBPE).
+
+    F1 and balanced accuracy follow scikit-learn: macro F1 averages the classes that occur in
+    truth or prediction, balanced accuracy the recall of the classes that occur in truth, and
+    an F1 with nothing to count is 0 (its zero_division=0). Quadratic kappa weighs a miss by
+    the squared distance between class indices (cohen_kappa_score(weights="quadratic")).
+    """
+    total = counts.sum()
+    if total <= 0:
+        return math.nan
+    hits, truth, predicted = np.diag(counts), counts.sum(axis=1), counts.sum(axis=0)
+    if metric == "accuracy":
+        return float(hits.sum() / total)
+    if metric == "balanced_accuracy":
+        seen = truth > 0
+        return float(np.mean(hits[seen] / truth[seen]))
+    if metric == "quadratic_kappa":
+        return _quadratic_kappa(counts, truth, predicted)
+    denominator = truth + predicted  # 2 TP + FP + FN, per class
+    f1 = np.divide(2 * hits, denominator, out=np.zeros_like(hits), where=denominator > 0)
+    if metric == "f1":
+        return float(f1[1])
+    if metric == "f1_macro":
+        return float(np.mean(f1[denominator > 0]))
+    if metric == "f1_weighted":
+        return float(np.sum(f1 * truth) / truth.sum())
+    raise ValueError(f"{metric!r} is not a decision metric")
+
+
+def _quadratic_kappa(counts: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> float:
+    index = np.arange(len(counts))
+    weights = (index[:, None] - index[None, :]) ** 2.0  # (C, C)
+    expected = np.outer(truth, predicted) / counts.sum()  # what chance agreement would count
+    disagreement = float(np.sum(weights * expected))
+    if disagreement == 0:
+        return math.nan  # every row one class, in truth and prediction: kappa is undefined
+    return 1.0 - float(np.sum(weights * counts)) / disagreement
+
+
+def _regression_score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    if not len(y_true):
+        return math.nan
+    error = y_pred.astype(np.float64) - y_true.astype(np.float64)
+    if metric == "rmse":
+        return float(np.sqrt(np.mean(error**2)))
+    if metric == "mae":
+        return float(np.mean(np.abs(error)))
+    if len(y_true) < 2:
+        return math.nan  # R² of one row is undefined (scikit-learn warns and says NaN)
+    truth = y_true.astype(np.float64)
+    residual, spread = float(np.sum(error**2)), float(np.sum((truth - truth.mean()) ** 2))
+    if spread == 0:  # a constant target: scikit-learn's force_finite convention
+        return 1.0 if residual == 0 else 0.0
+    return 1.0 - residual / spread
+
+
+def _multilabel_score(metric: str, y_true: np.ndarray, prob: np.ndarray) -> float:
+    if metric == "f1_micro":  # from pooled counts
+        labels, predicted = y_true >= 0.5, prob >= 0.5
+        tp, wrong = np.sum(labels & predicted), np.sum(labels != predicted)
+        return float(2 * tp / (2 * tp + wrong)) if tp + wrong else 0.0
+    labels, predicted = _multilabel_decisions(y_true, prob)
+    if metric == "f1_macro":
+        return _macro_f1(labels, predicted)
+    if metric == "auc_macro":
+        return _macro_auc(labels, prob)
+    if metric == "subset_accuracy":
+        return _subset_accuracy(labels, predicted)
+    if metric == "hamming_loss":
+        return _hamming_loss(labels, predicted)
+    return _multilabel_log_loss(labels, prob)

@@ -1,10 +1,13 @@
 """reports/report.md: the one page a person reads first after a run.
 
-Built from the numbers evaluate already wrote (metrics.json content, plot tables), never
-recomputed here, so the page cannot disagree with the files DVC tracks. The same markdown,
-with figures listed instead of embedded, becomes the Prefect report artifact. Names from the
-data (classes, columns, the target) are shown through `tasks.escape.code`, and every table
-cell through `tasks.escape.cell`, so no label can end a code span, split a row or add HTML.
+It opens with one sentence, the verdict (tasks/evaluate/summary.py): is the final model better
+than the best baseline, worse, or not detectably different? Then the leaderboard of every
+trained model. Built from the numbers evaluate already wrote (evaluation.json content, plot
+tables), never recomputed here, so the page cannot disagree with the files DVC tracks. The
+same markdown, with figures listed instead of embedded, becomes the Prefect report artifact.
+Names from the data (classes, columns, the target) are shown through `tasks.escape.code`, and
+every table cell through `tasks.escape.cell`, so no label can end a code span, split a row or
+add HTML.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import pandas as pd
 from tasks import escape
 from tasks.config import DataConfig
 from tasks.data.align import PRESENT, SPLIT, SPLITS, TARGET
-from tasks.evaluate.evaluation import FUSED, FUSED_HEAD, SKLEARN
+from tasks.evaluate.evaluation import FUSED, MAJORITY, MEAN, SKLEARN, single_modalities
+from tasks.evaluate.summary import BETTER, NO_DIFFERENCE, WORSE, Verdict, model_label, verdict
 
 _MAX_CLASSES_SHOWN = 25
 _MAX_FEATURES_SHOWN = 25
@@ -53,7 +57,7 @@ def _share(mask: pd.Series) -> float:
 class ReportInputs:
     """Everything the page shows, already computed by the evaluate flow."""
 
-    metrics: dict  # metrics.json content
+    metrics: dict  # evaluation.json content
     data: DataConfig
     summary: dict  # data_summary()
     head: str
@@ -63,12 +67,14 @@ class ReportInputs:
     block_weights: pd.DataFrame | None = None  # long form: label, block, weight, rows
     figures: list[str] = field(default_factory=list)  # PNG names under reports/figures/
     embedding_method: str = ""
+    leaderboard: pd.DataFrame | None = None  # tasks.evaluate.summary.leaderboard_table
 
 
 def render_report(inputs: ReportInputs, embed_figures: bool = True) -> str:
     """The markdown page; without `embed_figures` it lists figure paths (the Prefect UI cannot load them)."""
     sections = [
         _headline(inputs),
+        _leaderboard_section(inputs),
         _data_section(inputs),
         _metrics_section(inputs),
         _sklearn_section(inputs),
@@ -88,9 +94,11 @@ def _headline(inputs: ReportInputs) -> str:
     m = inputs.metrics
     primary, intervals = m["primary_metric"], m["intervals"]
     direction = "higher is better" if intervals["higher_is_better"] else "lower is better"
-    singles = {k: v[primary] for k, v in m["baselines"].items() if k not in (SKLEARN, FUSED_HEAD)}
+    singles = {k: m["baselines"][k][primary] for k in single_modalities(m["baselines"])}
     lines = [
         "# fuseline evaluation report",
+        "",
+        verdict_sentence(verdict(m), inputs.sklearn.get("selected")),
         "",
         f"{m['task'].capitalize()} task on target {escape.code(inputs.data.target)}, "
         f"fusion head {escape.code(inputs.head)}. "
@@ -117,7 +125,78 @@ def _headline(inputs: ReportInputs) -> str:
             f"{_signed(m['test'][primary] - value)} "
             f"{_ci(intervals.get(f'{FUSED}_minus_{SKLEARN}'), signed=True)}"
         )
+    for name in (MAJORITY, MEAN):
+        if name in m["baselines"]:
+            value = m["baselines"][name][primary]
+            lines.append(
+                f"- {model_label(name).capitalize()}, no inputs at all: {_fmt(value)} "
+                f"{_ci(intervals.get(name))}; fused minus it: {_signed(m['test'][primary] - value)} "
+                f"{_ci(intervals.get(f'{FUSED}_minus_{name}'), signed=True)}"
+            )
     return "\n".join(lines)
+
+
+_SAYS = {
+    BETTER: "is better than",
+    WORSE: "is worse than",
+    NO_DIFFERENCE: "shows no detectable difference from",
+}
+
+
+def verdict_sentence(judged: Verdict | None, sklearn_selected: str | None = None) -> str:
+    """The report's first sentence: the final model against the best baseline, with the interval.
+
+    E.g. "The final model's accuracy 0.369 shows no detectable difference from the best
+    baseline, scikit-learn (logistic_regression) (0.380): final minus it -0.011, 95 % interval
+    [-0.035, +0.013]." `judged` is tasks.evaluate.summary.verdict, the same one
+    metrics.json's `best_baseline` comes from.
+    """
+    if judged is None:
+        return "There is no baseline with a score to compare the final model with."
+    opening = f"The final model's {judged.metric} {_fmt(judged.final)}"
+    against = (
+        f"the best baseline, {_named(judged.baseline, sklearn_selected)} ({_fmt(judged.baseline_value)})"
+    )
+    if judged.outcome not in _SAYS:
+        return f"{opening} cannot be judged against {against}: the interval of final minus it is undefined."
+    return (
+        f"{opening} {_SAYS[judged.outcome]} {against}: final minus it {_signed(judged.difference)}, "
+        f"{judged.level * 100:g} % interval [{_signed(judged.low)}, {_signed(judged.high)}]."
+    )
+
+
+def _named(baseline: str, sklearn_selected: str | None) -> str:
+    """A baseline as the sentence names it: `the text-only model`, `scikit-learn (ridge)`."""
+    if baseline == SKLEARN:
+        return f"scikit-learn ({sklearn_selected})" if sklearn_selected else "scikit-learn"
+    if baseline in (MAJORITY, MEAN):
+        return f"the {model_label(baseline)}"
+    return f"the {baseline}-only model"
+
+
+def _leaderboard_section(inputs: ReportInputs) -> str:
+    """Every trained model, best test score first: what `fuseline leaderboard` prints."""
+    board = inputs.leaderboard
+    if board is None or board.empty:
+        return ""
+    primary = inputs.metrics["primary_metric"]
+    body = [
+        [escape.code(r.model), r.role, _maybe_number(r.weight, 2), _maybe_number(r.val, 3),
+         _maybe_number(r.test, 3), _maybe_number(r.seconds, 1)]
+        for r in board.itertuples(index=False)
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            "## Leaderboard",
+            "",
+            f"Every model trained for this run, best test {primary} first. The final model and its "
+            f"ensemble weights were chosen on val; test was not used to choose. Seconds: wall time to "
+            "train (the final model: its members' together; the sklearn baseline is fit by evaluate, "
+            "whose log times it, so that a rerun writes the same report).",
+            "",
+            _table(["model", "what", "weight", f"val {primary}", f"test {primary}", "train seconds"], body),
+        ]
+    )
 
 
 def _data_section(inputs: ReportInputs) -> str:
@@ -160,8 +239,9 @@ def _metrics_section(inputs: ReportInputs) -> str:
     names = list(m["test"])
     header = ["model", f"{primary} (95 % CI)", *(n for n in names if n != primary)]
     body = [_metric_row("**fused**", m["test"], intervals.get(FUSED), primary, names)]
-    for name, values in sorted(m["baselines"].items(), key=lambda item: item[0] == SKLEARN):  # sklearn last
-        label = f"sklearn ({inputs.sklearn.get('selected', '?')})" if name == SKLEARN else f"{name} only"
+    later = {SKLEARN: 1, MAJORITY: 2, MEAN: 2}  # the trained models first, then sklearn, then no inputs
+    for name, values in sorted(m["baselines"].items(), key=lambda item: later.get(item[0], 0)):
+        label = model_label(name, inputs.sklearn.get("selected", "?"))
         body.append(_metric_row(label, values, intervals.get(name), primary, names))
     return "\n".join(["## Test metrics", "", _table(header, body)])
 
@@ -309,7 +389,7 @@ def best_single(metrics: dict) -> str:
     Picking by test would choose on the very rows the fused-minus-best comparison is read on.
     """
     primary, higher = metrics["primary_metric"], metrics["intervals"]["higher_is_better"]
-    names = [k for k in metrics["baselines"] if k not in (SKLEARN, FUSED_HEAD)]
+    names = single_modalities(metrics["baselines"])
     val = metrics.get("val", {})
     score = {k: val[k] if k in val else metrics["baselines"][k][primary] for k in names}
     usable = [k for k in names if score[k] == score[k]] or names  # NaN never wins
@@ -420,6 +500,11 @@ def _final_label(metrics: dict) -> str:
 
 def _maybe(value: float | None) -> str:
     return "–" if value is None else _fmt(value)
+
+
+def _maybe_number(value: float, decimals: int) -> str:
+    """A leaderboard cell: blank where the model has no such number (no ensemble weight)."""
+    return "" if value is None or not math.isfinite(float(value)) else f"{float(value):.{decimals}f}"
 
 
 def _positive_line(metrics: dict) -> list[str]:

@@ -1,8 +1,9 @@
 """The served model's performance on a batch: realized where labels arrived, estimated before.
 
-Realized: the batch rows whose target is known, scored with the project's own primary
-metric (tasks/evaluate/metrics.py) and its percentile bootstrap interval
-(tasks/evaluate/evaluation.py), the numbers evaluate reports for the test split.
+Realized: the batch rows whose target is known, scored with the metric the served model was
+selected on (its bundle's `metric`, `evaluate.metric` when it was trained; the task's default
+for older bundles) and its percentile bootstrap interval (tasks/evaluate/evaluation.py), the
+numbers evaluate reports for the test split.
 
 Estimated: confidence-based performance estimation (CBPE), the method NannyML's CBPE
 implements. Where a model's probabilities are calibrated, they say how often it is right:
@@ -37,7 +38,7 @@ from sklearn.linear_model import LogisticRegression
 from tasks.config import DriftThresholds
 from tasks.data.labels import parse_labels
 from tasks.evaluate.evaluation import bootstrap_intervals, primary_score
-from tasks.evaluate.metrics import PRIMARY_METRIC, higher_is_better
+from tasks.evaluate.metrics import from_confusion, higher_is_better, resolve_metric
 from tasks.monitor.checks import PREDICTION, Check
 
 # Below this many labelled reference rows the raw probabilities are used: a fit on fewer rows
@@ -150,7 +151,39 @@ def estimate_metric(metric: str, task: str, raw: np.ndarray, calibrated: np.ndar
         if metric == "accuracy":
             return float(np.mean(np.where(predicted, p, 1 - p)))
         return _expected_f1(predicted, p)
+    if task in ("binary", "multiclass") and metric == "log_loss":
+        return _expected_log_loss(raw, _columns_of(task, p))
+    if task in ("binary", "multiclass") and metric != "auc":
+        return from_confusion(metric, expected_confusion(task, raw, p))
     return None
+
+
+def expected_confusion(task: str, raw: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """(C, C) expected counts, truth x predicted: each row adds its calibrated probabilities to
+    the column of the class the model predicts for it (0.5 threshold or argmax of `raw`).
+
+    Every decision metric (balanced accuracy, F1s, quadratic kappa) then follows from these
+    counts as from real ones: CBPE's estimate of the confusion matrix.
+    """
+    if task == "binary":
+        predicted = (raw >= 0.5).astype(np.int64)
+    else:
+        predicted = raw.argmax(axis=1)
+    truth = _columns_of(task, p)  # (N, C) P(true class)
+    counts = np.zeros((truth.shape[1], truth.shape[1]))
+    np.add.at(counts.T, predicted, truth)  # counts[:, j] += truth of rows predicted j
+    return counts
+
+
+def _columns_of(task: str, p: np.ndarray) -> np.ndarray:
+    """(N, C) class probabilities: binary's P(1) (N,) becomes (1 - p, p)."""
+    return np.column_stack([1 - p, p]) if task == "binary" else p
+
+
+def _expected_log_loss(raw: np.ndarray, truth: np.ndarray) -> float:
+    """The log loss the served probabilities would score, each class weighed by its calibrated chance."""
+    served = np.clip(_columns_of("binary", raw) if raw.ndim == 1 else raw, _EPS, 1.0)
+    return float(-np.mean(np.sum(truth * np.log(served), axis=1)))
 
 
 def expected_auc(scores: np.ndarray, p: np.ndarray) -> float:
@@ -254,13 +287,15 @@ def measure_performance(
     batch: tuple[pd.Series | None, np.ndarray],
     seed: int = 0,
     resamples: int = RESAMPLES,
+    metric: str | None = None,
 ) -> Performance:
     """The estimate, realized metric and reference of one batch; each side is (targets, predictions).
 
     `reference` are the model's held-out rows (their targets known): they calibrate the
-    probabilities and give the reference level the plot shows as a band.
+    probabilities and give the reference level the plot shows as a band. `metric` is the one
+    the served model was selected on (None: the task's default).
     """
-    metric, notes = PRIMARY_METRIC[task], []
+    metric, notes = resolve_metric(task, metric), []
     ref_labels = encode_labels(task, classes, reference[0], len(reference[1]))
     new_labels = encode_labels(task, classes, batch[0], len(batch[1]))
     ref_pred, new_pred = np.asarray(reference[1])[ref_labels.rows], np.asarray(batch[1])
@@ -273,10 +308,10 @@ def measure_performance(
         notes.append("regression: no label-free estimate (NannyML's DLE would be needed); realized only")
     if new_labels.unknown:
         notes.append(f"{new_labels.unknown} batch labels are classes the model never learned: left out")
-    realized = _realized(task, new_labels.truth, new_pred[new_labels.rows], seed, resamples)
+    realized = _realized(task, metric, new_labels.truth, new_pred[new_labels.rows], seed, resamples)
     if new_labels.rows.any() and realized[0] is None:
         notes.append(f"{metric} is undefined on the {int(new_labels.rows.sum())} labelled rows (one class)")
-    ref = _realized(task, ref_labels.truth, ref_pred, seed, resamples)
+    ref = _realized(task, metric, ref_labels.truth, ref_pred, seed, resamples)
     return Performance(
         metric=metric, higher_is_better=higher_is_better(metric), batch_rows=len(new_pred),
         labeled_rows=int(new_labels.rows.sum()), estimate=estimate, realized=realized[0], low=realized[1],
@@ -286,15 +321,16 @@ def measure_performance(
 
 
 def _realized(
-    task: str, truth: np.ndarray, predictions: np.ndarray, seed: int, resamples: int
+    task: str, metric: str, truth: np.ndarray, predictions: np.ndarray, seed: int, resamples: int
 ) -> tuple[float | None, float | None, float | None]:
-    """The primary metric on labelled rows and its percentile bootstrap interval (evaluate's)."""
+    """`metric` on labelled rows and its percentile bootstrap interval (evaluate's)."""
     if not len(truth):
         return None, None, None
-    value = _finite(primary_score(task, truth, predictions))
+    value = _finite(primary_score(task, truth, predictions, metric))
     if value is None:
         return None, None, None
-    interval = bootstrap_intervals(task, truth, {"batch": predictions}, resamples, LEVEL, seed)["batch"]
+    batch = {"batch": predictions}
+    interval = bootstrap_intervals(task, truth, batch, resamples, LEVEL, seed, metric)["batch"]
     return value, _finite(interval["low"]), _finite(interval["high"])
 
 
@@ -302,9 +338,9 @@ def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def unmeasured(task: str, batch_rows: int, reason: str) -> Performance:
+def unmeasured(task: str, batch_rows: int, reason: str, metric: str | None = None) -> Performance:
     """A run that could not score the model (no rows, changed columns): recorded, with why."""
-    metric = PRIMARY_METRIC[task]
+    metric = resolve_metric(task, metric)
     return Performance(
         metric=metric, higher_is_better=higher_is_better(metric), batch_rows=batch_rows, labeled_rows=0,
         estimate=None, realized=None, low=None, high=None, reference=None, reference_low=None,

@@ -74,6 +74,9 @@ def compare_on_same_rows(
 ) -> SameRows:
     """Score both bundles on today's test rows held out by both (decision) and shared val rows (shown).
 
+    Both are scored by `metric`, the current params' `evaluate.metric` (metrics.json's
+    `primary_metric`), whatever metric the champion was selected on when it was trained.
+
     Raises NotComparable when no honest comparison exists (see the module docstring), and
     DataError when the champion cannot read today's rows (a column it needs is gone).
     """
@@ -91,18 +94,19 @@ def compare_on_same_rows(
     val_rows = val_rows[space.known(val_rows[TARGET])]
     val = _scored(val_rows, space, champion, candidate, cache) if len(val_rows) else None
     task = space.task
-    intervals = bootstrap_intervals(task, test.truth, {FUSED: test.candidate, CHAMPION: test.champion})
+    both = {FUSED: test.candidate, CHAMPION: test.champion}
+    intervals = bootstrap_intervals(task, test.truth, both, metric=metric)
     return SameRows(
         metric=metric,
         rows=len(test.truth),
-        candidate=primary_score(task, test.truth, test.candidate),
-        champion=primary_score(task, test.truth, test.champion),
+        candidate=primary_score(task, test.truth, test.candidate, metric),
+        champion=primary_score(task, test.truth, test.champion, metric),
         interval=intervals[f"{FUSED}_minus_{CHAMPION}"],
         val=None
         if val is None
         else {
-            "candidate": primary_score(task, val.truth, val.candidate),
-            "champion": primary_score(task, val.truth, val.champion),
+            "candidate": primary_score(task, val.truth, val.candidate, metric),
+            "champion": primary_score(task, val.truth, val.champion, metric),
         },
         left_out=held.left_out,
         notes=notes,

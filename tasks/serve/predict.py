@@ -14,6 +14,7 @@ predicting rows that were in training gives evaluate's numbers exactly.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -273,9 +274,11 @@ class Predictor:
     def predict(
         self, rows: pd.DataFrame, roots: Roots, cache: FeatureCache, device: torch.device
     ) -> pd.DataFrame:
-        """row_id, prob_<class>..., prediction: the same columns as reports/test_predictions.parquet."""
+        """<data.id>, prob_<class>..., prediction: reports/test_predictions.parquet's values, in the
+        user's terms (see `served_table`)."""
         features, predictions = self.predictions(rows, roots, cache, device)
-        return predictions_table(self.meta.task, features, predictions)
+        table = predictions_table(self.meta.task, features, predictions)
+        return served_table(table, self.data, self.meta)
 
     def predictions(
         self, rows: pd.DataFrame, roots: Roots, cache: FeatureCache, device: torch.device
@@ -320,6 +323,41 @@ class Predictor:
                     f"{self.bundle_dir}: input block {block!r} has width {inputs[block].shape[1]}, "
                     f"the model expects {width}"
                 )
+
+
+def served_table(table: pd.DataFrame, data: DataConfig, meta: BundleMeta) -> pd.DataFrame:
+    """Evaluate's per-row table as a user reads prediction output: their id column's name, not
+    `row_id`, and each predicted class in the type the training target had (4, not "4").
+
+    The bundle keeps class labels as strings; its `target_type` (recorded at train time) says
+    what they were. A bundle without it (trained before it was recorded) keeps the strings. An
+    id named like one of the other columns keeps `row_id`.
+    """
+    name = data.id if data.id not in table.columns else ID
+    table = table.rename(columns={ID: name})
+    if meta.task in ("binary", "multiclass"):
+        table["prediction"] = typed_labels(table["prediction"], meta.target_type, meta.classes)
+    return table
+
+
+_LABEL_TYPES = {
+    "int": (int, "int64"),
+    "float": (float, "float64"),
+    "bool": ({"True": True, "False": False}.__getitem__, "bool"),
+}
+
+
+def typed_labels(labels: pd.Series, target_type: str | None, classes: Sequence[str]) -> pd.Series:
+    """Class labels (ingest's strings) back in `target_type`, unchanged unless every class converts
+    (decided over all classes, so every chunk of one prediction gets the same type)."""
+    if target_type not in _LABEL_TYPES:
+        return labels
+    convert, dtype = _LABEL_TYPES[target_type]
+    try:
+        typed = {label: convert(label) for label in classes}
+    except (ValueError, KeyError):
+        return labels
+    return labels.map(typed).astype(dtype)
 
 
 def _check_columns(rows: pd.DataFrame, data: DataConfig) -> None:

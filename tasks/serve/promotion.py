@@ -3,7 +3,7 @@
 `models/` is rewritten by every run (it is a DVC output); the registry is what a deployment
 predicts with, so a bad data day cannot silently replace a good model. Layout:
 
-    <registry>/v0001/          a copy of models/ (fused bundle + baselines) and its metrics.json
+    <registry>/v0001/          a copy of models/ (fused bundle + baselines) and its evaluation.json
     <registry>/current.json    which version is promoted, with its primary metric
     <registry>/history.json    every decision, promoted or not, newest last
 """
@@ -28,7 +28,7 @@ from tasks.serve.pathcheck import check_model_path
 CURRENT = "current.json"
 HISTORY = "history.json"
 MODEL = "model"
-METRICS = "metrics.json"
+METRICS = "evaluation.json"  # evaluate's detail (reports/evaluation.json), not the headline
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 

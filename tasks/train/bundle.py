@@ -30,6 +30,7 @@ from torch import nn
 
 from tasks.config import FusionConfig
 from tasks.errors import BundleError
+from tasks.evaluate.metric_names import METRICS, PRIMARY_METRIC
 from tasks.train.training import build_head
 
 WEIGHTS = "model.safetensors"
@@ -60,6 +61,12 @@ class BundleMeta:
     # The fused bundle's record of lineage.parquet (tasks/train/lineage.py): the rows it was trained,
     # validated and tested on, the file's SHA-256 and the split settings. None: bundles trained before.
     lineage: dict[str, Any] | None = None
+    # How the training data typed the target (int, float, bool, str; tasks/data/ingest.target_type),
+    # so prediction gives labels back in that type. None: bundles trained before (labels as strings).
+    target_type: str | None = None
+    # The metric it was selected on (`evaluate.metric` resolved for the task): what the monitor
+    # scores it by. None: bundles trained before the choice existed (the task's default).
+    metric: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -202,10 +209,22 @@ def _task_inconsistency(meta: BundleMeta) -> str | None:
     if meta.task == "regression":
         if out_dim != 1 or n_classes:
             return f"out_dim: regression has one output and no classes, not {out_dim} and {n_classes}"
-        return _scaling_problem(meta.target_scaling)
+        return _scaling_problem(meta.target_scaling) or _metric_problem(meta)
     if meta.target_scaling is not None:
         return f"target_scaling: only a regression bundle has one, this is a {meta.task} bundle"
-    return None
+    return _metric_problem(meta)
+
+
+def _metric_problem(meta: BundleMeta) -> str | None:
+    if meta.metric is None or meta.metric in METRICS[meta.task]:
+        return None
+    known = ", ".join(METRICS[meta.task])
+    return f"metric: {meta.metric!r} does not score a {meta.task} model (one of {known})"
+
+
+def bundle_metric(meta: BundleMeta) -> str:
+    """The metric a bundle was selected on; the task's default for a bundle older than the choice."""
+    return meta.metric or PRIMARY_METRIC[meta.task]
 
 
 def _scaling_problem(scaling: tuple[float, float] | None) -> str | None:

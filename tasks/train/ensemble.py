@@ -4,8 +4,10 @@ Each round adds the member whose inclusion scores best on val; a member may be a
 which is how weights other than 1/k arise. The ensemble is the weighted average of the
 members' predictions (probabilities, or values for regression), so it needs no training of
 its own and can never be worse on val than the best single member it starts from.
-Ties in the primary metric (frequent for accuracy on a few hundred rows) go to the smaller
-log loss (or squared error), so the choice does not hang on the order of the members.
+The metric is `evaluate.metric` (the task's default under `auto`). Ties in it (frequent for
+accuracy on a few hundred rows) go to the smaller log loss (or squared error), so the choice
+does not hang on the order of the members; where it is undefined on val (AUC with one class
+present), every candidate ties and the smooth loss alone decides.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.evaluate.evaluation import primary_score
-from tasks.evaluate.metrics import PRIMARY_METRIC, higher_is_better
+from tasks.evaluate.metrics import higher_is_better, resolve_metric, score
 
 ROUNDS = 25  # Caruana's runs plateau well before this on a handful of members
 _EPS = 1e-7
@@ -51,14 +52,18 @@ def blend(predictions: Mapping[str, np.ndarray], weights: Mapping[str, float]) -
 
 
 def select_ensemble(
-    task: str, y_val: np.ndarray, val_predictions: Mapping[str, np.ndarray], rounds: int = ROUNDS
+    task: str,
+    y_val: np.ndarray,
+    val_predictions: Mapping[str, np.ndarray],
+    rounds: int = ROUNDS,
+    metric: str | None = None,
 ) -> Ensemble:
-    """Pick members and weights that maximise the val primary metric (see the module docstring)."""
+    """Pick members and weights that do best on val by `metric` (None: the task's default)."""
     if not val_predictions:
         raise ValueError("ensemble selection needs at least one member")
-    metric = PRIMARY_METRIC[task]
+    metric = resolve_metric(task, metric)
     names = sorted(val_predictions)
-    member_val = {n: primary_score(task, y_val, val_predictions[n]) for n in names}
+    member_val = {n: score(task, metric, y_val, val_predictions[n]) for n in names}
     counts: Counter[str] = Counter()
     total: np.ndarray | None = None
     best: tuple[tuple[float, float], Counter[str]] | None = None
@@ -67,33 +72,32 @@ def select_ensemble(
         scored = []
         for name in names:
             candidate = val_predictions[name] if total is None else total + val_predictions[name]
-            scored.append((_key(task, y_val, candidate / round_number), name))
+            scored.append((_key(task, metric, y_val, candidate / round_number), name))
         key, chosen = max(scored, key=lambda item: item[0])  # max is stable: ties keep the first name
         counts[chosen] += 1
         total = (
             val_predictions[chosen].astype(np.float64) if total is None else total + val_predictions[chosen]
         )
-        trace.append({"round": round_number, "val": _signed(task, key[0])})
+        trace.append({"round": round_number, "val": _signed(metric, key[0])})
         if best is None or key > best[0]:
             best = (key, counts.copy())
     assert best is not None
     key, chosen_counts = best
     size = sum(chosen_counts.values())
     weights = {name: count / size for name, count in sorted(chosen_counts.items())}
-    return Ensemble(weights, _signed(task, key[0]), metric, member_val, trace)
+    return Ensemble(weights, _signed(metric, key[0]), metric, member_val, trace)
 
 
-def _key(task: str, y: np.ndarray, prediction: np.ndarray) -> tuple[float, float]:
-    """(signed primary metric, minus the smooth loss): larger is better in both places."""
-    score = primary_score(task, y, prediction)
-    if not np.isfinite(score):
-        score = -np.inf if higher_is_better(PRIMARY_METRIC[task]) else np.inf
-    sign = 1.0 if higher_is_better(PRIMARY_METRIC[task]) else -1.0
-    return sign * float(score), -_smooth_loss(task, y, prediction)
+def _key(task: str, metric: str, y: np.ndarray, prediction: np.ndarray) -> tuple[float, float]:
+    """(signed metric, minus the smooth loss): larger is better in both places."""
+    value = score(task, metric, y, prediction)
+    if not np.isfinite(value):
+        value = -np.inf if higher_is_better(metric) else np.inf
+    return _signed(metric, float(value)), -_smooth_loss(task, y, prediction)
 
 
-def _signed(task: str, value: float) -> float:
-    return value if higher_is_better(PRIMARY_METRIC[task]) else -value
+def _signed(metric: str, value: float) -> float:
+    return value if higher_is_better(metric) else -value
 
 
 def _smooth_loss(task: str, y: np.ndarray, prediction: np.ndarray) -> float:

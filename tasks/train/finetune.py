@@ -206,6 +206,7 @@ def train_finetuned(
     progress: bool = True,
     base_encoder: HuggingFaceTextEncoder | None = None,
     deadline: float | None = None,
+    metric: str | None = None,
 ) -> FineTunedText:
     """Fit `fusion.head` and the text encoder's top `text.finetune.layers` layers together.
 
@@ -213,7 +214,8 @@ def train_finetuned(
     `features.ids`); its embedding replaces block `text.<column>`. One top serves every text
     column, as one frozen encoder did. `base_encoder` saves loading `text.model` again.
     `deadline` (time.time()) ends training after the epoch that passes it, keeping the best
-    epoch so far, as train_model does for `train.time_limit`.
+    epoch so far, as train_model does for `train.time_limit`; `metric` picks that epoch as
+    there (None: val loss).
     """
     layers = text.finetune.layers
     if layers < 1:
@@ -230,7 +232,7 @@ def train_finetuned(
     lower_seconds = time.perf_counter() - started
 
     fitted = fit_with_top(features, rows, _part(top), task, fusion, train, text.finetune, text.batch_size,
-                          progress, deadline)  # fmt: skip
+                          progress, deadline, metric)  # fmt: skip
     return FineTunedText.of(fitted, lower_seconds, cache, layers=layers)
 
 

@@ -5,8 +5,9 @@ image_finetune for images). A modality hands over its top as a `Part` (the modul
 batch of cached lower outputs becomes its input) and its rows as `LowerRows` (each column's
 rows pointing at distinct contents' cached outputs); everything else is here once: the
 device tensors, discriminative learning rates with a warm-up then linear decay, seeded
-batches, modality dropout, early stopping with the best epoch kept, deterministic kernels on
-CPU, bf16 autocast on CUDA, and prediction in tasks.train.training.predict's form.
+batches, modality dropout, early stopping with the best epoch kept (on val loss, or on a chosen
+`evaluate.metric`: tasks/train/best_epoch.py), deterministic kernels on CPU, bf16 autocast on
+CUDA, and prediction in tasks.train.training.predict's form.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from tasks.config import FusionConfig, TrainConfig
 from tasks.device import autocast_for, pick_device
 from tasks.errors import FuselineError
+from tasks.train.best_epoch import EpochChoice
 from tasks.train.dataset import FeatureSet
 from tasks.train.lower_cache import LowerOutputCache
 from tasks.train.objectives import Objective, balanced_weights, check_target, check_task, to_prediction
@@ -154,7 +156,8 @@ class FineTuned:
     in_dims: dict[str, int]
     out_dim: int
     target_scaling: TargetScaling | None  # regression only
-    history: list[dict[str, float]] = field(default_factory=list)  # {epoch, train_loss, val_loss}
+    # {epoch, train_loss, val_loss} and, when `evaluate.metric` picks the epoch, val_<metric>
+    history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     train_seconds: float = 0.0  # the epochs only; the one-off lower pass is lower_seconds
     columns: tuple[str, ...] = ()  # columns whose blocks the top computes
@@ -198,7 +201,7 @@ def _rows(
 ) -> _Rows:
     blocks = {part.block(column): column for column in lower.slots}
     dense = {
-        name: torch.as_tensor(np.asarray(block, dtype=np.float32), device=device)
+        name: _tensor(block, np.float32, device)
         for name, block in features.inputs.items()
         if name not in blocks
     }
@@ -207,16 +210,24 @@ def _rows(
         keep = np.asarray(mask, dtype=bool)
         if name in blocks:
             keep = keep & (lower.slots[blocks[name]] >= 0)
-        present[name] = torch.as_tensor(keep, device=device)
+        present[name] = _tensor(keep, bool, device)
     target = None if task is None else _target(features.target, task, scaling, device)
     return _Rows(dense, present, target, lower)
 
 
 def _target(target: np.ndarray, task: str, scaling: TargetScaling | None, device: torch.device) -> Tensor:
     if task == "multiclass":
-        return torch.as_tensor(target, dtype=torch.int64, device=device)  # (N,)
-    values = torch.as_tensor(target, dtype=torch.float32, device=device)  # (N,) or (N, C)
+        return _tensor(target, np.int64, device)  # (N,)
+    values = _tensor(target, np.float32, device)  # (N,) or (N, C)
     return scaling.apply(values) if scaling is not None else values
+
+
+def _tensor(array: np.ndarray, dtype: type, device: torch.device) -> Tensor:
+    """`array` as `dtype` on `device`, sharing its memory on CPU where it can (a mapped block
+    stays mapped). A read-only array, as pandas 3's `to_numpy` and Arrow hand out, is copied
+    first: torch cannot share memory it must not write, and warns when asked to."""
+    array = np.asarray(array, dtype=dtype)
+    return torch.as_tensor(array if array.flags.writeable else array.copy(), device=device)
 
 
 def _on(index: np.ndarray, like: Tensor) -> Tensor:
@@ -266,13 +277,14 @@ def fit_with_top(
     eval_batch_size: int,
     progress: bool = True,
     deadline: float | None = None,
+    metric: str | None = None,
 ) -> FineTuned:
     """Fit `fusion.head` and `part.top` together on the rows' other blocks and cached lower outputs.
 
     The top's blocks replace the features' frozen ones. `deadline` (time.time()) ends training
     after the epoch that passes it, keeping the best epoch so far, as train_model does for
-    `train.time_limit`. Returns head and top on CPU in eval mode, at their best epoch; the
-    caller fills in the lower-part fields.
+    `train.time_limit`; `metric` picks that epoch as there (None: val loss). Returns head and
+    top on CPU in eval mode, at their best epoch; the caller fills in the lower-part fields.
     """
     check_task(task)
     features = head_features(features, fusion.head)
@@ -292,9 +304,11 @@ def fit_with_top(
         head = build_head(fusion, in_dims, out_dim).to(device)
         top.to(device)
         rows = _rows(features, lower, part, task, scaling, device)
+        val_order = _val_order(val_rows, lower)
+        choice = EpochChoice(task, metric, features.target[val_order], train.patience, scaling)
         began = time.perf_counter()
-        fit = _fit(head, part, objective, rows, train_rows, val_rows, train, schedule, eval_batch_size,
-                   progress, deadline)  # fmt: skip
+        fit = _fit(head, part, objective, rows, train_rows, val_order, train, schedule, eval_batch_size,
+                   progress, deadline, choice)  # fmt: skip
         seconds = time.perf_counter() - began
     head.cpu().eval()
     top.cpu().eval()
@@ -312,6 +326,11 @@ def fit_with_top(
     )
 
 
+def _val_order(val_rows: np.ndarray, lower: LowerRows) -> np.ndarray:
+    """The val rows shortest content first: batches pad little, and the order never changes."""
+    return val_rows[np.argsort(lower.row_lengths()[val_rows], kind="stable")]
+
+
 @dataclass
 class _Fit:
     history: list[dict[str, float]]
@@ -325,12 +344,13 @@ def _fit(
     objective: Objective,
     rows: _Rows,
     train_rows: np.ndarray,
-    val_rows: np.ndarray,
+    val_order: np.ndarray,
     train: TrainConfig,
     schedule: FinetuneSchedule,
     eval_batch_size: int,
     progress: bool,
     deadline: float | None,
+    choice: EpochChoice,
 ) -> _Fit:
     """Epochs with early stopping; leaves the best validation epoch's weights in head and top."""
     top = part.top
@@ -352,11 +372,9 @@ def _fit(
     train_present = {name: mask.index_select(0, _on(train_rows, mask)) for name, mask in rows.present.items()}
     hider = ModalityDropout(train_present, train.modality_dropout, train.seed)
     lengths = rows.lower.row_lengths()
-    val_order = val_rows[np.argsort(lengths[val_rows], kind="stable")]  # little padding, fixed order
     history: list[dict[str, float]] = []
     seconds: list[dict[str, float]] = []
-    best = (math.inf, 0, _snapshot(head, top))
-    stale = 0
+    best = _snapshot(head, top)
     with tqdm(range(1, schedule.epochs + 1), desc="fine-tune", unit="epoch", disable=not progress) as bar:
         for epoch in bar:
             began = time.perf_counter()
@@ -370,21 +388,23 @@ def _fit(
                 head, part, objective, rows, batches, present, optimizer, scheduler, train
             )
             middle = time.perf_counter()
-            val_loss = _evaluate_loss(head, part, objective, rows, val_order, eval_batch_size)
+            task = choice.task if choice.wants_predictions else None
+            val_loss, val_predictions = _evaluate_loss(
+                head, part, objective, rows, val_order, eval_batch_size, task
+            )
             seconds.append({"train": middle - began, "val": time.perf_counter() - middle})
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+            extra = choice.observe(epoch, val_loss, val_predictions)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **extra})
             bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
-            if val_loss < best[0]:
-                best, stale = (val_loss, epoch, _snapshot(head, top)), 0
-            else:
-                stale += 1
-                if stale >= train.patience:
-                    break
+            if choice.improved:
+                best = _snapshot(head, top)
+            elif choice.exhausted:
+                break
             if deadline is not None and time.time() >= deadline:
                 break
-    head.load_state_dict(best[2][0])
-    top.load_state_dict(best[2][1])
-    return _Fit(history, best[1], seconds)
+    head.load_state_dict(best[0])
+    top.load_state_dict(best[1])
+    return _Fit(history, choice.best_epoch, seconds)
 
 
 def _snapshot(head: nn.Module, top: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -463,20 +483,31 @@ def _train_epoch(
 
 
 def _evaluate_loss(
-    head: nn.Module, part: Part, objective: Objective, rows: _Rows, order: np.ndarray, batch_size: int
-) -> float:
-    """Row-weighted mean loss in float32: early stopping compares it across epochs."""
+    head: nn.Module,
+    part: Part,
+    objective: Objective,
+    rows: _Rows,
+    order: np.ndarray,
+    batch_size: int,
+    task: str | None = None,
+) -> tuple[float, np.ndarray | None]:
+    """Row-weighted mean loss in float32 (early stopping compares it across epochs) and, with
+    `task`, the rows' predictions in `order` (to_prediction's form) for a chosen metric."""
     head.eval()
     part.top.eval()
     assert rows.target is not None
     total = 0.0
+    outputs = []
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             logits = _forward(head, part, rows, index, rows.present).float()  # (b, out_dim)
             target = rows.target.index_select(0, _on(index, rows.target))
             total += float(objective.loss(logits, target)) * len(index)
-    return total / max(1, len(order))
+            if task is not None:
+                outputs.append(to_prediction(task, logits).cpu())
+    predictions = torch.cat(outputs).numpy() if outputs else None
+    return total / max(1, len(order)), predictions
 
 
 # --- prediction -----------------------------------------------------------------------------------

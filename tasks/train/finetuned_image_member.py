@@ -93,6 +93,7 @@ def fit_finetuned_image_member(
         image,
         Path(params.cache.dir),
         deadline=budget.deadline,
+        metric=params.evaluate.epoch_metric(params.data.task),
     )
     return FinetunedImageResult.from_fitted(
         fitted, params.cache.dir, image=image, image_root=params.data.image_root

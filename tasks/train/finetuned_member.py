@@ -98,6 +98,7 @@ def fit_finetuned_member(
         text,
         Path(params.cache.dir),
         deadline=budget.deadline,
+        metric=params.evaluate.epoch_metric(params.data.task),
     )
     return FinetunedTextResult.from_fitted(fitted, params.cache.dir, text=text)
 

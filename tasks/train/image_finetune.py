@@ -215,13 +215,15 @@ def train_finetuned_image(
     progress: bool = True,
     base_encoder: ImageEncoder | None = None,
     deadline: float | None = None,
+    metric: str | None = None,
 ) -> FineTunedImage:
     """Fit `fusion.head` and the image encoder's last `image.finetune.blocks` blocks together.
 
     `cells[column]` names every row's image file (all splits, aligned with `features.ids`);
     its embedding replaces block `image.<column>`. One top serves every image column, as one
     frozen encoder did. `base_encoder` saves loading `image.model` again. `deadline`
-    (time.time()) ends training after the epoch that passes it, keeping the best epoch.
+    (time.time()) ends training after the epoch that passes it, keeping the best epoch, which
+    `metric` picks as train_model does (None: val loss).
     """
     blocks = image.finetune.blocks
     if blocks < 1:
@@ -238,7 +240,7 @@ def train_finetuned_image(
     lower_seconds = time.perf_counter() - started
 
     fitted = fit_with_top(features, rows, _part(top), task, fusion, train, image.finetune, image.batch_size,
-                          progress, deadline)  # fmt: skip
+                          progress, deadline, metric)  # fmt: skip
     return FineTunedImage.of(fitted, lower_seconds, cache, blocks=blocks)
 
 

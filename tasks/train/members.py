@@ -77,8 +77,11 @@ class FinalModel:
 
     def predict(self, features: FeatureSet, rows: pd.DataFrame) -> np.ndarray:
         """Weighted average of the members' predictions; `rows` are the raw rows in `features` order."""
-        predictions = {name: self.members[name].predict(features, rows) for name in self.weights}
-        return blend(predictions, self.weights)
+        return blend(self.predict_each(features, rows), self.weights)
+
+    def predict_each(self, features: FeatureSet, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Each member's own predictions, before blending: evaluate scores them one by one too."""
+        return {name: self.members[name].predict(features, rows) for name in self.weights}
 
     @property
     def is_fused_head(self) -> bool:
@@ -151,14 +154,21 @@ def load_final_model(
     for name in data["members"]:
         if name == FUSED:
             members[name] = fused_member
-        elif name == SKLEARN_LINEAR:
-            members[name] = LinearMember(read_linear(member_dir(models, name)))
         else:
-            directory = member_dir(models, name)
-            kind = data.get("kinds", {}).get(name, "head")
-            if loaders and kind in loaders:
-                members[name] = loaders[kind](directory)
-            else:
-                members[name] = HeadMember(*load_bundle(directory))
+            members[name] = load_member(models, name, data.get("kinds", {}).get(name, "head"), loaders)
     total = float(sum(data["members"].values()))
     return FinalModel(members, {name: float(w) / total for name, w in sorted(data["members"].items())})
+
+
+def load_member(models: Path, name: str, kind: str, loaders: Mapping[str, Any] | None = None) -> Member:
+    """One member train wrote under models/ (not the fused head), by its name and kind in ensemble.json.
+
+    `loaders` as in load_final_model. Evaluate also loads the members the ensemble left out,
+    so the leaderboard scores every model train fitted.
+    """
+    directory = member_dir(Path(models), name)
+    if name == SKLEARN_LINEAR:
+        return LinearMember(read_linear(directory))
+    if loaders and kind in loaders:
+        return loaders[kind](directory)
+    return HeadMember(*load_bundle(directory))

@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from tasks.config import ColumnsConfig
 from tasks.data.align import ID, SPLIT, TARGET
 from tasks.errors import DataError
-from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
+from tasks.evaluate.metrics import compute_metrics, higher_is_better, resolve_metric
 from tasks.train.assemble import encode_target
 from tasks.train.portable_linear import PortableLinear, export_linear
 
@@ -68,12 +68,14 @@ def fit_sklearn_baseline(
     task: str,
     classes: tuple[str, ...] = (),
     max_rows: int | None = None,
+    metric: str | None = None,
 ) -> SklearnBaseline:
     """Fit a linear model (regularisation tuned on val) and boosted trees; keep the better on val.
 
     `aligned` is data/aligned/aligned.parquet; `classes` the fused model's class order, so the
     probability columns line up with its predictions. With more train rows than `max_rows`
-    (`evaluate.baseline_max_rows`) it fits on a seeded sample of them.
+    (`evaluate.baseline_max_rows`) it fits on a seeded sample of them. Every choice is made on
+    val `metric` (`evaluate.metric`; None: the task's default).
     """
     if task not in TASKS:
         raise ValueError(f"the sklearn baseline supports {', '.join(TASKS)}, not {task!r}")
@@ -81,7 +83,7 @@ def fit_sklearn_baseline(
     # process, and two runtimes spinning on shared cores slow boosting and the SVD's QR
     # many times over. The baseline's tables are small: one thread costs little.
     with threadpool_limits(limits=1):
-        return _fit(aligned, columns, task, classes, max_rows)
+        return _fit(aligned, columns, task, classes, max_rows, resolve_metric(task, metric))
 
 
 def _fit(
@@ -90,22 +92,22 @@ def _fit(
     task: str,
     classes: tuple[str, ...],
     max_rows: int | None,
+    primary: str,
 ) -> SklearnBaseline:
     started = time.perf_counter()
     parts, roles, classes, available = _parts(
         aligned, columns, task, classes, ("train", "val", "test"), max_rows
     )
     n_classes = len(classes) if task == "multiclass" else 2
-    primary = PRIMARY_METRIC[task]
     sign = 1.0 if higher_is_better(primary) else -1.0
 
     candidates: dict[str, dict] = {}
     test_predictions: dict[str, np.ndarray] = {}
-    for name, settings, model in _candidates(task, roles, parts, n_classes):
+    for name, settings, model in _candidates(task, roles, parts, n_classes, primary):
         predicted = {s: _predict(model, x, task, n_classes) for s, (x, _) in parts.items() if s != "train"}
         candidates[name] = {
             **settings,
-            **{s: compute_metrics(task, parts[s][1], predicted[s]) for s in predicted},
+            **{s: compute_metrics(task, parts[s][1], predicted[s], primary) for s in predicted},
         }
         test_predictions[name] = predicted["test"]
     selected = max(candidates, key=lambda n: sign * candidates[n]["val"][primary])
@@ -152,18 +154,18 @@ def _parts(
 
 
 def _candidates(
-    task: str, roles: dict[str, list[str]], parts: dict, n_classes: int
+    task: str, roles: dict[str, list[str]], parts: dict, n_classes: int, metric: str
 ) -> list[tuple[str, dict, Pipeline]]:
     """(name, settings, fitted model): the linear model and boosted trees, each tuned on val.
 
     Both families get the same budget (three settings each, chosen on val), so the one kept
     is not simply the one that was tuned on the rows it is then compared on.
     """
-    strength, linear = _tuned_linear(task, roles, parts, n_classes)
+    strength, linear = _tuned_linear(task, roles, parts, n_classes, metric)
     linear_name = "ridge" if task == "regression" else "logistic_regression"
     key = "alpha" if task == "regression" else "C"
     linear_value = 1.0 / strength if task == "regression" else strength
-    tree_settings, trees = _tuned_trees(task, roles, parts, n_classes)
+    tree_settings, trees = _tuned_trees(task, roles, parts, n_classes, metric)
     return [
         (linear_name, {key: linear_value}, linear),
         ("hist_gradient_boosting", tree_settings, trees),
@@ -171,7 +173,7 @@ def _candidates(
 
 
 def _tuned_trees(
-    task: str, roles: dict[str, list[str]], parts: dict, n_classes: int
+    task: str, roles: dict[str, list[str]], parts: dict, n_classes: int, metric: str | None = None
 ) -> tuple[dict, Pipeline]:
     """Boosted trees with the settings that score best on val; features are fitted once for all."""
     x_train, y_train = parts["train"]
@@ -184,12 +186,12 @@ def _tuned_trees(
         return Pipeline([("features", features), ("model", model)])
 
     fitted = ((settings, trees(settings)) for settings in TREE_SETTINGS)
-    settings, pipeline = _best_on_val(task, parts["val"], n_classes, fitted)
+    settings, pipeline = _best_on_val(task, parts["val"], n_classes, fitted, metric)
     return dict(settings), pipeline
 
 
 def _tuned_linear(
-    task: str, roles: dict[str, list[str]], parts: dict, n_classes: int
+    task: str, roles: dict[str, list[str]], parts: dict, n_classes: int, metric: str | None = None
 ) -> tuple[float, Pipeline]:
     """The linear pipeline with the regularisation strength that scores best on val."""
     x_train, y_train = parts["train"]
@@ -200,21 +202,30 @@ def _tuned_linear(
         )
         for strength in LINEAR_STRENGTHS
     )
-    return _best_on_val(task, parts["val"], n_classes, fitted)
+    return _best_on_val(task, parts["val"], n_classes, fitted, metric)
 
 
 def _best_on_val(
-    task: str, val: tuple[pd.DataFrame, np.ndarray], n_classes: int, fitted: Iterable[tuple[Any, Pipeline]]
+    task: str,
+    val: tuple[pd.DataFrame, np.ndarray],
+    n_classes: int,
+    fitted: Iterable[tuple[Any, Pipeline]],
+    metric: str | None = None,
 ) -> tuple[Any, Pipeline]:
-    """The (setting, model) pair whose predictions score best on the val rows (the first on ties)."""
+    """The (setting, model) pair whose predictions score best on the val rows by `metric`
+    (None: the task's default).
+
+    The first wins ties; where the metric is undefined (AUC on a one-class val split) no
+    comparison holds and the setting already kept stays, so a tiny val split never fails.
+    """
     x_val, y_val = val
-    primary = PRIMARY_METRIC[task]
-    sign = 1.0 if higher_is_better(primary) else -1.0
+    metric = resolve_metric(task, metric)
+    sign = 1.0 if higher_is_better(metric) else -1.0
     best: tuple[float, Any, Pipeline] | None = None
     for setting, model in fitted:
-        score = sign * compute_metrics(task, y_val, _predict(model, x_val, task, n_classes))[primary]
-        if best is None or score > best[0]:
-            best = (score, setting, model)
+        value = sign * compute_metrics(task, y_val, _predict(model, x_val, task, n_classes), metric)[metric]
+        if best is None or value > best[0]:
+            best = (value, setting, model)
     assert best is not None
     return best[1], best[2]
 
@@ -225,8 +236,11 @@ def fit_linear_member(
     task: str,
     classes: tuple[str, ...] = (),
     max_rows: int | None = None,
+    metric: str | None = None,
 ) -> PortableLinear:
     """The tuned linear baseline in portable form: the scikit-learn model an ensemble can carry.
+
+    Its strength is chosen on val `metric` (None: the task's default), as fit_sklearn_baseline's.
 
     Boosted trees are not offered as a member: their fitted trees have no stable format
     outside pickle, and a bundle never holds pickle.
@@ -236,7 +250,7 @@ def fit_linear_member(
     with threadpool_limits(limits=1):
         parts, roles, classes, _ = _parts(aligned, columns, task, classes, ("train", "val"), max_rows)
         n_classes = len(classes) if task == "multiclass" else 2
-        _, pipeline = _tuned_linear(task, roles, parts, n_classes)
+        _, pipeline = _tuned_linear(task, roles, parts, n_classes, resolve_metric(task, metric))
         return export_linear(pipeline, task, n_classes, _TOKEN)
 
 

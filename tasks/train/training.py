@@ -6,7 +6,8 @@ its rows from the page cache, so training needs the feature files' size on disk 
 batch, never a copy of the table. On CUDA a split's rows are copied to the device once, in
 chunks. A DataLoader would only add per-batch Python overhead. The loop is deliberately
 plain: seeded, early-stopped on validation loss, and deterministic on CPU so that two runs
-of the pipeline give the same metrics. Options
+of the pipeline give the same metrics; with `evaluate.metric` chosen, that metric on the val
+rows picks the epoch instead (tasks/train/best_epoch.py). Options
 (params `train:`) add class weights, a per-batch LR schedule, gradient clipping and
 modality dropout; none of them adds per-batch host work beyond a few tensor ops.
 """
@@ -33,6 +34,7 @@ from modelzoo.registry import lookup
 from tasks.config import FusionConfig, TrainConfig
 from tasks.device import pick_device
 from tasks.errors import DataError, FuselineError
+from tasks.train.best_epoch import EpochChoice
 from tasks.train.dataset import FeatureSet, modality_of
 from tasks.train.objectives import TASKS, Objective, balanced_weights, check_target, check_task, to_prediction
 from tasks.train.objectives import output_dim as _output_dim
@@ -77,7 +79,8 @@ class TrainResult:
     in_dims: dict[str, int]
     out_dim: int
     target_scaling: TargetScaling | None  # regression only
-    history: list[dict[str, float]] = field(default_factory=list)  # {epoch, train_loss, val_loss}
+    # {epoch, train_loss, val_loss} and, when `evaluate.metric` picks the epoch, val_<metric>
+    history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     train_seconds: float = 0.0
 
@@ -89,11 +92,14 @@ def train_model(
     train: TrainConfig,
     progress: bool = True,
     deadline: float | None = None,
+    metric: str | None = None,
 ) -> TrainResult:
     """Fit `fusion.head` on the train rows, early-stopping on the val rows.
 
     `deadline` (time.time()) ends training after the epoch that passes it, keeping the best
-    epoch so far: how `train.time_limit` stops a member cleanly.
+    epoch so far: how `train.time_limit` stops a member cleanly. `metric` (a chosen
+    `evaluate.metric`) picks the best epoch on val, the val loss breaking ties; None: the val
+    loss alone (`auto`).
     """
     check_task(task)
     features = head_features(features, fusion.head)
@@ -111,8 +117,10 @@ def train_model(
         model = build_head(fusion, in_dims, out_dim).to(device)
         train_data = _to_device(features, train_at, task, scaling, device)
         val_data = _to_device(features, val_at, task, scaling, device)
+        choice = EpochChoice(task, metric, features.target[val_at], train.patience, scaling)
         started = time.perf_counter()
-        history, best_epoch = _fit(model, objective, train_data, val_data, train, device, progress, deadline)
+        history, best_epoch = _fit(model, objective, train_data, val_data, train, device, progress, deadline,
+                                   choice)  # fmt: skip
         seconds = time.perf_counter() - started
     model.cpu().eval()
     return TrainResult(model, in_dims, out_dim, scaling, history, best_epoch, seconds)
@@ -348,7 +356,8 @@ def _fit(
     cfg: TrainConfig,
     device: torch.device,
     progress: bool,
-    deadline: float | None = None,
+    deadline: float | None,
+    choice: EpochChoice,
 ) -> tuple[list[dict[str, float]], int]:
     """Epochs with early stopping; leaves the best validation epoch's weights in `model`."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -359,8 +368,7 @@ def _fit(
     shuffler = torch.Generator().manual_seed(cfg.seed)
     hider = ModalityDropout(train_data.present, cfg.modality_dropout, cfg.seed)
     history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
-    stale = 0
+    best_state = copy.deepcopy(model.state_dict())
     with tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", disable=not progress) as bar:
         for epoch in bar:
             order = torch.randperm(train_data.n_rows, generator=shuffler).to(device)
@@ -368,20 +376,19 @@ def _fit(
             train_loss = _train_epoch(
                 model, objective, train_data, present, order, optimizer, scheduler, cfg, device
             )
-            val_loss = _evaluate_loss(model, objective, val_data, cfg.batch_size)
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+            task = choice.task if choice.wants_predictions else None
+            val_loss, val_predictions = _evaluate_loss(model, objective, val_data, cfg.batch_size, task)
+            extra = choice.observe(epoch, val_loss, val_predictions)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **extra})
             bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
-            if val_loss < best_loss:
-                best_loss, best_epoch, stale = val_loss, epoch, 0
+            if choice.improved:
                 best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
+            elif choice.exhausted:
+                break
             if deadline is not None and time.time() >= deadline:
                 break
     model.load_state_dict(best_state)
-    return history, best_epoch
+    return history, choice.best_epoch
 
 
 class ModalityDropout:
@@ -454,19 +461,26 @@ def _train_epoch(
     return mean_loss
 
 
-def _evaluate_loss(model: nn.Module, objective: Objective, data: _DeviceData, batch_size: int) -> float:
-    """Row-weighted mean loss, in float32 even on CUDA.
+def _evaluate_loss(
+    model: nn.Module, objective: Objective, data: _DeviceData, batch_size: int, task: str | None = None
+) -> tuple[float, np.ndarray | None]:
+    """Row-weighted mean loss, in float32 even on CUDA, and with `task` the rows' predictions.
 
     Early stopping compares these numbers across epochs, so they should not carry bf16 noise.
+    The predictions (to_prediction's form; regression standardised) are for a chosen metric.
     """
     model.eval()
     rows = torch.arange(data.n_rows, device=data.target.device)
     total = torch.zeros((), device=data.target.device)
+    outputs = []
     with torch.no_grad():
         for index in rows.split(batch_size):
             logits = model(*_take(data, index)).float()  # (b, out_dim)
             total += objective.loss(logits, data.target.index_select(0, index)) * index.numel()
-    return float(total) / data.n_rows
+            if task is not None:
+                outputs.append(to_prediction(task, logits))
+    predictions = torch.cat(outputs).cpu().numpy() if outputs else None
+    return float(total) / data.n_rows, predictions
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:

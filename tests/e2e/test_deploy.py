@@ -209,7 +209,7 @@ def test_a_retrained_model_meets_the_promoted_one_on_the_same_rows(project: Path
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = retrain("params.yaml")
     same = result["same_rows"]
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    metrics = json.loads((project / "reports" / "evaluation.json").read_text())
     assert same["rows"] == metrics["rows"]["test"]
     # re-scored through batch prediction, the new model gives evaluate's own number
     assert same["candidate"] == pytest.approx(metrics["test"]["auc"], abs=1e-6)

@@ -23,9 +23,10 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
 
 def test_repro_writes_metrics_for_fused_and_baselines(repo: tuple[Path, dict[str, str]]) -> None:
     root, _ = repo
-    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    metrics = json.loads((root / "reports" / "evaluation.json").read_text())
     assert metrics["test"]["auc"] > 0.5
-    assert set(metrics["baselines"]) - {"fused_head"} == {"tabular", "text", "image", "audio", "sklearn"}
+    expected = {"tabular", "text", "image", "audio", "sklearn", "majority"}
+    assert set(metrics["baselines"]) - {"fused_head"} == expected
 
 
 def test_second_repro_is_a_fast_no_op(repo: tuple[Path, dict[str, str]]) -> None:

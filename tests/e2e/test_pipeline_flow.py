@@ -31,10 +31,11 @@ def pipeline_run(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_pipeline_writes_metrics_with_the_documented_shape(pipeline_run: tuple[Path, dict]) -> None:
     workdir, report = pipeline_run
-    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    metrics = json.loads((workdir / "reports" / "evaluation.json").read_text())
     assert metrics["task"] == "binary" and metrics["primary_metric"] == "auc"
     assert set(metrics["test"]) == {"auc", "accuracy", "f1", "log_loss"}
-    assert set(metrics["baselines"]) - {"fused_head"} == {"tabular", "text", "image", "audio", "sklearn"}
+    expected = {"tabular", "text", "image", "audio", "sklearn", "majority"}
+    assert set(metrics["baselines"]) - {"fused_head"} == expected
     assert metrics == report
 
 

@@ -48,7 +48,8 @@ def test_batch_prediction_equals_evaluate_on_the_test_rows(in_repo: Path, tmp_pa
     rows = _raw_rows(in_repo, "test")
     rows.to_csv(tmp_path / "new.csv", index=False)
     summary = predict("models", str(tmp_path / "new.csv"), str(tmp_path / "preds.parquet"), "params.yaml")
-    ours = pd.read_parquet(tmp_path / "preds.parquet").sort_values("row_id").reset_index(drop=True)
+    ours = _as_evaluate_writes(pd.read_parquet(tmp_path / "preds.parquet"))
+    ours = ours.sort_values("row_id").reset_index(drop=True)
     theirs = pd.read_parquet(in_repo / "reports" / "test_predictions.parquet")
     theirs = theirs.sort_values("row_id").reset_index(drop=True)
     assert summary["rows"] == len(rows) == len(theirs)
@@ -131,8 +132,17 @@ def test_predictions_keep_the_input_row_order(in_repo: Path, tmp_path: Path) -> 
     rows.to_csv(tmp_path / "new.csv", index=False)
     predict("models", str(tmp_path / "new.csv"), str(tmp_path / "preds.parquet"), None)
     ours = pd.read_parquet(tmp_path / "preds.parquet")
-    assert ours["row_id"].tolist() == rows["item_id"].tolist()
+    assert ours["item_id"].tolist() == rows["item_id"].tolist()  # the id column as the data names it
     assert np.isfinite(ours.filter(like="prob_").to_numpy()).all()
+
+
+def _as_evaluate_writes(ours: pd.DataFrame) -> pd.DataFrame:
+    """Prediction output as evaluate's test_predictions.parquet has it: `row_id`, labels as text.
+
+    `fuseline predict` names the id column as the data does (`item_id`) and gives labels the
+    target's type (the demo's 0/1 are integers); evaluate's table keeps its own schema.
+    """
+    return ours.rename(columns={"item_id": "row_id"}).astype({"prediction": str})
 
 
 def _cache(root: Path) -> FeatureCache:
@@ -203,7 +213,8 @@ def test_a_wide_deep_bundle_predicts_from_raw_rows_as_from_its_features(
     rows.to_csv(tmp_path / "new.csv", index=False)
     predict(str(tmp_path / "wide_deep"), str(tmp_path / "new.csv"), str(tmp_path / "preds.parquet"),
             str(tmp_path / "params.yaml"))  # fmt: skip
-    ours = pd.read_parquet(tmp_path / "preds.parquet").sort_values("row_id").reset_index(drop=True)
+    ours = _as_evaluate_writes(pd.read_parquet(tmp_path / "preds.parquet"))
+    ours = ours.sort_values("row_id").reset_index(drop=True)
     model, loaded = load_bundle(tmp_path / "wide_deep")
     test = features.of_split("test")
     theirs = predictions_table(loaded.task, test, predict_with(model, loaded, test))

@@ -32,6 +32,7 @@ from tasks.train.bundle import (
     WEIGHTS,
     BundleMeta,
     baseline_dirs,
+    bundle_metric,
     head_of,
     load_bundle,
     meta_digest,
@@ -188,6 +189,7 @@ def test_a_third_class_is_refused_even_with_a_recomputed_digest(tmp_path: Path) 
         (1, {"classes": ("yes", "yes")}, "classes"),  # not distinct
         (1, {"classes": (0, 1)}, "classes"),  # not strings
         (1, {"task": "ranking"}, "task"),
+        (1, {"metric": "rmse"}, "metric"),  # selected on a metric a binary model has not
     ],
 )
 def test_inconsistent_metadata_is_refused_naming_the_field(
@@ -213,6 +215,14 @@ def test_consistent_bundles_of_every_task_load(
     meta = _meta(task=task, out_dim=out_dim, classes=classes, target_scaling=scaling)
     write_bundle(tmp_path / "bundle", _head(out_dim), meta)
     assert load_bundle(tmp_path / "bundle")[1] == meta
+
+
+def test_a_bundle_records_its_metric_and_an_older_one_falls_back_to_the_tasks(tmp_path: Path) -> None:
+    chosen = _bundle(tmp_path / "chosen", metric="balanced_accuracy")
+    assert bundle_metric(load_bundle(chosen)[1]) == "balanced_accuracy"
+    older = _bundle(tmp_path / "older")
+    _edit(older, lambda data: data.pop("metric"), redigest=True)  # as written before the choice existed
+    assert bundle_metric(load_bundle(older)[1]) == "auc"
 
 
 # --- sizes are always checked ------------------------------------------------------------------

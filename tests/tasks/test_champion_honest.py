@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 
 from flows.deploy import _markdown, promote_if_not_worse
 from modelzoo.registry import lookup
@@ -43,6 +43,7 @@ def _bundle(
     task: str = "binary",
     seed: int = 0,
     trained_on: pd.DataFrame | None = None,
+    metric: str | None = None,
 ) -> Path:
     """A real bundle over one numeric column `x`, its split settings recorded in its params.
 
@@ -62,7 +63,7 @@ def _bundle(
         task=task, fusion={"head": "concat", "hidden": 8, "dropout": 0.0}, in_dims={"tabular": 2},
         out_dim=out_dim, classes=classes, target_scaling=None, encoders={},
         tabular={"categorical": [], "numeric": [{"column": "x", "mean": 0.0, "std": 1.0}]},
-        best_epoch=1, params={"data": data},
+        best_epoch=1, params={"data": data}, metric=metric,
     )  # fmt: skip
     if trained_on is not None:
         directory.mkdir(parents=True)
@@ -121,6 +122,27 @@ def test_candidate_with_another_positive_class_is_scored_for_its_own(tmp_path: P
     champion_auc = roc_auc_score(aligned[TARGET][test] == "yes", prob_yes[test])  # its own AUC
     assert same.champion == pytest.approx(champion_auc, abs=1e-6)
     assert any("data.positive_class 'yes' -> 'no'" in note for note in same.notes)
+
+
+def test_both_models_are_scored_by_todays_metric_whatever_the_champion_was_chosen_on(tmp_path: Path) -> None:
+    """evaluate.metric is log_loss now; the champion was selected on AUC: both get today's log loss."""
+    champion = _bundle(tmp_path / "champion", ("no", "yes"), {"seed": 42}, seed=1, metric="auc")
+    candidate = _bundle(tmp_path / "candidate", ("no", "yes"), {"seed": 42}, seed=2, metric="log_loss")
+    aligned = _aligned(600, seed=42)
+    cache = tmp_path / "cache"
+    served = {
+        name: _served(b, aligned, cache)["prob_yes"].to_numpy()
+        for name, b in (("champion", champion), ("candidate", candidate))
+    }
+    aligned[TARGET] = _labels_following(served["candidate"], "yes", "no")
+    test = (aligned[SPLIT] == "test").to_numpy()
+    truth = aligned[TARGET][test] == "yes"
+
+    same = compare_on_same_rows(champion, candidate, aligned, "log_loss", cache)
+
+    assert same.metric == "log_loss"
+    assert same.candidate == pytest.approx(log_loss(truth, served["candidate"][test]), rel=1e-5)
+    assert same.champion == pytest.approx(log_loss(truth, served["champion"][test]), rel=1e-5)
 
 
 def test_a_new_class_is_compared_on_the_classes_both_know(tmp_path: Path) -> None:
@@ -212,8 +234,8 @@ def test_retrain_keeps_the_current_model_and_says_why_when_no_fair_comparison_ex
     promote(registry, _bundle(tmp_path / "old", ("no", "yes"), {"seed": 42}), {}, decide("auc", 0.8, None, 0))
     layout = Layout(tmp_path / "run")
     _bundle(layout.models, ("no", "yes"), {"seed": 7}, seed=3)
-    layout.metrics.parent.mkdir(parents=True)
-    layout.metrics.write_text(json.dumps({"primary_metric": "auc", "test": {"auc": 0.9}}))
+    layout.evaluation.parent.mkdir(parents=True)
+    layout.evaluation.write_text(json.dumps({"primary_metric": "auc", "test": {"auc": 0.9}}))
     aligned = _aligned(200, seed=7)
     aligned[TARGET] = np.where(np.arange(len(aligned)) % 2, "yes", "no")
     layout.aligned.parent.mkdir(parents=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -187,3 +188,175 @@ def test_fuseline_check_validates_params_and_exits_2_on_a_bomb(tmp_path: Path, c
         main(["check", "--params", str(bomb)])
     assert info.value.code == 2
     assert "YAML aliases" in capsys.readouterr().err
+
+
+# --- unknown keys get the closest valid key, and `fuseline check` reads the sources' headers (issue 25) ---
+
+
+@pytest.mark.parametrize(
+    ("path", "typo", "expected"),
+    [
+        ((), "trian", "trian: unknown key; did you mean 'train'?"),
+        (("train",), "lrr", "train.lrr: unknown key; did you mean 'train.lr'?"),
+        (("monitor", "threshold"), "alpah", "alpah: unknown key; did you mean 'monitor.threshold.alpha'?"),
+        (("fusion",), "hiden", "hiden: unknown key (for head 'concat'); did you mean 'fusion.hidden'?"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_suggests_the_closest_key_at_its_level(
+    raw: dict, path: tuple[str, ...], typo: str, expected: str
+) -> None:
+    node = raw
+    for key in path:
+        node = node[key]
+    if not path:
+        raw[typo] = raw.pop("train")  # the section itself misspelt
+    else:
+        node[typo] = 1
+    assert expected in config_error(raw)
+
+
+def test_an_unknown_key_in_a_list_item_suggests_the_item_key(tmp_path: Path, raw: dict) -> None:
+    raw["data"]["sources"][0]["pathh"] = raw["data"]["sources"][0].pop("path")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(
+        ConfigError, match=r"data\.sources\.0\.pathh: unknown key; did you mean 'data\.sources\.0\.path'\?"
+    ):
+        load_params(path)  # what every command that reads params.yaml calls
+
+
+def test_an_unknown_key_like_no_other_gets_no_suggestion(raw: dict) -> None:
+    raw["train"]["zzzzzz"] = 1
+    assert config_error(raw).endswith("train.zzzzzz: unknown key")
+
+
+def _pets_project(root: Path, fmt: str, columns: dict[str, list[str]]) -> Path:
+    """A PetFinder-like source in `fmt` and a params.yaml declaring `columns`; returns the params path."""
+    frame = pd.DataFrame(
+        {
+            "PetID": ["p1", "p2", "p3"],
+            "Type": ["dog", "cat", "dog"],
+            "Age": [1, 2, 3],
+            "Description": ["a good dog", "a calm cat", "a third"],
+            "AdoptionSpeed": [4, 0, 2],
+        }
+    )
+    source = root / f"pets.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(source, index=False)
+    elif fmt == "parquet":
+        frame.to_parquet(source, index=False)
+    else:
+        frame.to_json(source, orient="records", lines=True)
+    params = {
+        "data": {
+            "sources": [{"path": source.name}], "id": "PetID", "target": "AdoptionSpeed",
+            "task": "multiclass", "columns": columns,
+        }
+    }  # fmt: skip
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root / "params.yaml"
+
+
+def _check(params: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from flows.cli import main
+
+    try:
+        main(["check", "--params", str(params)])
+        code = 0
+    except SystemExit as exited:
+        code = int(exited.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_check_names_every_missing_column_with_its_key_file_and_closest_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = _pets_project(
+        tmp_path, fmt, {"categorical": ["Typ"], "numeric": ["Age"], "text": ["Descripton"]}
+    )
+    code, out, err = _check(params, capsys)
+    assert code == 2 and "valid" not in out
+    assert err.splitlines() == [
+        f"fuseline: {params}: data.columns.categorical: column 'Typ' is in none of the sources "
+        f"(pets.{fmt}); did you mean 'Type'?",
+        f"fuseline: {params}: data.columns.text: column 'Descripton' is in none of the sources "
+        f"(pets.{fmt}); did you mean 'Description'?",
+    ]
+
+
+def test_check_names_a_misspelt_id_target_and_split_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = _pets_project(tmp_path, "csv", {"numeric": ["Age"]})
+    raw = yaml.safe_load(params.read_text())
+    raw["data"] |= {"id": "PetId", "target": "AdoptionSped", "split": {"method": "hash", "group": "typ"}}
+    params.write_text(yaml.safe_dump(raw))
+    code, _, err = _check(params, capsys)
+    assert code == 2
+    assert [line.split(": ", 2)[2] for line in err.splitlines()] == [
+        "data.id: column 'PetId' is not in pets.csv; did you mean 'PetID'?",
+        "data.target: column 'AdoptionSped' is in none of the sources (pets.csv); "
+        "did you mean 'AdoptionSpeed'?",
+        "data.split.group: column 'typ' is in none of the sources (pets.csv); did you mean 'Type'?",
+    ]
+
+
+def test_check_passes_when_every_column_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = _pets_project(tmp_path, "csv", {"categorical": ["Type"], "text": ["Description"]})
+    code, out, err = _check(params, capsys)
+    assert (code, err) == (0, "") and "valid" in out
+
+
+def test_check_reads_jsonl_records_only_until_every_column_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key may first appear in a later record; once all are seen the rest is not read (here: not JSON)."""
+    monkeypatch.chdir(tmp_path)
+    params = _pets_project(tmp_path, "jsonl", {"text": ["Description"], "numeric": ["Weight"]})
+    source = tmp_path / "pets.jsonl"
+    source.write_text(source.read_text() + '{"PetID": "p4", "Weight": 2.5}\nnot json, never read\n')
+    code, out, err = _check(params, capsys)
+    assert (code, err) == (0, "") and "valid" in out
+
+
+# --- evaluate.metric ---------------------------------------------------------------------
+
+
+def test_metric_defaults_to_auto_which_keeps_each_tasks_metric_and_val_loss(raw: dict) -> None:
+    evaluate = params_from_dict(raw).evaluate
+    assert evaluate.metric == "auto" and evaluate.chosen("binary") == "auc"
+    assert evaluate.chosen("regression") == "rmse" and evaluate.epoch_metric("binary") is None
+
+
+def test_a_chosen_metric_decides_epochs_too(raw: dict) -> None:
+    raw["data"]["task"] = "multiclass"
+    raw["evaluate"]["metric"] = "f1_macro"
+    evaluate = params_from_dict(raw).evaluate
+    assert evaluate.chosen("multiclass") == evaluate.epoch_metric("multiclass") == "f1_macro"
+
+
+@pytest.mark.parametrize(
+    ("task", "metric"), [("binary", "rmse"), ("binary", "quadratic_kappa"), ("regression", "auc")]
+)
+def test_a_metric_that_does_not_fit_the_task_fails_at_load_naming_the_key(
+    raw: dict, task: str, metric: str
+) -> None:
+    raw["data"]["task"] = task
+    raw["train"].pop("class_weight", None)
+    raw["evaluate"]["metric"] = metric
+    message = config_error(raw)
+    assert f"evaluate.metric: {metric!r} does not fit a {task} task; choose one of auto, " in message
+    assert "\n" not in message
+
+
+def test_a_misspelt_metric_names_the_key(raw: dict) -> None:
+    raw["evaluate"]["metric"] = "macro_f1"
+    assert "evaluate.metric: Input should be 'auto', 'accuracy'" in config_error(raw)

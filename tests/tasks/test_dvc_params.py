@@ -81,3 +81,52 @@ def test_every_key_a_stage_tracks_resolves_for_a_minimal_params_file() -> None:
     assert len(tracked) > 20
     for stage, dotted in tracked:
         assert _get(resolved, dotted) is not None or dotted in NULL_BY_DEFAULT, (stage, dotted)
+
+
+MINIMAL_TEXT = """# my pets
+data:
+  sources:
+    - path: items.csv   # the export
+  id: id
+  target: y
+  task: binary
+  columns: {text: [t], numeric: [n]}
+train:
+  epochs: 3   # quick
+"""
+
+
+def test_the_params_stage_writes_every_default_in_keeping_the_users_lines(tmp_path: Path) -> None:
+    """Without the keys in the file, DVC's `-S train.lr=0.003` is refused (Hydra struct mode)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(MINIMAL_TEXT)
+    before = resolved_params_text(params_from_dict(yaml.safe_load(MINIMAL_TEXT)))
+    resolve(path, Layout(tmp_path))
+    text = path.read_text()
+    filled = yaml.safe_load(text)
+    assert text.startswith("# my pets\ndata:\n  sources:\n    - path: items.csv   # the export\n  id: id\n")
+    assert "  epochs: 3   # quick\n" in text and "  demo: null\n" in text  # comments, order, list style kept
+    assert filled["train"]["epochs"] == 3 and filled["train"]["lr"] == 0.001
+    assert filled["data"]["split"]["seed"] == 42 and filled["data"]["columns"]["image"] == []
+    assert filled["evaluate"] and filled["monitor"]["threshold"]["psi"] == 0.2
+    assert resolved_params_text(params_from_dict(filled)) == before  # the run means the same
+    resolve(path, Layout(tmp_path))
+    assert path.read_text() == text  # a filled file is left alone
+
+
+def test_dvcs_own_set_param_works_on_the_filled_file_and_not_before(tmp_path: Path) -> None:
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text(MINIMAL_TEXT)
+    with pytest.raises(InvalidArgumentError):
+        apply_overrides(path, ["train.lr=0.003"])
+    resolve(path, Layout(tmp_path))
+    apply_overrides(path, ["train.lr=0.003", "fusion.head=gated", "data.split.seed=7"])
+    edited = yaml.safe_load(path.read_text())
+    assert (edited["train"]["lr"], edited["fusion"]["head"], edited["data"]["split"]["seed"]) == (
+        0.003,
+        "gated",
+        7,
+    )

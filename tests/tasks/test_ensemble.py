@@ -67,3 +67,27 @@ def test_a_member_changed_after_selection_is_refused(tmp_path: Path) -> None:
     (tmp_path / ENSEMBLE).write_text(json.dumps(data))
     with pytest.raises(BundleError, match="positive weights"):
         read_ensemble(tmp_path)
+
+
+def _sure_and_hedged(rows: int = 100) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Val rows 70 % negative: `sure` says 0.02 for all (accuracy 0.7, log loss 1.19), `hedged`
+    says 0.5 (accuracy 0.3, since 0.5 counts as positive; log loss 0.69)."""
+    y = (np.arange(rows) % 10 >= 7).astype(np.float32)
+    return y, {"sure": np.full(rows, 0.02), "hedged": np.full(rows, 0.5)}
+
+
+@pytest.mark.parametrize(("metric", "member"), [("accuracy", "sure"), ("log_loss", "hedged")])
+def test_the_chosen_metric_picks_the_member(metric: str, member: str) -> None:
+    y, predictions = _sure_and_hedged()
+    ensemble = select_ensemble("binary", y, predictions, rounds=1, metric=metric)
+    assert ensemble.weights == {member: 1.0}
+    assert ensemble.to_json()["selected_by"] == f"val {metric}"
+    assert ensemble.member_val["sure"] == pytest.approx(0.7 if metric == "accuracy" else 1.1877, abs=1e-3)
+
+
+def test_a_metric_undefined_on_val_leaves_the_choice_to_the_loss() -> None:
+    """One class in the val rows: AUC is undefined for every candidate, log loss still ranks them."""
+    y = np.zeros(20, dtype=np.float32)
+    predictions = {"right": np.full(20, 0.1), "wrong": np.full(20, 0.8)}
+    ensemble = select_ensemble("binary", y, predictions, metric="auc")
+    assert ensemble.weights == {"right": 1.0}

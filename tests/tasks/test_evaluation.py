@@ -148,6 +148,21 @@ def test_metrics_report_keeps_the_foundation_keys_and_adds_ablation_and_interval
     assert {"fused", "text", "without_text", "fused_minus_without_text"} <= set(report["intervals"])
 
 
+@pytest.mark.parametrize(("metric", "higher"), [("log_loss", False), ("balanced_accuracy", True)])
+def test_metrics_report_headlines_the_chosen_metric_for_every_model(metric: str, higher: bool) -> None:
+    """primary_metric names evaluate.metric, every model is scored on it, the intervals are of it."""
+    y, predictions = _predictions()
+    masked = {"text": predictions["fused"]}
+    report = metrics_report("binary", y, predictions, masked, {"test": 200}, resamples=50, metric=metric)
+    assert report["primary_metric"] == report["intervals"]["metric"] == metric
+    assert report["intervals"]["higher_is_better"] is higher
+    fused = report["test"][metric]
+    assert report["intervals"]["fused"]["low"] < fused < report["intervals"]["fused"]["high"]
+    assert metric in report["baselines"]["text"] and metric in report["ablation"]["without_text"]
+    table = contributions_table(report)
+    assert table.loc[table["key"] == "fused", "value"].item() == pytest.approx(fused)
+
+
 def test_contributions_table_lists_every_model_once() -> None:
     y, predictions = _predictions()
     predictions["sklearn"] = predictions["text"]

@@ -123,14 +123,68 @@ def evaluated(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> tup
     return workdir, report
 
 
-def test_metrics_json_is_what_the_flow_returns(evaluated: tuple[Path, dict]) -> None:
+def test_evaluation_json_is_what_the_flow_returns(evaluated: tuple[Path, dict]) -> None:
     workdir, report = evaluated
-    assert json.loads((workdir / "reports" / "metrics.json").read_text()) == report
+    assert json.loads((workdir / "reports" / "evaluation.json").read_text()) == report
+
+
+def test_metrics_json_is_the_headline_of_it(evaluated: tuple[Path, dict]) -> None:
+    from tasks.evaluate.summary import headline
+
+    workdir, report = evaluated
+    shown = json.loads((workdir / "reports" / "metrics.json").read_text())
+    assert shown == headline(report) and shown["final"] == report["test"]["auc"]
+
+
+def test_the_majority_baseline_is_scored_and_bootstrapped_like_sklearn(evaluated: tuple[Path, dict]) -> None:
+    """No input at all: a constant probability, so its AUC is exactly 0.5 and fused beats it clearly."""
+    _, report = evaluated
+    assert report["baselines"]["majority"]["auc"] == 0.5 and report["val"]["majority"] == 0.5
+    assert report["intervals"]["fused_minus_majority"]["low"] > 0
+
+
+def test_the_report_opens_with_the_verdict(evaluated: tuple[Path, dict]) -> None:
+    from tasks.evaluate.report import verdict_sentence
+    from tasks.evaluate.summary import verdict
+
+    workdir, report = evaluated
+    first = (workdir / "reports" / "report.md").read_text().split("\n\n")[1]  # after the title
+    assert first.startswith(f"The final model's auc {report['test']['auc']:.3f} ")
+    assert first == verdict_sentence(verdict(report), report["sklearn"]["selected"])
+
+
+def test_the_leaderboard_command_prints_every_trained_model(
+    evaluated: tuple[Path, dict], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.cli import main
+
+    workdir, report = evaluated
+    monkeypatch.chdir(workdir)
+    main(["leaderboard"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[:5] == ["model", "role", "weight", "val", "auc"]
+    models = [line.split()[0] for line in printed[1:-1]]
+    trained = [t["name"] for t in report["ensemble"]["tried"]]
+    assert sorted(models) == sorted(["final", *trained, "sklearn", "majority"])
+    assert "## Leaderboard" in (workdir / "reports" / "report.md").read_text()
+
+
+def test_the_leaderboard_command_before_evaluate_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["leaderboard"])
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and error.count("\n") == 1
+    assert "reports/leaderboard.csv" in error and "evaluate has not run" in error
 
 
 def test_sklearn_baseline_is_reported_next_to_the_fused_model(evaluated: tuple[Path, dict]) -> None:
     _, report = evaluated
-    assert set(report["baselines"]) - {"fused_head"} == {"tabular", "text", "sklearn"}
+    assert set(report["baselines"]) - {"fused_head"} == {"tabular", "text", "sklearn", "majority"}
     assert report["sklearn"]["selected"] in report["sklearn"]["candidates"]
 
 
@@ -266,7 +320,7 @@ def test_the_best_single_modality_is_chosen_on_val(evaluated: tuple[Path, dict])
     from tasks.evaluate.report import best_single
 
     workdir, report = evaluated
-    assert set(report["val"]) - {"fused_head"} == {"fused", "tabular", "text"}
+    assert set(report["val"]) - {"fused_head"} == {"fused", "tabular", "text", "sklearn", "majority"}
     assert "Best single modality (chosen on val)" in (workdir / "reports" / "report.md").read_text()
     # test favours text, val favours tabular: the choice follows val
     metrics = {

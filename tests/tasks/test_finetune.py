@@ -16,6 +16,7 @@ import torch
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
 from modelzoo.encoders.text_finetune import lower_text, top_state
 from tasks.config import FusionConfig, TextEncoderConfig, TextFinetuneConfig, TrainConfig
+from tasks.evaluate.metrics import score
 from tasks.train.dataset import FeatureSet
 from tasks.train.finetune import (
     FineTunedText,
@@ -253,3 +254,21 @@ def test_texts_must_cover_every_row(minilm, tmp_path: Path) -> None:
             features, {"review": texts["review"][:-1]}, "binary", FUSION, TRAIN, TEXT, tmp_path,
             progress=False, base_encoder=minilm,
         )  # fmt: skip
+
+
+def test_a_chosen_metric_picks_the_fine_tuning_epoch_in_the_rows_own_order(minilm, cache_dir: Path) -> None:
+    """The loop predicts val rows shortest text first; the truth it scores them against must follow."""
+    features, texts = synthetic("multiclass")
+    text = TEXT.model_copy(update={"finetune": TextFinetuneConfig(layers=1, epochs=3, batch_size=32)})
+    result = train_finetuned(
+        features, texts, "multiclass", FUSION, TRAIN, text, cache_dir, False, minilm, metric="log_loss"
+    )
+    best = max(result.history, key=lambda h: (-h["val_log_loss"], -h["val_loss"]))
+    assert result.best_epoch == best["epoch"]
+    val = features.split == "val"
+    prediction = predict_finetuned(
+        result.head, result.top, features, texts, "multiclass", None, text, cache_dir, minilm
+    )[val]
+    assert score("multiclass", "log_loss", features.target[val], prediction) == pytest.approx(
+        best["val_log_loss"], rel=1e-3
+    )

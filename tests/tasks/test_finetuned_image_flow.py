@@ -110,6 +110,6 @@ def test_fine_tuned_image_member_is_trained_stored_evaluated_and_served(
     test_rows = items[items["item_id"].isin(set(served["row_id"]))]
     test_rows.to_csv(tmp_path / "new.csv", index=False)
     predict("models", "new.csv", "preds.parquet", "params.yaml", roots={"image": str(moved)})
-    ours = pd.read_parquet(tmp_path / "preds.parquet").sort_values("row_id")
+    ours = pd.read_parquet(tmp_path / "preds.parquet").sort_values("item_id")  # the data's id name
     np.testing.assert_allclose(ours["prob_yes"].to_numpy(), served["prob_yes"].to_numpy(), atol=1e-5)
     assert list((tmp_path / ".cache" / "features" / "hidden").rglob("*.npy"))  # recomputed from the files

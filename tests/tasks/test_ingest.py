@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from tasks.config import DataConfig
+from tasks.data.align import AlignReport, align
 from tasks.data.ingest import ingest_sources, read_snapshots
 from tasks.errors import DataError
 
@@ -249,3 +250,64 @@ def test_categories_read_one_way_whatever_the_format(tmp_path: Path) -> None:
     for fmt, values in seen.items():
         assert [str(v) for v in values[0]] == [str(v) for v in expected[0]], fmt
         assert values[1] == expected[1], fmt
+
+
+# --- the params key in a missing-column error, and the target's type for prediction (issue 25) ---
+
+
+def test_a_misspelt_column_names_its_params_key(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "items.csv", ROWS)
+    data = data_config(path, columns={"categorical": ["category"], "text": ["descripton"]})
+    message = str(ingest_error(data, tmp_path / "raw"))
+    assert message == (
+        f"file {path}; column 'descripton': declared as data.columns.text but in none of the sources; "
+        "did you mean 'description'?"
+    )
+
+
+def test_every_missing_column_is_counted_in_the_one_error(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "items.csv", {k: v for k, v in ROWS.items() if k != "item_id"})
+    data = data_config(path, columns={"categorical": ["categry"], "numeric": ["price"]})
+    message = str(ingest_error(data, tmp_path / "raw"))
+    assert "the id column 'item_id' (data.id) is missing" in message
+    assert message.endswith("also missing: data.columns.categorical 'categry'")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "labels", "expected"),
+    [
+        ("csv", [4, 0, 2, 4], "int"),
+        ("csv", [True, False, True, False], "bool"),
+        ("csv", ["yes", "no", "yes", "no"], "str"),
+        ("parquet", [4.0, 0.0, 2.0, 4.0], "float"),  # stored as "4": ingest's one form of a label
+        ("parquet", [0.5, 1.5, 0.5, 1.5], "float"),
+        ("jsonl", ["4", "0", "2", "4"], "str"),  # digits, but written as strings
+        ("jsonl", [4, 0, 2, 4], "int"),
+    ],
+)
+def test_the_targets_type_in_the_source_reaches_the_align_summary(
+    tmp_path: Path, fmt: str, labels: list, expected: str
+) -> None:
+    """Ingest keeps labels as strings; the type they had travels to align's summary (and on to the bundle)."""
+    frame = pd.DataFrame({**ROWS, "label": labels})
+    path = tmp_path / f"items.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    data = data_config(path, task="multiclass")
+    [snapshot] = ingest_sources(data, tmp_path / "raw")
+    assert snapshot.target_type == expected
+    [(_, table)] = read_snapshots(tmp_path / "raw")
+    report = _align_report(data, table)
+    assert report.target_type == expected
+
+
+def _align_report(data: DataConfig, table: pd.DataFrame) -> AlignReport:
+    """Align's report for `table` repeated to enough rows per class to split."""
+
+    rows = pd.concat([table.assign(item_id=table["item_id"] + f"-{i}") for i in range(12)], ignore_index=True)
+    rows.attrs = table.attrs
+    return align(data, [("items", rows)])[1]

@@ -5,13 +5,18 @@ models/bundle.json` destroyed the bundle, an existing directory or a `--model` t
 symlink loop or holds a NUL byte ended in a traceback. The checks (tasks/serve/pathcheck.py) run on
 real files; the command-line tests call `fuseline predict` (flows.cli.main), whose refusals
 all happen before a Prefect flow starts, so no server is needed.
+
+Issue 25, item 6: what the output holds (the data's id name, labels in the target's type)
+and where it goes without `--output` (predictions/<input stem>.parquet, not the project root).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -260,3 +265,136 @@ def test_the_predict_flow_refuses_before_loading_the_model(prefect_api: str, pro
     with pytest.raises(DataError, match=f"inside models.*{META}|{META}.*inside models"):
         predict("models", "new.csv", f"models/{META}", "params.yaml")
     assert _snapshot(project) == before
+
+
+# --- what the output holds: the user's id name, labels in the target's type (issue 25) -------------
+
+
+def write_pets_bundle(
+    models: Path, classes: tuple[str, ...], target_type: str | None, task: str = "multiclass"
+) -> None:
+    """A real head over one numeric column `x` whose data is keyed by `PetID`; `target_type` None is
+    a bundle from before the type was recorded."""
+    head_cls = lookup("head", "concat")
+    torch.manual_seed(0)
+    out_dim = 1 if task == "binary" else len(classes)
+    model = head_cls({"tabular": 2}, out_dim, head_cls.Config(hidden=4, dropout=0.0))
+    data = {
+        "sources": [{"path": "pets.csv"}], "id": "PetID", "target": "AdoptionSpeed", "task": task,
+        "columns": {"numeric": ["x"]},
+    }  # fmt: skip
+    meta = BundleMeta(
+        task=task, fusion={"head": "concat", "hidden": 4, "dropout": 0.0}, in_dims={"tabular": 2},
+        out_dim=out_dim, classes=classes, target_scaling=None, encoders={},
+        tabular={"categorical": [], "numeric": [{"column": "x", "mean": 0.0, "std": 1.0}]},
+        best_epoch=1, params={"data": data}, target_type=target_type,
+    )  # fmt: skip
+    write_bundle(models, model, meta)
+
+
+def predicted(tmp_path: Path, classes: tuple[str, ...], target_type: str | None, task: str) -> pd.DataFrame:
+    """`fuseline predict`'s table for 40 new rows: read, encoded and predicted as the flow's chunks do."""
+    from tasks.device import pick_device
+    from tasks.features.cache import FeatureCache
+    from tasks.serve.predict import load_predictor, read_new_rows
+
+    write_pets_bundle(tmp_path / "models", classes, target_type, task)
+    x = np.linspace(-3, 3, 40)
+    pd.DataFrame({"PetID": [f"p{i}" for i in range(40)], "x": x}).to_csv(tmp_path / "new.csv", index=False)
+    cache = FeatureCache(tmp_path / "cache")
+    predictor = load_predictor(tmp_path / "models", cache)
+    rows = read_new_rows(tmp_path / "new.csv", predictor.data, {})
+    return predictor.predict(rows, {}, cache, pick_device("cpu"))
+
+
+def test_the_id_column_has_the_training_datas_id_name(tmp_path: Path) -> None:
+    table = predicted(tmp_path, ("0", "2", "4"), "int", "multiclass")
+    assert list(table.columns) == ["PetID", "prob_0", "prob_2", "prob_4", "prediction"]
+    assert table["PetID"].tolist() == [f"p{i}" for i in range(40)]
+
+
+@pytest.mark.parametrize(
+    ("task", "classes", "target_type", "dtype", "values"),
+    [
+        ("multiclass", ("0", "2", "4"), "int", "int64", {0, 2, 4}),
+        ("multiclass", ("0.5", "1.5", "2.5"), "float", "float64", {0.5, 1.5, 2.5}),
+        ("binary", ("False", "True"), "bool", "bool", {False, True}),
+        ("binary", ("no", "yes"), "str", "str", {"no", "yes"}),
+        ("multiclass", ("0", "2", "4"), None, "str", {"0", "2", "4"}),  # an older bundle: as before
+    ],
+)
+def test_the_prediction_has_the_targets_type(
+    tmp_path: Path, task: str, classes: tuple[str, ...], target_type: str | None, dtype: str, values: set
+) -> None:
+    prediction = predicted(tmp_path, classes, target_type, task)["prediction"]
+    assert str(prediction.dtype) == dtype
+    assert set(prediction) <= values
+
+
+def test_a_bundle_without_the_target_type_loads(tmp_path: Path) -> None:
+    """bundle.json written before `target_type` existed has no such key: it loads as None."""
+    from tasks.train.bundle import DIGEST, load_bundle, meta_digest
+
+    write_pets_bundle(tmp_path / "models", ("0", "2", "4"), "int")
+    meta = json.loads((tmp_path / "models" / META).read_text())
+    del meta["target_type"]
+    meta[DIGEST]["meta"] = meta_digest(meta)
+    (tmp_path / "models" / META).write_text(json.dumps(meta))
+    assert load_bundle(tmp_path / "models")[1].target_type is None
+
+
+def test_output_has_help_naming_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--help"])
+    assert exited.value.code == 0
+    usage = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    assert "--output OUTPUT where to write the predictions" in usage
+    assert "default: predictions/<input name>.parquet in the current directory" in usage
+
+
+def test_without_output_it_writes_predictions_named_after_the_input(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not the project root: predictions/<input stem>.parquet (here refused, being a directory, which
+    shows the path it chose without running a flow)."""
+    (project / "predictions" / "new.parquet").mkdir(parents=True)
+    line = _refused(["--input", "new.csv"], capsys)
+    assert "predictions/new.parquet" in line and "the output is an existing directory" in line
+    assert not (project / "predictions.parquet").exists()
+
+
+@pytest.mark.slow
+def test_an_integer_target_comes_back_as_integers_after_a_real_run(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stage flows carry the target's type from the CSV to the bundle (ingest's manifest, align's
+    summary, train), and `fuseline predict` writes `PetID` and integer classes."""
+    from flows.align import align_flow
+    from flows.extract import extract
+    from flows.ingest import ingest
+    from flows.train import train
+
+    monkeypatch.chdir(tmp_path)
+    x = np.random.default_rng(0).normal(size=150)
+    ids = [f"p{i:03d}" for i in range(150)]
+    pd.DataFrame({"PetID": ids, "x": x, "AdoptionSpeed": np.digitize(x, [-0.5, 0.5]) * 2}).to_csv(
+        "pets.csv", index=False
+    )  # classes 0, 2 and 4, written as integers
+    data = {
+        "sources": [{"path": "pets.csv"}], "id": "PetID", "target": "AdoptionSpeed", "task": "multiclass",
+        "columns": {"numeric": ["x"]}, "split": {"method": "hash"},
+    }  # fmt: skip
+    params = {"data": data, "train": {"epochs": 2, "device": "cpu", "ensemble": False}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    ingest(params_path="params.yaml")
+    align_flow(params_path="params.yaml")
+    extract(params_path="params.yaml", modality="tabular")
+    train(params_path="params.yaml")
+    assert json.loads((tmp_path / "models" / META).read_text())["target_type"] == "int"
+
+    pd.DataFrame({"PetID": ids[:5], "x": x[:5]}).to_csv("new.csv", index=False)
+    main(["predict", "--input", "new.csv"])
+    assert capsys.readouterr().out.strip().endswith("5 predictions -> predictions/new.parquet")
+    table = pd.read_parquet(tmp_path / "predictions" / "new.parquet")
+    assert table["PetID"].tolist() == ids[:5]
+    assert str(table["prediction"].dtype) == "int64" and set(table["prediction"]) <= {0, 2, 4}

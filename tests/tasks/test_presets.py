@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tasks.config import params_from_dict
+from tasks.errors import ConfigError
 from tasks.train.plan import FINETUNED_IMAGE, FINETUNED_TEXT, Budget, member_plan
 from tests.tasks.test_evaluation_flow import _params, _write_inputs
 
@@ -146,3 +147,42 @@ def test_a_fine_tuned_text_member_is_trained_stored_and_served(
     (member / TOP_WEIGHTS).write_bytes((member / TOP_WEIGHTS).read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(BundleError, match="digest"):
         member_loaders(".cache/features")[FINETUNED_TEXT](member)
+
+
+def test_a_chosen_metric_selects_the_members_and_the_bundle_records_it(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate.metric: log_loss picks each head's epoch, scores the members and chooses the ensemble."""
+    import pandas as pd
+
+    from flows.train import train
+
+    monkeypatch.chdir(tmp_path)
+    _write_inputs(tmp_path)
+    raw = _with(epochs=4, patience=4)
+    raw["evaluate"] = {"metric": "log_loss"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    train(params_path="params.yaml")
+    ensemble = json.loads((tmp_path / "models" / "ensemble.json").read_text())
+    assert ensemble["selected_by"] == "val log_loss"
+    assert ensemble["member_val"]["fused"] == next(
+        t["val"] for t in ensemble["tried"] if t["name"] == "fused"
+    )
+    assert json.loads((tmp_path / "models" / "bundle.json").read_text())["metric"] == "log_loss"
+    curve = pd.read_csv(tmp_path / "reports" / "train" / "learning_curve.csv")
+    best = json.loads((tmp_path / "models" / "bundle.json").read_text())["best_epoch"]
+    assert best == int(curve.sort_values(["val_log_loss", "val_loss"]).iloc[0]["epoch"])
+
+
+def test_quadratic_kappa_on_classes_without_an_order_is_refused_naming_the_key() -> None:
+    from flows.train import check_metric_classes
+
+    raw = _with()
+    raw["data"]["task"] = "multiclass"
+    raw["evaluate"] = {"metric": "quadratic_kappa"}
+    params = params_from_dict(raw)
+    check_metric_classes(params, ("0", "1", "2"))  # numbers: ordered
+    with pytest.raises(
+        ConfigError, match=r"^params.yaml: evaluate.metric: quadratic_kappa needs ordered classes"
+    ):
+        check_metric_classes(params, ("cat", "dog", "fish"))

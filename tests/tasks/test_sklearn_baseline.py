@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.dummy import DummyClassifier
 
 from tasks.config import ColumnsConfig, DataConfig
 from tasks.data.align import ID, SPLIT, align
@@ -159,3 +160,33 @@ def test_a_large_train_split_is_sampled_and_the_report_says_so(binary: Fitted) -
     note = _sample_note({"train_rows": 100, "train_rows_available": available})
     assert f"seeded sample of 100 of the {available:,} train rows" in note
     assert _sample_note({"train_rows": available, "train_rows_available": available}) == ""
+
+
+# --- evaluate.metric ---------------------------------------------------------------------
+
+
+def _prior(positives: int, rows: int = 100) -> DummyClassifier:
+    """A real fitted classifier that always says P(yes) = positives / rows."""
+    y = np.r_[np.ones(positives), np.zeros(rows - positives)].astype(int)
+    return DummyClassifier(strategy="prior").fit(np.zeros((rows, 1)), y)
+
+
+@pytest.mark.parametrize(("metric", "setting"), [("accuracy", "sure"), ("log_loss", "hedged")])
+def test_settings_are_tuned_on_the_chosen_metric(metric: str, setting: str) -> None:
+    """Val rows 70 % negative: `sure` (P 0.02) is right more often, `hedged` (P 0.5) loses less log loss."""
+    from tasks.train.sklearn_baseline import _best_on_val
+
+    y_val = (np.arange(100) % 10 >= 7).astype(int)
+    val = (pd.DataFrame({"x": np.zeros(100)}), y_val)
+    fitted = [("sure", _prior(2)), ("hedged", _prior(50))]
+    assert _best_on_val("binary", val, 2, fitted, metric)[0] == setting
+
+
+def test_the_baseline_reports_the_metric_it_was_chosen_on(multiclass: Fitted) -> None:
+    aligned, _ = multiclass
+    result = fit_sklearn_baseline(
+        aligned, COLUMNS, "multiclass", MULTICLASS_ORDER, metric="balanced_accuracy"
+    )
+    val = {name: c["val"]["balanced_accuracy"] for name, c in result.candidates.items()}
+    assert result.selected_by == "val balanced_accuracy" and result.selected == max(val, key=val.__getitem__)
+    assert all("balanced_accuracy" in c["test"] for c in result.candidates.values())

@@ -98,7 +98,7 @@ def test_prediction_uses_the_bundle_copy_when_features_and_cache_are_gone(
     shutil.rmtree(workdir / ".cache")
     predict("models", "new.csv", "cold.parquet", "params.yaml")
     warm, cold = pd.read_parquet(workdir / "warm.parquet"), pd.read_parquet(workdir / "cold.parquet")
-    assert list(cold["row_id"]) == list(new["item_id"])
+    assert list(cold["item_id"]) == list(new["item_id"])
     np.testing.assert_allclose(cold["prob_yes"], warm["prob_yes"], atol=1e-6, rtol=0)
 
     shutil.rmtree(workdir / ".cache")

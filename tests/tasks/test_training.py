@@ -9,6 +9,8 @@ import torch
 from modelzoo.registry import names
 from tasks.config import FusionConfig, TrainConfig
 from tasks.errors import DataError
+from tasks.evaluate.metrics import score
+from tasks.train.best_epoch import EpochChoice
 from tasks.train.dataset import FeatureSet
 from tasks.train.training import ModalityDropout, TrainResult, build_head, head_features, predict, train_model
 from tests.threads import torch_threads
@@ -332,3 +334,59 @@ def test_multilabel_predictions_are_independent_label_probabilities() -> None:
     assert not np.allclose(prob.sum(axis=1), 1.0)
     accuracy = ((prob >= 0.5) == (features.target == 1)).mean()
     assert accuracy > 0.85
+
+
+# --- evaluate.metric picks the epoch ------------------------------------------------------
+
+EPOCHS = [  # (val loss, P(positive) of the four val rows [neg, neg, pos, pos])
+    (0.40, [0.6, 0.4, 0.6, 0.7]),  # accuracy 0.75
+    (0.30, [0.6, 0.4, 0.6, 0.7]),  # accuracy 0.75 again, lower loss: the tie goes to it
+    (0.45, [0.1, 0.2, 0.8, 0.9]),  # accuracy 1.0, higher loss
+    (0.20, [0.6, 0.6, 0.8, 0.9]),  # accuracy 0.5, the lowest loss
+]
+
+
+def _choose(metric: str | None, truth: np.ndarray, patience: int = 9) -> EpochChoice:
+    choice = EpochChoice("binary", metric, truth, patience)
+    for epoch, (loss, prob) in enumerate(EPOCHS, start=1):
+        choice.observe(epoch, loss, np.array(prob))
+    return choice
+
+
+def test_a_chosen_metric_keeps_the_epoch_it_scores_best_not_the_lowest_loss() -> None:
+    truth = np.array([0, 0, 1, 1], dtype=np.float32)
+    assert _choose("accuracy", truth).best_epoch == 3
+    assert _choose(None, truth).best_epoch == 4  # auto: val loss, as before
+
+
+def test_a_tie_in_the_metric_that_lowers_the_loss_is_progress_for_patience() -> None:
+    truth = np.array([0, 0, 1, 1], dtype=np.float32)
+    choice = EpochChoice("binary", "accuracy", truth, patience=1)
+    choice.observe(1, *EPOCHS[0])
+    choice.observe(2, EPOCHS[1][0], np.array(EPOCHS[1][1]))
+    assert choice.improved and not choice.exhausted and choice.best_epoch == 2
+
+
+def test_a_metric_undefined_on_val_leaves_the_epoch_to_the_loss() -> None:
+    """One class in the val rows: AUC has no value, so every epoch ties on it and loss decides."""
+    choice = _choose("auc", np.zeros(4, dtype=np.float32))
+    assert choice.best_epoch == 4
+
+
+def test_train_model_keeps_the_epoch_of_the_best_val_metric() -> None:
+    features = synthetic("multiclass", n_rows=300, noise=2.0)
+    result = train_model(features, "multiclass", FUSION, TINY, progress=False, metric="f1_macro")
+    by_metric = max(result.history, key=lambda h: (h["val_f1_macro"], -h["val_loss"]))
+    assert result.best_epoch == by_metric["epoch"]
+    val = features.of_split("val")
+    restored = score("multiclass", "f1_macro", val.target, predict(result.model, val, "multiclass", None))
+    assert restored == pytest.approx(by_metric["val_f1_macro"])
+
+
+def test_a_regression_metric_is_measured_on_the_target_scale() -> None:
+    features = synthetic("regression", n_rows=300, noise=1.0)
+    result = train_model(features, "regression", FUSION, TINY, progress=False, metric="mae")
+    val = features.of_split("val")
+    prediction = predict(result.model, val, "regression", result.target_scaling)
+    best = result.history[result.best_epoch - 1]
+    assert best["val_mae"] == pytest.approx(score("regression", "mae", val.target, prediction), rel=1e-4)

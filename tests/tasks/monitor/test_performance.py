@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
+from tasks.evaluate.metrics import score
 from tasks.monitor.history import HISTORY_NAME, append_record
 from tasks.monitor.performance import estimate_metric, fit_calibration, measure_performance
 from tests.tasks.monitor.project import items, run_align, write_model, write_project
@@ -92,6 +93,31 @@ def test_cbpe_estimates_multiclass_accuracy_after_one_vs_rest_calibration() -> N
     assert np.allclose(calibrated.sum(axis=1), 1.0)
     estimated = estimate_metric("accuracy", "multiclass", p, calibrated)
     assert abs(estimated - accuracy_score(y, p.argmax(axis=1))) < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "metric", ["balanced_accuracy", "f1_macro", "f1_weighted", "quadratic_kappa", "log_loss"]
+)
+def test_cbpe_estimates_the_chosen_multiclass_metric_from_expected_counts(metric: str) -> None:
+    p_ref, y_ref = _softmax_model(REFERENCE, seed=0)
+    p, y = _softmax_model(BATCH, seed=1)
+    calibrated = fit_calibration("multiclass", y_ref, p_ref).apply(p)
+    estimated = estimate_metric(metric, "multiclass", p, calibrated)
+    assert abs(estimated - score("multiclass", metric, y, p)) < TOLERANCE
+
+
+def test_the_served_models_metric_is_the_one_measured() -> None:
+    """A bundle selected on balanced accuracy is watched on balanced accuracy, realized and estimated."""
+    p_ref, y_ref = _softmax_model(1000, seed=0)
+    p, y = _softmax_model(500, seed=1)
+    labels = lambda codes: pd.Series(np.asarray(["a", "b", "c"])[codes])  # noqa: E731
+    measured = measure_performance(
+        "multiclass", ("a", "b", "c"), (labels(y_ref), p_ref), (labels(y), p), resamples=200,
+        metric="balanced_accuracy",
+    )  # fmt: skip
+    assert measured.metric == "balanced_accuracy" and measured.higher_is_better
+    assert measured.realized == pytest.approx(balanced_accuracy_score(y, p.argmax(axis=1)))
+    assert measured.estimate is not None and measured.low < measured.realized < measured.high
 
 
 def test_cbpe_estimates_multilabel_micro_f1() -> None:
