@@ -53,7 +53,7 @@ from tasks.device import autocast_for, batch_size_on, pick_device
 from tasks.features.cache import FeatureCache
 from tasks.features.extract import EncoderSpec, ExtractStats, configure_threads, extract_embeddings
 from tasks.features.feature_store import read_blocks
-from tasks.features.images import load_square_rgb
+from tasks.images import load_square_rgb
 from tasks.modalities.audio import Framing, clip_windows
 from tasks.modalities.image import normalise_images
 

@@ -71,10 +71,10 @@ from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
 from modelzoo.encoders.image_finetune import block_count
 from modelzoo.encoders.loading import load_image_encoder
 from modelzoo.encoders.text_finetune import layer_count, lower_text
-from tasks.config import FusionConfig, ImageEncoderConfig, TextEncoderConfig, TrainConfig
+from tasks.config import FusionConfig, TrainConfig
 from tasks.device import pick_device
-from tasks.modalities.image import close_batches, decoded_batches, encode_image_batches
-from tasks.modalities.text import encode_sorted_texts
+from tasks.modalities.image import ImageEncoderConfig, close_batches, decoded_batches, encode_image_batches
+from tasks.modalities.text import TextEncoderConfig, encode_sorted_texts
 from tasks.schema import DIGEST, ID, PRESENT
 from tasks.train.dataset import FeatureSet
 from tasks.train.finetune import (

@@ -55,9 +55,9 @@ from tasks.atomic import write_json
 from tasks.config import FusionConfig, TrainConfig, load_params, params_from_dict
 from tasks.data.demo import demo_targets
 from tasks.device import use_all_cores
-from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
 from tasks.features.wide import wide_blocks
 from tasks.paths import Layout
+from tasks.scores.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
 from tasks.train.assemble import load_feature_set
 from tasks.train.dataset import FeatureSet, modality_of
 from tasks.train.objectives import Objective

@@ -1,12 +1,7 @@
-"""Process set-up shared by every flow entry point.
+"""Process set-up shared by every flow entry point, below flows/server.py.
 
-Without PREFECT_API_URL, each `python -m flows.<stage>` would start its own temporary Prefect
-server (~10 s). When this checkout's fuseline server is up (`fuseline server start`, which
-`make demo` runs; flows/server.py), stages use it instead: runs land in one UI and start in a
-fraction of that. Only the server that this checkout's `.prefect/server.json` records counts,
-never another clone's that answers on the usual port. An explicit PREFECT_API_URL wins.
-This must run before Prefect reads its settings, hence from the package's __init__.
-
+Where the local Prefect API is (`local_api_url`, `parse_port`, `server_is_up`: the server
+module builds on these; flows/server.py `configure_prefect` picks the API for every stage).
 It also turns `runtime.task_runner` into a Prefect task runner (imported only when chosen,
 so a stage that never fans out pays nothing for Dask or Ray).
 """
@@ -52,18 +47,6 @@ def server_is_up(api_url: str, timeout: float = 0.5) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
-
-
-def configure_prefect() -> None:
-    """Report to this checkout's own server when it is up; let our own loggers reach Prefect."""
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")
-    if "PREFECT_API_URL" in os.environ:
-        return
-    from flows.server import running_server  # imported here: flows.server imports this module
-
-    state = running_server()
-    if state is not None:
-        os.environ["PREFECT_API_URL"] = state.api_url
 
 
 def task_runner_for(task_runner: str, address: str | None = None, workers: int = 2) -> Any:

@@ -10,9 +10,10 @@ from prefect import flow, get_run_logger, task
 
 from flows._entry import run_from_command_line
 from flows._retry import IO_RETRIES
+from tasks.align_report import AlignReport
 from tasks.atomic import atomic_dir, write_json
 from tasks.config import DataConfig, load_params
-from tasks.data.align import AlignReport, align
+from tasks.data.align import align
 from tasks.data.ingest import read_snapshots
 from tasks.paths import Layout
 

@@ -12,6 +12,7 @@ prefect.yaml describes the same deployment for a work pool.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -28,6 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runner import Runner
 
+from flows._commands import check, ensure_api, run_command
 from flows._retry import IO_RETRIES
 from flows._runtime import cron_deployment
 from tasks import escape
@@ -303,6 +305,19 @@ class _ServeRunner(Runner):
             self._stopping = asyncio.ensure_future(self.astop())  # kept: a task needs a reference
 
 
+def serve_command(args: argparse.Namespace) -> None:
+    """`fuseline serve`: a bad setting fails now, not in the first scheduled run; then serve."""
+    check(args.params, quiet=True)
+    ensure_api()
+    serve(params_path=args.params, name=args.name or DEPLOYMENT)
+
+
+def retrain_command(args: argparse.Namespace) -> None:
+    """`fuseline retrain`: one scheduled run now, after the same check as `serve`."""
+    check(args.params, quiet=True)
+    retrain(params_path=args.params)
+
+
 def _ui_url() -> str:
     from prefect.settings import PREFECT_UI_URL
 
@@ -311,6 +326,4 @@ def _ui_url() -> str:
 
 
 if __name__ == "__main__":
-    from flows.cli import main
-
-    main(["serve", *sys.argv[1:]])
+    run_command("serve", serve_command)

@@ -29,32 +29,28 @@ from tasks.config import Params, load_params
 from tasks.device import single_threaded
 from tasks.evaluate import figures
 from tasks.evaluate.evaluation import (
-    FUSED,
-    FUSED_HEAD,
-    SKLEARN,
     ablation_predictions,
     contributions_table,
     fused_embedding,
     metrics_report,
     plot_tables,
-    predict_with,
     predictions_table,
     primary_score,
     prior_name,
     prior_predictions,
     project_2d,
     untrained_missing,
-    with_blocks,
 )
 from tasks.evaluate.importance import block_weights, feature_groups, permutation_importance, weights_by_group
-from tasks.evaluate.metrics import compute_metrics, higher_is_better
 from tasks.evaluate.report import ReportInputs, data_summary, render_report, worsening
 from tasks.evaluate.summary import headline, leaderboard_table, model_label
 from tasks.features.mapped import mapped_root
 from tasks.paths import Layout
+from tasks.scores.metrics import compute_metrics, higher_is_better
+from tasks.scores.model_names import FUSED, FUSED_HEAD, SKLEARN
 from tasks.train.assemble import load_feature_set, rows_in_order
-from tasks.train.bundle import BundleMeta, baseline_dirs, load_bundle
-from tasks.train.dataset import FeatureSet
+from tasks.train.bundle import BundleMeta, baseline_dirs, load_bundle, predict_with
+from tasks.train.dataset import FeatureSet, with_blocks
 from tasks.train.ensemble import blend
 from tasks.train.finetuned_member import member_loaders
 from tasks.train.members import MEMBER_SECONDS, load_final_model, load_member, read_ensemble

@@ -9,6 +9,7 @@ need the project installed and the input, images and cache directory at the same
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import tempfile
 import time
@@ -22,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from flows._commands import check_cluster, parse_roots, run_command
 from flows._runtime import task_runner_for
 from flows.scaleout import threads_per_task
 from tasks import escape
@@ -29,9 +31,10 @@ from tasks.atomic import write_parquet
 from tasks.config import CacheConfig, RuntimeConfig, load_params
 from tasks.device import pick_device
 from tasks.features.cache import FeatureCache
-from tasks.serve.pathcheck import check_input_path, check_output_path
+from tasks.pathcheck import check_input_path, check_output_path
 from tasks.serve.predict import absolute_file_cells, cached_predictor, chunk_bounds, file_roots, read_new_rows
 from tasks.serve.promotion import resolve_model_dir
+from tasks.train.bundle import verify_bundle
 
 PREDICTIONS_DIR = "predictions"  # where `fuseline predict` writes without --output
 
@@ -150,7 +153,7 @@ def check_predict_paths(model: str, input_path: str, output_path: str, params_pa
     """Refuse an unusable model, input or output path before any work; the resolved bundle directory.
 
     The output must not be anything this run reads: the input, params.yaml, a file inside the
-    model bundle or registry, or the feature cache (see tasks/serve/pathcheck.py). `fuseline
+    model bundle or registry, or the feature cache (see tasks/pathcheck.py). `fuseline
     predict` calls this before starting the flow, so a refusal is one line and no flow run;
     the flow calls it again for callers that run it directly.
     """
@@ -195,9 +198,15 @@ def _bundle_mtime_ns(bundle_dir: str) -> int:
     )
 
 
+def predict_command(args: argparse.Namespace) -> None:
+    """`fuseline predict`: refusals before the flow starts are one line (inside a flow run Prefect
+    logs a traceback), then the predictions and one line saying where they are."""
+    output = args.output or default_output_path(args.input)
+    verify_bundle(Path(check_predict_paths(args.model, args.input, output, args.params)))
+    check_cluster(args.params)
+    summary = predict(args.model, args.input, output, args.params, parse_roots(args.root))
+    print(f"{summary['rows']} predictions -> {summary['output']}")
+
+
 if __name__ == "__main__":
-    import sys
-
-    from flows.cli import main
-
-    main(["predict", *sys.argv[1:]])
+    run_command("predict", predict_command)

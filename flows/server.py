@@ -1,6 +1,6 @@
 """A long-lived local Prefect server per checkout (UI + API on 127.0.0.1).
 
-Started once and reused by every stage process (see flows/_runtime.py), so `dvc repro` does
+Started once and reused by every stage process (`configure_prefect`, below), so `dvc repro` does
 not pay a temporary server's start-up per stage, and all runs show up in one UI.
 
 Two clones on one machine must not share a server: each would show the other's runs and
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows._runtime import DEFAULT_HOST, DEFAULT_PORT, local_api_url, local_opener, parse_port, server_is_up
+from tasks.atomic import process_alive
 from tasks.errors import ConfigError, FuselineError
 
 STATE_DIR = Path(".prefect")
@@ -194,7 +195,7 @@ def _recorded(state_dir: str | os.PathLike[str]) -> ServerState | None:
     state = read_state(state_dir)
     if state is None or Path(state.checkout) != checkout_of(state_dir):
         return None
-    if not _alive(state.pid) or _serves(state.pid, state.port) is False:
+    if not process_alive(state.pid) or _serves(state.pid, state.port) is False:
         return None
     return state
 
@@ -276,7 +277,7 @@ def _wait_until_up(
     while time.monotonic() < deadline:
         if _answers_as(state.port, state_dir):
             return
-        exited = process.poll() is not None if process is not None else not _alive(state.pid)
+        exited = process.poll() is not None if process is not None else not process_alive(state.pid)
         if exited:
             _clear(state_dir)
             raise FuselineError(f"the Prefect server exited at start; see {log}")
@@ -299,16 +300,6 @@ def _locked(state_dir: Path) -> Iterator[None]:
     with open(Path(state_dir) / "server.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
         yield
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, and someone else's
-        return True
-    return True
 
 
 def _serves(pid: int, port: int) -> bool | None:
@@ -337,6 +328,24 @@ def _wait_gone(pid: int, timeout: float) -> None:
             os.waitpid(pid, os.WNOHANG)  # reaps it when this process started it (tests, benches)
         except ChildProcessError:
             pass
-        if not _alive(pid):
+        if not process_alive(pid):
             return
         time.sleep(0.1)
+
+
+def configure_prefect() -> None:
+    """Report to this checkout's own server when it is up; let our own loggers reach Prefect.
+
+    Without PREFECT_API_URL, each `python -m flows.<stage>` would start its own temporary
+    Prefect server (~10 s). When this checkout's server is up (`fuseline server start`, which
+    `make demo` runs), stages use it instead: runs land in one UI and start in a fraction of
+    that. Only the server that this checkout's `.prefect/server.json` records counts, never
+    another clone's that answers on the usual port. An explicit PREFECT_API_URL wins. This
+    must run before Prefect reads its settings, hence from the package's __init__.
+    """
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")
+    if "PREFECT_API_URL" in os.environ:
+        return
+    state = running_server()
+    if state is not None:
+        os.environ["PREFECT_API_URL"] = state.api_url

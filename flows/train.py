@@ -29,10 +29,11 @@ from tasks.data.align import recorded_target_type
 from tasks.device import use_all_cores
 from tasks.errors import ConfigError
 from tasks.evaluate.evaluation import primary_score
-from tasks.evaluate.metric_names import ordered_classes_problem
 from tasks.features.fitted import checked_states, copy_states, state_record
 from tasks.features.mapped import mapped_root
+from tasks.modalities import raw_text_columns
 from tasks.paths import Layout
+from tasks.scores.metric_names import ordered_classes_problem
 from tasks.train.assemble import feature_metadata, load_feature_set, read_rows, rows_in_order
 from tasks.train.bundle import BASELINES, BundleMeta, write_bundle
 from tasks.train.dataset import FeatureSet
@@ -196,7 +197,9 @@ def _linear_member(
 ) -> PortableLinear | None:
     """The scikit-learn linear baseline as a member, when the task and columns allow one."""
     columns = params.data.columns
-    if params.data.task not in SKLEARN_TASKS or not (columns.text or columns.categorical or columns.numeric):
+    if params.data.task not in SKLEARN_TASKS or not (
+        raw_text_columns(columns) or columns.categorical or columns.numeric
+    ):
         return None
     started = time.perf_counter()
     linear = fit_linear_member(

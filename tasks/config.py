@@ -2,6 +2,10 @@
 
 Everything is validated up front (unknown keys, wrong types, impossible values) so that a
 typo fails in a second with the key's path instead of an hour into a run.
+
+Each embedded modality's keys (`data.columns.<name>`, `data.<name>_root`, `data.on_bad_<name>`,
+`encoders.<name>`) are declared by its plug-in (tasks/modalities), built-in or installed, and
+added to the models here from the registry: this module names no modality.
 """
 
 from __future__ import annotations
@@ -15,36 +19,40 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from tasks import modalities
+from tasks.cluster_address import address_problem
 from tasks.errors import ConfigError
-from tasks.evaluate.metric_names import AUTO, MetricName, metric_problem, resolve_metric
+from tasks.pathcheck import open_regular
 from tasks.schema import reserved_reason
+from tasks.scores.metric_names import AUTO, MetricName, metric_problem, resolve_metric
+from tasks.strict import Strict
 
 # YAML aliases let a few lines expand to gigabytes ("billion laughs"); params never need many.
 MAX_YAML_ALIASES = 100
+# The plug-ins that loaded; one whose entry point is broken is reported when params are loaded.
+_PLUGINS = modalities.loaded()
 
 
-class _Strict(BaseModel):
-    # allow_inf_nan=False: `lr: .inf` passes `gt=0` and `.nan` fails every bound silently.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class SourceConfig(_Strict):
+class SourceConfig(Strict):
     """One input table; all tables are joined on `data.id`."""
 
     path: str
     format: Literal["csv", "parquet", "jsonl"] | None = None
 
 
-class ColumnsConfig(_Strict):
-    """Column roles. Any list may be empty: the pipeline uses the modalities that exist."""
-
+class _ColumnRoles(Strict):
     categorical: list[str] = []
     numeric: list[str] = []
-    text: list[str] = []
-    image: list[str] = []
-    audio: list[str] = []  # sound files under data.audio_root (WAV, FLAC, OGG, MP3, ...)
 
     @classmethod
     def roles(cls) -> tuple[str, ...]:
@@ -62,7 +70,17 @@ class ColumnsConfig(_Strict):
         return next(role for role in self.roles() if column in getattr(self, role))
 
 
-class FractionsConfig(_Strict):
+ColumnsConfig = create_model(
+    "ColumnsConfig",
+    __base__=_ColumnRoles,
+    __module__=__name__,
+    __doc__="""Column roles: categorical, numeric, then one per embedded modality (`data.columns.<name>`).
+    Any list may be empty: the pipeline uses the modalities that exist.""",
+    **{plugin.name: (list[str], []) for plugin in _PLUGINS},  # type: ignore[call-overload]
+)
+
+
+class FractionsConfig(Strict):
     train: float = Field(0.7, gt=0, lt=1)
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
@@ -75,7 +93,7 @@ class FractionsConfig(_Strict):
         return self
 
 
-class SplitConfig(_Strict):
+class SplitConfig(Strict):
     """How rows are split. `method: hash` is stable: a row's split depends on its id and the
     seed alone, so rows added later never move an existing row (what scheduled retraining
     needs to compare models on the same rows). `stratified` draws an exact stratified split,
@@ -104,14 +122,14 @@ class SplitConfig(_Strict):
         return self.method == "hash"
 
 
-class DemoConfig(_Strict):
+class DemoConfig(Strict):
     """When set, ingest first renders the synthetic demo dataset at the source path."""
 
     rows: int = Field(2000, ge=50)
     seed: int = Field(7, ge=0, le=2**32 - 1)
 
 
-class DataConfig(_Strict):
+class _DataKeys(Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     id: str
     target: str
@@ -119,17 +137,13 @@ class DataConfig(_Strict):
     # binary: the label that counts as positive (AUC, F1, prob_<label>); default: the one sorting second
     positive_class: str | None = None
     columns: ColumnsConfig = ColumnsConfig()
-    image_root: str = "."
-    audio_root: str = "."  # audio paths are relative to this; never outside it
     split: SplitConfig = SplitConfig()
     demo: DemoConfig | None = None
     # What a dirty cell costs: `missing` keeps the run going and counts it in the align summary.
     on_bad_value: Literal["error", "missing"] = "missing"  # numeric cell that is not a finite number
-    on_bad_image: Literal["error", "missing"] = "missing"  # image file that cannot be decoded
-    on_bad_audio: Literal["error", "missing"] = "missing"  # audio file that cannot be decoded
 
     @model_validator(mode="after")
-    def _roles_are_disjoint(self) -> DataConfig:
+    def _roles_are_disjoint(self) -> _DataKeys:
         if self.target == self.id:
             raise ValueError(f"column {self.id!r} is both id and target")
         seen: dict[str, str] = {self.id: "id", self.target: "target"}
@@ -154,105 +168,40 @@ class DataConfig(_Strict):
         return self
 
 
-def _known_encoder(kind: str, name: str) -> str:
-    """A misspelt encoder fails here, in a second, instead of as an OSError deep in extract."""
-    from modelzoo.encoders.loading import encoder_name_problem
-
-    problem = encoder_name_problem(kind, name)
-    if problem is not None:
-        raise ValueError(f"model: {problem}")
-    return name
+_CLASHES: list[str] = []  # data keys a plug-in declares that another already has
 
 
-class TextFinetuneConfig(_Strict):
-    """End-to-end fine-tuning of the text encoder's top layers together with the fusion head.
+def _modality_data_keys() -> dict[str, Any]:
+    """What the plug-ins add under `data` (file modalities: `<name>_root`, `on_bad_<name>`).
 
-    The frozen lower layers' output is computed once per distinct text and cached, so an epoch
-    runs only the layers that learn. `layers: 0` keeps the encoder frozen (plain embeddings).
+    A key another one already has is left out and reported when params are loaded.
     """
-
-    layers: int = Field(0, ge=0, le=48)  # top transformer layers trained; 0 = frozen encoder
-    lr: float = Field(5e-5, gt=0)  # encoder learning rate: well below the head's train.lr
-    warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a linear LR warm-up
-    epochs: int = Field(8, ge=1)  # each epoch costs about one frozen extraction pass
-    batch_size: int = Field(32, ge=1)  # texts per step
-
-
-class TfidfConfig(_Strict):
-    """`model: tfidf`: TF-IDF of word 1-2 grams fitted on the train rows' distinct texts, then a
-    truncated SVD to `dim` (tasks/features/tfidf.py). Read only when the model is tfidf."""
-
-    dim: int = Field(128, ge=1, le=4096)  # SVD components = embedding width; clipped to what the data allows
-    min_df: int = Field(2, ge=1)  # a term must occur in at least this many distinct train texts
-    max_features: int = Field(200_000, ge=2)  # most frequent terms kept; the state holds dim x terms floats
-    seed: int = Field(0, ge=0, le=2**32 - 1)  # the randomized SVD's seed
+    keys: dict[str, Any] = {}
+    for plugin in _PLUGINS:
+        for key, spec in plugin.data_keys().items():
+            if key in _DataKeys.model_fields or key in keys:
+                _CLASHES.append(f"modality plug-in {plugin.name!r} declares data.{key}, a key already taken")
+            else:
+                keys[key] = spec
+    return keys
 
 
-class TextEncoderConfig(_Strict):
-    model: str = "minilm"
-    max_length: int = Field(256, ge=8, le=8192)
-    batch_size: int = Field(64, ge=1)
-    finetune: TextFinetuneConfig = TextFinetuneConfig()
-    tfidf: TfidfConfig = TfidfConfig()
-
-    @field_validator("model")
-    @classmethod
-    def _resolvable(cls, value: str) -> str:
-        return _known_encoder("text", value)
-
-    @model_validator(mode="after")
-    def _fitted_encoders_have_no_layers(self) -> TextEncoderConfig:
-        from modelzoo.encoders.loading import fitted_encoder
-
-        if self.finetune.layers and fitted_encoder("text", self.model):
-            raise ValueError(
-                f"finetune.layers: the {self.model!r} encoder has no layers to fine-tune; set it to 0"
-            )
-        return self
+DataConfig = create_model(
+    "DataConfig",
+    __base__=_DataKeys,
+    __module__=__name__,
+    __doc__="`data`: the sources, their columns' roles and each file modality's root and bad-file policy.",
+    **_modality_data_keys(),
+)
 
 
-class ImageFinetuneConfig(_Strict):
-    """End-to-end fine-tuning of the image encoder's last blocks together with the fusion head.
-
-    The feature map entering those blocks is computed once per distinct image and cached, so
-    an epoch runs only the blocks that learn (plus the head conv and pooling). `blocks: 0`
-    keeps the encoder frozen. A block is one residual block (EfficientNet or ResNet), not a stage.
-    """
-
-    blocks: int = Field(0, ge=0, le=64)  # last residual blocks trained; 0 = frozen encoder
-    lr: float = Field(1e-4, gt=0)  # encoder learning rate: well below the head's train.lr
-    warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a linear LR warm-up
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(32, ge=1)  # images per step
-
-
-class ImageEncoderConfig(_Strict):
-    model: str = "efficientnet_lite0"
-    image_size: int = Field(224, ge=32, le=1024)
-    batch_size: int = Field(32, ge=1)
-    finetune: ImageFinetuneConfig = ImageFinetuneConfig()
-
-    @field_validator("model")
-    @classmethod
-    def _resolvable(cls, value: str) -> str:
-        return _known_encoder("image", value)
-
-
-class AudioEncoderConfig(_Strict):
-    model: str = "aisfx"  # or a Hugging Face audio model id / local directory (AST, wav2vec2, HuBERT)
-    max_seconds: int = Field(30, ge=1, le=3600)  # per clip; a longer one is sampled over its length
-    batch_size: int = Field(16, ge=1)  # windows per forward
-
-    @field_validator("model")
-    @classmethod
-    def _resolvable(cls, value: str) -> str:
-        return _known_encoder("audio", value)
-
-
-class EncodersConfig(_Strict):
-    text: TextEncoderConfig = TextEncoderConfig()
-    image: ImageEncoderConfig = ImageEncoderConfig()
-    audio: AudioEncoderConfig = AudioEncoderConfig()
+EncodersConfig = create_model(
+    "EncodersConfig",
+    __base__=Strict,
+    __module__=__name__,
+    __doc__="`encoders`: one section per embedded modality, as its plug-in declares it (`encoder_config`).",
+    **{plugin.name: (plugin.encoder_config, plugin.encoder_config()) for plugin in _PLUGINS},  # type: ignore[call-overload]
+)
 
 
 class FusionConfig(BaseModel):
@@ -300,7 +249,7 @@ class FusionConfig(BaseModel):
             raise ValueError(f"{key}: {message}") from None
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     epochs: int = Field(30, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, ge=1)
@@ -328,7 +277,7 @@ def _time_zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(Strict):
     """Scheduled retraining (`fuseline serve`): when it runs and when its model replaces the current one.
 
     `tolerance` is in units of `evaluate.metric` (by default auc, accuracy or rmse): a new model
@@ -379,7 +328,7 @@ class ScheduleConfig(_Strict):
         return value
 
 
-class DriftThresholds(_Strict):
+class DriftThresholds(Strict):
     """When a drift check counts as drift: its test is significant AND its effect is large enough.
 
     Both are needed. A test alone flags trivial shifts once the batch has thousands of rows;
@@ -407,7 +356,7 @@ class DriftThresholds(_Strict):
     performance: float = Field(0.05, gt=0)
 
 
-class MonitorConfig(_Strict):
+class MonitorConfig(Strict):
     """Drift monitoring (`fuseline monitor`, and its deployment under `fuseline serve`).
 
     The scheduled run watches the served model (the registry's promoted version): its own
@@ -434,7 +383,7 @@ class MonitorConfig(_Strict):
         return ScheduleConfig._known_timezone(value)
 
 
-class EvaluateConfig(_Strict):
+class EvaluateConfig(Strict):
     """The metric every choice is made on, and bounds on what the scikit-learn models cost at scale."""
 
     # Above this many train rows the scikit-learn baseline (evaluate) and linear member (train)
@@ -442,7 +391,7 @@ class EvaluateConfig(_Strict):
     # than the whole neural run, and the report says when a sample was used.
     baseline_max_rows: int = Field(100_000, ge=100)
     # Early stopping and the best epoch, the ensemble, the scikit-learn tuning, promotion, the
-    # report's headline. `auto`: the task's default (tasks/evaluate/metric_names.py) with early
+    # report's headline. `auto`: the task's default (tasks/scores/metric_names.py) with early
     # stopping on val loss; a metric that does not fit data.task fails at load (Params).
     metric: MetricName = "auto"
 
@@ -455,7 +404,7 @@ class EvaluateConfig(_Strict):
         return None if self.metric == AUTO else self.chosen(task)
 
 
-class RuntimeConfig(_Strict):
+class RuntimeConfig(Strict):
     """Where extraction and batch prediction run: this process, or chunks on a Dask/Ray cluster.
 
     With no `address`, dask and ray start a local cluster of `workers` processes for the run.
@@ -470,15 +419,13 @@ class RuntimeConfig(_Strict):
         """A malformed address fails here; whether it answers, `fuseline check` finds out."""
         if self.address is None:
             return self
-        from tasks.preflight import address_problem
-
         problem = address_problem(self.task_runner, self.address)
         if problem is not None:
             raise ValueError(f"address: {problem}")
         return self
 
 
-class CacheConfig(_Strict):
+class CacheConfig(Strict):
     """The row-level embedding cache (tasks/features/cache): every distinct text or image is encoded once.
 
     `dir` and `chunk_rows` do not change what extraction produces, only where entries live
@@ -494,7 +441,7 @@ class CacheConfig(_Strict):
     dtype: Literal["float32", "float16"] = "float32"
 
 
-class Params(_Strict):
+class Params(Strict):
     """The whole params.yaml."""
 
     data: DataConfig
@@ -575,8 +522,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def _read_params_text(path: Path) -> str:
     """The file's text, read once and only from a regular file: /dev/zero would never end, and
     a FIFO would block the next command that reads params.yaml (predict reads it twice)."""
-    from tasks.serve.pathcheck import open_regular
-
     with open_regular(path, ConfigError, "params") as handle:
         return handle.read().decode("utf-8")
 
@@ -602,6 +547,9 @@ def _refuse_alias_bombs(text: str, path: Path) -> None:
 
 def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
     """Validate an already-parsed mapping (tests and `dvc exp -S` overrides come this way)."""
+    problem = modalities.plugin_problem() or next(iter(_CLASHES), None)
+    if problem is not None:  # its keys would be refused as unknown: say why instead
+        raise ConfigError(f"{source}: {problem}")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:

@@ -18,54 +18,28 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tasks.cluster_address import RAY_KEYWORDS, with_scheme
 from tasks.errors import ConfigError
+from tasks.pathcheck import probe, show, special_file_problem
 from tasks.paths import Layout
-from tasks.serve.pathcheck import probe, show, special_file_problem
 
-if TYPE_CHECKING:  # tasks.config imports this module from a validator
+if TYPE_CHECKING:
     from tasks.config import Params, RuntimeConfig
 
 CONNECT_TIMEOUT = 3.0  # seconds a cluster gets to accept a connection at check time
 
-# What Dask's Client(address=...) and ray.init(address=...) take besides `scheme://host:port`.
-_DASK_SCHEMES = frozenset({"tcp", "tls", "ws", "wss", "ucx"})
-_RAY_KEYWORDS = frozenset({"auto", "local"})  # ray.init finds (or starts) the cluster itself
 _NOT_PROBED = frozenset({"ucx"})  # not a plain TCP listener
-
-
-def address_problem(task_runner: str, address: str) -> str | None:
-    """Why `address` cannot name a cluster for `task_runner`, or None when it can (static: no network)."""
-    if task_runner == "ray" and address in _RAY_KEYWORDS:
-        return None
-    example = "ray://head:10001" if task_runner == "ray" else "tcp://scheduler:8786"
-    if not address or not address.isprintable() or any(c.isspace() for c in address):
-        return f"{address!r} is not an address like {example}"
-    schemes = {"ray"} if task_runner == "ray" else _DASK_SCHEMES
-    parts = urllib.parse.urlsplit(_with_scheme(address))
-    if "://" in address and parts.scheme not in schemes:
-        return f"{address!r}: {task_runner} connects with {', '.join(sorted(schemes))}://, e.g. {example}"
-    try:
-        port = parts.port
-    except ValueError:
-        return f"{address!r}: the port must be a number from 1 to 65535"
-    if not parts.hostname or not port or parts.path not in ("", "/"):
-        return f"{address!r} is not host:port, e.g. {example}"
-    return None
 
 
 def cluster_endpoint(runtime: RuntimeConfig) -> tuple[str, int] | None:
     """(host, port) where the configured cluster must answer; None when no remote cluster is named."""
     address = runtime.address
-    if runtime.task_runner == "local" or address is None or address in _RAY_KEYWORDS:
+    if runtime.task_runner == "local" or address is None or address in RAY_KEYWORDS:
         return None
-    parts = urllib.parse.urlsplit(_with_scheme(address))
+    parts = urllib.parse.urlsplit(with_scheme(address))
     if parts.scheme in _NOT_PROBED or not parts.hostname or not parts.port:
         return None
     return parts.hostname, parts.port
-
-
-def _with_scheme(address: str) -> str:
-    return address if "://" in address else f"tcp://{address}"
 
 
 def check_environment(params: Params, layout: Layout | None = None) -> None:

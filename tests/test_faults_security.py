@@ -142,7 +142,7 @@ def _problem(call: ast.Call) -> str | None:
     if _is_true(_keyword(call, "trust_remote_code")):
         return "trust_remote_code=True runs code from the model repository"
     if name.endswith("Image.open") and _keyword(call, "formats") is None:
-        return "Image.open without formats=: decode images through tasks/features/images.py"
+        return "Image.open without formats=: decode images through tasks/images.py"
     return None
 
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from flows._runtime import configure_prefect
 from flows.cli import main
 from flows.server import (
     STATE_FILE,
     ServerState,
     Started,
+    configure_prefect,
     ensure_server,
     read_state,
     running_server,

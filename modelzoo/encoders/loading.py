@@ -146,23 +146,19 @@ def load_audio_encoder(name: str) -> AudioEncoder:
     return encoder.eval()
 
 
-def encoder_name_problem(kind: str, name: str) -> str | None:
-    """Why `name` cannot name a `kind` ("text" | "image" | "audio") encoder, or None when it can.
+# Why a name cannot name an encoder, or None when it can: only what can be known without
+# loading weights or asking a hub (registered names, local directories, the libraries' own
+# model lists and the Hugging Face cache). A hub id written `org/name` that is not cached is
+# accepted, since a machine with internet can fetch it. Each modality's plug-in asks the one
+# that matches how its loader resolves names.
 
-    Only what can be known without loading weights or asking a hub: registered names, local
-    directories, the libraries' own model lists and the Hugging Face cache. A hub id written
-    `org/name` that is not cached is accepted, since a machine with internet can fetch it.
-    """
+
+def hub_name_problem(kind: str, name: str) -> str | None:
+    """For loaders that take a registered `<kind>_encoder`, else a local directory or a Hugging
+    Face id (load_text_encoder, load_audio_encoder)."""
     registered = names(f"{kind}_encoder")
     if name in registered:
         return None
-    if kind in ("text", "audio"):
-        return _hf_name_problem(kind, name, registered)
-    return _image_name_problem(name, registered)
-
-
-def _hf_name_problem(kind: str, name: str, registered: list[str]) -> str | None:
-    """Text and audio encoders resolve alike: registered, else a local directory or a hub id."""
     if not name.strip() or "\x00" in name:
         return f"{name!r} is not a model name"
     if Path(name).expanduser().is_dir():
@@ -177,7 +173,11 @@ def _hf_name_problem(kind: str, name: str, registered: list[str]) -> str | None:
     )
 
 
-def _image_name_problem(name: str, registered: list[str]) -> str | None:
+def image_name_problem(name: str) -> str | None:
+    """For load_image_encoder: a registered `image_encoder`, `torchvision/<arch>`, `hf-hub:<id>` or timm."""
+    registered = names("image_encoder")
+    if name in registered:
+        return None
     if name.startswith(TORCHVISION_PREFIX):
         import torchvision.models
 
@@ -256,15 +256,24 @@ def encoder_fingerprint(
     else:
         raise TypeError(f"not an encoder: {type(encoder).__name__}")
     params.update(preprocessing)
-
     tokenizer = encoder.tokenizer_digest if isinstance(encoder, TextEncoder) else None
+    return module_fingerprint(kind, encoder, params, tokenizer)
+
+
+def module_fingerprint(
+    kind: str, encoder: nn.Module, preprocessing: dict[str, Any], tokenizer: str | None = None
+) -> dict[str, Any]:
+    """The fingerprint of any encoder module with `model_id` and `dim`: what encoder_fingerprint
+    builds for the three contracts above, and what a modality with an encoder of another kind
+    (a plug-in from another package) records. `preprocessing` is everything besides the
+    weights that decides its vectors."""
     versioned = _VERSIONED + (_TOKENIZER_VERSIONED if tokenizer is not None else ())
     fingerprint: dict[str, Any] = {
         "kind": kind,
         "model_id": encoder.model_id,
-        "dim": int(encoder.dim),
+        "dim": int(encoder.dim),  # type: ignore[arg-type]
         "weights_digest": _memoised_digest(encoder),
-        "preprocessing": {key: _jsonable(value, key) for key, value in sorted(params.items())},
+        "preprocessing": {key: _jsonable(value, key) for key, value in sorted(preprocessing.items())},
         "versions": {package: _version(package) for package in versioned},
     }
     if tokenizer is not None:
@@ -273,7 +282,7 @@ def encoder_fingerprint(
     return fingerprint
 
 
-def _memoised_digest(encoder: TextEncoder | ImageEncoder | AudioEncoder) -> str:
+def _memoised_digest(encoder: nn.Module) -> str:
     """Hashing tens of MB of weights is not free; loaded encoders are frozen, so once will do."""
     digest = encoder.__dict__.get(_DIGEST_ATTRIBUTE)
     if digest is None:

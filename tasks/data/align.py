@@ -19,20 +19,20 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from tasks.align_report import AlignReport
 from tasks.config import DataConfig
 from tasks.data.ingest import BAD_VALUES, TARGET_TYPE
 from tasks.data.labels import canonical, check_label_sets, refuse_case_variants
+from tasks.data.outliers import huge_masks
 from tasks.data.sources import REPLACED_BYTES
 from tasks.errors import ConfigError, DataError, preview
-from tasks.features.tabular import huge_masks
-from tasks.modalities import embedded
+from tasks.modalities import embedded, raw_text_columns
 from tasks.schema import DIGEST, ID, PRESENT, SPLIT, SPLITS, TARGET
 
 __all__ = ["DIGEST", "ID", "PRESENT", "SPLIT", "SPLITS", "TARGET", "AlignReport", "align"]
@@ -49,27 +49,6 @@ _SPLIT_ALIASES = {
 _MIN_ROWS_PER_CLASS = 3
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AlignReport:
-    """Counts a person wants to see after alignment (also written as summary.json)."""
-
-    rows: int = 0
-    rows_per_split: dict[str, int] = field(default_factory=dict)
-    present: dict[str, int] = field(default_factory=dict)
-    files_missing: dict[str, int] = field(default_factory=dict)  # file columns (image, audio, ...)
-    paths_refused: dict[str, int] = field(default_factory=dict)  # outside the root, or not a path
-    files_undecodable: dict[str, int] = field(default_factory=dict)  # made absent (data.on_bad_<modality>)
-    dropped_unmatched_ids: dict[str, int] = field(default_factory=dict)
-    bad_values: dict[str, int] = field(default_factory=dict)  # numeric cells made missing by ingest
-    replaced_bytes: dict[str, int] = field(default_factory=dict)  # cells with non-UTF-8 bytes
-    huge_values: dict[str, int] = field(default_factory=dict)  # left out of scaling, then clipped
-    unseen_categories: dict[str, int] = field(default_factory=dict)  # val/test values not in train
-    cross_split_duplicates: dict[str, int] = field(
-        default_factory=dict
-    )  # rows whose text/file is in 2 splits
-    target_type: str | None = None  # the target's type in the source (ingest.target_type); train records it
 
 
 def recorded_target_type(summary: Path) -> str | None:
@@ -377,7 +356,7 @@ def _check_leaks(data: DataConfig, aligned: pd.DataFrame, report: AlignReport) -
     A duplicated photo or description in train and test lets the model recall instead of
     predict, and the test score flatters it.
     """
-    columns = [*data.columns.text, *[c for c in aligned.columns if c.startswith(DIGEST)]]
+    columns = [*raw_text_columns(data.columns), *[c for c in aligned.columns if c.startswith(DIGEST)]]
     for column in columns:
         values = aligned[column].astype("string").str.strip()
         usable = values.notna() & values.ne("")

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from tasks.config import SourceConfig
 from tasks.errors import DataError
-from tasks.serve.pathcheck import open_regular
+from tasks.pathcheck import open_regular
 
 REPLACED_BYTES = "fuseline.replaced_bytes"  # frame.attrs key: {column: cells holding U+FFFD}
 # Only an empty CSV cell is missing on reading. pandas' default list would also turn the

@@ -18,35 +18,16 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from modelzoo.heads.base import FusionHead
-from tasks.evaluate.metrics import compute_metrics, higher_is_better, resolve_metric, score
-from tasks.train.bundle import BundleMeta
-from tasks.train.dataset import FeatureSet, modality_of
-from tasks.train.training import TargetScaling, embed, predict
+from tasks.scores.metrics import compute_metrics, higher_is_better, resolve_metric, score
+from tasks.scores.model_names import FUSED, FUSED_HEAD, MAJORITY, MEAN, PRIOR_LABELS, SKLEARN
+from tasks.train.bundle import BundleMeta, predict_with
+from tasks.train.dataset import FeatureSet, modality_of, with_blocks
+from tasks.train.training import embed
 
-FUSED = "fused"  # the final model: the ensemble chosen on val, or the fused head alone
-FUSED_HEAD = "fused_head"  # the fused head by itself, reported when an ensemble is the final model
-SKLEARN = "sklearn"
-MAJORITY = "majority"  # classification without inputs: the train rows' class frequencies
-MEAN = "mean"  # regression without inputs: the train rows' mean target
 NOT_SINGLE = frozenset({FUSED_HEAD, SKLEARN, MAJORITY, MEAN})  # baselines that are not one modality
 WITHOUT = "without_"  # prefix of the fused model's predictions with one modality masked
-PRIOR_LABELS = {MAJORITY: "majority class (train frequencies)", MEAN: "train mean"}
 CALIBRATION_BINS = 10
 TSNE_MAX_ROWS = 1000  # t-SNE up to this many test rows, PCA beyond (t-SNE gets slow on CPU)
-
-
-def with_blocks(features: FeatureSet, blocks: dict[str, int]) -> FeatureSet:
-    """The FeatureSet restricted to the blocks a model was trained on."""
-    missing = [b for b in blocks if b not in features.inputs]
-    if missing:
-        raise KeyError(f"features lack blocks the model needs: {missing}")
-    return features.select_blocks(blocks)
-
-
-def predict_with(model: nn.Module, meta: BundleMeta, features: FeatureSet) -> np.ndarray:
-    """Predictions of a bundle's model on the given rows."""
-    scaling = TargetScaling(*meta.target_scaling) if meta.target_scaling else None
-    return predict(model, with_blocks(features, meta.in_dims), meta.task, scaling)
 
 
 # --- what each modality contributes -----------------------------------------------------
@@ -124,7 +105,7 @@ def single_modalities(names: Iterable[str]) -> list[str]:
 
 def primary_score(task: str, y_true: np.ndarray, y_pred: np.ndarray, metric: str | None = None) -> float:
     """The chosen metric (`evaluate.metric`; None: the task's default) alone, fast enough to
-    recompute on a thousand resamples (tasks.evaluate.metrics.score). NaN where undefined."""
+    recompute on a thousand resamples (tasks.scores.metrics.score). NaN where undefined."""
     return score(task, resolve_metric(task, metric), y_true, y_pred)
 
 

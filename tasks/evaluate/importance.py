@@ -18,7 +18,7 @@ import torch
 
 from modelzoo.heads.base import FusionHead
 from tasks.features.tabular import TabularState
-from tasks.features.wide import TABULAR_WIDE, TEXT_WIDE
+from tasks.features.wide import TABULAR_WIDE, TEXT_WIDE, WideState
 from tasks.train.dataset import FeatureSet, modality_of
 
 TABULAR = "tabular"
@@ -87,14 +87,15 @@ def _place_text_ngrams(groups: dict[str, FeatureGroup], wide_state: dict | None)
     """One text column: its n-gram ids join its embedding. Several: the shared n-gram block is a
     group of its own, named after them, since its ids do not say which column they came from."""
     ngrams = groups.pop(TEXT_WIDE)
-    text = list((wide_state or {}).get("text", []))
-    owner = f"text.{text[0]}" if len(text) == 1 else None
+    role = modality_of(TEXT_WIDE)
+    text = WideState.from_json(wide_state).text if wide_state else []
+    owner = f"{role}.{text[0]}" if len(text) == 1 else None
     if owner in groups:
         group = groups[owner]
         groups[owner] = FeatureGroup(group.name, group.modality, group.parts + ngrams.parts)
     else:
-        name = f"n-grams of {', '.join(text) or 'text'} (wide)"
-        groups[TEXT_WIDE] = FeatureGroup(name, "text", ngrams.parts)
+        name = f"n-grams of {', '.join(text) or role} (wide)"
+        groups[TEXT_WIDE] = FeatureGroup(name, role, ngrams.parts)
 
 
 def _tabular_slots(

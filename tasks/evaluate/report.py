@@ -21,8 +21,9 @@ import pandas as pd
 from tasks import escape
 from tasks.config import DataConfig
 from tasks.data.align import PRESENT, SPLIT, SPLITS, TARGET
-from tasks.evaluate.evaluation import FUSED, MAJORITY, MEAN, SKLEARN, single_modalities
+from tasks.evaluate.evaluation import single_modalities
 from tasks.evaluate.summary import BETTER, NO_DIFFERENCE, WORSE, Verdict, model_label, verdict
+from tasks.scores.model_names import FUSED, MAJORITY, MEAN, SKLEARN
 
 _MAX_CLASSES_SHOWN = 25
 _MAX_FEATURES_SHOWN = 25

@@ -16,16 +16,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tasks.evaluate.evaluation import (
-    FUSED,
-    FUSED_HEAD,
-    MAJORITY,
-    MEAN,
-    PRIOR_LABELS,
-    SKLEARN,
-    single_modalities,
-)
+from tasks.evaluate.evaluation import single_modalities
 from tasks.evaluate.leaderboard import COLUMNS
+from tasks.scores.model_names import FUSED, FUSED_HEAD, MAJORITY, MEAN, PRIOR_LABELS, SKLEARN
 
 BETTER = "better"
 WORSE = "worse"

@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
+from tasks.contents import Contents
 from tasks.device import pick_device
 from tasks.features.cache import FeatureCache
-from tasks.features.cache.contents import Contents
 from tasks.features.cache.fingerprints import encoder_identity
 from tasks.features.extract import EncoderSpec, Extraction, encode_chunk, plan_extraction
 

@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from modelzoo.encoders.loading import encoder_fingerprint
 from tasks.config import Params
+from tasks.contents import Contents
 from tasks.device import (
     FLOAT32,
     batch_size_on,
@@ -39,7 +39,6 @@ from tasks.device import (
 )
 from tasks.errors import BundleError
 from tasks.features.cache import FeatureCache, ShardStore
-from tasks.features.cache.contents import Contents
 from tasks.features.cache.fingerprints import encoder_identity
 from tasks.features.cache.gather import SlotVectors, write_feature_file
 from tasks.features.cache.store import CorruptShard
@@ -79,7 +78,7 @@ class EncoderSpec:
 
     def fingerprint(self, encoder: nn.Module) -> dict[str, Any]:
         """The same fingerprint the feature file and the model bundle record."""
-        return encoder_fingerprint(encoder, **self.preprocessing())
+        return self.modality.fingerprint(encoder, self.preprocessing())
 
     def fitted_at(self, directory: str | Path) -> EncoderSpec:
         """This spec loading a fitted encoder (tfidf) from its state directory instead of by name.

@@ -39,7 +39,7 @@ from modelzoo.encoders.loading import fitted_encoder, fitted_state_owner
 from tasks.atomic import atomic_dir, write_json
 from tasks.config import Params
 from tasks.errors import BundleError, ConfigError, DataError
-from tasks.modalities import modality
+from tasks.modalities import EmbeddedModality, modality
 from tasks.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,19 @@ CACHE_DIR = "fitted"  # under cache.dir
 BUNDLE_DIR = "fitted"  # under a bundle: models/fitted/<modality>/
 MANIFEST = ".sha256.json"  # in the cache copy only: each state file's digest, checked before reuse
 
-# (modality, encoder name) -> fit plan: the fit's cache key and a call that fits and returns
-# the state files. The registry marks an encoder as fitted; this says how tasks fit it.
-FitPlan = Callable[[Params, pd.DataFrame, list[str]], tuple[str, Callable[[], dict[str, bytes]]]]
+# encoder name -> fit plan: from the modality's `encoders.<name>` section, the aligned table
+# and its columns, the fit's cache key and a call that fits and returns the state files. The
+# registry marks an encoder as fitted; this says how tasks fit it.
+FitPlan = Callable[[Any, pd.DataFrame, list[str]], tuple[str, Callable[[], dict[str, bytes]]]]
 
 
-def _fitters() -> dict[tuple[str, str], FitPlan]:
+def _fitters(plugin: EmbeddedModality) -> dict[str, FitPlan]:
+    """The fits this modality's cells allow: TF-IDF reads raw text, whichever modality holds it."""
+    if not plugin.raw_text:
+        return {}
     from tasks.features import tfidf  # scikit-learn is imported only when a fit runs
 
-    return {("text", "tfidf"): tfidf.fit_plan}
+    return {"tfidf": tfidf.fit_plan}
 
 
 @dataclass(frozen=True)
@@ -81,12 +85,12 @@ def prepare_state(
     """The fitted state for the aligned table's train rows: from the cache, else fitted and cached."""
     plugin = modality(modality_name)
     model = plugin.encoder_settings(params.encoders).model
-    fitter = _fitters().get((modality_name, model))
+    fitter = _fitters(plugin).get(model)
     if fitter is None:
         raise ConfigError(
             f"encoders.{modality_name}.model: {model!r} is fitted on the data, but nothing here fits it"
         )
-    key, fit = fitter(params, aligned, plugin.columns(params.data))
+    key, fit = fitter(plugin.encoder_section(params.encoders), aligned, plugin.columns(params.data))
     directory = Path(cache_dir) / CACHE_DIR / f"{modality_name}-{key}"
     manifest = _read_manifest(directory)
     if manifest is not None and manifest == state_digests(directory):

@@ -7,17 +7,15 @@ unseen categories fall into an explicit 'unknown' slot instead of failing.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from tasks.data.outliers import huge_masks
+
 MAX_CATEGORIES = 50  # one-hot width per column; rarer values share the 'unknown' slot
 _CLIP = 10.0  # standardised values beyond this are clipped so one huge value can't dominate
-# A value this many robust spreads (median absolute deviations) from the median is a typo or
-# a sentinel like 1e308, not a measurement; heavy-tailed real columns stay far below it.
-HUGE_SPREADS = 1e6
 
 log = logging.getLogger(__name__)
 
@@ -84,35 +82,6 @@ def _numeric_block(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     block = frame[list(columns)].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
     block[np.isinf(block)] = np.nan
     return block
-
-
-def huge_masks(block: np.ndarray) -> np.ndarray:
-    """True for finite values more than HUGE_SPREADS robust spreads from their column's median.
-
-    They are left out of the fitted mean and std and, like any far-out value, clipped at
-    transform time. The spread is the median absolute deviation, or for mostly-constant
-    columns the 99th percentile of deviations, or failing that max(|median|, 1). Every column
-    of the (rows, columns) block at once: one call per column cost 1 ms in overhead.
-    """
-    block = np.asarray(block, dtype=np.float64)
-    finite = np.isfinite(block)
-    mask = np.zeros(block.shape, dtype=bool)
-    enough = finite.sum(axis=0) >= 2  # fewer finite values have no spread
-    if not enough.any():
-        return mask
-    values = np.where(finite, block, np.nan)[:, enough]  # (rows, usable columns), NaN where not finite
-    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are left out below
-        median = np.nanmedian(values, axis=0)
-        deviation = np.abs(values - median)  # may overflow to inf: then surely huge
-        spread = np.nanmedian(deviation, axis=0)
-        flat = ~(np.isfinite(spread) & (spread > 0))
-        if flat.any():
-            spread[flat] = np.nanquantile(deviation[:, flat], 0.99, axis=0)
-        flat = ~(np.isfinite(spread) & (spread > 0))
-        spread[flat] = np.maximum(np.abs(median[flat]), 1.0)
-        mask[:, enough] = np.nan_to_num(deviation, nan=0.0, posinf=np.inf) > HUGE_SPREADS * spread
-    return mask & finite
 
 
 def _mean_std(values: pd.Series) -> tuple[float, float]:

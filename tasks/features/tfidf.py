@@ -14,16 +14,17 @@ import json
 import logging
 from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from modelzoo.encoders.tfidf import FORMAT_VERSION, TfidfSettings, TfidfSvdEncoder
-from tasks.config import Params, TfidfConfig
+from tasks.cache_keys import text_digest
+from tasks.contents import contents_by_value
 from tasks.errors import DataError
-from tasks.features.cache.contents import contents_by_value
-from tasks.features.cache.keys import text_digest
+from tasks.modalities.text import TfidfConfig
 from tasks.schema import SPLIT
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ _FITTING_LIBRARIES = ("scikit-learn", "numpy", "scipy")
 def train_texts(aligned: pd.DataFrame, columns: list[str]) -> list[str]:
     """The distinct non-empty texts of `columns` on train rows only, sorted."""
     train = aligned[aligned[SPLIT] == "train"]
-    return sorted(contents_by_value(train, columns, "text", text_digest).sources)
+    return sorted(contents_by_value(train, columns, "fit", text_digest).sources)
 
 
 def fit_key(texts: list[str], config: TfidfConfig) -> str:
@@ -114,11 +115,14 @@ def fit_tfidf(texts: list[str], config: TfidfConfig) -> TfidfSvdEncoder:
 
 
 def fit_plan(
-    params: Params, aligned: pd.DataFrame, columns: list[str]
+    encoder: Any, aligned: pd.DataFrame, columns: list[str]
 ) -> tuple[str, Callable[[], dict[str, bytes]]]:
-    """The fit's cache key, and a call that fits and returns the state files (tasks/features/fitted.py)."""
+    """The fit's cache key, and a call that fits and returns the state files (tasks/features/fitted.py).
+
+    `encoder` is the raw-text modality's `encoders.<name>` section; its `tfidf` key configures the fit.
+    """
     texts = train_texts(aligned, columns)
-    config = params.encoders.text.tfidf
+    config: TfidfConfig = encoder.tfidf
     return fit_key(texts, config), lambda: fit_tfidf(texts, config).to_files()
 
 

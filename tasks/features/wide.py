@@ -28,11 +28,12 @@ import pandas as pd
 from modelzoo.heads.blocks import WIDE_SUFFIX
 from modelzoo.heads.wide_deep import WideOptions
 from tasks.config import ColumnsConfig, FusionConfig, Params
-from tasks.data.align import PRESENT, SPLIT
 from tasks.errors import ConfigError, closest_names
+from tasks.modalities import raw_text_columns, raw_text_role
+from tasks.schema import PRESENT, SPLIT
 
 TABULAR_WIDE = "tabular" + WIDE_SUFFIX
-TEXT_WIDE = "text" + WIDE_SUFFIX
+TEXT_WIDE = raw_text_role() + WIDE_SUFFIX  # the n-grams of every raw-text column (text's)
 _MISSING = "<missing>"
 _WORD = re.compile(r"\w+")
 CHUNK_ROWS = 65_536  # rows whose string keys exist at once
@@ -79,7 +80,7 @@ def fit_wide(train: pd.DataFrame, columns: ColumnsConfig, options: WideOptions) 
     """Numeric bucket edges and the text width, from the train rows only."""
     _check_columns(columns, options)
     edges = {column: _quantile_edges(train[column], options.numeric_bins) for column in columns.numeric}
-    text = list(columns.text) if options.ngrams > 0 else []
+    text = raw_text_columns(columns) if options.ngrams > 0 else []
     longest = max(
         (len(row) for chunk in _row_chunks(train) for row in _text_keys(chunk, text, options.ngrams, None)),
         default=0,
@@ -212,6 +213,6 @@ def _check_columns(columns: ColumnsConfig, options: WideOptions) -> None:
                     f"fusion.wide.crosses[{index}]: {column!r} is not a categorical or numeric column"
                     f"{closest_names(column, tabular)}"
                 )
-    clash = "text" + WIDE_SUFFIX
-    if any(f"text.{column}" == clash for column in columns.text):
-        raise ConfigError(f"text column name {WIDE_SUFFIX[1:]!r} is reserved for the wide block; rename it")
+    role = raw_text_role()
+    if any(f"{role}.{column}" == TEXT_WIDE for column in getattr(columns, role)):
+        raise ConfigError(f"{role} column name {WIDE_SUFFIX[1:]!r} is reserved for the wide block; rename it")

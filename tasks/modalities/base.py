@@ -10,13 +10,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 if TYPE_CHECKING:
-    from tasks.config import DataConfig, EncodersConfig
-    from tasks.data.align import AlignReport
-    from tasks.features.cache.contents import Contents
-    from tasks.features.extract import Extraction
+    # tasks/config.py builds `data` and `encoders` from the plug-ins (it imports this package):
+    # a plug-in sees them as the pydantic models they are, not as config's classes.
+    from pydantic import BaseModel as DataConfig
+    from pydantic import BaseModel as EncodersConfig
+
+    from tasks.align_report import AlignReport
+    from tasks.contents import Contents
+    from tasks.encode_job import EncodeJob as Extraction  # the job's plug-in-facing protocol
 
 
 @dataclass(frozen=True)
@@ -28,24 +33,64 @@ class EncoderSettings:
     batch_size: int
 
 
+def known_encoder(problem: str | None, name: str) -> str:
+    """`name` when it names an encoder (problem is None), else the ValueError pydantic reports
+    under the `model` key: a misspelt encoder fails at load, not as an OSError deep in extract."""
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
 class EmbeddedModality(ABC):
     """A kind of cell that a pretrained encoder turns into one vector per cell.
 
-    `name` is the role key in `data.columns` and `encoders`, and the feature file's name.
+    `name` is the role key in `data.columns` and `encoders`, and the feature file's name. The
+    plug-in declares its own params: `encoder_config` is the `encoders.<name>` section (with
+    `model` and `batch_size` keys), `data_keys` what it adds under `data`; tasks/config.py
+    builds the config from these, so no code outside the plug-in names a modality.
     """
 
     name: ClassVar[str]
     order: ClassVar[int]  # position in feature files, reports and the CLI
     input_version: ClassVar[str]  # how a cell becomes encoder input; part of the cache namespace
+    encoder_config: ClassVar[type[BaseModel]]  # `encoders.<name>`: its keys, defaults and checks
     has_files: ClassVar[bool] = False  # cells are paths under data.<name>_root
     verbatim_cells: ClassVar[bool] = False  # cells are content as written (text): never stripped
+    # Cells are strings that word-level models can read as they are: TF-IDF, wide n-grams and
+    # the linear baseline use these columns (`raw_text_columns`), whatever the modality is called.
+    raw_text: ClassVar[bool] = False
+    finetune_member: ClassVar[str | None] = None  # the member kind that fine-tunes its encoder
+
+    def data_keys(self) -> dict[str, tuple[Any, Any]]:
+        """Keys the modality adds under `data` beside `data.columns.<name>`: key -> (type, default)."""
+        return {}
 
     def columns(self, data: DataConfig) -> list[str]:
         return list(getattr(data.columns, self.name))
 
+    def encoder_section(self, encoders: EncodersConfig) -> Any:
+        """Its `encoders.<name>` section, an instance of `encoder_config`."""
+        return getattr(encoders, self.name)
+
     def encoder_settings(self, encoders: EncodersConfig) -> EncoderSettings:
-        config = getattr(encoders, self.name)
+        config = self.encoder_section(encoders)
         return EncoderSettings(config.model, self.size_of(config), config.batch_size)
+
+    def fitted(self, model: str) -> bool:
+        """Whether `model` is an encoder fitted on the train rows (a `<name>_encoder` marked fitted)."""
+        from modelzoo.encoders.loading import fitted_encoder
+
+        return fitted_encoder(self.name, model)
+
+    def fingerprint(self, encoder: nn.Module, preprocessing: dict[str, Any]) -> dict[str, Any]:
+        """Everything that decides the encoder's vectors, as the cache key and bundles record it.
+
+        The default knows modelzoo's text, image and audio encoder contracts; a plug-in with an
+        encoder of its own builds it with `modelzoo.encoders.loading.module_fingerprint`.
+        """
+        from modelzoo.encoders.loading import encoder_fingerprint
+
+        return encoder_fingerprint(encoder, **preprocessing)  # type: ignore[arg-type]
 
     @abstractmethod
     def size_of(self, config: Any) -> int:

@@ -21,21 +21,21 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from tasks.contents import Contents, contents_by_digest
 from tasks.device import cores
 from tasks.errors import DataError
-from tasks.features.cache.contents import Contents, contents_by_digest
 from tasks.modalities.base import EmbeddedModality
 from tasks.schema import DIGEST
 
 if TYPE_CHECKING:
+    from tasks.align_report import AlignReport
     from tasks.config import DataConfig
-    from tasks.data.align import AlignReport
 
 log = logging.getLogger(__name__)
 _PROBE_BLOCK = 1024  # files handed to the probing threads at a time
@@ -44,15 +44,30 @@ T = TypeVar("T")
 
 
 class FileModality(EmbeddedModality):
+    """Cells are paths under `data.<name>_root`; `data.on_bad_<name>` says what an unreadable file costs."""
+
     has_files = True
     noun = "file"  # "image", "audio file": in messages
     max_bytes: ClassVar[int | None] = None  # a bigger file is refused unread (None: any size)
 
+    @property
+    def root_key(self) -> str:
+        return f"{self.name}_root"
+
+    @property
+    def on_bad_key(self) -> str:
+        return f"on_bad_{self.name}"
+
+    def data_keys(self) -> dict[str, tuple[Any, Any]]:
+        """`<name>_root` (paths are relative to it, never outside it) and `on_bad_<name>`: a file
+        that cannot be decoded is an error, or a missing cell counted in the align summary."""
+        return {self.root_key: (str, "."), self.on_bad_key: (Literal["error", "missing"], "missing")}
+
     def root(self, data: DataConfig) -> Path:
-        return Path(getattr(data, f"{self.name}_root"))
+        return Path(getattr(data, self.root_key))
 
     def on_bad(self, data: DataConfig) -> str:
-        return str(getattr(data, f"on_bad_{self.name}"))
+        return str(getattr(data, self.on_bad_key))
 
     @abstractmethod
     def probe(self, path: Path) -> str | None:
@@ -120,7 +135,7 @@ class FileModality(EmbeddedModality):
             message = f"{len(bad)} {self.noun}s cannot be decoded ({listed})"
             if on_bad == "error":
                 raise DataError(message, file=str(root), column=column, rows=[row for row, _, _ in bad])
-            log.warning("%s: %s; treated as missing (data.on_bad_%s: missing)", column, message, self.name)
+            log.warning("%s: %s; treated as missing (data.%s: missing)", column, message, self.on_bad_key)
         index = paths.index
         return pd.Series(kept, index=index, dtype="string"), pd.Series(digests, index=index, dtype="string")
 

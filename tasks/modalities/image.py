@@ -16,28 +16,66 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tasks.device import autocast_for, batch_size_on, cores, decode_workers
-from tasks.features.images import DECODE_VERSION, MAX_FILE_BYTES, ImageDecodeError, load_square_rgb, probe
+from tasks.images import DECODE_VERSION, MAX_FILE_BYTES, ImageDecodeError, load_square_rgb, probe
 from tasks.modalities import register
+from tasks.modalities.base import known_encoder
 from tasks.modalities.files import FileModality, raise_changed, read_verified
+from tasks.strict import Strict
 
 if TYPE_CHECKING:
     from modelzoo.encoders.base import ImageEncoder, ImagePreprocessing
-    from tasks.features.extract import Extraction
+    from tasks.encode_job import EncodeJob as Extraction
 
 log = logging.getLogger(__name__)
 
+# Part of every image cache namespace: the label keeps the module's old path (it is now
+# tasks/images.py) so that caches built before the move stay valid.
 IMAGE_DECODE = f"tasks.features.images/v{DECODE_VERSION}"
 DECODED, UNDECODABLE, CHANGED = 1, 0, -1  # how an image fared in a decode worker
+
+
+class ImageFinetuneConfig(Strict):
+    """End-to-end fine-tuning of the image encoder's last blocks together with the fusion head.
+
+    The feature map entering those blocks is computed once per distinct image and cached, so
+    an epoch runs only the blocks that learn (plus the head conv and pooling). `blocks: 0`
+    keeps the encoder frozen. A block is one residual block (EfficientNet or ResNet), not a stage.
+    """
+
+    blocks: int = Field(0, ge=0, le=64)  # last residual blocks trained; 0 = frozen encoder
+    lr: float = Field(1e-4, gt=0)  # encoder learning rate: well below the head's train.lr
+    warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a linear LR warm-up
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)  # images per step
+
+
+class ImageEncoderConfig(Strict):
+    """`encoders.image`."""
+
+    model: str = "efficientnet_lite0"
+    image_size: int = Field(224, ge=32, le=1024)
+    batch_size: int = Field(32, ge=1)
+    finetune: ImageFinetuneConfig = ImageFinetuneConfig()
+
+    @field_validator("model")
+    @classmethod
+    def _resolvable(cls, value: str) -> str:
+        from modelzoo.encoders.loading import image_name_problem  # timm: only when validating
+
+        return known_encoder(image_name_problem(value), value)
 
 
 class ImageModality(FileModality):
     name = "image"
     order = 2
     input_version = IMAGE_DECODE
+    encoder_config = ImageEncoderConfig
+    finetune_member = "finetuned_image"  # tasks/train/plan.py FINETUNED_IMAGE
     noun = "image file"
     max_bytes = MAX_FILE_BYTES
 

@@ -10,21 +10,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from modelzoo.encoders.base import RawTextEncoder
+from tasks.cache_keys import text_digest
+from tasks.contents import Contents, contents_by_value
 from tasks.device import autocast_for, batch_size_on, to_device
-from tasks.features.cache.contents import Contents, contents_by_value
-from tasks.features.cache.keys import text_digest
 from tasks.modalities import register
-from tasks.modalities.base import EmbeddedModality
+from tasks.modalities.base import EmbeddedModality, known_encoder
 from tasks.modalities.files import Prefetched
+from tasks.strict import Strict
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from modelzoo.encoders.base import TextEncoder
-    from tasks.features.extract import Extraction
+    from tasks.encode_job import EncodeJob as Extraction
 
 TEXT_INPUT = "utf8-verbatim/v1"
 # Characters of a cell handed to the tokenizer, per token of max_length. A tokenizer's memory
@@ -36,11 +38,63 @@ _CHARS_PER_TOKEN = 64
 _MOST_CHARS_PER_TOKEN = 1024
 
 
+class TextFinetuneConfig(Strict):
+    """End-to-end fine-tuning of the text encoder's top layers together with the fusion head.
+
+    The frozen lower layers' output is computed once per distinct text and cached, so an epoch
+    runs only the layers that learn. `layers: 0` keeps the encoder frozen (plain embeddings).
+    """
+
+    layers: int = Field(0, ge=0, le=48)  # top transformer layers trained; 0 = frozen encoder
+    lr: float = Field(5e-5, gt=0)  # encoder learning rate: well below the head's train.lr
+    warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a linear LR warm-up
+    epochs: int = Field(8, ge=1)  # each epoch costs about one frozen extraction pass
+    batch_size: int = Field(32, ge=1)  # texts per step
+
+
+class TfidfConfig(Strict):
+    """`model: tfidf`: TF-IDF of word 1-2 grams fitted on the train rows' distinct texts, then a
+    truncated SVD to `dim` (tasks/features/tfidf.py). Read only when the model is tfidf."""
+
+    dim: int = Field(128, ge=1, le=4096)  # SVD components = embedding width; clipped to what the data allows
+    min_df: int = Field(2, ge=1)  # a term must occur in at least this many distinct train texts
+    max_features: int = Field(200_000, ge=2)  # most frequent terms kept; the state holds dim x terms floats
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the randomized SVD's seed
+
+
+class TextEncoderConfig(Strict):
+    """`encoders.text`."""
+
+    model: str = "minilm"
+    max_length: int = Field(256, ge=8, le=8192)
+    batch_size: int = Field(64, ge=1)
+    finetune: TextFinetuneConfig = TextFinetuneConfig()
+    tfidf: TfidfConfig = TfidfConfig()
+
+    @field_validator("model")
+    @classmethod
+    def _resolvable(cls, value: str) -> str:
+        from modelzoo.encoders.loading import hub_name_problem  # torch: only when validating
+
+        return known_encoder(hub_name_problem(TextModality.name, value), value)
+
+    @model_validator(mode="after")
+    def _fitted_encoders_have_no_layers(self) -> TextEncoderConfig:
+        if self.finetune.layers and TextModality().fitted(self.model):
+            raise ValueError(
+                f"finetune.layers: the {self.model!r} encoder has no layers to fine-tune; set it to 0"
+            )
+        return self
+
+
 class TextModality(EmbeddedModality):
     name = "text"
     order = 1
     input_version = TEXT_INPUT
+    encoder_config = TextEncoderConfig
     verbatim_cells = True
+    raw_text = True
+    finetune_member = "finetuned_text"  # tasks/train/plan.py FINETUNED_TEXT
 
     def size_of(self, config: Any) -> int:
         return int(config.max_length)

@@ -38,8 +38,8 @@ from sklearn.linear_model import LogisticRegression
 from tasks.config import DriftThresholds
 from tasks.data.labels import parse_labels
 from tasks.evaluate.evaluation import bootstrap_intervals, primary_score
-from tasks.evaluate.metrics import from_confusion, higher_is_better, resolve_metric
 from tasks.monitor.checks import PREDICTION, Check
+from tasks.scores.metrics import from_confusion, higher_is_better, resolve_metric
 
 # Below this many labelled reference rows the raw probabilities are used: a fit on fewer rows
 # adds more noise than the model's miscalibration it removes.

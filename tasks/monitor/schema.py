@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tasks.config import ColumnsConfig, DataConfig
+from tasks.modalities import raw_text_role
 from tasks.monitor.checks import Check
 from tasks.schema import PRESENT
 
@@ -47,8 +48,9 @@ def table_roles(table: pd.DataFrame, current: dict[str, str]) -> dict[str, str]:
     """The roles an aligned-like table shows: its columns with a presence mask, numeric or not.
 
     A non-numeric column takes today's role when today's role is not numeric either (a table
-    cannot tell text from categorical), else "text".
+    cannot tell text from categorical), else the raw-text role (text's).
     """
+    text = raw_text_role()
     roles = {}
     for name in table.columns:
         if name.startswith(PRESENT) and name[len(PRESENT) :] in table.columns:
@@ -56,7 +58,7 @@ def table_roles(table: pd.DataFrame, current: dict[str, str]) -> dict[str, str]:
             if _is_numeric(table[column]):
                 roles[column] = "numeric"
             else:
-                roles[column] = current.get(column, "text") if current.get(column) != "numeric" else "text"
+                roles[column] = current.get(column, text) if current.get(column) != "numeric" else text
     return roles
 
 

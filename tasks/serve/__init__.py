@@ -1,1 +1,1 @@
-"""Using a trained bundle: batch prediction, promotion to a registry, path checks."""
+"""Using a trained bundle: batch prediction, the champion comparison, promotion to a registry."""

@@ -35,9 +35,10 @@ from tasks.data.align import hash_split
 from tasks.data.labels import from_canonical
 from tasks.device import pick_device
 from tasks.errors import FuselineError
-from tasks.evaluate.evaluation import FUSED, bootstrap_intervals, primary_score
+from tasks.evaluate.evaluation import bootstrap_intervals, primary_score
 from tasks.features.cache import FeatureCache
 from tasks.schema import ID, SPLIT, TARGET
+from tasks.scores.model_names import FUSED
 from tasks.serve.predict import Predictor, file_roots, load_predictor
 from tasks.train.bundle import BundleMeta
 from tasks.train.lineage import Lineage, read_lineage

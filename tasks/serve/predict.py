@@ -27,15 +27,16 @@ from torch import nn
 
 from modelzoo.encoders.loading import fitted_encoder
 from modelzoo.heads.blocks import is_wide_block
+from tasks.align_report import AlignReport
 from tasks.config import DataConfig, EncodersConfig, SourceConfig
-from tasks.data.align import AlignReport, check_ids, presence
+from tasks.contents import Contents
+from tasks.data.align import check_ids, presence
 from tasks.data.ingest import typed_columns
 from tasks.data.sources import read_source
 from tasks.device import pick_device, precision_problem, single_threaded
 from tasks.errors import BundleError, DataError, closest_names
 from tasks.evaluate.evaluation import predictions_table
 from tasks.features.cache import FeatureCache
-from tasks.features.cache.contents import Contents
 from tasks.features.cache.fingerprints import encoder_identity
 from tasks.features.encode_chunks import ProcessEncoderSpec
 from tasks.features.extract import EncoderSpec, Extraction, encode_chunk, plan_extraction, row_ids

@@ -22,8 +22,8 @@ from typing import Any
 
 from tasks.atomic import atomic_dir, write_json
 from tasks.errors import BundleError
-from tasks.evaluate.metrics import higher_is_better
-from tasks.serve.pathcheck import check_model_path
+from tasks.pathcheck import check_model_path
+from tasks.scores.metrics import higher_is_better
 
 CURRENT = "current.json"
 HISTORY = "history.json"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.evaluate.metrics import higher_is_better, score
+from tasks.scores.metrics import higher_is_better, score
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
@@ -30,8 +31,9 @@ from torch import nn
 
 from tasks.config import FusionConfig
 from tasks.errors import BundleError
-from tasks.evaluate.metric_names import METRICS, PRIMARY_METRIC
-from tasks.train.training import build_head
+from tasks.scores.metric_names import METRICS, PRIMARY_METRIC
+from tasks.train.dataset import FeatureSet, with_blocks
+from tasks.train.training import TargetScaling, build_head, predict
 
 WEIGHTS = "model.safetensors"
 META = "bundle.json"
@@ -111,6 +113,12 @@ def head_of(meta: BundleMeta) -> nn.Module:
     """An untrained head of the bundle's architecture."""
     fusion = FusionConfig.model_validate(meta.fusion)
     return build_head(fusion, dict(meta.in_dims), meta.out_dim)  # training builds its heads the same way
+
+
+def predict_with(model: nn.Module, meta: BundleMeta, features: FeatureSet) -> np.ndarray:
+    """Predictions of a bundle's model on the given rows."""
+    scaling = TargetScaling(*meta.target_scaling) if meta.target_scaling else None
+    return predict(model, with_blocks(features, meta.in_dims), meta.task, scaling)
 
 
 def load_bundle(directory: Path) -> tuple[nn.Module, BundleMeta]:

@@ -70,3 +70,11 @@ class FeatureSet:
 
 def modality_of(block: str) -> str:
     return block.split(".", 1)[0]
+
+
+def with_blocks(features: FeatureSet, blocks: dict[str, int]) -> FeatureSet:
+    """The FeatureSet restricted to the blocks a model was trained on."""
+    missing = [b for b in blocks if b not in features.inputs]
+    if missing:
+        raise KeyError(f"features lack blocks the model needs: {missing}")
+    return features.select_blocks(blocks)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.evaluate.metrics import higher_is_better, resolve_metric, score
+from tasks.scores.metrics import higher_is_better, resolve_metric, score
 
 ROUNDS = 25  # Caruana's runs plateau well before this on a handful of members
 _EPS = 1e-7

@@ -36,8 +36,9 @@ from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
 from modelzoo.encoders.loading import encoder_fingerprint, load_text_encoder
 from modelzoo.encoders.split import rebuild_top
 from modelzoo.encoders.text_finetune import LowerText, TextTop, lower_text, split_text_encoder
-from tasks.config import FusionConfig, TextEncoderConfig, TrainConfig
+from tasks.config import FusionConfig, TrainConfig
 from tasks.device import pick_device
+from tasks.modalities.text import TextEncoderConfig, TextModality
 from tasks.train.dataset import FeatureSet
 from tasks.train.finetune_loop import (
     BUCKET_BATCHES,
@@ -74,6 +75,7 @@ ATTENTION_DROPOUT = 0.0
 # up to a multiple of this leave a few dozen shapes. A CPU showed no such cost: it pads exactly.
 CUDA_PAD_MULTIPLE = 16
 SETTING = "encoders.text.finetune"
+TEXT = TextModality.name  # the modality whose encoder this fine-tunes
 
 Texts = dict[str, list[str | None]]
 
@@ -106,7 +108,7 @@ def text_block(column: str) -> str:
 class HiddenStateCache(LowerOutputCache[str]):
     """Lower-layer hidden states by text: one float16 (T, H) array of real tokens per text."""
 
-    noun = "text"
+    noun = TEXT
 
     def __init__(
         self,
@@ -189,7 +191,7 @@ def _pad(states: list[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 def _part(top: TextTop) -> Part:
-    return Part("text", top, top.dim, _pad, SETTING)
+    return Part(TEXT, top, top.dim, _pad, SETTING)
 
 
 # --- training and prediction ----------------------------------------------------------------------
@@ -220,7 +222,7 @@ def train_finetuned(
     layers = text.finetune.layers
     if layers < 1:
         raise ValueError("encoders.text.finetune.layers is 0 (a frozen encoder): train with train_model")
-    check_columns(features, texts, "text")
+    check_columns(features, texts, TEXT)
     split_indices(features)  # before the lower pass: a split without train or val rows fails now
     encoder = base_encoder if base_encoder is not None else load_hf_text_encoder(text.model)
     lower, top = split_text_encoder(encoder, layers, attention_dropout=ATTENTION_DROPOUT)
@@ -253,7 +255,7 @@ def predict_finetuned(
     The lower hidden states come through the same cache as in training, so known texts cost
     nothing. Runs where `head` lives; `features` holds the blocks the head was trained on.
     """
-    check_columns(features, texts, "text")
+    check_columns(features, texts, TEXT)
     encoder = base_encoder if base_encoder is not None else load_hf_text_encoder(text.model)
     device = next(head.parameters()).device
     lower = lower_text(encoder, top.lower_layers)

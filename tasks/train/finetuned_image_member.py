@@ -23,13 +23,14 @@ from torch import nn
 from modelzoo.encoders.base import ImageEncoder
 from modelzoo.encoders.image_finetune import ImageTop
 from modelzoo.encoders.loading import encoder_fingerprint, load_image_encoder
-from tasks.config import ImageEncoderConfig, Params
+from tasks.config import Params
 from tasks.errors import BundleError
-from tasks.evaluate.evaluation import with_blocks
+from tasks.modalities.image import ImageEncoderConfig
 from tasks.train.bundle import BundleMeta, load_bundle
-from tasks.train.dataset import FeatureSet
+from tasks.train.dataset import FeatureSet, with_blocks
 from tasks.train.finetuned_files import FinetunedResult, read_top_files, top_weights_name, write_top_files
 from tasks.train.image_finetune import (
+    IMAGE,
     image_cells,
     load_finetuned_image_top,
     predict_finetuned_image,
@@ -45,7 +46,7 @@ __all__ = [
     "load_finetuned_image_member",
 ]
 
-IMAGE_TOP_WEIGHTS = top_weights_name("image")
+IMAGE_TOP_WEIGHTS = top_weights_name(IMAGE)
 
 
 @dataclass
@@ -67,9 +68,9 @@ class FinetunedImageResult(FinetunedResult):
             "kind": FINETUNED_IMAGE,
             "blocks": self.image.finetune.blocks,
             "columns": list(self.columns),
-            "image": self.image.model_dump(mode="json"),
+            IMAGE: self.image.model_dump(mode="json"),
         }
-        write_top_files(directory, "image", self.top, info)
+        write_top_files(directory, IMAGE, self.top, info)
 
 
 def image_settings(params: Params, blocks: int) -> ImageEncoderConfig:
@@ -137,9 +138,9 @@ def load_finetuned_image_member(directory: Path, cache_dir: str | Path) -> Finet
             weights than the one it was trained on, or the weights do not fit the encoder.
     """
     head, meta = load_bundle(directory)
-    info, state = read_top_files(directory, "image")
+    info, state = read_top_files(directory, IMAGE)
     try:
-        image = ImageEncoderConfig.model_validate(info["image"])
+        image = ImageEncoderConfig.model_validate(info[IMAGE])
         encoder = load_image_encoder(image.model, image.image_size)
         _check_base_weights(directory, encoder, meta)
         top = load_finetuned_image_top(image, int(info["blocks"]), state, encoder)
@@ -152,7 +153,7 @@ def load_finetuned_image_member(directory: Path, cache_dir: str | Path) -> Finet
 
 def _check_base_weights(directory: Path, encoder: ImageEncoder, meta: BundleMeta) -> None:
     """The lower blocks come from the encoder installed here: they must be the trained-with ones."""
-    recorded = (meta.encoders or {}).get("image", {}).get("weights_digest")
+    recorded = (meta.encoders or {}).get(IMAGE, {}).get("weights_digest")
     here = encoder_fingerprint(encoder)["weights_digest"]
     if recorded != here:
         raise BundleError(

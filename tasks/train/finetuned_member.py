@@ -20,12 +20,18 @@ from torch import nn
 
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
 from modelzoo.encoders.text_finetune import TextTop
-from tasks.config import Params, TextEncoderConfig
+from tasks.config import Params
 from tasks.errors import BundleError
-from tasks.evaluate.evaluation import with_blocks
+from tasks.modalities.text import TextEncoderConfig
 from tasks.train.bundle import BundleMeta, load_bundle
-from tasks.train.dataset import FeatureSet
-from tasks.train.finetune import load_finetuned_top, load_hf_text_encoder, predict_finetuned, train_finetuned
+from tasks.train.dataset import FeatureSet, with_blocks
+from tasks.train.finetune import (
+    TEXT,
+    load_finetuned_top,
+    load_hf_text_encoder,
+    predict_finetuned,
+    train_finetuned,
+)
 from tasks.train.finetuned_files import (
     FINETUNE_META,
     FinetunedResult,
@@ -47,7 +53,7 @@ __all__ = [
     "texts_of",
 ]
 
-TOP_WEIGHTS = top_weights_name("text")
+TOP_WEIGHTS = top_weights_name(TEXT)
 Texts = dict[str, list[str | None]]
 
 
@@ -67,9 +73,9 @@ class FinetunedTextResult(FinetunedResult):
             "kind": FINETUNED_TEXT,
             "layers": self.text.finetune.layers,
             "columns": list(self.columns),
-            "text": self.text.model_dump(mode="json"),
+            TEXT: self.text.model_dump(mode="json"),
         }
-        write_top_files(directory, "text", self.top, info)
+        write_top_files(directory, TEXT, self.top, info)
 
 
 def finetune_settings(params: Params, layers: int) -> TextEncoderConfig:
@@ -151,9 +157,9 @@ class FinetunedMember:
 def load_finetuned_member(directory: Path, cache_dir: str | Path) -> FinetunedMember:
     """The member written by FinetunedTextResult.write_extras; refuses top weights that do not match."""
     head, meta = load_bundle(directory)
-    info, state = read_top_files(directory, "text")
+    info, state = read_top_files(directory, TEXT)
     try:
-        text = TextEncoderConfig.model_validate(info["text"])
+        text = TextEncoderConfig.model_validate(info[TEXT])
         encoder = load_hf_text_encoder(text.model)
         top = load_finetuned_top(text, int(info["layers"]), state, encoder)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

@@ -34,13 +34,15 @@ from modelzoo.encoders.base import ImageEncoder
 from modelzoo.encoders.image_finetune import ImageTop, LowerImage, lower_image, split_image_encoder
 from modelzoo.encoders.loading import encoder_fingerprint, load_image_encoder
 from modelzoo.encoders.split import rebuild_top
-from tasks.config import FusionConfig, ImageEncoderConfig, TrainConfig
+from tasks.config import FusionConfig, TrainConfig
 from tasks.device import pick_device
 from tasks.errors import DataError
 from tasks.modalities.image import (
     CHANGED,
     DECODED,
     IMAGE_DECODE,
+    ImageEncoderConfig,
+    ImageModality,
     close_batches,
     decoded_batches,
     normalise_images,
@@ -71,6 +73,7 @@ __all__ = [
 
 CACHE_FORMAT = "float16-feature-maps/v1"  # bump when what an entry holds changes
 SETTING = "encoders.image.finetune"
+IMAGE = ImageModality.name  # the modality whose encoder this fine-tunes
 
 
 @dataclass
@@ -114,7 +117,7 @@ def image_cells(rows: pd.DataFrame, columns: list[str], root: str | Path) -> dic
 class FeatureMapCache(LowerOutputCache[Path]):
     """The lower part's feature map by image: one float16 (C, h, w) array per distinct file."""
 
-    noun = "image"
+    noun = IMAGE
 
     def __init__(
         self,
@@ -194,7 +197,7 @@ def _stack(maps: list[Tensor], device: torch.device) -> tuple[Tensor]:
 
 
 def _part(top: ImageTop) -> Part:
-    return Part("image", top, top.dim, _stack, SETTING)
+    return Part(IMAGE, top, top.dim, _stack, SETTING)
 
 
 def _digests(cells: dict[str, ImageCells]) -> dict[str, list[str | None]]:
@@ -228,7 +231,7 @@ def train_finetuned_image(
     blocks = image.finetune.blocks
     if blocks < 1:
         raise ValueError(f"{SETTING}.blocks is 0 (a frozen encoder): train with train_model")
-    check_columns(features, _digests(cells), "image")
+    check_columns(features, _digests(cells), IMAGE)
     split_indices(features)  # before the lower pass: a split without train or val rows fails now
     encoder = base_encoder if base_encoder is not None else load_image_encoder(image.model, image.image_size)
     lower, top = split_image_encoder(encoder, blocks)
@@ -261,7 +264,7 @@ def predict_finetuned_image(
     The lower feature maps come through the same cache as in training, so known images cost
     nothing. Runs where `head` lives; `features` holds the blocks the head was trained on.
     """
-    check_columns(features, _digests(cells), "image")
+    check_columns(features, _digests(cells), IMAGE)
     encoder = base_encoder if base_encoder is not None else load_image_encoder(image.model, image.image_size)
     device = next(head.parameters()).device
     cache = FeatureMapCache(cache_dir, encoder, lower_image(encoder, top.lower_blocks), image.batch_size,

@@ -26,8 +26,8 @@ import pandas as pd
 from torch import nn
 
 from tasks.errors import BundleError
-from tasks.evaluate.evaluation import FUSED, predict_with
-from tasks.train.bundle import BASELINES, BundleMeta, load_bundle
+from tasks.scores.model_names import FUSED
+from tasks.train.bundle import BASELINES, BundleMeta, load_bundle, predict_with
 from tasks.train.dataset import FeatureSet
 from tasks.train.ensemble import blend
 from tasks.train.portable_linear import PortableLinear, read_linear

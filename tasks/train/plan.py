@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 
 from modelzoo.encoders.image_finetune import splittable
-from modelzoo.encoders.loading import fitted_encoder, image_architecture
+from modelzoo.encoders.loading import image_architecture
 from tasks.config import FusionConfig, Params, TrainConfig
-from tasks.evaluate.evaluation import FUSED
+from tasks.modalities import modality, tuned_by
+from tasks.scores.model_names import FUSED
 
 FINETUNED_TEXT = "finetuned_text"
 FINETUNED_IMAGE = "finetuned_image"
@@ -71,6 +72,7 @@ def member_plan(params: Params, modalities: list[str]) -> list[MemberSpec]:
         plan += [MemberSpec(m, "head", fusion, train, modalities=(m,)) for m in modalities]
     layers = params.encoders.text.finetune.layers
     blocks = params.encoders.image.finetune.blocks
+    text, image = tuned_by(FINETUNED_TEXT), tuned_by(FINETUNED_IMAGE)  # the plug-ins declare them
     if params.train.preset == "best":
         for offset in range(1, BEST_EXTRA_SEEDS + 1):
             seed = (train.seed + offset) % 2**32
@@ -81,20 +83,20 @@ def member_plan(params: Params, modalities: list[str]) -> list[MemberSpec]:
             if head != fusion.head:
                 other = FusionConfig.model_validate({**fusion.options(), "head": head})
                 plan.append(MemberSpec(f"head_{head}", "head", other, train))
-        layers = layers or _best_layers(params.encoders.text.model)
-        if not blocks and "image" in modalities:
+        layers = layers or _best_layers(text, params.encoders.text.model)
+        if not blocks and image in modalities:
             blocks = _best_blocks(params.encoders.image.model)
-    if blocks and "image" in modalities:
+    if blocks and image in modalities:
         plan.append(MemberSpec(FINETUNED_IMAGE, FINETUNED_IMAGE, fusion, train, finetune_blocks=blocks))
-    if layers and "text" in modalities:
+    if layers and text in modalities:
         plan.append(MemberSpec(FINETUNED_TEXT, FINETUNED_TEXT, fusion, train, finetune_layers=layers))
     return plan
 
 
-def _best_layers(model: str) -> int:
+def _best_layers(text: str | None, model: str) -> int:
     """What `best` fine-tunes of a text encoder nobody asked to fine-tune: its top layers, unless
     it has none (tfidf, fitted on the data rather than a transformer)."""
-    return 0 if fitted_encoder("text", model) else BEST_FINETUNE_LAYERS
+    return 0 if text is None or modality(text).fitted(model) else BEST_FINETUNE_LAYERS
 
 
 def _best_blocks(model: str) -> int:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from tasks.train.bundle import meta_digest
 WEIGHTS = "linear.safetensors"
 META = "linear.json"
 FORMAT_VERSION = 2  # 2: text and categorical as ordered [column, values] pairs
+RAW_TEXT = "raw_text"  # the role of columns read as words (TF-IDF), whichever modality holds them
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,11 @@ class PortableLinear:
 
     def roles(self) -> dict[str, list[str]]:
         """The columns it reads, by role, as `sklearn_baseline.clean_frame` takes them."""
-        return {"text": list(self.text), "categorical": list(self.categorical), "numeric": list(self.numeric)}
+        return {
+            RAW_TEXT: list(self.text),
+            "categorical": list(self.categorical),
+            "numeric": list(self.numeric),
+        }
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Same form as the pipeline's baseline predictions: P(1), (N, C) probabilities or values.
@@ -175,14 +180,18 @@ def export_linear(pipeline: Pipeline, task: str, n_classes: int, token_pattern: 
     )
 
 
+# The column -> values maps (TF-IDF vocabularies, categories), stored as ordered pairs.
+_PAIRED = tuple(f.name for f in fields(PortableLinear) if f.type == "dict[str, list[str]]")
+
+
 def write_linear(directory: Path, linear: PortableLinear) -> None:
     """linear.safetensors + linear.json (with the digest of both) into an existing directory."""
     directory.mkdir(parents=True, exist_ok=True)
     weights = save_arrays({k: np.ascontiguousarray(v) for k, v in linear.arrays.items()})
     meta = {key: value for key, value in linear.__dict__.items() if key != "arrays"}
     # Column order is feature order: as [column, values] pairs it survives sorted JSON keys.
-    meta["text"] = [[column, terms] for column, terms in linear.text.items()]
-    meta["categorical"] = [[column, values] for column, values in linear.categorical.items()]
+    for key in _PAIRED:
+        meta[key] = [[column, values] for column, values in meta[key].items()]
     meta["format_version"] = FORMAT_VERSION
     meta["digest"] = {"weights": hashlib.sha256(weights).hexdigest(), "meta": meta_digest(meta)}
     (directory / WEIGHTS).write_bytes(weights)
@@ -210,8 +219,8 @@ def read_linear(directory: Path) -> PortableLinear:
         raise BundleError(f"{directory}: the linear model changed after it was written (digest mismatch)")
     meta.pop("format_version")
     try:
-        meta["text"] = {column: terms for column, terms in meta["text"]}
-        meta["categorical"] = {column: values for column, values in meta["categorical"]}
+        for key in _PAIRED:
+            meta[key] = {column: values for column, values in meta[key]}
         return PortableLinear(**meta, arrays=dict(load_arrays(weights)))
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"{meta_path}: unreadable linear model ({err})") from None

@@ -30,9 +30,10 @@ from threadpoolctl import threadpool_limits
 from tasks.config import ColumnsConfig
 from tasks.data.align import ID, SPLIT, TARGET
 from tasks.errors import DataError
-from tasks.evaluate.metrics import compute_metrics, higher_is_better, resolve_metric
+from tasks.modalities import raw_text_columns
+from tasks.scores.metrics import compute_metrics, higher_is_better, resolve_metric
 from tasks.train.assemble import encode_target
-from tasks.train.portable_linear import PortableLinear, export_linear
+from tasks.train.portable_linear import RAW_TEXT, PortableLinear, export_linear
 
 TASKS = ("binary", "multiclass", "regression")  # the tasks it has a model for
 LINEAR_STRENGTHS = (0.1, 1.0, 10.0)  # C for logistic regression, 1/alpha for ridge
@@ -280,7 +281,7 @@ def _tree_model(
 
 def _linear_features(roles: dict[str, list[str]]) -> ColumnTransformer:
     """Sparse TF-IDF per text column + one-hot categoricals + imputed, scaled numerics."""
-    parts: list[tuple[str, object, object]] = [(f"text_{c}", _tfidf(), c) for c in roles["text"]]
+    parts: list[tuple[str, object, object]] = [(f"text_{c}", _tfidf(), c) for c in roles[RAW_TEXT]]
     if roles["categorical"]:
         parts.append(("categorical", OneHotEncoder(handle_unknown="ignore"), roles["categorical"]))
     if roles["numeric"]:
@@ -304,7 +305,7 @@ def _tree_features(roles: dict[str, list[str]]) -> ColumnTransformer:
     if roles["numeric"]:
         parts.append(("numeric", "passthrough", roles["numeric"]))  # trees handle NaN natively
     parts += [
-        (f"text_{c}", make_pipeline(_tfidf(), _ClampedSVD(TEXT_SVD_COMPONENTS)), c) for c in roles["text"]
+        (f"text_{c}", make_pipeline(_tfidf(), _ClampedSVD(TEXT_SVD_COMPONENTS)), c) for c in roles[RAW_TEXT]
     ]
     return ColumnTransformer(parts, sparse_threshold=0.0)
 
@@ -335,14 +336,18 @@ class _ClampedSVD(TransformerMixin, BaseEstimator):
 
 
 def _usable_columns(aligned: pd.DataFrame, columns: ColumnsConfig) -> dict[str, list[str]]:
-    """Declared columns, minus text columns without a word in the train rows (TF-IDF has no vocabulary)."""
-    absent = [c for c in [*columns.categorical, *columns.numeric, *columns.text] if c not in aligned]
+    """Declared columns, minus text columns without a word in the train rows (TF-IDF has no vocabulary).
+
+    Text is every raw-text modality's columns (tasks/modalities): whatever reads as words.
+    """
+    texts = raw_text_columns(columns)
+    absent = [c for c in [*columns.categorical, *columns.numeric, *texts] if c not in aligned]
     if absent:
         raise DataError(f"aligned table lacks columns {absent}; rerun align", column=absent[0])
     train = aligned[aligned[SPLIT] == "train"]
     word = re.compile(_TOKEN)
-    text = [c for c in columns.text if any(word.search(str(v)) for v in train[c].dropna())]
-    roles = {"categorical": list(columns.categorical), "numeric": list(columns.numeric), "text": text}
+    text = [c for c in texts if any(word.search(str(v)) for v in train[c].dropna())]
+    roles = {"categorical": list(columns.categorical), "numeric": list(columns.numeric), RAW_TEXT: text}
     if not any(roles.values()):
         raise DataError("the sklearn baseline needs a tabular or text column; only images are declared")
     return roles
@@ -351,7 +356,7 @@ def _usable_columns(aligned: pd.DataFrame, columns: ColumnsConfig) -> dict[str, 
 def clean_frame(aligned: pd.DataFrame, roles: dict[str, list[str]]) -> pd.DataFrame:
     """One dtype per role: text and categories as plain str (missing spelled out), numerics float."""
     frame = pd.DataFrame(index=aligned.index)
-    for column in roles["text"]:
+    for column in roles[RAW_TEXT]:
         frame[column] = aligned[column].astype("string").fillna("").astype(str)
     for column in roles["categorical"]:
         frame[column] = aligned[column].astype("string").fillna(_MISSING).astype(str)

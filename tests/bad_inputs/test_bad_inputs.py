@@ -108,7 +108,7 @@ def pixel_of(name: str) -> Callable[[Outcome, Encoders], None]:
     }[name]
 
     def check(outcome: Outcome, encoders: Encoders) -> None:
-        from tasks.features.images import load_square_rgb
+        from tasks.images import load_square_rgb
 
         pixels = load_square_rgb(outcome.root / outcome.params.data.image_root / name, 8)
         assert tuple(int(v) for v in pixels[4, 4]) == pytest.approx(expected, abs=2)

@@ -38,7 +38,7 @@ from tasks.errors import DataError
 from tasks.features.cache import FeatureCache
 from tasks.features.extract import extract_embeddings
 from tasks.features.feature_store import read_blocks
-from tasks.features.images import MAX_DECODED_PIXELS
+from tasks.images import MAX_DECODED_PIXELS
 from tasks.modalities import modality
 from tasks.modalities.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioDecodeError, Framing, clip_windows
 from tasks.modalities.files import file_sha256
@@ -221,7 +221,7 @@ def test_odd_but_real_rates_are_encoded_by_extract(tmp_path: Path) -> None:
 
 HUGE_RATE = with_clips({0: headers.wav(rate=2**31 - 1)})
 SPARSE_GIGABYTES = int(2.5e9)
-SPARSE_UNDER_CAP = 400 * MiB  # under tasks.features.images.MAX_FILE_BYTES: hashed and decoded, streaming
+SPARSE_UNDER_CAP = 400 * MiB  # under tasks.images.MAX_FILE_BYTES: hashed and decoded, streaming
 LONG_CELL = "word " * 400_000  # 2 million characters
 
 

@@ -27,7 +27,7 @@ from flows.evaluate import _draw, _json_safe
 from tasks import escape
 from tasks.config import DataConfig, DriftThresholds
 from tasks.data.align import PRESENT, SPLIT, TARGET
-from tasks.evaluate.evaluation import FUSED, contributions_table, metrics_report, plot_tables
+from tasks.evaluate.evaluation import contributions_table, metrics_report, plot_tables
 from tasks.evaluate.importance import feature_groups, permutation_importance, weights_by_group
 from tasks.evaluate.report import ReportInputs, data_summary, render_report
 from tasks.monitor.checks import judge
@@ -35,6 +35,7 @@ from tasks.monitor.report import DriftReport, write_report
 from tasks.monitor.statistics import categorical_drift
 from tasks.paths import Layout
 from tasks.schema import reserved_reason
+from tasks.scores.model_names import FUSED
 from tasks.train.dataset import FeatureSet
 
 KNOWN = (

@@ -5,7 +5,7 @@ then the CSV header check opened the path again and waited for a writer that had
 /dev/zero as an input or as params.yaml was read until memory ran out. Every input a user
 names (predict's and monitor's `--input`, the sources in params.yaml, params.yaml itself)
 is now read only from a regular file, opened once; anything else is refused by its type,
-in one line, before a byte is read (tasks/serve/pathcheck.py).
+in one line, before a byte is read (tasks/pathcheck.py).
 
 Each test that would hang on the old code carries a timeout, so a regression fails instead
 of stopping the suite; FIFO writers are threads that the tests release and join.

@@ -89,7 +89,11 @@ def test_an_experiment_is_set_as_typed_and_compared_with_the_commit(reproduced: 
     assert run_ok(["git", "status", "--porcelain"], root, env).stdout == ""  # nothing left out of the commit
     headline = json.loads(run_ok(["git", "show", "HEAD:reports/metrics.json"], root, env).stdout)
     assert headline["metric"] == "auc" and isinstance(headline["final"], float)
-    run_ok(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.003"], root, env, timeout=900)
+    ran = run_ok(
+        ["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.003"], root, env, timeout=900
+    ).stdout
+    stages = {line.split("'")[1] for line in ran.splitlines() if line.startswith("Running stage")}
+    assert stages == {"params", "train", "evaluate"}  # what train.lr reaches, nothing else
     shown_csv = run_ok(["dvc", "exp", "show", "--csv"], root, env).stdout
     table = list(csv.DictReader(io.StringIO(shown_csv[shown_csv.index("Experiment,") :])))
     by_name = {row["Experiment"] or row["rev"]: row for row in table}

@@ -192,10 +192,10 @@ def test_a_wide_deep_bundle_predicts_from_raw_rows_as_from_its_features(
     from flows.predict import predict
     from flows.train import bundle_meta
     from tasks.config import params_from_dict
-    from tasks.evaluate.evaluation import predict_with, predictions_table
+    from tasks.evaluate.evaluation import predictions_table
     from tasks.paths import Layout
     from tasks.train.assemble import feature_metadata, load_feature_set
-    from tasks.train.bundle import load_bundle, write_bundle
+    from tasks.train.bundle import load_bundle, predict_with, write_bundle
     from tasks.train.training import train_model
 
     raw = yaml.safe_load((in_repo / "params.yaml").read_text())

@@ -19,7 +19,7 @@ from modelzoo.encoders.aisfx import (
 )
 from modelzoo.encoders.base import AudioEncoder
 from modelzoo.encoders.huggingface_audio import HuggingFaceAudioEncoder
-from modelzoo.encoders.loading import encoder_fingerprint, encoder_name_problem, load_audio_encoder
+from modelzoo.encoders.loading import encoder_fingerprint, hub_name_problem, load_audio_encoder
 from modelzoo.registry import names
 from tests.modelzoo.audio_samples import (
     UTTERANCES,
@@ -240,12 +240,12 @@ def test_audio_fingerprint_records_window_and_rate(aisfx: AudioEncoder) -> None:
 def test_audio_encoder_name_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(variable, raising=False)
-    assert encoder_name_problem("audio", "aisfx") is None
-    assert encoder_name_problem("audio", str(tmp_path)) is None
-    assert encoder_name_problem("audio", "facebook/wav2vec2-base") is None  # fetchable when online
-    missing = encoder_name_problem("audio", str(tmp_path / "nope"))
+    assert hub_name_problem("audio", "aisfx") is None
+    assert hub_name_problem("audio", str(tmp_path)) is None
+    assert hub_name_problem("audio", "facebook/wav2vec2-base") is None  # fetchable when online
+    missing = hub_name_problem("audio", str(tmp_path / "nope"))
     assert missing is not None and "audio encoder" in missing and "does not exist" in missing
-    typo = encoder_name_problem("audio", "aisfz")
+    typo = hub_name_problem("audio", "aisfz")
     assert typo is not None and "'aisfx'" in typo
 
 

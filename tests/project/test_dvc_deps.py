@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.project.import_graph import PACKAGES, imported_names
+
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("flows", "tasks", "modelzoo")
 # Packages whose __init__ imports every module beside it (registries filled by discovery).
 DISCOVERING = ("modelzoo.encoders", "modelzoo.heads", "tasks.modalities")
 
@@ -30,32 +31,9 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    return "TYPE_CHECKING" in ast.unparse(node.test)
-
-
 def _top_level_imports(path: Path, module: str) -> set[str]:
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-
-    def visit(statements: list[ast.stmt]) -> None:
-        for node in statements:
-            if isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join([*parent, base] if base else parent)
-                found.add(base)
-                found.update(f"{base}.{alias.name}" for alias in node.names)
-            elif isinstance(node, ast.If) and not _is_type_checking(node):
-                visit(node.body + node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body])
-
-    visit(ast.parse(path.read_text()).body)
-    return {name for name in found if name.split(".")[0] in PACKAGES}
+    names = imported_names(path, module, type_checking=False)
+    return {name for name in names if name.split(".")[0] in PACKAGES}
 
 
 def imported_files(start: str) -> set[Path]:

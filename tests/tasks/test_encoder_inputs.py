@@ -20,9 +20,10 @@ import torch
 import tasks.modalities.image as image_modality
 from modelzoo.encoders.base import ImagePreprocessing
 from modelzoo.encoders.loading import load_text_encoder
+from tasks.contents import BlockRows
 from tasks.data.demo import generate_demo
-from tasks.features.cache.gather import BlockRows, SlotVectors, write_feature_file
-from tasks.features.images import load_square_rgb
+from tasks.features.cache.gather import SlotVectors, write_feature_file
+from tasks.images import load_square_rgb
 from tasks.modalities.image import DECODED, close_batches, decoded_batches, normalise_images
 from tasks.modalities.text import encode_sorted_texts
 

@@ -17,11 +17,10 @@ from tasks.evaluate.evaluation import (
     masked,
     metrics_report,
     plot_tables,
-    predict_with,
     primary_score,
     project_2d,
 )
-from tasks.train.bundle import BundleMeta
+from tasks.train.bundle import BundleMeta, predict_with
 from tasks.train.dataset import FeatureSet
 from tasks.train.training import build_head, train_model
 

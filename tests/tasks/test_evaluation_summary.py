@@ -15,17 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.evaluate.evaluation import (
-    FUSED,
-    FUSED_HEAD,
-    MAJORITY,
-    SKLEARN,
-    metrics_report,
-    prior_name,
-    prior_predictions,
-)
+from tasks.evaluate.evaluation import metrics_report, prior_name, prior_predictions
 from tasks.evaluate.leaderboard import COLUMNS, format_leaderboard, read_leaderboard
-from tasks.evaluate.metrics import compute_metrics
 from tasks.evaluate.report import verdict_sentence
 from tasks.evaluate.summary import (
     BETTER,
@@ -37,6 +28,8 @@ from tasks.evaluate.summary import (
     leaderboard_table,
     verdict,
 )
+from tasks.scores.metrics import compute_metrics
+from tasks.scores.model_names import FUSED, FUSED_HEAD, MAJORITY, SKLEARN
 from tests.conftest import REPO
 
 MODALITIES = ("tabular", "text", "image", "audio")

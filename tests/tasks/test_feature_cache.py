@@ -20,14 +20,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.cache_keys import text_digest
 from tasks.config import Params, params_from_dict
+from tasks.contents import BlockRows
 from tasks.data.align import DIGEST, ID, SPLIT, align
 from tasks.data.demo import generate_demo
 from tasks.data.ingest import ingest_sources, read_snapshots
 from tasks.errors import DataError
 from tasks.features.cache import FeatureCache
-from tasks.features.cache.gather import BlockRows, SlotVectors, write_feature_file
-from tasks.features.cache.keys import text_digest
+from tasks.features.cache.gather import SlotVectors, write_feature_file
 from tasks.features.cache.store import CorruptShard, ShardStore
 from tasks.features.extract import EncoderSpec, ExtractStats, extract_embeddings
 from tasks.features.feature_store import read_blocks, write_blocks

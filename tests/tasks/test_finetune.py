@@ -15,8 +15,9 @@ import torch
 
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
 from modelzoo.encoders.text_finetune import lower_text, top_state
-from tasks.config import FusionConfig, TextEncoderConfig, TextFinetuneConfig, TrainConfig
-from tasks.evaluate.metrics import score
+from tasks.config import FusionConfig, TrainConfig
+from tasks.modalities.text import TextEncoderConfig, TextFinetuneConfig
+from tasks.scores.metrics import score
 from tasks.train.dataset import FeatureSet
 from tasks.train.finetune import (
     FineTunedText,

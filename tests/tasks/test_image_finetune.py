@@ -21,8 +21,9 @@ from PIL import Image
 from modelzoo.encoders.base import ImageEncoder
 from modelzoo.encoders.loading import encoder_fingerprint, load_image_encoder
 from modelzoo.encoders.split import top_state
-from tasks.config import FusionConfig, ImageEncoderConfig, ImageFinetuneConfig, TrainConfig
+from tasks.config import FusionConfig, TrainConfig
 from tasks.errors import BundleError, DataError
+from tasks.modalities.image import ImageEncoderConfig, ImageFinetuneConfig
 from tasks.schema import DIGEST, ID, PRESENT
 from tasks.train.bundle import BundleMeta, write_bundle
 from tasks.train.dataset import FeatureSet

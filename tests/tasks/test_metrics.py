@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score, log_loss
 
-from tasks.evaluate.metric_names import AUTO, KNOWN, MetricName, ordered_classes_problem
-from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better, score
+from tasks.scores.metric_names import AUTO, KNOWN, MetricName, ordered_classes_problem
+from tasks.scores.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better, score
 
 
 def test_binary_keys() -> None:

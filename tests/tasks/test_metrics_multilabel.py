@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.evaluate.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
+from tasks.scores.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
 
 TRUE = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
 

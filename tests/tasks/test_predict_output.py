@@ -2,7 +2,7 @@
 
 Issue 11, class 1: `--output new.csv` replaced the input with Parquet, `--output
 models/bundle.json` destroyed the bundle, an existing directory or a `--model` that is a
-symlink loop or holds a NUL byte ended in a traceback. The checks (tasks/serve/pathcheck.py) run on
+symlink loop or holds a NUL byte ended in a traceback. The checks (tasks/pathcheck.py) run on
 real files; the command-line tests call `fuseline predict` (flows.cli.main), whose refusals
 all happen before a Prefect flow starts, so no server is needed.
 
@@ -25,7 +25,7 @@ import yaml
 from flows.cli import main
 from modelzoo.registry import lookup
 from tasks.errors import BundleError, DataError
-from tasks.serve.pathcheck import check_input_path, check_model_path, check_output_path
+from tasks.pathcheck import check_input_path, check_model_path, check_output_path
 from tasks.serve.promotion import decide, promote
 from tasks.train.bundle import META, WEIGHTS, BundleMeta, write_bundle
 from tests.conftest import tiny_params

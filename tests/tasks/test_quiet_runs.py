@@ -1,7 +1,7 @@
 """Warnings every run used to print, each from a real code path, with warnings as errors.
 
 - scikit-learn's "y_prob values do not sum to one": float32 probabilities checked at
-  float64's tolerance (tasks/evaluate/metrics.py renormalises them in float64).
+  float64's tolerance (tasks/scores/metrics.py renormalises them in float64).
 - torch's "The given NumPy array is not writable": fine-tuning put pandas 3's read-only
   target into a tensor that shares its memory (tasks/train/finetune_loop.py).
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tasks.config import FusionConfig, TrainConfig
-from tasks.evaluate.metrics import compute_metrics
+from tasks.scores.metrics import compute_metrics
 from tasks.train.assemble import encode_target
 from tasks.train.dataset import FeatureSet
 from tasks.train.finetune_loop import Part, fit_with_top, lower_rows, predict_with_top

@@ -10,7 +10,7 @@ from sklearn.dummy import DummyClassifier
 from tasks.config import ColumnsConfig, DataConfig
 from tasks.data.align import ID, SPLIT, align
 from tasks.errors import DataError
-from tasks.evaluate.metrics import compute_metrics
+from tasks.scores.metrics import compute_metrics
 from tasks.train.sklearn_baseline import SklearnBaseline, fit_sklearn_baseline
 
 WORDS = ["lamp", "chair", "table", "shelf", "mug", "rug", "sofa", "desk"]

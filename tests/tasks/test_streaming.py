@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 from tasks.config import FusionConfig, TrainConfig
-from tasks.evaluate.metrics import compute_metrics
 from tasks.features.feature_store import write_blocks
 from tasks.features.mapped import mapped_blocks
 from tasks.paths import Layout
 from tasks.schema import ID, SPLIT, TARGET
+from tasks.scores.metrics import compute_metrics
 from tasks.train.assemble import load_feature_set
 from tasks.train.training import predict, train_model
 from tests.threads import torch_threads

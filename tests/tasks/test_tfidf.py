@@ -232,14 +232,14 @@ def test_the_out_holds_a_copy_of_the_state_or_a_note(aligned: pd.DataFrame, tmp_
 
 
 def test_dim_is_clipped_to_what_a_small_vocabulary_allows(tmp_path: Path) -> None:
-    from tasks.config import TfidfConfig
+    from tasks.modalities.text import TfidfConfig
 
     encoder = fit_tfidf(["red apple", "green apple", "red pear"], TfidfConfig(dim=64, min_df=1))
     assert encoder.dim == 3 and encoder.notes["dim_asked"] == 64  # 3 texts bound the rank
 
 
 def test_train_texts_without_a_vocabulary_are_a_data_error(tmp_path: Path) -> None:
-    from tasks.config import TfidfConfig
+    from tasks.modalities.text import TfidfConfig
 
     with pytest.raises(DataError, match="encoders.text.tfidf"):
         fit_tfidf(["a b", "c d e"], TfidfConfig())

@@ -9,7 +9,7 @@ import torch
 from modelzoo.registry import names
 from tasks.config import FusionConfig, TrainConfig
 from tasks.errors import DataError
-from tasks.evaluate.metrics import score
+from tasks.scores.metrics import score
 from tasks.train.best_epoch import EpochChoice
 from tasks.train.dataset import FeatureSet
 from tasks.train.training import ModalityDropout, TrainResult, build_head, head_features, predict, train_model

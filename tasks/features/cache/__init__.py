@@ -13,7 +13,7 @@ Layout under the cache directory (`cache.dir` in params.yaml, default `.cache/fe
     hidden/<namespace>/                 a frozen lower part's outputs, for fine-tuning the top
                                         (tasks/train/lower_cache.py)
 
-`keys.py` says what a key is, `store.py` how shards are committed and verified,
+`tasks/cache_keys.py` says what a key is, `store.py` how shards are committed and verified,
 `fingerprints.py` how a warm run avoids loading a model, and `gather.py` how entries become
 the feature file. The cache is a memo of a pure function, so deleting any part of it only
 costs time, and every file a later run reads back is checked first (shards by the SHA-256
@@ -27,8 +27,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tasks.cache_keys import namespace_of
 from tasks.features.cache.fingerprints import FingerprintMemo
-from tasks.features.cache.keys import namespace_of
 from tasks.features.cache.store import ShardStore
 
 

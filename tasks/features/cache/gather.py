@@ -13,7 +13,6 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.atomic import atomic_path, reserved_memmap
+from tasks.contents import BlockRows
 from tasks.features.feature_store import ID, META_KEY, PRESENT, STORED
 
 ROWS_PER_GROUP = 16_384
@@ -65,14 +65,6 @@ def _sweep_stale(scratch: Path) -> None:
                 shutil.rmtree(directory, ignore_errors=True)
         except FileNotFoundError:
             pass
-
-
-@dataclass(frozen=True)
-class BlockRows:
-    """One feature block: for every table row, its content's slot (-1 when the cell is absent)."""
-
-    name: str
-    slots: np.ndarray  # (rows,) int64
 
 
 def write_feature_file(

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.atomic import write_bytes, write_json
-from tasks.features.cache.keys import DIGEST_BYTES
+from tasks.cache_keys import DIGEST_BYTES
 
 KEY, VECTOR, OK = "key", "vector", "ok"
 SHARDS = "shards"

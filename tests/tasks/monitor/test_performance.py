@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-from tasks.evaluate.metrics import score
 from tasks.monitor.history import HISTORY_NAME, append_record
 from tasks.monitor.performance import estimate_metric, fit_calibration, measure_performance
+from tasks.scores.metrics import score
 from tests.tasks.monitor.project import items, run_align, write_model, write_project
 
 REFERENCE, BATCH = 3000, 4000

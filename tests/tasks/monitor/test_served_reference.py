@@ -93,3 +93,21 @@ def test_the_reference_is_the_served_models_split_not_the_last_runs(prefect_api:
     trained = int((lineage["split"] == "train").sum())
     assert summary["reference"].startswith(f"{trained} of the {trained} train rows")
     assert not np.array_equal(aligned["split"].to_numpy(), lineage["split"].to_numpy())
+
+
+def test_a_last_run_without_a_column_the_served_model_reads_is_no_schema_change(
+    prefect_api: str, grown: Path
+) -> None:
+    """A params.yaml edit left price out of one run (then was reverted): data/aligned lacks it.
+
+    The served model still reads price, and the sources still have it; the reference is read
+    from them afresh, so the monitor reports the shift in the new rows, not a vanished column
+    (bench/lifecycle.py's mistaken edits were two false alarms before this).
+    """
+    run_align(
+        grown, write_project(grown, _sources_now(), columns={"categorical": ["category"], "numeric": []})
+    )
+    write_project(grown, _sources_now())  # reverted
+    summary = _monitor()
+    assert not [c for c in summary["checks"] if c["aspect"] == "schema"]
+    assert "as the current sources" in summary["reference"] and _price(summary)["drifted"]

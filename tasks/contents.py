@@ -1,7 +1,9 @@
 """Cache keys for a table's cells: which distinct contents a modality holds and where.
 
-Cells are keyed by content only (see keys.py), so every row holding the same value or the
-same file shares one slot, across rows and across columns of one modality.
+Cells are keyed by content only (see cache_keys.py), so every row holding the same value or
+the same file shares one slot, across rows and across columns of one modality. The plug-ins
+(tasks/modalities) build these, and the feature cache (tasks/features/cache) fills the slots
+and writes the blocks, so this sits below both.
 """
 
 from __future__ import annotations
@@ -14,10 +16,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.cache_keys import digest_from_hex
 from tasks.errors import DataError
-from tasks.features.cache.gather import BlockRows
-from tasks.features.cache.keys import digest_from_hex
 from tasks.schema import DIGEST, ID, PRESENT
+
+
+@dataclass(frozen=True)
+class BlockRows:
+    """One feature block: for every table row, its content's slot (-1 when the cell is absent)."""
+
+    name: str
+    slots: np.ndarray  # (rows,) int64
 
 
 @dataclass

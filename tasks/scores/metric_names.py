@@ -1,6 +1,6 @@
 """Which metrics exist, which fit each task, and which way is better: names only, no numbers.
 
-Kept apart from tasks/evaluate/metrics.py (which imports scikit-learn) so that loading
+Kept apart from tasks/scores/metrics.py (which imports scikit-learn) so that loading
 params.yaml can check `evaluate.metric` against the task without paying for that import.
 """
 

@@ -24,7 +24,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from tasks.evaluate.metric_names import METRICS, PRIMARY_METRIC, higher_is_better, resolve_metric
+from tasks.scores.metric_names import METRICS, PRIMARY_METRIC, higher_is_better, resolve_metric
 
 __all__ = ["METRICS", "PRIMARY_METRIC", "compute_metrics", "higher_is_better", "resolve_metric", "score"]
 
