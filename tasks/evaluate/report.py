@@ -110,30 +110,26 @@ def _headline(inputs: ReportInputs) -> str:
         "",
         f"- **{_final_label(m)}: {_fmt(m['test'][primary])}** {_ci(intervals.get(FUSED))}",
     ]
+    final = m["test"][primary]
+
+    def against(prefix: str, name: str, value: float) -> str:
+        """One baseline's bullet: its value and interval, and the paired interval of fused minus it."""
+        return (
+            f"- {prefix}{_fmt(value)} {_ci(intervals.get(name))}; fused minus it: {_signed(final - value)} "
+            f"{_ci(intervals.get(f'{FUSED}_minus_{name}'), signed=True)}"
+        )
+
     if singles:
         best = best_single(m)
-        lines.append(
-            f"- Best single modality (chosen on val): {best} {_fmt(singles[best])} "
-            f"{_ci(intervals.get(best))}; "
-            f"fused minus it: {_signed(m['test'][primary] - singles[best])} "
-            f"{_ci(intervals.get(f'{FUSED}_minus_{best}'), signed=True)}"
-        )
+        lines.append(against(f"Best single modality (chosen on val): {best} ", best, singles[best]))
     if SKLEARN in m["baselines"]:
-        value = m["baselines"][SKLEARN][primary]
-        lines.append(
-            f"- scikit-learn baseline ({inputs.sklearn.get('selected', '?')}, no neural encoders): "
-            f"{_fmt(value)} {_ci(intervals.get(SKLEARN))}; fused minus it: "
-            f"{_signed(m['test'][primary] - value)} "
-            f"{_ci(intervals.get(f'{FUSED}_minus_{SKLEARN}'), signed=True)}"
-        )
+        selected = inputs.sklearn.get("selected", "?")
+        prefix = f"scikit-learn baseline ({selected}, no neural encoders): "
+        lines.append(against(prefix, SKLEARN, m["baselines"][SKLEARN][primary]))
     for name in (MAJORITY, MEAN):
         if name in m["baselines"]:
-            value = m["baselines"][name][primary]
-            lines.append(
-                f"- {model_label(name).capitalize()}, no inputs at all: {_fmt(value)} "
-                f"{_ci(intervals.get(name))}; fused minus it: {_signed(m['test'][primary] - value)} "
-                f"{_ci(intervals.get(f'{FUSED}_minus_{name}'), signed=True)}"
-            )
+            prefix = f"{model_label(name).capitalize()}, no inputs at all: "
+            lines.append(against(prefix, name, m["baselines"][name][primary]))
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ import yaml
 from modelzoo.registry import names
 from tasks.config import Params, load_params, params_from_dict
 from tasks.errors import ConfigError
+from tests.tasks.test_ingest import write_source
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = REPO / "params.yaml"
@@ -242,12 +243,7 @@ def _pets_project(root: Path, fmt: str, columns: dict[str, list[str]]) -> Path:
         }
     )
     source = root / f"pets.{fmt}"
-    if fmt == "csv":
-        frame.to_csv(source, index=False)
-    elif fmt == "parquet":
-        frame.to_parquet(source, index=False)
-    else:
-        frame.to_json(source, orient="records", lines=True)
+    write_source(frame, source)
     params = {
         "data": {
             "sources": [{"path": source.name}], "id": "PetID", "target": "AdoptionSpeed",

@@ -44,16 +44,21 @@ def ingest_error(data: DataConfig, out: Path) -> DataError:
     return info.value
 
 
+def write_source(frame: pd.DataFrame, path: Path) -> None:
+    """`frame` as the source format its suffix names: csv, parquet or jsonl."""
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
 def test_each_source_format_is_snapshotted(tmp_path: Path, fmt: str) -> None:
     frame = pd.DataFrame(ROWS)
     path = tmp_path / f"items.{fmt}"
-    if fmt == "csv":
-        frame.to_csv(path, index=False)
-    elif fmt == "parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_json(path, orient="records", lines=True)
+    write_source(frame, path)
 
     snapshots = ingest_sources(data_config(path), tmp_path / "raw")
 
@@ -291,12 +296,7 @@ def test_the_targets_type_in_the_source_reaches_the_align_summary(
     """Ingest keeps labels as strings; the type they had travels to align's summary (and on to the bundle)."""
     frame = pd.DataFrame({**ROWS, "label": labels})
     path = tmp_path / f"items.{fmt}"
-    if fmt == "csv":
-        frame.to_csv(path, index=False)
-    elif fmt == "parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_json(path, orient="records", lines=True)
+    write_source(frame, path)
     data = data_config(path, task="multiclass")
     [snapshot] = ingest_sources(data, tmp_path / "raw")
     assert snapshot.target_type == expected
