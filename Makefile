@@ -31,7 +31,7 @@ demo: $(INSTALLED)
 	@$(MAKE) --no-print-directory dvc-remote
 	fuseline check   # params.yaml through fuseline's guarded loader before DVC parses it
 	fuseline server start
-	dvc repro
+	fuseline repro   # dvc repro, its stages in one warm process (flows/_stage_host.py)
 	@echo
 	@echo "Results:"
 	@echo "  metrics      reports/metrics.json   (the headline: dvc metrics show, dvc exp show)"

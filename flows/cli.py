@@ -9,11 +9,16 @@ flow imports this dispatcher back.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from flows._commands import build_parser, check, run_guarded, start_server
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["repro"]:  # argparse cannot pass on options it does not know (`-f`, `--single-item`)
+        run_guarded(lambda: _repro(argv[1:]))
+        return
     args = build_parser().parse_args(argv)
     run_guarded(lambda: _dispatch(args))
 
@@ -43,6 +48,11 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         predict_command(args)
         return
+    if args.command == "api":
+        from flows.api import api_command
+
+        api_command(args)
+        return
     if args.command == "monitor":
         from flows.monitor import monitor_command
 
@@ -50,6 +60,9 @@ def _dispatch(args: argparse.Namespace) -> None:
         return
     if args.command == "leaderboard":
         _leaderboard()
+        return
+    if args.command == "repro":
+        _repro(args.dvc_args)
         return
     if args.command == "run":
         from flows.pipeline import pipeline
@@ -62,6 +75,21 @@ def _dispatch(args: argparse.Namespace) -> None:
     flow_fn = {"align": "align_flow"}.get(args.name, args.name)
     kwargs = {"modality": args.modality} if args.name == "extract" and args.modality else {}
     getattr(module, flow_fn)(params_path=args.params, **kwargs)
+
+
+def _repro(dvc_args: list[str]) -> None:
+    """`dvc repro`, unchanged in what it runs and records, with a warm host for its stages."""
+    import os
+    import subprocess
+
+    from flows._stage_host import hosted_stages, stage_host
+
+    with stage_host(dict(os.environ)) as env:
+        code = subprocess.run([sys.executable, "-m", "dvc", "repro", *dvc_args], env=env).returncode
+        hosted = hosted_stages(env)
+    print(f"fuseline repro: {len(hosted)} stage(s) ran in the warm stage host")
+    if code:
+        raise SystemExit(code)
 
 
 def _leaderboard() -> None:

@@ -32,6 +32,7 @@ from prefect.runner import Runner
 from flows._commands import check, ensure_api, run_command
 from flows._retry import IO_RETRIES
 from flows._runtime import cron_deployment
+from flows._stage_host import hosted_stages, stage_host
 from tasks import escape
 from tasks.config import ScheduleConfig, load_params
 from tasks.errors import BundleError, ConfigError, DataError
@@ -78,13 +79,19 @@ def dvc_pull() -> None:
 
 @task(name="dvc-repro")
 def dvc_repro() -> list[str]:
-    """Run `dvc repro`, streaming its output into this task's log; the stages that actually ran."""
+    """Run `dvc repro`, streaming its output into this task's log; the stages that actually ran.
+
+    Its stages run in a warm stage host (flows/_stage_host.py): one import of the stack for
+    the whole repro instead of one per stage."""
     logger = get_run_logger()
     ran: list[str] = []
     tail: list[str] = []
-    with subprocess.Popen(
-        _dvc("repro"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_stage_env()
-    ) as process:
+    with (
+        stage_host(_stage_env()) as env,
+        subprocess.Popen(
+            _dvc("repro"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        ) as process,
+    ):
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
@@ -93,6 +100,7 @@ def dvc_repro() -> list[str]:
             if line:
                 logger.info("dvc: %s", line)
                 tail = [*tail[-40:], line]
+        logger.info("%d stages ran in the warm stage host (%s)", len(hosted := hosted_stages(env)), hosted)
     if process.returncode != 0:
         raise RuntimeError(f"dvc repro failed (exit {process.returncode}):\n" + "\n".join(tail))
     return ran

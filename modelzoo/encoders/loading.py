@@ -9,6 +9,7 @@ arguments, image ones take `image_size`.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 from importlib import metadata
@@ -300,6 +301,7 @@ def _jsonable(value: Any, key: str) -> Any:
     raise TypeError(f"preprocessing parameter {key!r} is not JSON-serialisable: {value!r}")
 
 
+@functools.cache  # a process's installed packages stay put; the lookup scans site-packages (~25 ms)
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)

@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from modelzoo.heads.base import FusionHead
-from tasks.scores.metrics import compute_metrics, higher_is_better, resolve_metric, score
+from tasks.scores.metrics import compute_metrics, higher_is_better, resampled_scores, resolve_metric, score
 from tasks.scores.model_names import FUSED, FUSED_HEAD, MAJORITY, MEAN, PRIOR_LABELS, SKLEARN
 from tasks.train.bundle import BundleMeta, predict_with
 from tasks.train.dataset import FeatureSet, modality_of, with_blocks
@@ -130,9 +130,13 @@ def bootstrap_intervals(
     rng = np.random.default_rng(seed)
     names = list(predictions)
     scores = np.empty((resamples, len(names)))
-    for r in range(resamples):
-        rows = rng.integers(0, len(y_true), size=len(y_true))
-        scores[r] = [score(task, metric, y_true[rows], predictions[n][rows]) for n in names]
+    chunk = max(1, min(100, 2_000_000 // max(len(y_true), 1)))  # resamples at once: bounded memory
+    for start in range(0, resamples, chunk):
+        rows = [rng.integers(0, len(y_true), size=len(y_true)) for _ in range(min(chunk, resamples - start))]
+        for i, name in enumerate(names):
+            scores[start : start + len(rows), i] = resampled_scores(
+                task, metric, y_true, predictions[name], rows
+            )
     tail = (1 - level) / 2 * 100
     intervals = {}
     for i, name in enumerate(names):

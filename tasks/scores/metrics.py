@@ -206,6 +206,42 @@ def _rank_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def resampled_scores(
+    task: str, metric: str, y_true: np.ndarray, y_pred: np.ndarray, rows: list[np.ndarray]
+) -> np.ndarray:
+    """`score` on each resample (`rows`: the indices it drew), as one array.
+
+    A binary AUC, the bootstrap's usual case, is computed for all resamples at once: a
+    resample is the full table weighted by how often it drew each row, and the
+    Mann-Whitney statistic of weighted rows needs one sort for every resample instead of a
+    rank per resample (a thousand resamples of 250 rows: 0.03 s instead of 2 s). The value
+    equals `score`'s up to float rounding.
+    """
+    if task == "binary" and metric == "auc" and rows:
+        counts = np.stack([np.bincount(drawn, minlength=len(y_true)) for drawn in rows]).astype(np.float64)
+        return _weighted_auc(np.asarray(y_true).astype(bool), np.asarray(y_pred), counts)
+    return np.array([score(task, metric, y_true[drawn], y_pred[drawn]) for drawn in rows], dtype=np.float64)
+
+
+def _weighted_auc(labels: np.ndarray, prob: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """AUC per row of `counts` (R, n): P(positive scores above negative), ties counting half."""
+    _, group = np.unique(prob, return_inverse=True)  # equal scores share a group: the ties
+    n_groups, resamples = int(group.max()) + 1, counts.shape[0]
+    slots = np.arange(resamples)[:, None] * n_groups + group[None, :]  # (R, n): resample x group
+
+    def per_group(mask: np.ndarray) -> np.ndarray:
+        weights = np.bincount(slots[:, mask].ravel(), counts[:, mask].ravel(), resamples * n_groups)
+        return weights.reshape(resamples, n_groups)  # (R, G), groups in increasing score
+
+    positive, negative = per_group(labels), per_group(~labels)
+    below = np.cumsum(negative, axis=1) - negative  # negatives scored under each group
+    n_pos, n_neg = positive.sum(axis=1), negative.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (positive * (below + 0.5 * negative)).sum(axis=1) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
+
+
 def _log_loss(task: str, y_true: np.ndarray, prob: np.ndarray) -> float:
     """Mean negative log probability of the true class, clipped as scikit-learn clips it."""
     prob = prob if np.issubdtype(prob.dtype, np.floating) else prob.astype(np.float64)

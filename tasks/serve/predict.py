@@ -79,18 +79,24 @@ def read_new_rows(path: str | Path, data: DataConfig, roots: Roots) -> pd.DataFr
     """
     path = str(path)
     frame = read_source(SourceConfig(path=path), text_columns=[data.id, *data.columns.read_as_text()])
+    return new_rows(frame, data, roots, path)
+
+
+def new_rows(frame: pd.DataFrame, data: DataConfig, roots: Roots, source: str) -> pd.DataFrame:
+    """`read_new_rows` of a table already in memory (the Python API's DataFrame, the HTTP server's
+    rows); `source` names it in errors as the file's path does."""
     for column in [data.id, *data.columns.all()]:
         if column not in frame.columns:
             raise DataError(
                 f"column {column!r}, which the model was trained on, is missing"
                 f"{closest_names(column, frame.columns)}",
-                file=path,
+                file=source,
                 column=column,
             )
     # A target (or split) column in the new rows is irrelevant to prediction: never let it fail.
     ignored = [c for c in (data.target, data.split.column) if c is not None and c in frame.columns]
-    typed = typed_columns(data, path, frame.drop(columns=ignored))
-    check_ids(typed[data.id], path, data.id)
+    typed = typed_columns(data, source, frame.drop(columns=ignored))
+    check_ids(typed[data.id], source, data.id)
     rows = pd.DataFrame({ID: typed[data.id].astype("string")})
     for column in data.columns.all():
         rows[column] = typed[column]

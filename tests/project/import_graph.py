@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGES = ("flows", "tasks", "modelzoo")
+PACKAGES = ("fuseline", "flows", "tasks", "modelzoo")
 Graph = dict[str, dict[str, int]]  # module -> {imported project module: line of the first import}
 
 

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score, log_loss
 
 from tasks.scores.metric_names import AUTO, KNOWN, MetricName, ordered_classes_problem
-from tasks.scores.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better, score
+from tasks.scores.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better, resampled_scores, score
 
 
 def test_binary_keys() -> None:
@@ -145,3 +145,26 @@ def test_quadratic_kappa_needs_classes_that_are_numbers() -> None:
     problem = ordered_classes_problem("quadratic_kappa", ("cat", "dog", "3"))
     assert problem is not None and "'cat', 'dog'" in problem and "\n" not in problem
     assert ordered_classes_problem("f1_macro", ("cat", "dog")) is None
+
+
+def test_resampled_binary_auc_equals_the_rank_auc_of_each_resample() -> None:
+    """The weighted one-pass AUC the bootstrap uses is the per-resample rank AUC, ties and all."""
+    rng = np.random.default_rng(5)
+    y_true = rng.integers(0, 2, size=120)
+    prob = np.round(rng.random(120), 1)  # few distinct values: many ties, within and across classes
+    rows = [rng.integers(0, 120, size=120) for _ in range(200)]
+    rows.append(np.flatnonzero(y_true == 1)[:10])  # one class only: undefined
+    fast = resampled_scores("binary", "auc", y_true, prob, rows)
+    slow = np.array([score("binary", "auc", y_true[r], prob[r]) for r in rows])
+    assert np.isnan(fast[-1]) and np.isnan(slow[-1])
+    np.testing.assert_allclose(fast[:-1], slow[:-1], rtol=0, atol=1e-12)
+    assert len(set(np.round(fast[:-1], 6))) > 50  # the resamples really differ
+
+
+def test_resampled_scores_of_other_metrics_score_each_resample() -> None:
+    rng = np.random.default_rng(6)
+    y_true = rng.integers(0, 3, size=60)
+    prob = rng.dirichlet(np.ones(3), size=60)
+    rows = [rng.integers(0, 60, size=60) for _ in range(5)]
+    expected = [score("multiclass", "log_loss", y_true[r], prob[r]) for r in rows]
+    assert resampled_scores("multiclass", "log_loss", y_true, prob, rows).tolist() == expected
