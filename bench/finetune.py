@@ -15,10 +15,10 @@ On the same texts in one process (petfinder `Description` -> `AdoptionSpeed` fro
   them (tasks.modalities.text: encoding_order, then encode_sorted_texts); tokenising included.
 - lower cache: the one-off pass through the frozen lower L - N layers that fills the
   hidden-state cache (train texts, then the rest), reported apart from the epochs.
-- epoch (b): one epoch of tasks.train.finetune over the train rows, lower states already
-  cached: length-bucketed shuffled batches of `finetune.batch_size`, top N layers and the
-  fusion head forward + backward + AdamW step (attention-probability dropout off in the
-  trained layers, tasks.train.finetune.ATTENTION_DROPOUT). `ratio` = (b) / (a), target <= 1.2;
+- epoch (b): one epoch of tasks.train.finetuned_member.train_finetuned over the train rows, lower
+  states already cached: length-bucketed shuffled batches of `finetune.batch_size`, top N layers
+  and the fusion head forward + backward + AdamW step (attention-probability dropout off in the
+  trained layers, tasks.modalities.text.ATTENTION_DROPOUT). `ratio` = (b) / (a), target <= 1.2;
   `ratio_with_val` also counts the epoch's validation pass. One epoch of fine-tuning all L
   layers (train and val rows) is timed the same way for comparison.
 - quality: the same fusion head (params.yaml `fusion:`) on frozen embeddings (train_model) vs
@@ -34,7 +34,7 @@ photos sampled evenly per class, split 60/20/20 per class, EfficientNet-Lite0 at
   encode_image_batches), batch `encoders.image.batch_size`.
 - lower cache: the one-off pass through the frozen stem and first blocks that fills the
   feature-map cache, per split point, reported apart from the epochs.
-- epoch (b): one epoch of tasks.train.image_finetune over the train rows, maps cached: the
+- epoch (b): one epoch of the same train_finetuned over the train rows, maps cached: the
   last 1 and the last 2 blocks, head conv and pooling plus the fusion head, forward +
   backward + AdamW step. `ratio` = (b) / (a), paired and best-of as for text.
 - quality: the same fusion head on frozen embeddings vs the models fine-tuned for
@@ -68,30 +68,21 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from modelzoo.encoders.base import ImageEncoder
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
-from modelzoo.encoders.image_finetune import block_count
-from modelzoo.encoders.loading import load_image_encoder
-from modelzoo.encoders.text_finetune import layer_count, lower_text
+from modelzoo.encoders.image_finetune import ImageTop
+from modelzoo.encoders.loading import load_image_encoder, load_text_encoder
+from modelzoo.encoders.text_finetune import TextTop
+from tasks.cache_keys import text_digest
 from tasks.config import FusionConfig, TrainConfig
 from tasks.device import pick_device
+from tasks.modalities import modality
+from tasks.modalities.base import FineTuning
 from tasks.modalities.image import ImageEncoderConfig, close_batches, decoded_batches, encode_image_batches
 from tasks.modalities.text import TextEncoderConfig, encode_sorted_texts
 from tasks.schema import DIGEST, ID, PRESENT
 from tasks.train.dataset import FeatureSet
-from tasks.train.finetune import (
-    BUCKET_BATCHES,
-    FineTunedText,
-    HiddenStateCache,
-    load_hf_text_encoder,
-    predict_finetuned,
-    train_finetuned,
-)
-from tasks.train.image_finetune import (
-    FineTunedImage,
-    ImageCells,
-    image_cells,
-    predict_finetuned_image,
-    train_finetuned_image,
-)
+from tasks.train.finetune_loop import BUCKET_BATCHES, FineTuned
+from tasks.train.finetuned_member import fine_tuning, predict_finetuned, train_finetuned
+from tasks.train.lower_cache import LowerOutputCache
 from tasks.train.training import predict, train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +118,16 @@ class Texts:
         keep = self.split != name
         texts = [t for t, k in zip(self.texts, keep, strict=True) if k]
         return Texts(self.source, texts, self.label[keep], self.split[keep], self.classes)
+
+    def rows(self) -> pd.DataFrame:
+        """Aligned-like rows, as the fine-tuned member reads them: the texts and their presence."""
+        return pd.DataFrame(
+            {
+                ID: [f"r{i}" for i in range(len(self.texts))],
+                COLUMN: pd.Series(self.texts, dtype="string"),
+                PRESENT + COLUMN: [_real(t) for t in self.texts],
+            }
+        )
 
 
 def _real(text: str | None) -> bool:
@@ -196,6 +197,14 @@ class Setup:
     def with_finetune(self, **changes: Any) -> TextEncoderConfig:
         return self.text.model_copy(update={"finetune": self.text.finetune.model_copy(update=changes)})
 
+    def tuning(self, text: TextEncoderConfig | None = None) -> FineTuning:
+        return fine_tuning(modality("text"), text or self.text, self.encoder)
+
+
+def by_digest(texts: list[str]) -> dict[str, str]:
+    """The texts by the key the lower-output cache names their entries with."""
+    return {text_digest(text).hex(): text for text in texts}
+
 
 def length_order(texts: list[str]) -> list[str]:
     """The extractor's encoding order (tasks.modalities.text.TextModality.encoding_order)."""
@@ -227,24 +236,22 @@ def frozen_embeddings(setup: Setup) -> np.ndarray:
 def fill_lower_cache(setup: Setup) -> dict[str, Any]:
     """The one-off lower pass: train texts (comparable with a frozen pass), then the rest."""
     encoder, text, data = setup.encoder, setup.text, setup.data
-    lower = lower_text(encoder, layer_count(encoder) - text.finetune.layers)
+    lower = TextTop.lower_part(encoder, TextTop.count(encoder) - text.finetune.layers)
 
-    def cache() -> HiddenStateCache:
-        return HiddenStateCache(
-            setup.cache_dir, encoder, lower, text.max_length, text.batch_size, setup.device, progress=False
-        )
+    def cache() -> LowerOutputCache:
+        return LowerOutputCache(setup.cache_dir, setup.tuning(), lower, setup.device, progress=False)
 
     cold = cache()
     started = time.perf_counter()
-    cold.states(data.of("train"))
+    cold.outputs(by_digest(data.of("train")))
     train_seconds = time.perf_counter() - started
-    everything = [t for t in data.texts if _real(t)]
-    cold.states(everything)  # type: ignore[arg-type]
+    everything = by_digest([t for t in data.texts if _real(t)])  # type: ignore[arg-type]
+    cold.outputs(everything)
     all_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    cache().states(everything)  # type: ignore[arg-type]
+    cache().outputs(everything)
     return {
-        "lower_layers": lower.layers,
+        "lower_layers": lower.depth,
         "texts": cold.computed,
         "train_texts_seconds": round(train_seconds, 3),
         "all_texts_seconds": round(all_seconds, 3),
@@ -253,10 +260,10 @@ def fill_lower_cache(setup: Setup) -> dict[str, Any]:
     }
 
 
-def fine_tune(setup: Setup, features: FeatureSet, data: Texts, text: TextEncoderConfig) -> FineTunedText:
+def fine_tune(setup: Setup, features: FeatureSet, data: Texts, text: TextEncoderConfig) -> FineTuned:
     return train_finetuned(
-        features, {COLUMN: data.texts}, "multiclass", setup.fusion, setup.train, text, setup.cache_dir,
-        progress=False, base_encoder=setup.encoder,
+        setup.tuning(text), features, data.rows(), [COLUMN], "multiclass", setup.fusion, setup.train,
+        setup.cache_dir, progress=False,
     )  # fmt: skip
 
 
@@ -296,12 +303,12 @@ def paired_timings(
 def all_layers_round(setup: Setup, features: FeatureSet, frozen_seconds: float) -> dict[str, Any]:
     """One epoch of fine-tuning every layer (timing only: train and val rows), after a frozen pass."""
     frozen = frozen_pass(setup)
-    every = setup.with_finetune(layers=layer_count(setup.encoder), epochs=1)
+    every = setup.with_finetune(layers=TextTop.count(setup.encoder), epochs=1)
     rest = setup.data.without("test")
     result = fine_tune(setup, features.rows(setup.data.split != "test"), rest, every)
     epoch = result.epoch_seconds[0]
     return {
-        "layers": result.layers,
+        "layers": result.depth,
         "frozen_pass": round(frozen, 3),
         "epoch_seconds": round(epoch["train"], 3),
         "epoch_val_seconds": round(epoch["val"], 3),
@@ -311,7 +318,7 @@ def all_layers_round(setup: Setup, features: FeatureSet, frozen_seconds: float) 
     }
 
 
-def quality(setup: Setup, features: FeatureSet) -> tuple[dict[str, Any], FineTunedText]:
+def quality(setup: Setup, features: FeatureSet) -> tuple[dict[str, Any], FineTuned]:
     """The same head on frozen embeddings vs fine-tuned with the top layers, text column only."""
     data = setup.data
     frozen = train_model(features, "multiclass", setup.fusion, setup.train, progress=False)
@@ -319,8 +326,8 @@ def quality(setup: Setup, features: FeatureSet) -> tuple[dict[str, Any], FineTun
     tuned = fine_tune(setup, features, data, setup.text)
     tuned.head.to(setup.device)  # predict where training ran
     probabilities = predict_finetuned(
-        tuned.head, tuned.top, features, {COLUMN: data.texts}, "multiclass", None, setup.text,
-        setup.cache_dir, base_encoder=setup.encoder,
+        setup.tuning(), tuned.head, tuned.top, features, data.rows(), [COLUMN], "multiclass", None,
+        setup.cache_dir,
     )  # fmt: skip
     report = {
         "head": setup.fusion.head,
@@ -365,9 +372,6 @@ class Images:
         chosen = self.rows if name is None else self.rows[self.split == name]
         paths = [self.root / path for path in chosen[IMAGE_COLUMN]]
         return paths, [bytes.fromhex(digest) for digest in chosen[DIGEST + IMAGE_COLUMN]]
-
-    def cells(self) -> dict[str, ImageCells]:
-        return image_cells(self.rows, [IMAGE_COLUMN], self.root)
 
 
 def load_images(path: Path, count: int, seed: int) -> Images | None:
@@ -439,6 +443,9 @@ class ImageSetup:
     def with_finetune(self, **changes: Any) -> ImageEncoderConfig:
         return self.image.model_copy(update={"finetune": self.image.finetune.model_copy(update=changes)})
 
+    def tuning(self, image: ImageEncoderConfig) -> FineTuning:
+        return fine_tuning(modality("image"), image, self.encoder)
+
 
 def image_frozen_pass(setup: ImageSetup) -> float:
     """Seconds for one extraction pass over the train images: read, verify, decode, forward, copy back."""
@@ -447,10 +454,10 @@ def image_frozen_pass(setup: ImageSetup) -> float:
     return time.perf_counter() - started
 
 
-def fine_tune_images(setup: ImageSetup, features: FeatureSet, image: ImageEncoderConfig) -> FineTunedImage:
-    return train_finetuned_image(
-        features, setup.data.cells(), "multiclass", setup.fusion, setup.train, image, setup.cache_dir,
-        progress=False, base_encoder=setup.encoder,
+def fine_tune_images(setup: ImageSetup, features: FeatureSet, image: ImageEncoderConfig) -> FineTuned:
+    return train_finetuned(
+        setup.tuning(image), features, setup.data.rows, [IMAGE_COLUMN], "multiclass", setup.fusion,
+        setup.train, setup.cache_dir, setup.data.root, progress=False,
     )  # fmt: skip
 
 
@@ -486,9 +493,9 @@ def image_quality(setup: ImageSetup, features: FeatureSet, blocks: tuple[int, ..
         image = setup.with_finetune(blocks=count)
         tuned = fine_tune_images(setup, features, image)
         tuned.head.to(setup.device)  # predict where training ran
-        probabilities = predict_finetuned_image(
-            tuned.head, tuned.top, features, setup.data.cells(), "multiclass", None, image, setup.cache_dir,
-            base_encoder=setup.encoder,
+        probabilities = predict_finetuned(
+            setup.tuning(image), tuned.head, tuned.top, features, setup.data.rows, [IMAGE_COLUMN],
+            "multiclass", None, setup.cache_dir, setup.data.root,
         )  # fmt: skip
         report[f"finetuned_last_{count}"] = {
             **scores(probabilities, setup.data),
@@ -533,7 +540,7 @@ def run_images(args: argparse.Namespace) -> dict[str, Any]:
             "image_size": image.image_size,
         },
         "machine": machine(device, load_start),
-        "encoder": {"model": image.model, "blocks": block_count(encoder)},
+        "encoder": {"model": image.model, "blocks": ImageTop.count(encoder)},
         "frozen_pass": {
             "images": int((data.split == "train").sum()),
             "batch_size": image.batch_size,
@@ -580,9 +587,14 @@ def setup_from(args: argparse.Namespace, cache_dir: Path) -> Setup:
     )
     train = TrainConfig(seed=args.seed, device=args.device)
     device = pick_device(train.device)
+    encoder = load_text_encoder(args.model or base.model)
+    if not isinstance(encoder, HuggingFaceTextEncoder):
+        raise SystemExit(
+            f"text encoder {encoder.model_id!r} is not a Hugging Face transformer: nothing to fine-tune"
+        )
     return Setup(
         data=load_texts(args.data, args.rows, args.seed),
-        encoder=load_hf_text_encoder(args.model or base.model).to(device),
+        encoder=encoder.to(device),
         text=base.model_copy(update={"finetune": finetune}),
         fusion=FusionConfig.model_validate(params["fusion"]),
         train=train,
@@ -616,7 +628,7 @@ def run_text(args: argparse.Namespace) -> dict[str, Any]:
             "mean_train_chars": round(float(np.mean([len(t) for t in train_texts])), 1),
         },
         "machine": machine(setup.device, load_start),
-        "encoder": {"model": text.model, "layers": layer_count(setup.encoder)},
+        "encoder": {"model": text.model, "layers": TextTop.count(setup.encoder)},
         "frozen_pass": {
             "texts": len(train_texts),
             "batch_size": text.batch_size,

@@ -1,12 +1,12 @@
 """Stage `train`: every member the preset names, then the ensemble of them chosen on val.
 
 Members (tasks/train/plan.py): the fused head on all modalities, the same head on each
-modality alone (the baselines evaluate compares against), the scikit-learn linear baseline
-and, with `train.preset: best`, more seeds, more heads and fine-tuned image and text
-encoders. Each member is its own Prefect task, run on `runtime.task_runner` (one after
-another locally, in parallel on a Dask or Ray cluster). Greedy ensemble selection on the val
-rows then weighs them (tasks/train/ensemble.py); models/ensemble.json is what evaluate and
-prediction use.
+modality alone (the baselines evaluate compares against), the gradient-boosted member
+(tasks/train/boosted.py), the scikit-learn linear baseline and, with `train.preset: best`,
+more seeds, more heads and fine-tuned encoders (each modality that can). Each member is its
+own Prefect task, run on `runtime.task_runner` (one after another locally, in parallel on a
+Dask or Ray cluster). Greedy ensemble selection on the val rows then weighs them
+(tasks/train/ensemble.py); models/ensemble.json is what evaluate and prediction use.
 Training them here keeps evaluate a pure measurement and lets DVC cache them together.
 """
 
@@ -35,11 +35,11 @@ from tasks.modalities import raw_text_columns
 from tasks.paths import Layout
 from tasks.scores.metric_names import ordered_classes_problem
 from tasks.train.assemble import feature_metadata, load_feature_set, read_rows, rows_in_order
+from tasks.train.boosted import BoostedResult, fit_boosted, write_boosted
 from tasks.train.bundle import BASELINES, BundleMeta, write_bundle
 from tasks.train.dataset import FeatureSet
 from tasks.train.ensemble import select_ensemble
-from tasks.train.finetuned_files import FinetunedResult
-from tasks.train.finetuned_member import fit_finetuned, is_finetuned
+from tasks.train.finetuned_member import FinetunedResult, fit_finetuned
 from tasks.train.lineage import write_lineage
 from tasks.train.members import (
     MEMBER_SECONDS,
@@ -51,7 +51,15 @@ from tasks.train.members import (
     Member,
     write_ensemble,
 )
-from tasks.train.plan import FINETUNED_IMAGE, FINETUNED_TEXT, FUSED, Budget, MemberSpec, member_plan
+from tasks.train.plan import (
+    BOOSTED,
+    FUSED,
+    Budget,
+    MemberSpec,
+    boosted_skip_reason,
+    member_plan,
+    requested_finetuned,
+)
 from tasks.train.portable_linear import PortableLinear, write_linear
 from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
 from tasks.train.sklearn_baseline import fit_linear_member
@@ -61,20 +69,28 @@ from tasks.train.training import TrainResult, train_model
 @task(name="train-member", cache_policy=NO_CACHE)
 def train_member(
     spec: MemberSpec, features: FeatureSet, params: Params, budget: Budget, aligned_path: str = ""
-) -> TrainResult | None:
+) -> TrainResult | BoostedResult | None:
     """One member; None when the time limit ran out before it could start."""
     if budget.exhausted() and not spec.required:
         get_run_logger().info("%s: skipped, train.time_limit reached", spec.name)
         return None
     rows = features if spec.modalities is None else features.only_modalities(set(spec.modalities))
-    if is_finetuned(spec.kind):
+    result: TrainResult | BoostedResult
+    if spec.kind == BOOSTED:
+        result = fit_boosted(
+            rows, read_rows(aligned_path, features.ids), params.data.columns, params.data.task,
+            params.evaluate.epoch_metric(params.data.task), spec.train.seed, spec.train.preset,
+            budget.deadline, spec.train.class_weight,
+        )  # fmt: skip
+    elif spec.tuned is not None:
         result = fit_finetuned(rows, params, spec, budget, read_rows(aligned_path, features.ids))
     else:
         task = params.data.task
         metric = params.evaluate.epoch_metric(task)
         result = train_model(rows, task, spec.fusion, spec.train, deadline=budget.deadline, metric=metric)
     get_run_logger().info(
-        "%s: best epoch %d of %d, %.1f s",
+        "%s: best %s %d of %d, %.1f s",
+        "round" if spec.kind == BOOSTED else "epoch",
         spec.name,
         result.best_epoch,
         len(result.history),
@@ -86,7 +102,7 @@ def train_member(
 @flow(name="train-members")
 def train_members(
     specs: list[MemberSpec], features: Unstored[FeatureSet], params: Params, budget: Budget, aligned_path: str
-) -> list[TrainResult | None]:
+) -> list[TrainResult | BoostedResult | None]:
     """Every member on whichever task runner this subflow was given (see `train`).
 
     The aligned table travels as its path, not its rows: a flow run's parameters are stored by
@@ -163,6 +179,10 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     )
     trained = {spec.name: (spec, r) for spec, r in zip(specs, results, strict=True) if r is not None}
     tried = [_tried(spec, r) for spec, r in zip(specs, results, strict=True)]
+    skipped = boosted_skip_reason(params.data.task)
+    if skipped is not None:
+        logger.info("%s", skipped)
+        tried.append({"name": BOOSTED, "kind": BOOSTED, "status": f"skipped ({skipped})", "seconds": 0.0})
 
     linear = _linear_member(params, aligned, features, tried)
     members: dict[str, Member] = {
@@ -223,15 +243,8 @@ def _choose(
     if params.train.ensemble:
         return select_ensemble(task, val.target, val_predictions, metric=metric).to_json()
     # Without an ensemble, a requested fine-tuned model is the model (when trained in time);
-    # the text one when both were asked for.
-    requested = [
-        name
-        for name, asked in (
-            (FINETUNED_TEXT, params.encoders.text.finetune.layers),
-            (FINETUNED_IMAGE, params.encoders.image.finetune.blocks),
-        )
-        if asked and name in members
-    ]
+    # the first modality's when several were asked for.
+    requested = [name for name in requested_finetuned(params) if name in members]
     return {"members": {(requested or [FUSED])[0]: 1.0}, "selected_by": "train.ensemble: false"}
 
 
@@ -242,9 +255,18 @@ def check_metric_classes(params: Params, classes: tuple[str, ...], source: str =
         raise ConfigError(f"{source}: evaluate.metric: {problem}")
 
 
-def _tried(spec: MemberSpec, result: TrainResult | None) -> dict[str, Any]:
+def _tried(spec: MemberSpec, result: TrainResult | BoostedResult | None) -> dict[str, Any]:
     if result is None:
         return {"name": spec.name, "kind": spec.kind, "status": "skipped (train.time_limit)", "seconds": 0.0}
+    if isinstance(result, BoostedResult):
+        return {
+            "name": spec.name,
+            "kind": spec.kind,
+            "seed": spec.train.seed,
+            "status": "trained",
+            "seconds": round(result.train_seconds, 2),
+            "best_round": result.best_epoch,
+        }
     return {
         "name": spec.name,
         "kind": spec.kind,
@@ -257,8 +279,14 @@ def _tried(spec: MemberSpec, result: TrainResult | None) -> dict[str, Any]:
 
 
 def _as_member(
-    spec: MemberSpec, result: TrainResult, params: Params, features: FeatureSet, metadata: dict[str, dict]
+    spec: MemberSpec,
+    result: TrainResult | BoostedResult,
+    params: Params,
+    features: FeatureSet,
+    metadata: dict[str, dict],
 ) -> Member:
+    if isinstance(result, BoostedResult):
+        return result.model
     meta = bundle_meta(result, params, features, metadata, spec, _location(spec.name, spec))
     if isinstance(result, FinetunedResult):
         return result.member(meta)
@@ -269,7 +297,7 @@ def _write_member(
     models: Any,
     name: str,
     spec: MemberSpec,
-    result: TrainResult,
+    result: TrainResult | BoostedResult,
     params: Params,
     features: FeatureSet,
     metadata: dict[str, dict],
@@ -277,6 +305,9 @@ def _write_member(
     target_type: str | None = None,
 ) -> None:
     location = _location(name, spec)
+    if isinstance(result, BoostedResult):
+        write_boosted(models / location, result.model)
+        return
     meta = bundle_meta(result, params, features, metadata, spec, location)
     meta = replace(meta, lineage=lineage, target_type=target_type)
     directory = models / location

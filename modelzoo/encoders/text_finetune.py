@@ -1,41 +1,20 @@
-"""A text encoder cut in two: frozen lower layers and trainable top layers.
+"""A BERT-like text encoder cut in two (modelzoo.encoders.split): frozen lower layers, trainable top.
 
-Fine-tuning only the top N transformer layers means the lower layers' output never changes,
-so it can be computed once per distinct text and cached; an epoch then runs only the layers
-that learn. `LowerText` maps tokens to the hidden states after the first L - N layers and
-`TextTop` maps those hidden states to the sentence embedding, pooled and normalised exactly
-as `HuggingFaceTextEncoder.forward` does, so with untouched weights the two halves together
-give the frozen encoder's embeddings.
-
-Works for BERT-like Hugging Face encoders (BERT, MiniLM, RoBERTa, XLM-R, ELECTRA, ...) whose
-layers take (hidden states, attention mask) and whose output is the last layer's output.
-Splitting checks that on a short probe and refuses a model where it does not hold, rather
-than training a model that silently differs from the one that was asked for.
+For Hugging Face encoders (BERT, MiniLM, RoBERTa, XLM-R, ELECTRA, ...) whose layers take
+(hidden states, attention mask) and whose output is the last layer's; the probe refuses others.
 """
 
 from __future__ import annotations
 
 import copy
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder, mean_pool
-from modelzoo.encoders.split import PROBE_TOLERANCE, load_top_state, rebuild_top, split_difference, top_state
+from modelzoo.encoders.split import FrozenLower, SplitTop
 
-__all__ = [
-    "LowerText",
-    "TextTop",
-    "layer_count",
-    "layer_path",
-    "load_top_state",
-    "lower_text",
-    "set_attention_dropout",
-    "split_text_encoder",
-    "top_from_state",
-    "top_state",
-]
+__all__ = ["LowerText", "TextTop", "layers_of", "set_attention_dropout"]
 
 # Where BERT-like models keep their layers, relative to the base model.
 _LAYER_PATHS: tuple[tuple[str, str], ...] = (
@@ -49,12 +28,14 @@ _PROBE = ["Splitting must not change the embedding.", "short", "a third, somewha
 _QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q", "k", "v"))
 
 
-def layer_path(encoder: HuggingFaceTextEncoder) -> tuple[str, ...]:
-    """Attribute path from `encoder.model` to its ModuleList of transformer layers.
-
-    Raises:
-        ValueError: the model keeps no layer list where BERT-like models do.
-    """
+def layers_of(encoder: HuggingFaceTextEncoder) -> tuple[tuple[str, ...], nn.ModuleList]:
+    """Its transformer layers and their attribute path from `encoder.model`; ValueError for an
+    encoder that is not a Hugging Face transformer or keeps no layer list where BERT-like ones do."""
+    if not isinstance(encoder, HuggingFaceTextEncoder):
+        raise ValueError(
+            f"text encoder {getattr(encoder, 'model_id', type(encoder).__name__)!r} is not a Hugging Face "
+            "transformer; only those can have their top layers fine-tuned"
+        )
     model = encoder.model
     base = getattr(model, "base_model", model)  # a task model (…ForMaskedLM) wraps its base model
     base_prefix = getattr(model, "base_model_prefix", "") if base is not model else ""
@@ -64,7 +45,7 @@ def layer_path(encoder: HuggingFaceTextEncoder) -> tuple[str, ...]:
         for name in path:
             module = getattr(module, name, None)
         if isinstance(module, nn.ModuleList) and len(module) > 0:
-            return path
+            return path, module
     looked = ", ".join(".".join(p) for p in _LAYER_PATHS)
     raise ValueError(
         f"text encoder {encoder.model_id!r} ({type(model).__name__}): no transformer layer list found "
@@ -72,81 +53,35 @@ def layer_path(encoder: HuggingFaceTextEncoder) -> tuple[str, ...]:
     )
 
 
-def _layer_list(encoder: HuggingFaceTextEncoder) -> nn.ModuleList:
-    module: nn.Module = encoder.model
-    for name in layer_path(encoder):
-        module = getattr(module, name)
-    return module  # type: ignore[return-value]
+class LowerText(FrozenLower):
+    """Tokens (B, T) -> hidden states (B, T, H) after the first `depth` layers: the model with its
+    layer list cut short (weights shared), run by its own forward for embeddings and masks."""
+
+    def __init__(self, encoder: HuggingFaceTextEncoder, depth: int) -> None:
+        path, layers = layers_of(encoder)
+        super().__init__(depth, len(layers))
+        self.model = _truncated(encoder.model, path, depth)
+
+    def run(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:  # (B, T) each
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
 
 
-def layer_count(encoder: HuggingFaceTextEncoder) -> int:
-    """How many transformer layers the encoder has."""
-    return len(_layer_list(encoder))
+class TextTop(SplitTop):
+    """Hidden states (B, T, H) and their mask (B, T) -> the sentence embedding (B, H), pooled and
+    normalised as the encoder does; `attention_dropout` replaces its layers' attention dropout."""
 
-
-class LowerText(nn.Module):
-    """Tokens (B, T) -> token hidden states (B, T, H) after the first `layers` layers; frozen.
-
-    Shares its weights with the base encoder (a shallow copy whose layer list is cut short),
-    so it costs no memory, and runs the model's own forward for embeddings and masks.
-    Always in eval mode and without gradients: what it computes is cached, so it must be a
-    pure function of the text.
-    """
-
-    def __init__(self, encoder: HuggingFaceTextEncoder, layers: int) -> None:
-        super().__init__()
-        total = layer_count(encoder)
-        if not 0 <= layers <= total:
-            raise ValueError(f"lower layers must be in [0, {total}], got {layers}")
-        self.layers = layers
-        self.total_layers = total
-        self.dim = encoder.dim
-        self.model = _truncated(encoder.model, layer_path(encoder), layers)
-        self.eval()
-
-    def train(self, mode: bool = True) -> LowerText:
-        """Stays in eval mode: dropout here would make cached states depend on chance."""
-        return super().train(False)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        # input_ids, attention_mask: (B, T)
-        with torch.no_grad():
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        return out.last_hidden_state  # (B, T, H)
-
-
-class TextTop(nn.Module):
-    """Hidden states (B, T, H) and their mask (B, T) -> the sentence embedding (B, H).
-
-    Holds deep copies of the encoder's last N layers, so training them leaves the base
-    encoder (and every cached lower state) untouched. `attention_dropout`, when given,
-    replaces the dropout on the attention probabilities in those layers (see
-    `set_attention_dropout`); the other dropouts stay as the encoder has them.
-    """
-
-    part = "layers"  # its state keys are layers.<i>.… (modelzoo.encoders.split)
+    part, kind, unit, where = "layers", "text", "transformer layers", "top"
+    lower = LowerText
+    needs = "its layers need more inputs than hidden states and an attention mask"
 
     def __init__(
-        self, encoder: HuggingFaceTextEncoder, layers: int, attention_dropout: float | None = None
+        self, encoder: HuggingFaceTextEncoder, depth: int, attention_dropout: float | None = None
     ) -> None:
-        super().__init__()
-        source = _layer_list(encoder)
-        total = len(source)
-        if not 1 <= layers <= total:
-            raise ValueError(
-                f"text encoder {encoder.model_id!r} has {total} transformer layers; "
-                f"cannot fine-tune the top {layers} (use 1 to {total})"
-            )
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in source[total - layers :])
-        self.total_layers = total
-        self.lower_layers = total - layers
-        self.dim = encoder.dim
-        self.model_id = encoder.model_id
+        super().__init__(encoder, layers_of(encoder)[1], depth)
         # Read only for the mask format its layers expect (sdpa, eager, ...); not a module.
         self.config = encoder.model.config
         if attention_dropout is not None:
             set_attention_dropout(self, attention_dropout)
-        self.train(encoder.training)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         # hidden: (B, T, H) float, attention_mask: (B, T) 1 for real tokens
@@ -160,16 +95,19 @@ class TextTop(nn.Module):
         pooled = mean_pool(hidden, attention_mask)  # (B, H)
         return F.normalize(pooled, p=2, dim=1)  # (B, H)
 
+    @staticmethod
+    def probe(encoder: HuggingFaceTextEncoder, lower: FrozenLower, top: SplitTop) -> tuple[Tensor, Tensor]:
+        tokens = encoder.tokenize(_PROBE, max_length=32)
+        device = next(encoder.parameters()).device
+        ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+        return encoder(ids, mask), top(lower(ids, mask), mask)  # (P, H) each
+
 
 def set_attention_dropout(top: TextTop, p: float) -> int:
     """Set the dropout on attention probabilities in the top's layers; returns how many were set.
 
-    Why one would: PyTorch's fused CPU attention (sdpa) has no dropout, so attention dropout in
-    training falls back to the unfused path, which made an epoch ~50% slower on MiniLM; the
-    dropout on hidden states, which regularises too, costs little and is left alone. Found as
-    the `dropout` of any module that owns query/key/value projections; a layout it does not
-    know is left unchanged (0 returned).
-    """
+    Attention dropout turns PyTorch's fused CPU attention (sdpa) off: a MiniLM epoch took ~50% more.
+    Found as the `dropout` of modules owning query/key/value projections (other layouts: 0 set)."""
     count = 0
     for module in top.layers.modules():
         dropout = getattr(module, "dropout", None)
@@ -180,52 +118,9 @@ def set_attention_dropout(top: TextTop, p: float) -> int:
     return count
 
 
-def split_text_encoder(
-    encoder: HuggingFaceTextEncoder,
-    top_layers: int,
-    check: bool = True,
-    attention_dropout: float | None = None,
-) -> tuple[LowerText, TextTop]:
-    """The frozen lower L - N layers and a trainable copy of the top N.
-
-    `check` runs a short probe through both halves and compares with the whole encoder, so an
-    architecture whose layers need more than (hidden states, mask) fails here, loudly.
-
-    Raises:
-        ValueError: no recognisable layer list, N outside 1..L, or a split that does not
-            reproduce the encoder.
-    """
-    if not isinstance(encoder, HuggingFaceTextEncoder):
-        raise ValueError(
-            f"text encoder {getattr(encoder, 'model_id', type(encoder).__name__)!r} is not a Hugging Face "
-            "transformer; only those can have their top layers fine-tuned"
-        )
-    top = TextTop(encoder, top_layers, attention_dropout)
-    lower = LowerText(encoder, top.lower_layers)
-    if check:
-        _check_split(encoder, lower, top)
-    return lower, top
-
-
-def lower_text(encoder: HuggingFaceTextEncoder, layers: int) -> LowerText:
-    """Only the frozen part, for computing (cached) hidden states when the top already exists."""
-    return LowerText(encoder, layers)
-
-
-def top_from_state(encoder: HuggingFaceTextEncoder, state: dict[str, Tensor]) -> TextTop:
-    """A fresh top built from the base encoder with `state` loaded, in eval mode."""
-    return rebuild_top(TextTop, encoder, state)
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
 def _truncated(module: nn.Module, path: tuple[str, ...], keep: int) -> nn.Module:
-    """A shallow copy of `module` whose layer list (at `path`) holds only its first `keep` layers.
-
-    Only the modules along the path are copied, and only their child tables: every weight
-    stays shared with the original, which is left as it was.
-    """
+    """A shallow copy of `module` whose layer list (at `path`) holds only its first `keep` layers:
+    only the child tables along the path are copied, every weight stays shared."""
     if not path:
         return nn.ModuleList(list(module)[:keep])  # type: ignore[call-overload]
     name, rest = path[0], path[1:]
@@ -233,22 +128,3 @@ def _truncated(module: nn.Module, path: tuple[str, ...], keep: int) -> nn.Module
     clone._modules = dict(module._modules)  # own child table; the children are still shared
     clone._modules[name] = _truncated(module._modules[name], rest, keep)  # type: ignore[arg-type]
     return clone
-
-
-def _check_split(encoder: HuggingFaceTextEncoder, lower: LowerText, top: TextTop) -> None:
-    tokens = encoder.tokenize(_PROBE, max_length=32)
-    was_training = top.training
-    top.eval()
-    with torch.no_grad():
-        device = next(encoder.parameters()).device
-        ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
-        expected = encoder(ids, mask).float()  # (P, H)
-        split = top.to(device)(lower(ids, mask), mask).float()  # (P, H)
-    top.train(was_training)
-    difference = split_difference(expected, split)
-    if not difference <= PROBE_TOLERANCE:
-        raise ValueError(
-            f"text encoder {encoder.model_id!r} ({type(encoder.model).__name__}): its top layers cannot be "
-            f"run apart from the rest (embeddings differ by {difference:.3g}); its layers need more "
-            "inputs than hidden states and an attention mask"
-        )

@@ -108,9 +108,9 @@ def raw_text_role() -> str:
     return next(m.name for m in loaded() if m.raw_text)
 
 
-def tuned_by(member: str) -> str | None:
-    """The modality whose encoder the fine-tuned member kind `member` trains, or None."""
-    return next((m.name for m in embedded() if m.finetune_member == member), None)
+def fine_tunable() -> list[EmbeddedModality]:
+    """The modalities whose plug-in declares how to split its encoder for fine-tuning."""
+    return [m for m in embedded() if m.fine_tuning is not None]
 
 
 def _declaration_problem(modality: EmbeddedModality) -> str | None:
@@ -172,6 +172,7 @@ __all__ = [
     "TABULAR",
     "EmbeddedModality",
     "embedded",
+    "fine_tunable",
     "loaded",
     "modality",
     "modality_names",
@@ -179,5 +180,4 @@ __all__ = [
     "raw_text_columns",
     "raw_text_role",
     "register",
-    "tuned_by",
 ]

@@ -123,6 +123,10 @@ class AudioModality(FileModality):
     input_version = AUDIO_DECODE
     encoder_config = AudioEncoderConfig
     noun = "audio file"
+    # Not fine-tunable: aisfx's conv blocks would split like a CNN's, but a clip's embedding is
+    # the mean of up to max_seconds / 2.3 s windows, so a cached lower output would be a varying
+    # stack of window maps and the top would need to pool windows per clip: not a declaration.
+    fine_tuning = None
 
     def size_of(self, config: Any) -> int:
         return int(config.max_seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel as DataConfig
     from pydantic import BaseModel as EncodersConfig
 
+    from modelzoo.encoders.split import FrozenLower, SplitTop
     from tasks.align_report import AlignReport
     from tasks.contents import Contents
     from tasks.encode_job import EncodeJob as Extraction  # the job's plug-in-facing protocol
@@ -59,7 +61,7 @@ class EmbeddedModality(ABC):
     # Cells are strings that word-level models can read as they are: TF-IDF, wide n-grams and
     # the linear baseline use these columns (`raw_text_columns`), whatever the modality is called.
     raw_text: ClassVar[bool] = False
-    finetune_member: ClassVar[str | None] = None  # the member kind that fine-tunes its encoder
+    fine_tuning: ClassVar[type[FineTuning] | None] = None  # how its encoder splits; None: it cannot
 
     def data_keys(self) -> dict[str, tuple[Any, Any]]:
         """Keys the modality adds under `data` beside `data.columns.<name>`: key -> (type, default)."""
@@ -139,3 +141,74 @@ class EmbeddedModality(ABC):
 
     def source_from_payload(self, value: Any) -> Any:
         return Path(value) if self.has_files else value
+
+
+class FineTuning(ABC):
+    """A modality's encoder cut for fine-tuning: a frozen lower part and a trainable top.
+
+    A plug-in names a subclass in `fine_tuning` and adds `finetune` to its encoder section:
+    `<depth_key>` (units that learn, 0: frozen) and the loop's lr, warmup, epochs, batch_size.
+    The subclass gives only the modality's own part; one member, cache, loop and bundle format
+    (tasks/train/finetuned_member.py, finetune_loop.py, lower_cache.py) serve every modality.
+    """
+
+    top_class: ClassVar[type[SplitTop]]  # how the encoder splits (modelzoo.encoders.split)
+    depth_key: ClassVar[str]  # "layers", "blocks"
+    cost: ClassVar[int]  # `train.preset: best` fits the cheaper fine-tuned members first
+    cache_format: ClassVar[str]  # part of the cache namespace: bump when what an entry holds changes
+    split_options: ClassVar[dict[str, Any]] = {}  # keywords for `top_class`
+
+    def __init__(self, modality: EmbeddedModality, encoder: Any, section: Any) -> None:
+        self.modality, self.encoder, self.section = modality, encoder, section
+        self.setting = f"encoders.{modality.name}.finetune"
+
+    @classmethod
+    def depth_of(cls, section: Any) -> int:
+        return int(getattr(section.finetune, cls.depth_key))
+
+    @classmethod
+    def with_depth(cls, section: Any, depth: int) -> Any:
+        return section.model_copy(
+            update={"finetune": section.finetune.model_copy(update={cls.depth_key: depth})}
+        )
+
+    @classmethod
+    def best_depth(cls, modality: EmbeddedModality, model: str) -> int:
+        """What `train.preset: best` fine-tunes of an encoder that params leave frozen (0: nothing)."""
+        return 0
+
+    def split(self, depth: int) -> tuple[FrozenLower, SplitTop]:
+        return self.top_class.split(self.encoder, depth, **self.split_options)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The base encoder's fingerprint, as extraction records it in feature files and bundles."""
+        size = self.modality.size_of(self.section)
+        return self.modality.fingerprint(self.encoder, self.modality.preprocessing(size))
+
+    def describe(self, lower: FrozenLower) -> dict[str, Any]:
+        """Everything besides the content that decides a cached lower output: its namespace."""
+        return {"format": self.cache_format, "encoder": self.fingerprint(),
+                "input": self.modality.input_version, "lower_depth": lower.depth}  # fmt: skip
+
+    @abstractmethod
+    def plausible(self, array: np.ndarray, lower: FrozenLower) -> bool:
+        """Whether a float16 array read from the cache can be a whole lower output (its shape)."""
+
+    def order(self, missing: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """The order (digest, source) misses run through the lower part in (text: by length)."""
+        return missing
+
+    @abstractmethod
+    def lower_batches(
+        self, lower: FrozenLower, batches: list[list[tuple[str, Any]]], device: torch.device
+    ) -> Iterator[list[torch.Tensor | None]]:
+        """Per batch of (digest, source): the lower outputs, float16 on CPU, in order (None where a
+        source cannot be used); one iterator over all batches, so a modality can decode ahead."""
+
+    @abstractmethod
+    def collate(self, outputs: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+        """A batch of cached lower outputs as the top's inputs on `device`."""
+
+    def length(self, output: torch.Tensor) -> int:
+        """What a batch holding this output pads to (text: its tokens); 0 where nothing pads."""
+        return 0

@@ -7,6 +7,7 @@ CUDA also pinned memory, non-blocking copies and bf16 autocast.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -20,15 +21,18 @@ from pydantic import Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from modelzoo.encoders.image_finetune import ImageTop, splittable
 from tasks.device import autocast_for, batch_size_on, cores, decode_workers
+from tasks.errors import DataError
 from tasks.images import DECODE_VERSION, MAX_FILE_BYTES, ImageDecodeError, load_square_rgb, probe
 from tasks.modalities import register
-from tasks.modalities.base import known_encoder
+from tasks.modalities.base import EmbeddedModality, FineTuning, known_encoder
 from tasks.modalities.files import FileModality, raise_changed, read_verified
 from tasks.strict import Strict
 
 if TYPE_CHECKING:
     from modelzoo.encoders.base import ImageEncoder, ImagePreprocessing
+    from modelzoo.encoders.split import FrozenLower
     from tasks.encode_job import EncodeJob as Extraction
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 # tasks/images.py) so that caches built before the move stay valid.
 IMAGE_DECODE = f"tasks.features.images/v{DECODE_VERSION}"
 DECODED, UNDECODABLE, CHANGED = 1, 0, -1  # how an image fared in a decode worker
+BEST_BLOCKS = 1  # what `train.preset: best` fine-tunes when params leave the encoder frozen
 
 
 class ImageFinetuneConfig(Strict):
@@ -70,12 +75,70 @@ class ImageEncoderConfig(Strict):
         return known_encoder(image_name_problem(value), value)
 
 
+class ImageFineTuning(FineTuning):
+    """The last N residual blocks learn; the feature map entering them is cached per distinct
+    image file (float16), read, verified and decoded as extraction does."""
+
+    top_class = ImageTop
+    depth_key = "blocks"
+    # EfficientNet-Lite0's last block and head conv on cached 7 x 7 maps: an epoch costs well
+    # under one frozen extraction pass (bench/finetune.py), cheaper than the text layers.
+    cost = 1
+    cache_format = "float16-feature-maps/v1"
+    _shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def best_depth(cls, modality: EmbeddedModality, model: str) -> int:
+        """Its last block where the layout allows it: a preset must not fail over a frozen encoder."""
+        from modelzoo.encoders.loading import image_architecture  # timm: only when planning
+
+        network = image_architecture(model)
+        return BEST_BLOCKS if network is not None and splittable(network) else 0
+
+    def plausible(self, array: np.ndarray, lower: FrozenLower) -> bool:
+        if self._shape is None:  # (C, h, w), from a copy on the meta device (no arithmetic)
+            size = self.encoder.preprocessing.image_size
+            self._shape = tuple(
+                copy.deepcopy(lower).to("meta")(torch.empty(1, 3, size, size, device="meta")).shape[1:]
+            )
+        return array.shape == self._shape
+
+    def lower_batches(
+        self, lower: FrozenLower, batches: list[list[tuple[str, Path]]], device: torch.device
+    ) -> Iterator[list[torch.Tensor | None]]:
+        paths = [path for batch in batches for _, path in batch]
+        digests = [bytes.fromhex(digest) for batch in batches for digest, _ in batch]
+        decoded = decoded_batches(
+            paths, digests, self.encoder.preprocessing.image_size, self.section.batch_size, device
+        )
+        try:
+            for batch in batches:
+                pixels, status = next(decoded)  # (B, S, S, 3) uint8, (B,)
+                outcomes = status.tolist()
+                changed = [str(path) for (_, path), s in zip(batch, outcomes, strict=True) if s == CHANGED]
+                if changed:
+                    raise DataError(
+                        f"{len(changed)} image files are missing or changed since align; rerun align",
+                        file=changed[0],
+                    )
+                images = normalise_images(pixels, self.encoder.preprocessing, device)  # (B, 3, S, S)
+                maps = lower(images).float().cpu()  # (B, C, h, w), float32 on every device
+                yield [maps[i].half().contiguous() if s == DECODED else None for i, s in enumerate(outcomes)]
+        finally:
+            close_batches(decoded)
+
+    def collate(self, outputs: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(b, C, h, w) float32 in channels_last, the layout CNN kernels run fastest in."""
+        batch = torch.stack(outputs).to(device=device, dtype=torch.float32)  # (b, C, h, w)
+        return (batch.contiguous(memory_format=torch.channels_last),)
+
+
 class ImageModality(FileModality):
     name = "image"
     order = 2
     input_version = IMAGE_DECODE
     encoder_config = ImageEncoderConfig
-    finetune_member = "finetuned_image"  # tasks/train/plan.py FINETUNED_IMAGE
+    fine_tuning = ImageFineTuning
     noun = "image file"
     max_bytes = MAX_FILE_BYTES
 

@@ -12,20 +12,24 @@ import pandas as pd
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from modelzoo.encoders.base import RawTextEncoder
+from modelzoo.encoders.text_finetune import TextTop
 from tasks.cache_keys import text_digest
 from tasks.contents import Contents, contents_by_value
 from tasks.device import autocast_for, batch_size_on, to_device
 from tasks.modalities import register
-from tasks.modalities.base import EmbeddedModality, known_encoder
+from tasks.modalities.base import EmbeddedModality, FineTuning, known_encoder
 from tasks.modalities.files import Prefetched
 from tasks.strict import Strict
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from modelzoo.encoders.base import TextEncoder
+    from modelzoo.encoders.split import FrozenLower
     from tasks.encode_job import EncodeJob as Extraction
 
 TEXT_INPUT = "utf8-verbatim/v1"
@@ -36,6 +40,13 @@ TEXT_INPUT = "utf8-verbatim/v1"
 # long unbroken runs (an inline base64 image) gets the second, and nothing more.
 _CHARS_PER_TOKEN = 64
 _MOST_CHARS_PER_TOKEN = 1024
+# Fine-tuning: attention dropout off, as on a CPU it disables the fused attention kernel (~50%
+# of an epoch; modelzoo.encoders.text_finetune.set_attention_dropout); other dropouts remain.
+ATTENTION_DROPOUT = 0.0
+# On a GPU every new (batch, length) shape costs a kernel choice: epochs 2+ of petfinder took
+# 4-9x epoch 1 on an H200 until lengths were rounded up to this. A CPU pads exactly.
+CUDA_PAD_MULTIPLE = 16
+BEST_LAYERS = 2  # what `train.preset: best` fine-tunes when params leave the encoder frozen
 
 
 class TextFinetuneConfig(Strict):
@@ -87,6 +98,52 @@ class TextEncoderConfig(Strict):
         return self
 
 
+class TextFineTuning(FineTuning):
+    """The top N transformer layers learn; the lower layers' hidden states of every distinct text
+    are cached (float16, real tokens only), and a batch is padded to its longest text."""
+
+    top_class = TextTop
+    depth_key = "layers"
+    cost = 2  # an epoch on MiniLM's top layers costs about a frozen pass, more than an image block
+    cache_format = "float16-real-tokens/v1"
+    split_options = {"attention_dropout": ATTENTION_DROPOUT}
+
+    @classmethod
+    def best_depth(cls, modality: EmbeddedModality, model: str) -> int:
+        return 0 if modality.fitted(model) else BEST_LAYERS  # a fitted encoder (tfidf) has no layers
+
+    def plausible(self, array: np.ndarray, lower: FrozenLower) -> bool:
+        tokens = min(self.section.max_length, self.encoder.max_positions)  # the longest entry there is
+        return array.ndim == 2 and array.shape[1] == self.encoder.dim and 1 <= array.shape[0] <= tokens
+
+    def order(self, missing: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        return sorted(missing, key=lambda item: (len(item[1]), item[1]))  # each batch pads little
+
+    def lower_batches(
+        self, lower: FrozenLower, batches: list[list[tuple[str, Any]]], device: torch.device
+    ) -> Iterator[list[torch.Tensor | None]]:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # its pool would fight torch's threads
+        for batch in batches:
+            tokens = self.encoder.tokenize([text for _, text in batch], self.section.max_length)
+            hidden = lower(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))  # (B, T, H)
+            hidden = hidden.float().cpu()  # float32 on every device
+            lengths = tokens["attention_mask"].sum(dim=1).tolist()
+            yield [hidden[i, :length].half().contiguous() for i, length in enumerate(lengths)]  # (T_i, H)
+
+    def length(self, output: torch.Tensor) -> int:
+        return int(output.shape[0])
+
+    def collate(self, outputs: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Padded to the batch's longest text: (b, T, H) float32 and the (b, T) int64 mask of real tokens."""
+        lengths = torch.tensor([output.shape[0] for output in outputs])  # (b,)
+        hidden = pad_sequence(outputs, batch_first=True)  # (b, T, H) float16
+        if device.type == "cuda":
+            extra = -hidden.shape[1] % CUDA_PAD_MULTIPLE
+            hidden = nn.functional.pad(hidden, (0, 0, 0, extra))  # (b, T', H), T' a multiple
+        mask = (torch.arange(hidden.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).long()  # (b, T)
+        return hidden.to(device=device, dtype=torch.float32), mask.to(device)
+
+
 class TextModality(EmbeddedModality):
     name = "text"
     order = 1
@@ -94,7 +151,7 @@ class TextModality(EmbeddedModality):
     encoder_config = TextEncoderConfig
     verbatim_cells = True
     raw_text = True
-    finetune_member = "finetuned_text"  # tasks/train/plan.py FINETUNED_TEXT
+    fine_tuning = TextFineTuning
 
     def size_of(self, config: Any) -> int:
         return int(config.max_length)

@@ -1,9 +1,9 @@
 """Train a fusion head together with an encoder's top, fed from cached lower-part outputs.
 
-Shared by every fine-tunable modality (tasks.train.finetune for text, tasks.train.
-image_finetune for images). A modality hands over its top as a `Part` (the module, and how a
-batch of cached lower outputs becomes its input) and its rows as `LowerRows` (each column's
-rows pointing at distinct contents' cached outputs); everything else is here once: the
+Shared by every fine-tunable modality (tasks.train.finetuned_member). A modality hands over
+its top as a `Part` (the module, and how a batch of cached lower outputs becomes its input)
+and its rows as `LowerRows` (each column's rows pointing at distinct contents' cached
+outputs); everything else is here once: the
 device tensors, discriminative learning rates with a warm-up then linear decay, seeded
 batches, modality dropout, early stopping with the best epoch kept (on val loss, or on a chosen
 `evaluate.metric`: tasks/train/best_epoch.py), deterministic kernels on CPU, bf16 autocast on
@@ -16,8 +16,8 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -162,20 +162,16 @@ class FineTuned:
     train_seconds: float = 0.0  # the epochs only; the one-off lower pass is lower_seconds
     columns: tuple[str, ...] = ()  # columns whose blocks the top computes
     lower_seconds: float = 0.0  # reading and computing the cached lower outputs
+    depth: int = 0  # units (layers, blocks) of the encoder fine-tuned
     computed: int = 0  # distinct contents run through the lower part by this call
     read: int = 0  # distinct contents whose lower output came from the cache
     epoch_seconds: list[dict[str, float]] = field(default_factory=list)  # {train, val} per epoch
 
-    @classmethod
-    def of(cls, fitted: FineTuned, lower_seconds: float, cache: LowerOutputCache, **extra: Any) -> Self:
-        """`fitted` as this class, with the lower pass's seconds and cache counts and `extra` fields."""
-        fields = {
-            **vars(fitted),
-            "lower_seconds": lower_seconds,
-            "computed": cache.computed,
-            "read": cache.read,
-        }
-        return cls(**fields, **extra)
+    def with_lower(self, lower_seconds: float, cache: LowerOutputCache, depth: int) -> FineTuned:
+        """This run with the lower pass's seconds and cache counts, and the depth it fine-tuned."""
+        return replace(
+            self, lower_seconds=lower_seconds, computed=cache.computed, read=cache.read, depth=depth
+        )
 
 
 # --- device tensors -------------------------------------------------------------------------------

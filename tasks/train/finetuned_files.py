@@ -3,8 +3,9 @@
 Its directory is a head bundle (bundle.json + model.safetensors, the fusion head) plus:
 
     <modality>_top.safetensors   the fine-tuned top (text: top layers; image: last blocks)
-    finetune.json                kind, depth, columns, the encoder settings, and the SHA-256
-                                 of the top's weights
+    finetune.json                kind, depth (under the modality's depth key: layers,
+                                 blocks), columns, the encoder settings (under the
+                                 modality's name), and the SHA-256 of the top's weights
 
 Reading refuses top weights whose digest differs from the one recorded at training: weights
 edited or swapped after training would serve a model nobody evaluated. The base encoder the
@@ -16,9 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
@@ -27,9 +27,6 @@ from torch import Tensor, nn
 
 from modelzoo.encoders.split import top_state
 from tasks.errors import BundleError
-from tasks.train.bundle import BundleMeta
-from tasks.train.finetune_loop import FineTuned
-from tasks.train.training import TrainResult
 
 FINETUNE_META = "finetune.json"
 
@@ -37,45 +34,6 @@ FINETUNE_META = "finetune.json"
 def top_weights_name(modality: str) -> str:
     """text_top.safetensors, image_top.safetensors."""
     return f"{modality}_top.safetensors"
-
-
-@dataclass
-class FinetunedResult(TrainResult):
-    """TrainResult (the head as `model`) plus a fine-tuned encoder top and how it was made.
-
-    Each modality's subclass says how it becomes an ensemble member and what it writes.
-    """
-
-    top: nn.Module | None = None
-    columns: tuple[str, ...] = ()
-    cache_dir: str = ""  # the lower-output cache it was trained with (absolute)
-    lower_seconds: float = 0.0
-
-    @classmethod
-    def from_fitted(cls, fitted: FineTuned, cache_dir: str | Path, **extra: Any) -> Self:
-        """A fine-tuning run's result as this member's; its time includes the one-off lower pass."""
-        return cls(
-            model=fitted.head,
-            in_dims=fitted.in_dims,
-            out_dim=fitted.out_dim,
-            target_scaling=fitted.target_scaling,
-            history=fitted.history,
-            best_epoch=fitted.best_epoch,
-            train_seconds=fitted.train_seconds + fitted.lower_seconds,
-            top=fitted.top,
-            columns=fitted.columns,
-            cache_dir=str(Path(cache_dir).resolve()),
-            lower_seconds=fitted.lower_seconds,
-            **extra,
-        )
-
-    def member(self, meta: BundleMeta) -> Any:
-        """The trained model as an ensemble member (tasks.train.members.Member)."""
-        raise NotImplementedError
-
-    def write_extras(self, directory: Path) -> None:
-        """The top's weights and finetune.json beside the head bundle in `directory`."""
-        raise NotImplementedError
 
 
 def write_top_files(directory: Path, modality: str, top: nn.Module, info: dict[str, Any]) -> None:

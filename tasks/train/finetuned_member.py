@@ -1,175 +1,236 @@
-"""The fine-tuned text model as an ensemble member, and the loaders of every fine-tuned kind.
+"""Fine-tuning an encoder's top with the fusion head, as an ensemble member, for every modality
+whose plug-in declares how to split its encoder (tasks.modalities.base.FineTuning).
 
-Its directory is a head bundle plus text_top.safetensors (the fine-tuned top transformer
-layers) and finetune.json (layers, text columns, the text encoder settings, the SHA-256 of
-the weights); tasks.train.finetuned_files writes and checks them, as it does for the
-fine-tuned image model (tasks.train.finetuned_image_member). Loading refuses top weights
-whose digest differs and rebuilds the top from the base encoder named in finetune.json.
+The frozen lower part's output is a pure function of the content, so it is computed once per
+distinct content (the plug-in's `contents`, keyed as extraction keys them) and cached
+(tasks.train.lower_cache); an epoch (tasks.train.finetune_loop) runs only the top and the head.
+The member's bundle adds the top's weights and finetune.json (tasks.train.finetuned_files);
+loading refuses weights changed since training and a base encoder other than the recorded one.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
-from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
-from modelzoo.encoders.text_finetune import TextTop
-from tasks.config import Params
+from modelzoo.encoders.split import SplitTop
+from tasks.config import FusionConfig, Params, TrainConfig
+from tasks.device import pick_device
 from tasks.errors import BundleError
-from tasks.modalities.text import TextEncoderConfig
+from tasks.modalities import fine_tunable, modality
+from tasks.modalities.base import EmbeddedModality, FineTuning
+from tasks.train import finetune_loop as loop
 from tasks.train.bundle import BundleMeta, load_bundle
 from tasks.train.dataset import FeatureSet, with_blocks
-from tasks.train.finetune import (
-    TEXT,
-    load_finetuned_top,
-    load_hf_text_encoder,
-    predict_finetuned,
-    train_finetuned,
-)
-from tasks.train.finetuned_files import (
-    FINETUNE_META,
-    FinetunedResult,
-    read_top_files,
-    top_weights_name,
-    write_top_files,
-)
-from tasks.train.finetuned_image_member import fit_finetuned_image_member, load_finetuned_image_member
-from tasks.train.plan import FINETUNED_IMAGE, FINETUNED_TEXT, Budget, MemberSpec
+from tasks.train.finetuned_files import read_top_files, write_top_files
+from tasks.train.lower_cache import LowerOutputCache
+from tasks.train.plan import Budget, MemberSpec, finetuned_kind
+from tasks.train.training import TrainResult
 
-__all__ = [
-    "FINETUNE_META",
-    "TOP_WEIGHTS",
-    "FinetunedMember",
-    "FinetunedTextResult",
-    "fit_finetuned",
-    "load_finetuned_member",
-    "member_loaders",
-    "texts_of",
-]
 
-TOP_WEIGHTS = top_weights_name(TEXT)
-Texts = dict[str, list[str | None]]
+def fine_tuning(modality: EmbeddedModality, section: Any, encoder: nn.Module | None = None) -> FineTuning:
+    """How to fine-tune the encoder `section` names (`encoder`: already loaded); ValueError if none."""
+    if modality.fine_tuning is None:
+        raise ValueError(f"the {modality.name} encoder cannot be fine-tuned (its plug-in declares no split)")
+    if encoder is None:
+        encoder = modality.load_encoder(section.model, modality.size_of(section))
+    return modality.fine_tuning(modality, encoder, section)
+
+
+def train_finetuned(
+    tuning: FineTuning,
+    features: FeatureSet,
+    rows: pd.DataFrame,
+    columns: list[str],
+    task: str,
+    fusion: FusionConfig,
+    train: TrainConfig,
+    cache_dir: Path,
+    root: Path | None = None,
+    progress: bool = True,
+    deadline: float | None = None,
+    metric: str | None = None,
+) -> loop.FineTuned:
+    """Fit `fusion.head` and the encoder's top `finetune.<depth_key>` units together on the aligned
+    `rows` of `features` (file cells under `root`): one top computes block `<modality>.<column>`
+    of every column, as one frozen encoder did; `deadline` and `metric` work as in train_model."""
+    depth = tuning.depth_of(tuning.section)
+    if depth < 1:
+        raise ValueError(
+            f"{tuning.setting}.{tuning.depth_key} is 0 (a frozen encoder): train with train_model"
+        )
+    loop.split_indices(features)  # before the lower pass: a split without train or val rows fails now
+    lower, top = tuning.split(depth)
+    started = time.perf_counter()
+    cache = LowerOutputCache(cache_dir, tuning, lower, pick_device(train.device), progress)
+    lowered = _lower_rows(cache, features, rows, columns, root)
+    lower_seconds = time.perf_counter() - started
+    section = tuning.section
+    fitted = loop.fit_with_top(features, lowered, _part(tuning, top), task, fusion, train, section.finetune,
+                               section.batch_size, progress, deadline, metric)  # fmt: skip
+    return fitted.with_lower(lower_seconds, cache, depth)
+
+
+def predict_finetuned(
+    tuning: FineTuning,
+    head: nn.Module,
+    top: SplitTop,
+    features: FeatureSet,
+    rows: pd.DataFrame,
+    columns: list[str],
+    task: str,
+    target_scaling: tuple[float, float] | None,
+    cache_dir: Path,
+    root: Path | None = None,
+) -> np.ndarray:
+    """Predictions in tasks.train.training.predict's form, where `head` lives, its blocks from `top`."""
+    lower = tuning.top_class.lower_part(tuning.encoder, top.lower_depth)
+    cache = LowerOutputCache(cache_dir, tuning, lower, next(head.parameters()).device, progress=False)
+    lowered = _lower_rows(cache, features, rows, columns, root)
+    return loop.predict_with_top(head, _part(tuning, top), features, lowered, task, target_scaling,
+                                 tuning.section.batch_size)  # fmt: skip
+
+
+def _lower_rows(
+    cache: LowerOutputCache, features: FeatureSet, rows: pd.DataFrame, columns: list[str], root: Path | None
+) -> loop.LowerRows:
+    """Each column's rows (each a block in `features`) pointing at their contents' lower outputs."""
+    tuning = cache.tuning
+    present = {column: rows[column] for column in columns if column in rows}
+    columns = list(loop.check_columns(features, present, tuning.modality.name))
+    contents = tuning.modality.contents(rows, columns, root, "the fine-tuned rows")
+    digests = [key.hex() for key in contents.keys]
+    keys = {
+        column: [digests[slot] if slot >= 0 else None for slot in block.slots]
+        for column, block in zip(columns, contents.blocks, strict=True)
+    }
+    outputs = cache.outputs(dict(sorted(zip(digests, contents.sources, strict=True))))
+    return loop.lower_rows(keys, outputs, tuning.length)
+
+
+def _part(tuning: FineTuning, top: SplitTop) -> loop.Part:
+    return loop.Part(tuning.modality.name, top, top.dim, tuning.collate, tuning.setting)
 
 
 @dataclass
-class FinetunedTextResult(FinetunedResult):
-    """FinetunedResult whose top is the text encoder's top layers."""
+class FinetunedResult(TrainResult):
+    """TrainResult (the head as `model`) plus a fine-tuned encoder top and how it was made."""
 
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    top: nn.Module | None = None
+    columns: tuple[str, ...] = ()
+    cache_dir: str = ""  # the lower-output cache it was trained with (absolute)
+    lower_seconds: float = 0.0
+    modality: str = ""  # whose encoder
+    section: Any = None  # its `encoders.<modality>` settings, with the depth trained
+    root: Path | None = None  # where its file cells are (file modalities)
+
+    @classmethod
+    def from_fitted(cls, fitted: loop.FineTuned, cache_dir: str | Path, **extra: Any) -> Self:
+        """A fine-tuning run's result as this member's; its time includes the one-off lower pass."""
+        return cls(model=fitted.head, in_dims=fitted.in_dims, out_dim=fitted.out_dim,
+                   target_scaling=fitted.target_scaling, history=fitted.history, best_epoch=fitted.best_epoch,
+                   train_seconds=fitted.train_seconds + fitted.lower_seconds, top=fitted.top,
+                   columns=fitted.columns, cache_dir=str(Path(cache_dir).resolve()),
+                   lower_seconds=fitted.lower_seconds, **extra)  # fmt: skip
 
     def member(self, meta: BundleMeta) -> FinetunedMember:
-        assert isinstance(self.top, TextTop)
-        return FinetunedMember(self.model, meta, self.top, self.columns, self.text, self.cache_dir)
+        """The trained model as an ensemble member (tasks.train.members.Member)."""
+        tuning = fine_tuning(modality(self.modality), self.section)
+        return FinetunedMember(self.model, meta, tuning, self.top, self.columns, self.cache_dir, self.root)
 
     def write_extras(self, directory: Path) -> None:
+        """The top's weights and finetune.json beside the head bundle in `directory`."""
         assert self.top is not None
+        tuning = modality(self.modality).fine_tuning
+        assert tuning is not None
         info = {
-            "kind": FINETUNED_TEXT,
-            "layers": self.text.finetune.layers,
+            "kind": finetuned_kind(self.modality),
+            tuning.depth_key: tuning.depth_of(self.section),
             "columns": list(self.columns),
-            TEXT: self.text.model_dump(mode="json"),
+            self.modality: self.section.model_dump(mode="json"),
         }
-        write_top_files(directory, TEXT, self.top, info)
-
-
-def finetune_settings(params: Params, layers: int) -> TextEncoderConfig:
-    """params' text encoder settings with `finetune.layers` set to what this member trains."""
-    text = params.encoders.text
-    return text.model_copy(update={"finetune": text.finetune.model_copy(update={"layers": layers})})
-
-
-def texts_of(rows: pd.DataFrame, columns: list[str]) -> Texts:
-    """Raw text per column, in row order; a missing cell is None (the row has no such text)."""
-    return {c: [None if pd.isna(v) else str(v) for v in rows[c]] for c in columns if c in rows}
-
-
-def fit_finetuned_member(
-    features: FeatureSet, params: Params, spec: MemberSpec, budget: Budget, rows: pd.DataFrame
-) -> FinetunedTextResult:
-    """The fine-tuned text member on `features` (the aligned `rows`, in the same order)."""
-    text = finetune_settings(params, spec.finetune_layers)
-    texts = texts_of(rows, params.data.columns.text)
-    fitted = train_finetuned(
-        features,
-        {c: t for c, t in texts.items() if f"text.{c}" in features.inputs},
-        params.data.task,
-        spec.fusion,
-        spec.train,
-        text,
-        Path(params.cache.dir),
-        deadline=budget.deadline,
-        metric=params.evaluate.epoch_metric(params.data.task),
-    )
-    return FinetunedTextResult.from_fitted(fitted, params.cache.dir, text=text)
-
-
-_FITTERS: dict[str, Callable[..., FinetunedResult]] = {
-    FINETUNED_TEXT: fit_finetuned_member,
-    FINETUNED_IMAGE: fit_finetuned_image_member,
-}
+        write_top_files(directory, self.modality, self.top, info)
 
 
 def fit_finetuned(
     features: FeatureSet, params: Params, spec: MemberSpec, budget: Budget, rows: pd.DataFrame
 ) -> FinetunedResult:
     """The member `spec` names, for a fine-tuned kind; `rows` are the aligned rows of `features`."""
-    return _FITTERS[spec.kind](features, params, spec, budget, rows)
-
-
-def is_finetuned(kind: str) -> bool:
-    return kind in _FITTERS
+    tuned = modality(str(spec.tuned))
+    assert tuned.fine_tuning is not None
+    section = tuned.fine_tuning.with_depth(tuned.encoder_section(params.encoders), spec.finetune_depth)
+    root, metric = tuned.root(params.data), params.evaluate.epoch_metric(params.data.task)
+    fitted = train_finetuned(
+        fine_tuning(tuned, section), features, rows, tuned.columns(params.data), params.data.task,
+        spec.fusion, spec.train, Path(params.cache.dir), root, deadline=budget.deadline, metric=metric,
+    )  # fmt: skip
+    return FinetunedResult.from_fitted(
+        fitted, params.cache.dir, modality=tuned.name, section=section, root=root
+    )
 
 
 @dataclass
 class FinetunedMember:
-    """Predicts with the fine-tuned top on the rows' raw text and the head on every other block."""
+    """Predicts with the fine-tuned top on the rows' raw cells and the head on every other block."""
 
     head: nn.Module
     meta: BundleMeta
-    top: TextTop
+    tuning: FineTuning  # with its base encoder, loaded once per member
+    top: Any
     columns: tuple[str, ...]
-    text: TextEncoderConfig
     cache_dir: str
-    base_encoder: HuggingFaceTextEncoder | None = None
+    root: Path | None  # where relative file cells are; an absolute cell is read as it is
 
     def predict(self, features: FeatureSet, rows: pd.DataFrame) -> np.ndarray:
-        if self.base_encoder is None:  # loaded once per member, not per call
-            self.base_encoder = load_hf_text_encoder(self.text.model)
+        features = with_blocks(features, self.meta.in_dims)
         return predict_finetuned(
-            self.head,
-            self.top,
-            with_blocks(features, self.meta.in_dims),
-            texts_of(rows, list(self.columns)),
-            self.meta.task,
-            self.meta.target_scaling,
-            self.text,
-            Path(self.cache_dir),
-            base_encoder=self.base_encoder,
-        )
+            self.tuning, self.head, self.top, features, rows, list(self.columns), self.meta.task,
+            self.meta.target_scaling, Path(self.cache_dir), self.root,
+        )  # fmt: skip
 
 
-def load_finetuned_member(directory: Path, cache_dir: str | Path) -> FinetunedMember:
-    """The member written by FinetunedTextResult.write_extras; refuses top weights that do not match."""
+def load_finetuned_member(directory: Path, cache_dir: str | Path, name: str) -> FinetunedMember:
+    """The member written by FinetunedResult.write_extras for modality `name`; BundleError where
+    its top's weights changed, or do not fit the base encoder here, or that encoder is another."""
     head, meta = load_bundle(directory)
-    info, state = read_top_files(directory, TEXT)
+    info, state = read_top_files(directory, name)
+    tuned = modality(name)
     try:
-        text = TextEncoderConfig.model_validate(info[TEXT])
-        encoder = load_hf_text_encoder(text.model)
-        top = load_finetuned_top(text, int(info["layers"]), state, encoder)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise BundleError(f"{directory}: fine-tuned text weights do not fit their encoder ({err})") from None
-    return FinetunedMember(head, meta, top, tuple(info["columns"]), text, str(cache_dir), encoder)
+        tuning = fine_tuning(tuned, tuned.encoder_config.model_validate(info[name]))
+        _check_base_weights(directory, tuning, meta)
+        top = tuning.top_class.rebuild(tuning.encoder, state, int(info[tuning.depth_key]))
+        columns = tuple(str(c) for c in info["columns"])
+        root = tuned.root(SimpleNamespace(**meta.params.get("data", {})))  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        raise BundleError(
+            f"{directory}: fine-tuned {name} weights do not fit their encoder ({err})"
+        ) from None
+    return FinetunedMember(head, meta, tuning, top, columns, str(cache_dir), root)
+
+
+def _check_base_weights(directory: Path, tuning: FineTuning, meta: BundleMeta) -> None:
+    """The lower part comes from the encoder here: it must be the one the bundle records (if any)."""
+    name, encoder = tuning.modality.name, tuning.encoder
+    record = (meta.encoders or {}).get(name)
+    recorded, here = (record or {}).get("weights_digest"), tuning.fingerprint()["weights_digest"]
+    if record is not None and recorded != here:
+        raise BundleError(
+            f"{directory}: the {name} encoder here ({encoder.model_id!r}, weights {here}) is not the one "
+            f"the fine-tuned {name} model was trained on (weights {recorded}); retrain (dvc repro) "
+            "or install those weights"
+        )
 
 
 def member_loaders(cache_dir: str | Path) -> dict[str, Callable[[Path], Any]]:
     """Member kind -> loader(directory), for kinds that need more than a head bundle."""
-    return {
-        FINETUNED_TEXT: lambda directory: load_finetuned_member(directory, cache_dir),
-        FINETUNED_IMAGE: lambda directory: load_finetuned_image_member(directory, cache_dir),
-    }
+    load = partial(load_finetuned_member, cache_dir=cache_dir)
+    return {finetuned_kind(m.name): partial(load, name=m.name) for m in fine_tunable()}

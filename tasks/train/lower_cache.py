@@ -16,8 +16,8 @@ one byte changed fails the check, is reported and recomputed, never used. The sh
 finiteness checks alone would pass a flipped bit in a float. The cache is re-creatable, so
 entries are not fsynced one by one.
 
-A modality subclasses LowerOutputCache with how it describes its namespace, which entries
-are plausible, and how it runs its lower part over batches of contents.
+The modality's FineTuning (tasks/modalities/base.py) says what decides its namespace, which
+entries are plausible, and how its lower part runs over batches of contents.
 """
 
 from __future__ import annotations
@@ -29,79 +29,60 @@ import logging
 import os
 import re
 import secrets
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from modelzoo.encoders.split import FrozenLower
 from tasks.atomic import process_alive, write_json
 from tasks.features.cache.checksum import crc32_of, stamp
+from tasks.modalities.base import FineTuning
 
 log = logging.getLogger(__name__)
 
-Source = TypeVar("Source")  # what a content is computed from: a text, an image file's path
 _TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.tmp$")
 ENTRY_FORMAT = 2  # 2: entries end with a CRC-32 trailer; part of the namespace, so older ones go unread
 _TRAILER = b"FLCRC32:"  # then 8 hex digits
 _TRAILER_BYTES = len(_TRAILER) + 8
 
 
-class LowerOutputCache(ABC, Generic[Source]):
-    """Lower-part outputs by content digest, read from disk or computed (and stored) once.
+class LowerOutputCache:
+    """`lower`'s outputs by content digest, read from disk or computed (and stored) once.
 
     `computed` and `read` count distinct contents, so callers (and tests) can tell a warm
     run from a cold one.
     """
 
-    noun = "content"  # in progress bars and warnings
-
     def __init__(
         self,
         cache_dir: Path,
-        lower: nn.Module,
-        batch_size: int,
+        tuning: FineTuning,
+        lower: FrozenLower,
         device: torch.device | None = None,
         progress: bool = True,
     ) -> None:
+        self.tuning = tuning
         self.lower = lower
-        self.batch_size = batch_size
+        self.noun = tuning.modality.name  # in progress bars
+        self.batch_size = int(tuning.section.batch_size)
         self.device = device or torch.device("cpu")
         self.progress = progress
-        self.namespace = namespace_of({**self.describe(), "entry_format": ENTRY_FORMAT})
+        self.description = tuning.describe(lower)
+        self.namespace = namespace_of({**self.description, "entry_format": ENTRY_FORMAT})
         self.root = Path(cache_dir) / "hidden" / self.namespace
         self.computed = 0
         self.read = 0
         self._swept = False
 
-    @abstractmethod
-    def describe(self) -> dict[str, Any]:
-        """Everything that decides an entry besides the content: hashed into the namespace."""
-
-    @abstractmethod
-    def plausible(self, array: np.ndarray) -> bool:
-        """Whether a read array can be a whole entry of this namespace (shape, size)."""
-
-    @abstractmethod
-    def lower_batches(self, batches: list[list[tuple[str, Source]]]) -> Iterator[list[Tensor | None]]:
-        """Per batch of (digest, source): the lower part's outputs, float16 CPU, in order.
-
-        None where a source cannot be used (an image that does not decode). An iterator over
-        all batches at once, so a modality can read and decode the next ones ahead.
-        """
-
-    def order(self, missing: list[tuple[str, Source]]) -> list[tuple[str, Source]]:
-        """The order misses are computed in (text: shortest first, so batches pad little)."""
-        return missing
-
     def path_of(self, digest: str) -> Path:
         return self.root / digest[:2] / f"{digest}.npy"
 
-    def outputs(self, wanted: Mapping[str, Source]) -> dict[str, Tensor]:
+    def outputs(self, wanted: Mapping[str, Any]) -> dict[str, Tensor]:
         """digest -> the lower output of each content; a source that cannot be used is left out."""
         found: dict[str, Tensor] = {}
         for digest in wanted:
@@ -124,17 +105,18 @@ class LowerOutputCache(ABC, Generic[Source]):
         except (OSError, ValueError, EOFError) as err:
             log.warning("lower-output cache: unreadable entry %s (%s); recomputing it", path, err)
             return None
-        if array.dtype != np.float16 or not self.plausible(array) or not np.isfinite(array).all():
+        plausible = self.tuning.plausible(array, self.lower)
+        if array.dtype != np.float16 or not plausible or not np.isfinite(array).all():
             log.warning("lower-output cache: malformed entry %s %s; recomputing it", path, array.shape)
             return None
         return torch.from_numpy(array)
 
-    def _compute(self, missing: list[tuple[str, Source]]) -> dict[str, Tensor]:
+    def _compute(self, missing: list[tuple[str, Any]]) -> dict[str, Tensor]:
         """Run the lower part over `missing` in batches, storing each output as it comes."""
         self._prepare_root()
-        ordered = self.order(missing)
+        ordered = self.tuning.order(missing)
         out: dict[str, Tensor] = {}
-        home = next(self.lower.parameters()).device
+        home = next((p.device for p in self.lower.parameters()), self.device)  # none: a fixed front end
         self.lower.to(self.device)
         try:
             bar = tqdm(
@@ -142,7 +124,8 @@ class LowerOutputCache(ABC, Generic[Source]):
             )
             with bar:
                 batches = [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
-                for batch, states in zip(batches, self.lower_batches(batches), strict=True):
+                outputs = self.tuning.lower_batches(self.lower, batches, self.device)
+                for batch, states in zip(batches, outputs, strict=True):
                     for (digest, _), state in zip(batch, states, strict=True):
                         if state is not None:
                             self._write(digest, state)
@@ -159,7 +142,7 @@ class LowerOutputCache(ABC, Generic[Source]):
             return
         self._swept = True
         if not (self.root / "key.json").is_file():
-            write_json(self.describe(), self.root / "key.json")
+            write_json(self.description, self.root / "key.json")
         for temp in self.root.glob("*/.*.tmp"):
             match = _TEMP.match(temp.name)
             if match and not process_alive(int(match["pid"])):

@@ -4,7 +4,8 @@ models/ holds every member the train stage produced, each in its own pickle-free
 
     models/                      the fused head (bundle.json + model.safetensors)
     models/baselines/<modality>/ the same head on one modality
-    models/members/<name>/       further heads and seeds (`train.preset: best`), fine-tuned text
+    models/members/<name>/       further heads and seeds (`train.preset: best`), fine-tuned text,
+                                 the gradient-boosted member (members/boosted/: LightGBM's text model)
     models/sklearn/              the scikit-learn linear baseline as arrays (portable_linear)
     models/ensemble.json         members with their weights, chosen on val, and what was tried
 
@@ -27,9 +28,11 @@ from torch import nn
 
 from tasks.errors import BundleError
 from tasks.scores.model_names import FUSED
+from tasks.train.boosted import read_boosted
 from tasks.train.bundle import BASELINES, BundleMeta, load_bundle, predict_with
 from tasks.train.dataset import FeatureSet
 from tasks.train.ensemble import blend
+from tasks.train.plan import BOOSTED
 from tasks.train.portable_linear import PortableLinear, read_linear
 from tasks.train.sklearn_baseline import predict_linear
 
@@ -169,6 +172,8 @@ def load_member(models: Path, name: str, kind: str, loaders: Mapping[str, Any] |
     directory = member_dir(Path(models), name)
     if name == SKLEARN_LINEAR:
         return LinearMember(read_linear(directory))
+    if kind == BOOSTED:
+        return read_boosted(directory)
     if loaders and kind in loaders:
         return loaders[kind](directory)
     return HeadMember(*load_bundle(directory))

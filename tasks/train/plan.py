@@ -1,11 +1,13 @@
 """Which models a train run fits, in what order, within what time: the presets.
 
-`fast` fits the fused head, the same head on each modality alone and the scikit-learn linear
-baseline; the ensemble is chosen among those. `best` adds the fused head with other seeds,
-other fusion heads and, where there are images and text, a model with the image encoder's
-last block fine-tuned and one with the text encoder's top layers fine-tuned, cheapest first,
-so a time limit cuts the expensive members rather than the baselines. A fine-tuned member
-asked for in params (`encoders.<modality>.finetune`) is trained under either preset.
+`fast` fits the fused head, the same head on each modality alone, the gradient-boosted member
+(tasks/train/boosted.py; not for multilabel) and the scikit-learn linear baseline; the ensemble
+is chosen among those. `best` allows more boosting rounds and adds the fused head with other
+seeds, other fusion heads and, for each modality whose plug-in can fine-tune its encoder
+(`fine_tunable`), a model with the encoder's top fine-tuned (the depth its plug-in picks),
+cheapest first, so a time limit cuts the expensive members rather than the baselines. A
+fine-tuned member asked for in params (`encoders.<modality>.finetune`) is trained under
+either preset.
 """
 
 from __future__ import annotations
@@ -13,20 +15,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from modelzoo.encoders.image_finetune import splittable
-from modelzoo.encoders.loading import image_architecture
 from tasks.config import FusionConfig, Params, TrainConfig
-from tasks.modalities import modality, tuned_by
+from tasks.modalities import fine_tunable
 from tasks.scores.model_names import FUSED
 
-FINETUNED_TEXT = "finetuned_text"
-FINETUNED_IMAGE = "finetuned_image"
+FINETUNED = "finetuned_"  # a fine-tuned member's kind and name: finetuned_<modality>
+BOOSTED = "boosted"  # the gradient-boosted member's kind and name
+BOOSTED_TASKS = ("binary", "multiclass", "regression")
 BEST_EXTRA_SEEDS = 2  # the fused head again with seeds seed+1, seed+2
 BEST_OTHER_HEADS = ("gated", "attention", "concat")  # dense heads that read the same blocks
-BEST_FINETUNE_LAYERS = 2  # what `best` fine-tunes when params leave the encoder frozen
-# EfficientNet-Lite0's last block and head conv on cached 7 x 7 maps: an epoch costs well under
-# one frozen extraction pass (bench/finetune.py), cheaper than the text layers, so it goes first.
-BEST_FINETUNE_BLOCKS = 1
 
 
 @dataclass(frozen=True)
@@ -34,12 +31,12 @@ class MemberSpec:
     """One model to fit: a head on some modalities' blocks, or a model with a fine-tuned encoder."""
 
     name: str
-    kind: str  # "head" | "finetuned_text" | "finetuned_image"
+    kind: str  # "head" | "boosted" | "finetuned_<modality>"
     fusion: FusionConfig
     train: TrainConfig
     modalities: tuple[str, ...] | None = None  # None: every modality
-    finetune_layers: int = 0  # finetuned_text: top transformer layers trained
-    finetune_blocks: int = 0  # finetuned_image: last residual blocks trained
+    tuned: str | None = None  # a fine-tuned member: the modality whose encoder it fine-tunes
+    finetune_depth: int = 0  # its top units trained (`encoders.<tuned>.finetune.<depth key>`)
 
     @property
     def required(self) -> bool:
@@ -64,16 +61,20 @@ class Budget:
         return None if self.deadline is None else max(0.0, self.deadline - time.time())
 
 
+def finetuned_kind(modality: str) -> str:
+    return FINETUNED + modality
+
+
 def member_plan(params: Params, modalities: list[str]) -> list[MemberSpec]:
     """The members to fit, in order (see the module docstring)."""
     fusion, train = params.fusion, params.train
     plan = [MemberSpec(FUSED, "head", fusion, train)]
     if len(modalities) > 1:
         plan += [MemberSpec(m, "head", fusion, train, modalities=(m,)) for m in modalities]
-    layers = params.encoders.text.finetune.layers
-    blocks = params.encoders.image.finetune.blocks
-    text, image = tuned_by(FINETUNED_TEXT), tuned_by(FINETUNED_IMAGE)  # the plug-ins declare them
-    if params.train.preset == "best":
+    if boosted_skip_reason(params.data.task) is None:
+        plan.append(MemberSpec(BOOSTED, BOOSTED, fusion, train))  # seconds: before the costly members
+    best = params.train.preset == "best"
+    if best:
         for offset in range(1, BEST_EXTRA_SEEDS + 1):
             seed = (train.seed + offset) % 2**32
             plan.append(
@@ -83,26 +84,35 @@ def member_plan(params: Params, modalities: list[str]) -> list[MemberSpec]:
             if head != fusion.head:
                 other = FusionConfig.model_validate({**fusion.options(), "head": head})
                 plan.append(MemberSpec(f"head_{head}", "head", other, train))
-        layers = layers or _best_layers(text, params.encoders.text.model)
-        if not blocks and image in modalities:
-            blocks = _best_blocks(params.encoders.image.model)
-    if blocks and image in modalities:
-        plan.append(MemberSpec(FINETUNED_IMAGE, FINETUNED_IMAGE, fusion, train, finetune_blocks=blocks))
-    if layers and text in modalities:
-        plan.append(MemberSpec(FINETUNED_TEXT, FINETUNED_TEXT, fusion, train, finetune_layers=layers))
-    return plan
+    tuned = []
+    for modality in fine_tunable():
+        tuning = modality.fine_tuning
+        if tuning is None or modality.name not in modalities:
+            continue
+        section = modality.encoder_section(params.encoders)
+        depth = tuning.depth_of(section) or (tuning.best_depth(modality, section.model) if best else 0)
+        if depth:
+            kind = finetuned_kind(modality.name)
+            spec = MemberSpec(kind, kind, fusion, train, tuned=modality.name, finetune_depth=depth)
+            tuned.append((tuning.cost, spec))
+    return plan + [spec for _, spec in sorted(tuned, key=lambda pair: pair[0])]
 
 
-def _best_layers(text: str | None, model: str) -> int:
-    """What `best` fine-tunes of a text encoder nobody asked to fine-tune: its top layers, unless
-    it has none (tfidf, fitted on the data rather than a transformer)."""
-    return 0 if text is None or modality(text).fitted(model) else BEST_FINETUNE_LAYERS
+def boosted_skip_reason(task: str) -> str | None:
+    """Why the plan has no boosted member for `task`, in words; None when it has one."""
+    if task in BOOSTED_TASKS:
+        return None
+    return (
+        f"no boosted member for {task}: it would be one booster per label, each stopped on its own; "
+        "the fusion heads cover it"
+    )
 
 
-def _best_blocks(model: str) -> int:
-    """What `best` fine-tunes of an image encoder nobody asked to fine-tune: its last block, where
-    its layout allows it (EfficientNet, ResNet), else nothing: a preset must not fail a run
-    over an encoder that was only ever meant to stay frozen. Asked for in params, an
-    unsupported encoder is an error instead (modelzoo.encoders.image_finetune)."""
-    network = image_architecture(model)
-    return BEST_FINETUNE_BLOCKS if network is not None and splittable(network) else 0
+def requested_finetuned(params: Params) -> list[str]:
+    """The fine-tuned members params ask for (a depth in `encoders.<modality>.finetune`), in
+    the modalities' order."""
+    return [
+        finetuned_kind(m.name)
+        for m in fine_tunable()
+        if m.fine_tuning is not None and m.fine_tuning.depth_of(m.encoder_section(params.encoders))
+    ]

@@ -22,12 +22,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelzoo.encoders.text_finetune import lower_text
+from modelzoo.encoders.text_finetune import TextTop
+from tasks.cache_keys import text_digest
 from tasks.features.feature_store import read_blocks, write_blocks
+from tasks.modalities import modality
+from tasks.modalities.text import TextEncoderConfig
 from tasks.paths import Layout
 from tasks.schema import ID, SPLIT, TARGET
 from tasks.train.assemble import load_feature_set
-from tasks.train.finetune import HiddenStateCache, text_digest
+from tasks.train.finetuned_member import fine_tuning
+from tasks.train.lower_cache import LowerOutputCache
 from tests.bad_inputs.pipeline import Encoders, run_pipeline
 from tests.bad_inputs.project import Project
 
@@ -158,18 +162,20 @@ def test_a_sound_mapped_copy_is_reused_as_it_is(
 def test_a_damaged_hidden_state_is_recomputed_not_used(
     encoders: Encoders, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Damage
 ) -> None:
-    lower = lower_text(encoders.text, 2)
+    lower = TextTop.lower_part(encoders.text, 2)
+    tuning = fine_tuning(modality("text"), TextEncoderConfig(max_length=32, batch_size=8), encoders.text)
     text = "a tall blue cup with a chipped handle"
+    key = text_digest(text).hex()
 
-    def cache() -> HiddenStateCache:
-        return HiddenStateCache(tmp_path, encoders.text, lower, max_length=32, batch_size=8, progress=False)
+    def cache() -> LowerOutputCache:
+        return LowerOutputCache(tmp_path, tuning, lower, progress=False)
 
-    expected = cache().states([text])[text_digest(text)]
-    entry = cache().path_of(text_digest(text))
+    expected = cache().outputs({key: text})[key]
+    entry = cache().path_of(key)
     damage(entry)
     again = cache()
     with caplog.at_level(logging.WARNING, logger="tasks.train.lower_cache"):
-        state = again.states([text])[text_digest(text)]
+        state = again.outputs({key: text})[key]
     assert (again.computed, again.read) == (1, 0)
     assert np.array_equal(state.numpy(), expected.numpy())
     assert str(entry) in caplog.text

@@ -10,16 +10,9 @@ import torchvision
 from torch import nn
 
 from modelzoo.encoders.base import ImageEncoder, ImagePreprocessing
-from modelzoo.encoders.image_finetune import (
-    ImageTop,
-    block_count,
-    load_top_state,
-    split_image_encoder,
-    splittable,
-    top_from_state,
-    top_state,
-)
+from modelzoo.encoders.image_finetune import ImageTop, splittable
 from modelzoo.encoders.loading import image_architecture, load_image_encoder
+from modelzoo.encoders.split import load_top_state, top_state
 from modelzoo.encoders.vision import BackboneImageEncoder, strip_classifier
 
 SIZE = 64  # small: every supported network takes any size from 32 up
@@ -60,7 +53,7 @@ def resnet(kind: str) -> ImageEncoder:
 
 @pytest.mark.parametrize("top_blocks", [1, 2, 16])
 def test_split_reproduces_the_frozen_efficientnet_lite0(lite0, images, top_blocks: int) -> None:
-    lower, top = split_image_encoder(lite0, top_blocks)
+    lower, top = ImageTop.split(lite0, top_blocks)
     top.eval()
     difference = (split(lower, top, images) - frozen(lite0, images)).abs().max()
     assert float(difference) <= 1e-6  # the same kernels in the same order: 0.0 on CPU
@@ -69,26 +62,26 @@ def test_split_reproduces_the_frozen_efficientnet_lite0(lite0, images, top_block
 @pytest.mark.parametrize(("kind", "top_blocks"), [("timm", 1), ("timm", 8), ("torchvision", 3)])
 def test_split_reproduces_a_frozen_resnet(kind: str, top_blocks: int, images) -> None:
     encoder = resnet(kind)
-    lower, top = split_image_encoder(encoder, top_blocks)
+    lower, top = ImageTop.split(encoder, top_blocks)
     difference = (split(lower, top.eval(), images) - frozen(encoder, images)).abs().max()
     assert float(difference) <= 1e-6
 
 
 def test_a_block_is_a_residual_block_not_a_stage(lite0) -> None:
-    assert block_count(lite0) == 16  # lite0's 7 stages hold 1, 2, 2, 3, 3, 4 and 1 blocks
-    assert block_count(resnet("timm")) == 8  # resnet18: 2 basic blocks in each of 4 layers
+    assert ImageTop.count(lite0) == 16  # lite0's 7 stages hold 1, 2, 2, 3, 3, 4 and 1 blocks
+    assert ImageTop.count(resnet("timm")) == 8  # resnet18: 2 basic blocks in each of 4 layers
 
 
 def test_lower_shares_the_encoders_weights_instead_of_copying_them(lite0) -> None:
-    lower, _ = split_image_encoder(lite0, 2)
+    lower, _ = ImageTop.split(lite0, 2)
     encoder_weights = {id(p) for p in lite0.parameters()}
     assert all(id(p) in encoder_weights for p in lower.parameters())
-    assert lower.blocks == 14
+    assert lower.depth == 14
 
 
 def test_training_the_top_keeps_batchnorm_statistics_and_the_base_encoder(lite0, images) -> None:
     before = frozen(lite0, images)
-    lower, top = split_image_encoder(lite0, 1)
+    lower, top = ImageTop.split(lite0, 1)
     top.train()
     statistics = {k: v.clone() for k, v in top.state_dict().items() if "running" in k}
     optimizer = torch.optim.SGD(top.parameters(), lr=0.1)
@@ -103,23 +96,23 @@ def test_an_unsupported_network_is_refused_naming_the_setting(images) -> None:
     network = timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=0)
     encoder = BackboneImageEncoder(network.eval(), "mobilenetv3_small_100", 1024, PREPROCESSING)
     with pytest.raises(ValueError, match=r"\(MobileNetV3\): encoders.image.finetune.blocks can fine-tune"):
-        split_image_encoder(encoder, 1)
+        ImageTop.split(encoder, 1)
 
 
 def test_more_blocks_than_the_network_has_is_refused(lite0) -> None:
     with pytest.raises(ValueError, match="has 16 blocks; cannot fine-tune the last 17"):
-        split_image_encoder(lite0, 17)
+        ImageTop.split(lite0, 17)
 
 
 def test_state_round_trips_into_a_fresh_top_and_refuses_another_depth(lite0, images) -> None:
-    lower, top = split_image_encoder(lite0, 2)
+    lower, top = ImageTop.split(lite0, 2)
     with torch.no_grad():
         for parameter in top.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))  # as if trained
-    restored = top_from_state(lite0, top_state(top))
+    restored = ImageTop.rebuild(lite0, top_state(top))
     assert len(restored.blocks) == 2
     torch.testing.assert_close(split(lower, restored, images), split(lower, top.eval(), images))
-    _, deeper = split_image_encoder(lite0, 3)
+    _, deeper = ImageTop.split(lite0, 3)
     with pytest.raises(ValueError, match="do not fit 'efficientnet_lite0' with 3 top blocks"):
         load_top_state(deeper, top_state(top))
 

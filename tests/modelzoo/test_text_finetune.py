@@ -10,14 +10,8 @@ from torch import nn
 
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
 from modelzoo.encoders.loading import load_text_encoder
-from modelzoo.encoders.text_finetune import (
-    TextTop,
-    layer_count,
-    load_top_state,
-    split_text_encoder,
-    top_from_state,
-    top_state,
-)
+from modelzoo.encoders.split import load_top_state, top_state
+from modelzoo.encoders.text_finetune import TextTop
 
 TEXTS = [
     "short",
@@ -48,14 +42,14 @@ def split_embedding(lower: nn.Module, top: TextTop, encoder: HuggingFaceTextEnco
 
 @pytest.mark.parametrize("top_layers", [1, 2, 6])
 def test_split_reproduces_the_frozen_encoder_on_a_padded_batch(minilm, top_layers: int) -> None:
-    lower, top = split_text_encoder(minilm, top_layers)
+    lower, top = TextTop.split(minilm, top_layers)
     assert minilm.tokenize(TEXTS, 64)["attention_mask"].min() == 0  # the batch really is padded
     difference = (split_embedding(lower, top, minilm, TEXTS) - frozen_embedding(minilm, TEXTS)).abs().max()
     assert float(difference) < 1e-5
 
 
 def test_padding_does_not_change_a_rows_hidden_states_or_embedding(minilm) -> None:
-    lower, top = split_text_encoder(minilm, 2)
+    lower, top = TextTop.split(minilm, 2)
     alone = minilm.tokenize(TEXTS[:1], 64)
     batch = minilm.tokenize(TEXTS, 64)
     real = int(alone["attention_mask"].sum())
@@ -69,7 +63,7 @@ def test_padding_does_not_change_a_rows_hidden_states_or_embedding(minilm) -> No
 
 
 def test_lower_shares_the_encoders_weights_instead_of_copying_them(minilm) -> None:
-    lower, _ = split_text_encoder(minilm, 2)
+    lower, _ = TextTop.split(minilm, 2)
     encoder_weights = {id(p) for p in minilm.parameters()}
     assert all(id(p) in encoder_weights for p in lower.parameters())
     assert len(lower.model.encoder.layer) == 4 and len(minilm.model.encoder.layer) == 6
@@ -77,7 +71,7 @@ def test_lower_shares_the_encoders_weights_instead_of_copying_them(minilm) -> No
 
 def test_training_the_top_leaves_the_base_encoder_unchanged(minilm) -> None:
     before = frozen_embedding(minilm, TEXTS)
-    lower, top = split_text_encoder(minilm, 2)
+    lower, top = TextTop.split(minilm, 2)
     top.train()
     optimizer = torch.optim.SGD(top.parameters(), lr=1.0)
     tokens = minilm.tokenize(TEXTS, 64)
@@ -88,14 +82,14 @@ def test_training_the_top_leaves_the_base_encoder_unchanged(minilm) -> None:
 
 
 def test_too_many_top_layers_is_a_clear_error(minilm) -> None:
-    assert layer_count(minilm) == 6
+    assert TextTop.count(minilm) == 6
     with pytest.raises(ValueError, match="has 6 transformer layers; cannot fine-tune the top 7"):
-        split_text_encoder(minilm, 7)
+        TextTop.split(minilm, 7)
 
 
 def test_zero_top_layers_is_a_clear_error(minilm) -> None:
     with pytest.raises(ValueError, match="cannot fine-tune the top 0"):
-        split_text_encoder(minilm, 0)
+        TextTop.split(minilm, 0)
 
 
 def test_a_model_without_a_layer_list_is_a_clear_error(minilm) -> None:
@@ -107,16 +101,16 @@ def test_a_model_without_a_layer_list_is_a_clear_error(minilm) -> None:
 
     encoder = HuggingFaceTextEncoder(Flat(), minilm.tokenizer, model_id="flat")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'flat' \\(Flat\\): no transformer layer list found"):
-        split_text_encoder(encoder, 1)
+        TextTop.split(encoder, 1)
 
 
 def test_state_round_trips_into_a_fresh_top(minilm) -> None:
-    lower, top = split_text_encoder(minilm, 2)
+    lower, top = TextTop.split(minilm, 2)
     with torch.no_grad():
         for parameter in top.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))  # as if trained
     state = top_state(top)
-    restored = top_from_state(minilm, state)
+    restored = TextTop.rebuild(minilm, state)
     assert len(restored.layers) == 2
     torch.testing.assert_close(
         split_embedding(lower, restored, minilm, TEXTS), split_embedding(lower, top.eval(), minilm, TEXTS)
@@ -124,14 +118,14 @@ def test_state_round_trips_into_a_fresh_top(minilm) -> None:
 
 
 def test_loading_a_state_into_a_top_of_another_depth_is_refused(minilm) -> None:
-    _, top = split_text_encoder(minilm, 2)
-    _, deeper = split_text_encoder(minilm, 3)
+    _, top = TextTop.split(minilm, 2)
+    _, deeper = TextTop.split(minilm, 3)
     with pytest.raises(ValueError, match="do not fit 'minilm' with 3 top layers"):
         load_top_state(deeper, top_state(top))
 
 
 def test_attention_dropout_changes_only_the_tops_attention_probabilities(minilm) -> None:
-    _, top = split_text_encoder(minilm, 2, attention_dropout=0.0)
+    _, top = TextTop.split(minilm, 2, attention_dropout=0.0)
     dropouts = {name: module.p for name, module in top.named_modules() if isinstance(module, nn.Dropout)}
     attention = {name: p for name, p in dropouts.items() if name.endswith("attention.self.dropout")}
     assert list(attention.values()) == [0.0, 0.0]

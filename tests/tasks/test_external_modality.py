@@ -2,10 +2,11 @@
 point runs align -> extract -> train -> predict, with no file of fuseline edited to add it.
 
 The package (`toyseq`: cells name `.npy` files under `data.toyseq_root`, each a fixed-length
-float vector, encoded by a fixed random projection plus mean and spread) is written to a
-site directory with its `*.dist-info/entry_points.txt`, as pip would install it, and the
-flows run in a fresh interpreter that has that directory on its path: entry points are read
-once per process, as an installed package's would be.
+float vector, encoded by a fixed random projection plus mean and spread, then two small
+linear units that its plug-in lets fuseline fine-tune) is written to a site directory with its
+`*.dist-info/entry_points.txt`, as pip would install it, and the flows run in a fresh
+interpreter that has that directory on its path: entry points are read once per process, as
+an installed package's would be.
 """
 
 from __future__ import annotations
@@ -42,28 +43,97 @@ from pydantic import Field
 from torch import nn
 
 from modelzoo.encoders.loading import module_fingerprint
+from modelzoo.encoders.split import FrozenLower, SplitTop
+from tasks.modalities.base import FineTuning
 from tasks.modalities.files import FileModality, raise_changed, read_verified
 from tasks.strict import Strict
+
+
+class ToySeqFinetune(Strict):
+    units: int = Field(0, ge=0)
+    lr: float = 1e-3
+    warmup: float = 0.0
+    epochs: int = 2
+    batch_size: int = 16
 
 
 class ToySeqConfig(Strict):
     model: str = "projection"
     length: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
+    finetune: ToySeqFinetune = ToySeqFinetune()
 
 
-class ProjectionEncoder(nn.Module):
+class Stem(nn.Module):
     """(B, length) -> (B, 6): a fixed random projection to 4, then the mean and the spread."""
 
     def __init__(self, length: int) -> None:
         super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.register_buffer("projection", torch.randn(length, 4, generator=generator))
+        self.register_buffer("projection", torch.randn(length, 4, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x @ self.projection, x.mean(1, keepdim=True), x.std(1, keepdim=True)], 1)
+
+
+class ProjectionEncoder(nn.Module):
+    """The stem, then two small linear units: the units can be fine-tuned."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = Stem(length)
+        self.units = nn.ModuleList([nn.Sequential(nn.Linear(6, 6), nn.Tanh()), nn.Linear(6, 6)])
         self.dim = 6
         self.model_id = "toyseq-projection"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x @ self.projection, x.mean(1, keepdim=True), x.std(1, keepdim=True)], 1)
+        return nn.Sequential(self.stem, *self.units)(x)
+
+
+class ToyLower(FrozenLower):
+    def __init__(self, encoder, depth):
+        super().__init__(depth, len(encoder.units))
+        self.net = nn.Sequential(encoder.stem, *encoder.units[:depth])  # shared, not copied
+
+    def run(self, x):
+        return self.net(x)
+
+
+class ToyTop(SplitTop):
+    part, kind, unit, where = "units", "toyseq", "units", "last"
+    lower, needs = ToyLower, "a stem and units"
+
+    def __init__(self, encoder, depth):
+        super().__init__(encoder, list(encoder.units), depth)
+
+    def forward(self, hidden):
+        return self.units(hidden)
+
+    @staticmethod
+    def probe(encoder, lower, top):
+        x = torch.randn(4, encoder.stem.projection.shape[0], generator=torch.Generator().manual_seed(0))
+        return encoder(x), top(lower(x))
+
+
+class ToySeqFineTuning(FineTuning):
+    top_class = ToyTop
+    depth_key = "units"
+    cost = 0
+    cache_format = "toyseq-units/v1"
+
+    def plausible(self, array, lower):
+        return array.shape == (6,)
+
+    def lower_batches(self, lower, batches, device):
+        for batch in batches:
+            x = np.zeros((len(batch), self.section.length), dtype=np.float32)
+            for row, (digest, path) in enumerate(batch):
+                array = read_verified(path, bytes.fromhex(digest), _read)[1]
+                x[row, : min(len(array), len(x[row]))] = array[: len(x[row])]
+            yield [out.half() for out in lower(torch.from_numpy(x).to(device)).float().cpu()]
+
+    def collate(self, outputs, device):
+        return (torch.stack(outputs).to(device=device, dtype=torch.float32),)
 
 
 def _read(handle):
@@ -76,6 +146,7 @@ class ToySeqModality(FileModality):
     input_version = "toyseq-npy/v1"
     encoder_config = ToySeqConfig
     noun = "sequence file"
+    fine_tuning = ToySeqFineTuning
 
     def size_of(self, config):
         return int(config.length)
@@ -171,8 +242,9 @@ def write_project(project: Path) -> None:
             "toyseq_root": "seqs",
             "split": {"method": "hash"},
         },
-        "encoders": {"toyseq": {"length": LENGTH}},
-        "train": {"epochs": 3, "patience": 2, "device": "cpu"},
+        "encoders": {"toyseq": {"length": LENGTH, "finetune": {"units": 1}}},
+        # no ensemble: the fine-tuned member asked for is the model prediction serves
+        "train": {"epochs": 3, "patience": 2, "device": "cpu", "ensemble": False},
     }
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -200,6 +272,17 @@ def test_the_model_reads_the_external_modality_and_predicts_new_rows(project: Pa
     predictions = pd.read_parquet(project / "predictions.parquet")
     assert list(predictions["item_id"]) == [f"i{r}" for r in range(ROWS, ROWS + 10)]
     assert predictions["prob_yes"].between(0, 1).all()
+
+
+def test_the_shared_member_fine_tunes_the_external_modality_s_encoder(project: Path) -> None:
+    """The plug-in declares how its encoder splits; plan, member, cache, loop and bundle do the rest."""
+    member = project / "models" / "members" / "finetuned_toyseq"
+    info = json.loads((member / "finetune.json").read_text())
+    assert (info["kind"], info["units"], info["columns"]) == ("finetuned_toyseq", 1, ["seq"])
+    assert (member / "toyseq_top.safetensors").is_file()
+    ensemble = json.loads((project / "models" / "ensemble.json").read_text())
+    assert ensemble["members"] == {"finetuned_toyseq": 1.0}  # so predict served through the loaded member
+    assert list((project / ".cache" / "features" / "hidden").rglob("*.npy"))  # the lower outputs, cached
 
 
 def test_a_plugin_that_does_not_load_is_one_line_naming_it(tmp_path: Path) -> None:

@@ -83,8 +83,10 @@ def test_fine_tuned_image_member_is_trained_stored_evaluated_and_served(
     from flows.extract import extract
     from flows.predict import predict
     from flows.train import train
-    from tasks.train.finetuned_image_member import IMAGE_TOP_WEIGHTS
-    from tasks.train.plan import FINETUNED_IMAGE
+    from tasks.train.finetuned_files import top_weights_name
+    from tasks.train.plan import finetuned_kind
+
+    FINETUNED_IMAGE = finetuned_kind("image")
 
     monkeypatch.chdir(tmp_path)
     items = _write_project(tmp_path)
@@ -92,7 +94,7 @@ def test_fine_tuned_image_member_is_trained_stored_evaluated_and_served(
     train(params_path="params.yaml")
     member = tmp_path / "models" / "members" / FINETUNED_IMAGE
     assert json.loads((member / "finetune.json").read_text())["blocks"] == 1
-    assert (member / IMAGE_TOP_WEIGHTS).is_file()
+    assert (member / top_weights_name("image")).is_file()
     ensemble = json.loads((tmp_path / "models" / "ensemble.json").read_text())
     assert (
         ensemble["members"] == {FINETUNED_IMAGE: 1.0}

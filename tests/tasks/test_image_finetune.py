@@ -23,19 +23,22 @@ from modelzoo.encoders.loading import encoder_fingerprint, load_image_encoder
 from modelzoo.encoders.split import top_state
 from tasks.config import FusionConfig, TrainConfig
 from tasks.errors import BundleError, DataError
+from tasks.modalities import modality
+from tasks.modalities.base import FineTuning
 from tasks.modalities.image import ImageEncoderConfig, ImageFinetuneConfig
 from tasks.schema import DIGEST, ID, PRESENT
 from tasks.train.bundle import BundleMeta, write_bundle
 from tasks.train.dataset import FeatureSet
-from tasks.train.finetuned_image_member import IMAGE_TOP_WEIGHTS, FinetunedImageResult
-from tasks.train.finetuned_member import member_loaders
-from tasks.train.image_finetune import (
-    FineTunedImage,
-    image_cells,
-    predict_finetuned_image,
-    train_finetuned_image,
+from tasks.train.finetune_loop import FineTuned
+from tasks.train.finetuned_files import top_weights_name
+from tasks.train.finetuned_member import (
+    FinetunedResult,
+    fine_tuning,
+    member_loaders,
+    predict_finetuned,
+    train_finetuned,
 )
-from tasks.train.plan import FINETUNED_IMAGE
+from tasks.train.plan import finetuned_kind
 
 ROWS = 48
 SPLIT = np.array(["train"] * 30 + ["val"] * 9 + ["test"] * 9)
@@ -46,6 +49,8 @@ TRAIN = TrainConfig(epochs=3, lr=3e-3, patience=3, seed=0, device="cpu")
 IMAGE = ImageEncoderConfig(
     image_size=64, batch_size=16, finetune=ImageFinetuneConfig(blocks=1, lr=1e-3, epochs=3, batch_size=16)
 )
+FINETUNED_IMAGE = finetuned_kind("image")
+IMAGE_TOP_WEIGHTS = top_weights_name("image")
 
 
 def write_images(root: Path) -> tuple[FeatureSet, pd.DataFrame]:
@@ -105,33 +110,41 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("image-finetune-cache")
 
 
-def fine_tune(data, lite0: ImageEncoder, cache_dir: Path) -> FineTunedImage:
+def tuning(lite0: ImageEncoder) -> FineTuning:
+    return fine_tuning(modality("image"), IMAGE, lite0)
+
+
+def fine_tune(data, lite0: ImageEncoder, cache_dir: Path) -> FineTuned:
     root, features, rows = data
-    cells = image_cells(rows, ["photo"], root)
-    return train_finetuned_image(
-        features, cells, "multiclass", FUSION, TRAIN, IMAGE, cache_dir, progress=False, base_encoder=lite0
+    return train_finetuned(
+        tuning(lite0), features, rows, ["photo"], "multiclass", FUSION, TRAIN, cache_dir, root, progress=False
+    )
+
+
+def predict(first: FineTuned, data, lite0: ImageEncoder, cache_dir: Path) -> np.ndarray:
+    root, features, rows = data
+    return predict_finetuned(
+        tuning(lite0), first.head, first.top, features, rows, ["photo"], "multiclass", None, cache_dir, root
     )
 
 
 @pytest.fixture(scope="module")
-def first(data, lite0: ImageEncoder, cache_dir: Path) -> FineTunedImage:
+def first(data, lite0: ImageEncoder, cache_dir: Path) -> FineTuned:
     return fine_tune(data, lite0, cache_dir)
 
 
 @pytest.fixture(scope="module")
-def bundle(
-    first: FineTunedImage, data, lite0: ImageEncoder, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def bundle(first: FineTuned, data, lite0: ImageEncoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fine-tuned model written as train writes a member: head bundle, top weights, finetune.json."""
     root = data[0]
-    result = FinetunedImageResult.from_fitted(first, ".", image=IMAGE, image_root=str(root))
+    result = FinetunedResult.from_fitted(first, ".", modality="image", section=IMAGE, root=root)
     directory = tmp_path_factory.mktemp("members") / FINETUNED_IMAGE
     write_bundle(directory, first.head, bundle_meta(first, root, encoder_fingerprint(lite0)))
     result.write_extras(directory)
     return directory
 
 
-def bundle_meta(fitted: FineTunedImage, root: Path, fingerprint: dict) -> BundleMeta:
+def bundle_meta(fitted: FineTuned, root: Path, fingerprint: dict) -> BundleMeta:
     return BundleMeta(
         task="multiclass",
         fusion=FUSION.model_dump(),
@@ -146,25 +159,22 @@ def bundle_meta(fitted: FineTunedImage, root: Path, fingerprint: dict) -> Bundle
     )
 
 
-def test_fine_tuning_learns_the_colours(first: FineTunedImage, data, lite0, cache_dir: Path) -> None:
-    root, features, rows = data
-    probabilities = predict_finetuned_image(
-        first.head, first.top, features, image_cells(rows, ["photo"], root), "multiclass", None, IMAGE,
-        cache_dir, base_encoder=lite0,
-    )  # fmt: skip
+def test_fine_tuning_learns_the_colours(first: FineTuned, data, lite0, cache_dir: Path) -> None:
+    features = data[1]
+    probabilities = predict(first, data, lite0, cache_dir)
     assert probabilities.shape == (ROWS, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     held_out = (features.split != "train") & features.present["image.photo"]
     assert float((probabilities.argmax(axis=1) == features.target)[held_out].mean()) >= 0.8
 
 
-def test_result_describes_the_fine_tuned_model(first: FineTunedImage) -> None:
-    assert (first.columns, first.blocks, first.out_dim) == (("photo",), 1, 3)
+def test_result_describes_the_fine_tuned_model(first: FineTuned) -> None:
+    assert (first.columns, first.depth, first.out_dim) == (("photo",), 1, 3)
     assert first.in_dims == {"tabular": 3, "image.photo": 1280}
     assert len(first.top.blocks) == 1 and not first.top.training and not first.head.training
 
 
-def test_cache_holds_one_float16_map_per_distinct_image(first: FineTunedImage, data, cache_dir: Path) -> None:
+def test_cache_holds_one_float16_map_per_distinct_image(first: FineTuned, data, cache_dir: Path) -> None:
     _, _, rows = data
     distinct = set(rows[DIGEST + "photo"].dropna())
     assert len(distinct) == ROWS - 2  # the absent row and the duplicate
@@ -176,7 +186,7 @@ def test_cache_holds_one_float16_map_per_distinct_image(first: FineTunedImage, d
 
 
 def test_second_run_reads_every_map_and_never_opens_an_image(
-    first: FineTunedImage, data, lite0, cache_dir: Path
+    first: FineTuned, data, lite0, cache_dir: Path
 ) -> None:
     """With the image files moved away, a second run can only succeed from the cache: no file is
     read, decoded or run through the lower blocks (a file it tried would fail as missing)."""
@@ -196,16 +206,13 @@ def test_second_run_reads_every_map_and_never_opens_an_image(
 
 
 def test_member_loaded_from_its_bundle_predicts_what_training_left(
-    first: FineTunedImage, bundle: Path, data, lite0, cache_dir: Path
+    first: FineTuned, bundle: Path, data, lite0, cache_dir: Path
 ) -> None:
     root, features, rows = data
     member = member_loaders(cache_dir)[FINETUNED_IMAGE](bundle)
     info = json.loads((bundle / "finetune.json").read_text())
     assert (info["kind"], info["blocks"], info["columns"]) == (FINETUNED_IMAGE, 1, ["photo"])
-    expected = predict_finetuned_image(
-        first.head, first.top, features, image_cells(rows, ["photo"], root), "multiclass", None, IMAGE,
-        cache_dir, base_encoder=lite0,
-    )  # fmt: skip
+    expected = predict(first, data, lite0, cache_dir)
     np.testing.assert_allclose(member.predict(features, rows), expected, atol=1e-6)
 
 
@@ -220,12 +227,12 @@ def test_changed_top_weights_are_refused(bundle: Path, tmp_path: Path, cache_dir
 
 
 def test_other_base_encoder_weights_are_refused(
-    first: FineTunedImage, data, lite0, tmp_path: Path, cache_dir: Path
+    first: FineTuned, data, lite0, tmp_path: Path, cache_dir: Path
 ) -> None:
     fingerprint = {**encoder_fingerprint(lite0), "weights_digest": "0" * 16}  # trained on other weights
     directory = tmp_path / FINETUNED_IMAGE
     write_bundle(directory, first.head, bundle_meta(first, data[0], fingerprint))
-    FinetunedImageResult.from_fitted(first, ".", image=IMAGE).write_extras(directory)
+    FinetunedResult.from_fitted(first, ".", modality="image", section=IMAGE).write_extras(directory)
     with pytest.raises(BundleError, match="is not the one the fine-tuned image model was trained on"):
         member_loaders(cache_dir)[FINETUNED_IMAGE](directory)
 
@@ -235,9 +242,8 @@ def test_an_image_changed_since_align_is_an_error_not_a_stale_map(data, lite0, t
     copy = tmp_path / "images"
     shutil.copytree(root, copy)
     Image.new("RGB", (48, 48), (0, 0, 0)).save(copy / "img07.png")  # edited after its digest was taken
-    cells = image_cells(rows, ["photo"], copy)
     with pytest.raises(DataError, match="changed since align"):
-        train_finetuned_image(
-            features, cells, "multiclass", FUSION, TRAIN, IMAGE, tmp_path / "cache", progress=False,
-            base_encoder=lite0,
+        train_finetuned(
+            tuning(lite0), features, rows, ["photo"], "multiclass", FUSION, TRAIN, tmp_path / "cache", copy,
+            progress=False,
         )  # fmt: skip

@@ -11,8 +11,10 @@ import yaml
 
 from tasks.config import params_from_dict
 from tasks.errors import ConfigError
-from tasks.train.plan import FINETUNED_IMAGE, FINETUNED_TEXT, Budget, member_plan
+from tasks.train.plan import Budget, finetuned_kind, member_plan
 from tests.tasks.test_evaluation_flow import _params, _write_inputs
+
+FINETUNED_TEXT, FINETUNED_IMAGE = finetuned_kind("text"), finetuned_kind("image")
 
 
 def _with(**train: object) -> dict:
@@ -23,7 +25,7 @@ def _with(**train: object) -> dict:
 
 def test_fast_trains_the_fused_head_and_one_per_modality() -> None:
     plan = member_plan(params_from_dict(_with()), ["tabular", "text"])
-    assert [m.name for m in plan] == ["fused", "tabular", "text"]
+    assert [m.name for m in plan] == ["fused", "tabular", "text", "boosted"]
     assert plan[1].modalities == ("tabular",) and plan[0].modalities is None
 
 
@@ -34,7 +36,7 @@ def test_best_adds_seeds_heads_and_fine_tuning_cheapest_first() -> None:
     seeds = {m.train.seed for m in plan if m.fusion.head == "concat" and m.modalities is None}
     assert len(seeds) >= 3  # the fused head with three different seeds
     assert {"head_gated", "head_attention"} <= set(names)
-    assert plan[-1].finetune_layers == 2
+    assert (plan[-1].tuned, plan[-1].finetune_depth) == ("text", 2)
     # no text column, nothing to fine-tune
     assert FINETUNED_TEXT not in [
         m.name for m in member_plan(params_from_dict(_with(preset="best")), ["tabular"])
@@ -45,13 +47,13 @@ def test_fine_tuning_asked_for_under_fast_is_trained_too() -> None:
     raw = _with()
     raw["encoders"] = {"text": {"finetune": {"layers": 1}}}
     plan = member_plan(params_from_dict(raw), ["tabular", "text"])
-    assert plan[-1].name == FINETUNED_TEXT and plan[-1].finetune_layers == 1
+    assert plan[-1].name == FINETUNED_TEXT and plan[-1].finetune_depth == 1
 
 
 def test_best_fine_tunes_the_last_image_block_first_then_the_text_layers() -> None:
     plan = member_plan(params_from_dict(_with(preset="best")), ["image", "tabular", "text"])
     assert [m.name for m in plan][-2:] == [FINETUNED_IMAGE, FINETUNED_TEXT]  # cheapest first
-    assert (plan[-2].kind, plan[-2].finetune_blocks) == (FINETUNED_IMAGE, 1)
+    assert (plan[-2].kind, plan[-2].tuned, plan[-2].finetune_depth) == (FINETUNED_IMAGE, "image", 1)
     without_images = member_plan(params_from_dict(_with(preset="best")), ["tabular", "text"])
     assert FINETUNED_IMAGE not in [m.name for m in without_images]
 
@@ -60,7 +62,7 @@ def test_image_fine_tuning_asked_for_under_fast_is_trained_too() -> None:
     raw = _with()
     raw["encoders"] = {"image": {"finetune": {"blocks": 2}}}
     plan = member_plan(params_from_dict(raw), ["image", "tabular"])
-    assert plan[-1].name == FINETUNED_IMAGE and plan[-1].finetune_blocks == 2
+    assert plan[-1].name == FINETUNED_IMAGE and plan[-1].finetune_depth == 2
 
 
 def test_best_leaves_an_image_encoder_it_cannot_split_frozen() -> None:
@@ -114,9 +116,11 @@ def test_a_fine_tuned_text_member_is_trained_stored_and_served(
     from flows.evaluate import evaluate
     from flows.train import train
     from tasks.errors import BundleError
-    from tasks.train.finetuned_member import FINETUNE_META, TOP_WEIGHTS, member_loaders
+    from tasks.train.finetuned_files import FINETUNE_META, top_weights_name
+    from tasks.train.finetuned_member import member_loaders
     from tasks.train.members import load_final_model
 
+    top_weights = top_weights_name("text")
     monkeypatch.chdir(tmp_path)
     _write_inputs(tmp_path)
     raw = _with(ensemble=False)
@@ -144,7 +148,7 @@ def test_a_fine_tuned_text_member_is_trained_stored_and_served(
     assert predicted.shape == (len(test.ids),) and report["test"]["auc"] > 0.7
     np.testing.assert_allclose(predicted, served["prob_yes"].to_numpy(), atol=1e-6)
 
-    (member / TOP_WEIGHTS).write_bytes((member / TOP_WEIGHTS).read_bytes()[:-4] + b"\0\0\0\0")
+    (member / top_weights).write_bytes((member / top_weights).read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(BundleError, match="digest"):
         member_loaders(".cache/features")[FINETUNED_TEXT](member)
 

@@ -23,7 +23,7 @@ from tasks.features.extract import extract_embeddings
 from tasks.features.feature_store import read_blocks
 from tasks.features.fitted import NOTE, FittedState, prepare_state, publish_state, state_digests
 from tasks.features.tfidf import fit_tfidf, train_texts
-from tasks.train.plan import FINETUNED_TEXT, member_plan
+from tasks.train.plan import finetuned_kind, member_plan
 
 ROWS = 160
 HELD_OUT_WORD = "heldoutonly"  # planted in val and test texts only
@@ -250,7 +250,9 @@ def test_fine_tuning_a_tfidf_encoder_is_refused_and_best_does_not_try() -> None:
         params_from_dict(_raw(finetune={"layers": 2}))
     raw = _raw()
     raw["train"]["preset"] = "best"
-    assert FINETUNED_TEXT not in [m.name for m in member_plan(params_from_dict(raw), ["tabular", "text"])]
+    assert finetuned_kind("text") not in [
+        m.name for m in member_plan(params_from_dict(raw), ["tabular", "text"])
+    ]
 
 
 def test_chunks_encoded_as_a_cluster_worker_would_are_found_by_the_local_plan(

@@ -23,14 +23,17 @@ from modelzoo.encoders import loading
 from modelzoo.encoders.huggingface import HuggingFaceTextEncoder
 from modelzoo.encoders.loading import encoder_fingerprint
 from modelzoo.encoders.minilm import packaged_model_dir
-from modelzoo.encoders.text_finetune import lower_text
+from modelzoo.encoders.text_finetune import TextTop
+from tasks.cache_keys import text_digest
 from tasks.errors import BundleError
 from tasks.features.cache import FeatureCache
 from tasks.features.extract import EncoderSpec, ExtractStats, encode_chunk, plan_extraction
 from tasks.modalities import modality
+from tasks.modalities.text import TextEncoderConfig
 from tasks.schema import ID, PRESENT
 from tasks.serve.predict import check_fingerprint, current_fingerprint
-from tasks.train.finetune import HiddenStateCache, text_digest
+from tasks.train.finetuned_member import fine_tuning
+from tasks.train.lower_cache import LowerOutputCache
 
 MAX_LENGTH = 16
 SWAPPED = ("dog", "cat")
@@ -129,14 +132,18 @@ def test_features_made_with_the_old_tokenizer_are_not_reused(scenario: Scenario)
 
 
 def test_the_fine_tuning_cache_keeps_old_hidden_states_apart(scenario: Scenario, tmp_path: Path) -> None:
-    def cache_of(encoder: HuggingFaceTextEncoder) -> HiddenStateCache:
-        return HiddenStateCache(tmp_path, encoder, lower_text(encoder, 2), MAX_LENGTH, 8, progress=False)
+    def cache_of(encoder: HuggingFaceTextEncoder) -> LowerOutputCache:
+        tuning = fine_tuning(
+            modality("text"), TextEncoderConfig(max_length=MAX_LENGTH, batch_size=8), encoder
+        )
+        return LowerOutputCache(tmp_path, tuning, TextTop.lower_part(encoder, 2), progress=False)
 
     old, new = cache_of(scenario.before.encoder), cache_of(scenario.after.encoder)
     assert old.namespace != new.namespace
     text = "a lovely dog"
-    stale = old.states([text])[text_digest(text)]
-    fresh = new.states([text])[text_digest(text)]
+    key = text_digest(text).hex()
+    stale = old.outputs({key: text})[key]
+    fresh = new.outputs({key: text})[key]
     assert (new.computed, new.read) == (1, 0)
     assert float((fresh.float() - stale.float()).abs().max()) > 0.1  # what reuse would have cost
 

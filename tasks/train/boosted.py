@@ -1,0 +1,467 @@
+"""A gradient-boosted member: LightGBM on the tabular columns plus the cached embeddings.
+
+Trees are what wins on tabular-heavy data, and scikit-learn's trees only save with pickle, so
+this member is LightGBM, whose models have their own text format (`Booster.model_to_string`)
+that loads by parsing, never by running code. It reads:
+
+- the categorical columns from the rows, as integer codes LightGBM splits on natively (the
+  `MAX_CATEGORIES` most frequent train values; rarer and unseen values share one code, a
+  missing cell is missing);
+- the numeric columns from the rows, as they are (trees need no scaling; NaN is missing);
+- every embedding block the pipeline cached (`text.<column>`, `image.<column>`, ...), each
+  reduced to its leading `COMPONENTS` principal components fitted on the train rows (a row
+  without that input is missing in all of them). Trees split one coordinate at a time: on
+  hundreds of raw embedding coordinates they overfit a few thousand rows and train slowly.
+
+Boosting stops on the val rows as the heads' epochs do: on the smooth val loss (log loss, or
+squared error) under `evaluate.metric: auto`, else on the chosen metric with ties (frequent for
+accuracy) going to the lower loss, as in ensemble selection; or at the time limit. On disk
+(models/members/boosted/) it is the trimmed text model, the PCA arrays as safetensors and a
+JSON of how the inputs are laid out, with the digest of all three; loading refuses any other.
+Training is deterministic: fixed seeds, a fixed thread count, `deterministic` and a forced
+histogram layout (LightGBM otherwise picks one by timing them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
+from threadpoolctl import threadpool_limits
+
+from modelzoo.heads.blocks import is_wide_block
+from tasks.config import ColumnsConfig
+from tasks.data.align import SPLIT
+from tasks.errors import BundleError, DataError
+from tasks.scores.metric_names import higher_is_better
+from tasks.scores.metrics import score
+from tasks.train.bundle import meta_digest
+from tasks.train.dataset import FeatureSet
+from tasks.train.plan import BOOSTED_TASKS
+
+MODEL = "boosted.txt"
+ARRAYS = "boosted.safetensors"
+META = "boosted.json"
+FORMAT_VERSION = 1
+TABULAR = "tabular"  # the one-hot/scaled block: read as raw columns instead
+MAX_CATEGORIES = 255  # codes per categorical column; the rest share one
+COMPONENTS = 32  # principal components kept per embedding block
+PCA_ROWS = 20_000  # train rows the directions are fitted on, at most (a seeded sample beyond)
+CHUNK_ROWS = 65_536  # rows projected at a time: blocks may be memory-mapped, larger than RAM
+MAX_ROUNDS = {"fast": 1000, "best": 3000}  # boosting rounds at most, by `train.preset`
+PATIENCE = 50  # rounds without a better val score before stopping
+# Fixed, not the machine's count, so a model does not depend on where it was trained. One: on two
+# busy cores, two OpenMP threads made a 2-second fit take 10 to 100 seconds (they spin-wait).
+THREADS = 1
+# LightGBM's defaults, made slower to learn and more regularised for tables of a few thousand
+# rows (on the demo and PetFinder, 15 leaves on half the features beat 31 on 80 % on val).
+SETTINGS = {
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_data_in_leaf": 20,
+    "feature_fraction": 0.5,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 5.0,
+    "min_data_per_group": 20,
+    "cat_smooth": 10.0,
+    "max_bin": 63,  # as good on val as 255 on the demo, at 2.5 times less time a round
+}
+_OBJECTIVES = {"binary": "binary", "multiclass": "multiclass", "regression": "regression"}
+_LOSS = "smooth_loss"  # the tie-breaker's name in LightGBM's evaluation list
+_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which inputs the model reads, in its feature order: categoricals, numerics, block components."""
+
+    categorical: dict[str, list[str]]  # column -> categories, code = position
+    numeric: list[str]
+    blocks: dict[str, int]  # embedding block -> its width (the PCA arrays are in `arrays`)
+    # mean.<block> (D,) and components.<block> (K, D): each block's principal directions
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def categorical_positions(self) -> list[int]:
+        return list(range(len(self.categorical)))
+
+    def matrix(self, features: FeatureSet, rows: pd.DataFrame) -> np.ndarray:
+        """(N, F) float64: `rows` are the raw rows of `features`, in its order."""
+        parts = [_codes(rows, column, categories) for column, categories in self.categorical.items()]
+        parts += [_numbers(rows, column) for column in self.numeric]
+        columns = [part[:, None] for part in parts]
+        for block, width in self.blocks.items():
+            columns.append(self._reduced(features, block, width))
+        if not columns:
+            return np.empty((len(rows), 0))
+        return np.hstack(columns)
+
+    def _reduced(self, features: FeatureSet, block: str, width: int) -> np.ndarray:
+        """The block's principal components (N, K); NaN in every one where the row lacks the input."""
+        if block not in features.inputs:
+            raise BundleError(f"the boosted member reads block {block!r}, which these features lack")
+        values = features.inputs[block]  # (N, D), perhaps memory-mapped
+        if values.shape[1] != width:
+            raise BundleError(
+                f"block {block!r} has width {values.shape[1]}; the boosted member reads {width}"
+            )
+        mean, components = self.arrays[f"mean.{block}"], self.arrays[f"components.{block}"]
+        reduced = np.empty((len(values), len(components)))  # (N, K)
+        for start in range(0, len(values), CHUNK_ROWS):
+            chunk = np.asarray(values[start : start + CHUNK_ROWS], dtype=np.float64)
+            reduced[start : start + CHUNK_ROWS] = (chunk - mean) @ components.T
+        reduced[~np.asarray(features.present[block], dtype=bool)] = np.nan
+        return reduced
+
+    def to_json(self) -> dict[str, Any]:
+        # Ordered pairs, not objects: the feature order must survive sorted JSON keys.
+        return {
+            "categorical": [[column, values] for column, values in self.categorical.items()],
+            "numeric": list(self.numeric),
+            "blocks": [[block, width] for block, width in self.blocks.items()],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], arrays: dict[str, np.ndarray]) -> Layout:
+        return cls(
+            categorical={str(column): [str(v) for v in values] for column, values in data["categorical"]},
+            numeric=[str(column) for column in data["numeric"]],
+            blocks={str(block): int(width) for block, width in data["blocks"]},
+            arrays=arrays,
+        )
+
+
+@dataclass
+class BoostedModel:
+    """The trained booster and its input layout: an ensemble member (tasks.train.members.Member)."""
+
+    text: str  # LightGBM's text model: what is written, and what `booster` was parsed from
+    layout: Layout
+    task: str
+    classes: tuple[str, ...]
+    info: dict[str, Any]  # how it was trained: metric, rounds, settings (written to boosted.json)
+    booster: lgb.Booster = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.booster = lgb.Booster(model_str=self.text)
+
+    def predict(self, features: FeatureSet, rows: pd.DataFrame) -> np.ndarray:
+        """P(second class) (N,), class probabilities (N, C) or values (N,): the heads' forms."""
+        raw = self.booster.predict(self.layout.matrix(features, rows), num_threads=THREADS)
+        return np.asarray(raw, dtype=np.float64)
+
+
+@dataclass
+class BoostedResult:
+    """What train_member returns for this member: the model and how training went."""
+
+    model: BoostedModel
+    train_seconds: float
+    history: list[dict[str, float]]  # val score (and loss) per round
+
+    @property
+    def best_epoch(self) -> int:
+        """The round kept (the name the other members' results use)."""
+        return int(self.model.info["best_round"])
+
+
+def fit_boosted(
+    features: FeatureSet,
+    rows: pd.DataFrame,
+    columns: ColumnsConfig,
+    task: str,
+    metric: str | None,
+    seed: int,
+    preset: str = "fast",
+    deadline: float | None = None,
+    class_weight: str | None = None,
+) -> BoostedResult:
+    """Boost on the train rows of `features` (`rows` their aligned rows, same order), stopping on val.
+
+    `metric` is what stops it (`evaluate.epoch_metric`: None for the val loss); `deadline` a
+    time.time() after which boosting stops with the best round so far.
+    """
+    if task not in BOOSTED_TASKS:
+        raise ValueError(f"the boosted member supports {', '.join(BOOSTED_TASKS)}, not {task!r}")
+    started = time.perf_counter()
+    split = np.asarray(features.split)
+    train, val = split == "train", split == "val"
+    if not train.any() or not val.any():
+        raise DataError("the boosted member needs train and val rows", column=SPLIT)
+    layout = fit_layout(features, rows, columns, train)
+    matrix = layout.matrix(features, rows)
+    if matrix.shape[1] == 0:
+        raise DataError("the boosted member has no input: no categorical, numeric or embedded column")
+    target = np.asarray(features.target)
+    n_classes = len(features.classes)
+    settings = _settings(task, n_classes, seed, int(train.sum()))
+    data = lgb.Dataset(
+        matrix[train], target[train], weight=_weights(class_weight, task, target[train], n_classes),
+        categorical_feature=layout.categorical_positions, feature_name=_names(matrix.shape[1]),
+        params={"verbosity": -1}, free_raw_data=True,
+    )  # fmt: skip
+    valid = lgb.Dataset(matrix[val], target[val], reference=data)
+    stopper = _Stopper(PATIENCE, deadline, metric is not None and higher_is_better(metric))
+    booster = lgb.train(
+        settings, data, num_boost_round=MAX_ROUNDS.get(preset, MAX_ROUNDS["fast"]), valid_sets=[valid],
+        valid_names=["val"], feval=_evaluation(task, metric), callbacks=[stopper],
+    )  # fmt: skip
+    info = {
+        "stopped_on": metric or "val loss",
+        "best_round": stopper.best_round,
+        "rounds": len(stopper.history),
+        "settings": settings,
+        "lightgbm": lgb.__version__,
+    }
+    # Only the rounds kept are saved, and the member is the saved text read back: what is
+    # served is exactly what was scored on val.
+    text = booster.model_to_string(num_iteration=stopper.best_round)
+    model = BoostedModel(text, layout, task, features.classes, info)
+    return BoostedResult(model, time.perf_counter() - started, stopper.history)
+
+
+def fit_layout(features: FeatureSet, rows: pd.DataFrame, columns: ColumnsConfig, train: np.ndarray) -> Layout:
+    """Category codes and each embedding block's principal components, from the train rows only."""
+    train_rows = rows.iloc[np.flatnonzero(train)]
+    categorical = {column: _categories(train_rows[column]) for column in columns.categorical}
+    blocks = [b for b in features.inputs if b != TABULAR and not is_wide_block(b)]
+    arrays: dict[str, np.ndarray] = {}
+    widths: dict[str, int] = {}
+    for block in blocks:
+        present = np.flatnonzero(train & np.asarray(features.present[block], dtype=bool))
+        if len(present) < 2:  # nothing to learn a direction from
+            continue
+        if len(present) > PCA_ROWS:
+            present = np.sort(np.random.default_rng(0).choice(present, PCA_ROWS, replace=False))
+        mean, components = principal_components(np.asarray(features.inputs[block][present]), COMPONENTS)
+        arrays[f"mean.{block}"], arrays[f"components.{block}"] = mean, components
+        widths[block] = int(features.inputs[block].shape[1])
+    return Layout(categorical, list(columns.numeric), widths, arrays)
+
+
+def principal_components(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean (D,) and the leading `k` principal directions (k', D) of `values` (N, D).
+
+    From the D x D covariance (D is an embedding's width, small beside N), on one BLAS thread
+    so the sums, and so the model, do not depend on the machine's core count. Each direction's
+    sign is fixed (its largest loading positive), as an eigen-solver's is arbitrary.
+    """
+    values = values.astype(np.float64)
+    mean = values.mean(axis=0)
+    centred = values - mean
+    with threadpool_limits(limits=1):
+        covariance = centred.T @ centred / max(len(values) - 1, 1)  # (D, D)
+        eigenvalues, vectors = np.linalg.eigh(covariance)
+    keep = min(k, values.shape[1], len(values) - 1)
+    order = np.argsort(eigenvalues)[::-1][:keep]
+    components = vectors[:, order].T  # (k', D)
+    signs = np.sign(components[np.arange(keep), np.abs(components).argmax(axis=1)])
+    return mean, components * np.where(signs == 0, 1.0, signs)[:, None]
+
+
+def _categories(train: pd.Series) -> list[str]:
+    """The most frequent train values (ties by value), at most MAX_CATEGORIES."""
+    counts = train.astype("string").dropna().value_counts()
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [str(value) for value, _ in ranked[:MAX_CATEGORIES]]
+
+
+def _codes(rows: pd.DataFrame, column: str, categories: list[str]) -> np.ndarray:
+    """Position in `categories`; a value outside them gets one shared code, a missing cell NaN."""
+    cells = rows[column].astype("string")
+    missing = cells.isna().to_numpy()
+    values = cells.fillna("").to_numpy(dtype=object)
+    position = pd.Index(categories, dtype=object).get_indexer(values)
+    codes = np.where(position >= 0, position, len(categories)).astype(np.float64)
+    codes[missing] = np.nan
+    return codes
+
+
+def _numbers(rows: pd.DataFrame, column: str) -> np.ndarray:
+    values = pd.to_numeric(rows[column], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def _names(width: int) -> list[str]:
+    """Plain feature names: LightGBM refuses JSON characters, which column names may hold."""
+    return [f"f{i}" for i in range(width)]
+
+
+def _settings(task: str, n_classes: int, seed: int, train_rows: int) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "objective": _OBJECTIVES[task],
+        "metric": "None",  # the project's own metric is given as feval
+        **SETTINGS,
+        "min_data_in_leaf": min(SETTINGS["min_data_in_leaf"], max(2, train_rows // 20)),
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": THREADS,
+        "verbosity": -1,
+    }
+    if task == "multiclass":
+        settings["num_class"] = n_classes
+    return settings
+
+
+def _weights(class_weight: str | None, task: str, target: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """`train.class_weight: balanced` as row weights, as the heads weigh their loss."""
+    if class_weight != "balanced" or task == "regression":
+        return None
+    if task == "multiclass":
+        counts = np.bincount(target.astype(np.int64), minlength=n_classes).astype(np.float64)
+        per_class = np.where(counts > 0, len(target) / (n_classes * np.maximum(counts, 1)), 1.0)
+        return per_class[target.astype(np.int64)]
+    positives = float(target.sum())
+    negatives = len(target) - positives
+    weight = negatives / positives if positives and negatives else 1.0
+    return np.where(target > 0.5, weight, 1.0)
+
+
+def _evaluation(task: str, metric: str | None) -> Any:
+    """feval: what stops boosting first (the chosen metric, scored by tasks.scores as everywhere
+    else), then the smooth loss that breaks its ties (alone when no metric is chosen)."""
+
+    def evaluate(predictions: np.ndarray, data: lgb.Dataset) -> list[tuple[str, float, bool]]:
+        y = np.asarray(data.get_label())
+        p = np.asarray(predictions, dtype=np.float64)
+        loss = (_LOSS, smooth_loss(task, y, p), False)
+        if metric is None:
+            return [loss]
+        return [(metric, score(task, metric, y, p), higher_is_better(metric)), loss]
+
+    return evaluate
+
+
+def smooth_loss(task: str, y: np.ndarray, prediction: np.ndarray) -> float:
+    """Log loss of probabilities, or mean squared error of values: what breaks ties in the metric."""
+    if task == "regression":
+        return float(np.mean((prediction - y) ** 2))
+    if task == "multiclass":
+        picked = prediction[np.arange(len(y)), y.astype(np.int64)]
+        return float(-np.mean(np.log(np.clip(picked, _EPS, 1.0))))
+    p = np.clip(prediction, _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+@dataclass(eq=False)  # LightGBM keeps its callbacks in a set: hashed by identity
+class _Stopper:
+    """LightGBM callback: keep the best round by (metric, then lower loss); stop after `patience`
+    rounds without one, or at the deadline."""
+
+    patience: int
+    deadline: float | None
+    higher: bool
+    best_round: int = 0  # 1-based; 0 before the first round
+    best_key: tuple[float, float] = (-math.inf, -math.inf)
+    best_scores: list[Any] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    order: int = 30  # after LightGBM's own callbacks
+
+    def __call__(self, env: Any) -> None:
+        results = {entry[1]: float(entry[2]) for entry in env.evaluation_result_list}
+        value, loss = next(iter(results.values())), results[_LOSS]
+        self.history.append({"round": env.iteration + 1, **results})
+        signed = value if self.higher else -value
+        key = (signed if math.isfinite(signed) else -math.inf, -loss)  # undefined metric: loss decides
+        if self.best_round == 0 or key > self.best_key:
+            self.best_round, self.best_key = env.iteration + 1, key
+            self.best_scores = list(env.evaluation_result_list)
+        stale = env.iteration + 1 - self.best_round >= self.patience
+        if stale or (self.deadline is not None and time.time() >= self.deadline):
+            raise lgb.callback.EarlyStopException(self.best_round - 1, self.best_scores)
+
+
+# --- on disk ----------------------------------------------------------------------------------
+
+
+def write_boosted(directory: Path, model: BoostedModel) -> None:
+    """boosted.txt, boosted.safetensors and boosted.json (with the digest of all three)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    text = model.text.encode("utf-8")
+    arrays = save_arrays({k: np.ascontiguousarray(v) for k, v in sorted(model.layout.arrays.items())})
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "task": model.task,
+        "classes": list(model.classes),
+        "layout": model.layout.to_json(),
+        "info": model.info,
+    }
+    meta = json.loads(json.dumps(meta))  # the digest covers what a reader will parse back
+    meta["digest"] = {
+        "model": hashlib.sha256(text).hexdigest(),
+        "arrays": hashlib.sha256(arrays).hexdigest(),
+        "meta": meta_digest(meta),
+    }
+    (directory / MODEL).write_bytes(text)
+    (directory / ARRAYS).write_bytes(arrays)
+    (directory / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def read_boosted(directory: Path) -> BoostedModel:
+    """The stored member; a one-line BundleError naming the file unless all three parts are intact."""
+    directory = Path(directory)
+    meta_path = directory / META
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        text = (directory / MODEL).read_bytes()
+        arrays = (directory / ARRAYS).read_bytes()
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{directory}: unreadable boosted model ({_one_line(err)})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise BundleError(f"{meta_path}: boosted model format {version!r} is not supported")
+    _check_digest(directory, meta, text, arrays)
+    try:
+        task, classes = str(meta["task"]), tuple(str(c) for c in meta["classes"])
+        layout = Layout.from_json(meta["layout"], dict(load_arrays(arrays)))
+        model = BoostedModel(text.decode("utf-8"), layout, task, classes, dict(meta.get("info", {})))
+    except (KeyError, TypeError, ValueError, SafetensorError, lgb.basic.LightGBMError) as err:
+        raise BundleError(f"{meta_path}: unreadable boosted model ({_one_line(err)})") from None
+    _check_consistency(meta_path, task, classes, model.booster)
+    return model
+
+
+def _check_digest(directory: Path, meta: dict[str, Any], text: bytes, arrays: bytes) -> None:
+    digest = meta.get("digest")
+    parts = {"model": (MODEL, text), "arrays": (ARRAYS, arrays)}
+    if not isinstance(digest, dict):
+        raise BundleError(f"{directory / META}: has no digest; retrain (dvc repro) or restore it")
+    for key, (name, data) in parts.items():
+        if digest.get(key) != hashlib.sha256(data).hexdigest():
+            raise BundleError(
+                f"{directory / name}: changed after the boosted model was written (digest mismatch); "
+                "retrain (dvc repro) or restore it"
+            )
+    if digest.get("meta") != meta_digest(meta):
+        raise BundleError(
+            f"{directory / META}: edited after the boosted model was written (digest mismatch); "
+            "retrain (dvc repro) or restore it"
+        )
+
+
+def _check_consistency(meta_path: Path, task: str, classes: tuple[str, ...], booster: lgb.Booster) -> None:
+    """Task, classes and the booster's outputs agree (they always do in what train writes)."""
+    outputs = booster.num_model_per_iteration()
+    expected = len(classes) if task == "multiclass" else 1
+    if task not in BOOSTED_TASKS or outputs != expected:
+        raise BundleError(
+            f"{meta_path}: a {task!r} boosted model with {len(classes)} classes cannot have "
+            f"{outputs} outputs per round; refusing to load"
+        )
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
