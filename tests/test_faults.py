@@ -131,6 +131,19 @@ def rerun(project: Path, stage: Callable[..., object]) -> None:
         stage(params_path="params.yaml")
 
 
+def rerun_process(project: Path, prefect_api: str, module: str) -> None:
+    """The rerun as `dvc repro` makes it after a kill: `python -m module` in a fresh process.
+
+    A rerun inside the test process after the rest of the suite produced a models/ tree that
+    differs from a fresh process's (it does not when run alone, nor after tests/tasks or
+    tests/modelzoo: some earlier in-process test leaves state behind; not yet found)."""
+    result = subprocess.run(
+        [sys.executable, "-m", module], cwd=project, env=env(prefect_api), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def set_params(project: Path, section: str, **values: object) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params[section].update(values)
@@ -222,14 +235,13 @@ def test_train_killed_while_writing_the_bundle_keeps_the_old_models(project: Pat
 
 
 def test_train_killed_right_after_its_swap_has_the_new_models(project: Path, prefect_api: str) -> None:
-    from flows.train import train
 
     set_params(project, "train", seed=2)
     old = outputs(project)
     kill_at(project, prefect_api, "flows.train", "_exchange", "models", "after")
     killed = outputs(project)
     assert leftovers(project), "the old tree should still sit in a temp directory"
-    rerun(project, train)
+    rerun_process(project, prefect_api, "flows.train")
     new = outputs(project)
     which = assert_old_or_new(old, killed, new)
     assert which["models"] == "new" and which["reports/train/learning_curve.csv"] == "old"
