@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -36,6 +37,15 @@ def project_env(prefect_api: str) -> dict[str, str]:
     env = dict(os.environ, PREFECT_API_URL=prefect_api, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     env.pop("PYTHONPATH", None)
     return env
+
+
+def raw_demo_rows(root: Path, split: str | None = None) -> pd.DataFrame:
+    """The demo's raw CSV rows (strings, as a user's file holds them), optionally one split's."""
+    raw = pd.read_csv(root / "data" / "demo" / "items.csv", dtype=str, keep_default_na=False)
+    if split is None:
+        return raw
+    aligned = pd.read_parquet(root / "data" / "aligned" / "aligned.parquet", columns=["row_id", "split"])
+    return raw[raw["item_id"].isin(set(aligned.loc[aligned["split"] == split, "row_id"]))]
 
 
 def copy_repo(source: Path, target: Path) -> Path:

@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 
 from flows.api import ApiSettings, create_app
 from tasks.serve.promotion import decide, promote
+from tests.e2e.conftest import raw_demo_rows
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +47,6 @@ def client(project: Path) -> Iterator[TestClient]:
     settings = ApiSettings(model="models", params="params.yaml", max_body_bytes=4 * 2**20)
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-def _raw_rows(root: Path, split: str | None = None) -> pd.DataFrame:
-    """The demo's raw CSV rows as a user's file holds them (strings), optionally one split's."""
-    raw = pd.read_csv(root / "data" / "demo" / "items.csv", dtype=str, keep_default_na=False)
-    if split is None:
-        return raw
-    aligned = pd.read_parquet(root / "data" / "aligned" / "aligned.parquet", columns=["row_id", "split"])
-    return raw[raw["item_id"].isin(set(aligned.loc[aligned["split"] == split, "row_id"]))]
 
 
 def _json_rows(root: Path, rows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -81,7 +73,7 @@ def _fuseline_predict(rows: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
 def test_posted_rows_get_exactly_fuseline_predicts_probabilities(
     client: TestClient, project: Path, tmp_path: Path
 ) -> None:
-    rows = _raw_rows(project).head(ROWS)
+    rows = raw_demo_rows(project).head(ROWS)
     response = client.post("/predict", json={"rows": _json_rows(project, rows)})
     assert response.status_code == 200, response.text
     answered = response.json()["predictions"]
@@ -94,7 +86,7 @@ def test_posted_rows_get_exactly_fuseline_predicts_probabilities(
 def test_python_api_predicts_the_test_rows_as_evaluate_did(project: Path) -> None:
     from fuseline import load_model
 
-    rows = _raw_rows(project, "test")
+    rows = raw_demo_rows(project, "test")
     table = load_model("models").predict_table(rows)
     ours = table.rename(columns={"item_id": "row_id"}).astype({"prediction": str})
     theirs = pd.read_parquet(project / "reports" / "test_predictions.parquet")
@@ -107,7 +99,7 @@ def test_python_api_predicts_the_test_rows_as_evaluate_did(project: Path) -> Non
 
 def _bad_requests(root: Path) -> dict[str, tuple[bytes, int, str]]:
     """name -> (body, expected status, the field the answer must name)."""
-    good = _raw_rows(root).head(1).to_dict("records")[0]
+    good = raw_demo_rows(root).head(1).to_dict("records")[0]
 
     def body(**change: Any) -> bytes:
         row = {key: value for key, value in {**good, **change}.items() if value is not _DROP}
@@ -151,7 +143,7 @@ def test_a_bad_request_gets_a_4xx_naming_the_field_and_the_server_answers_on(
     response = client.post("/predict", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert response.json()["detail"][0]["field"] == field
-    good = _raw_rows(project).head(1).to_dict("records")
+    good = raw_demo_rows(project).head(1).to_dict("records")
     assert client.post("/predict", json={"rows": good}).status_code == 200
 
 
@@ -183,7 +175,7 @@ def test_a_promoted_version_is_served_without_failing_a_request(project: Path, t
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    body = {"rows": _raw_rows(project).head(2).to_dict("records")}
+    body = {"rows": raw_demo_rows(project).head(2).to_dict("records")}
     statuses: list[int] = []
     versions: list[str] = []
     stop = threading.Event()

@@ -18,20 +18,11 @@ from tasks.features.cache import FeatureCache
 from tasks.features.tabular import TabularState
 from tasks.serve.predict import load_predictor, read_new_rows
 from tasks.train.bundle import meta_digest
-from tests.e2e.conftest import run_ok
+from tests.e2e.conftest import raw_demo_rows, run_ok
 
 pytestmark = pytest.mark.slow
 
 Repo = tuple[Path, dict[str, str]]
-
-
-def _raw_rows(root: Path, split: str | None = None) -> pd.DataFrame:
-    """The demo's raw CSV rows (strings, as a user's file holds them), optionally one split's."""
-    raw = pd.read_csv(root / "data" / "demo" / "items.csv", dtype=str, keep_default_na=False)
-    if split is None:
-        return raw
-    aligned = pd.read_parquet(root / "data" / "aligned" / "aligned.parquet", columns=["row_id", "split"])
-    return raw[raw["item_id"].isin(set(aligned.loc[aligned["split"] == split, "row_id"]))]
 
 
 @pytest.fixture()
@@ -45,7 +36,7 @@ def in_repo(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_batch_prediction_equals_evaluate_on_the_test_rows(in_repo: Path, tmp_path: Path) -> None:
     from flows.predict import predict
 
-    rows = _raw_rows(in_repo, "test")
+    rows = raw_demo_rows(in_repo, "test")
     rows.to_csv(tmp_path / "new.csv", index=False)
     summary = predict("models", str(tmp_path / "new.csv"), str(tmp_path / "preds.parquet"), "params.yaml")
     ours = _as_evaluate_writes(pd.read_parquet(tmp_path / "preds.parquet"))
@@ -91,7 +82,7 @@ def test_a_bundle_of_bf16_features_refuses_to_encode_in_float32(in_repo: Path, t
 
 def test_unseen_category_lands_in_the_unknown_slot(in_repo: Path, tmp_path: Path) -> None:
     predictor = load_predictor(in_repo / "models", FeatureCache(in_repo / ".cache" / "features"))
-    rows = _raw_rows(in_repo).head(2).assign(category="a-category-never-seen")
+    rows = raw_demo_rows(in_repo).head(2).assign(category="a-category-never-seen")
     rows.to_csv(tmp_path / "new.csv", index=False)
     roots = {"image": in_repo / predictor.data.image_root}
     table = read_new_rows(tmp_path / "new.csv", predictor.data, roots)
@@ -102,7 +93,7 @@ def test_unseen_category_lands_in_the_unknown_slot(in_repo: Path, tmp_path: Path
 
 def test_missing_text_and_undecodable_image_become_absent_not_errors(in_repo: Path, tmp_path: Path) -> None:
     predictor = load_predictor(in_repo / "models", FeatureCache(in_repo / ".cache" / "features"))
-    rows = _raw_rows(in_repo).head(3).copy()
+    rows = raw_demo_rows(in_repo).head(3).copy()
     images = tmp_path / "images"
     images.mkdir()
     for photo in rows["photo"]:
@@ -120,7 +111,7 @@ def test_missing_text_and_undecodable_image_become_absent_not_errors(in_repo: Pa
 
 def test_missing_column_is_a_data_error_naming_file_and_column(in_repo: Path, tmp_path: Path) -> None:
     predictor = load_predictor(in_repo / "models", FeatureCache(in_repo / ".cache" / "features"))
-    _raw_rows(in_repo).head(3).drop(columns=["price"]).to_csv(tmp_path / "new.csv", index=False)
+    raw_demo_rows(in_repo).head(3).drop(columns=["price"]).to_csv(tmp_path / "new.csv", index=False)
     with pytest.raises(DataError, match=r"file .*new\.csv; column 'price'"):
         read_new_rows(tmp_path / "new.csv", predictor.data, {"image": in_repo / predictor.data.image_root})
 
@@ -128,7 +119,7 @@ def test_missing_column_is_a_data_error_naming_file_and_column(in_repo: Path, tm
 def test_predictions_keep_the_input_row_order(in_repo: Path, tmp_path: Path) -> None:
     from flows.predict import predict
 
-    rows = _raw_rows(in_repo).head(40).iloc[::-1]
+    rows = raw_demo_rows(in_repo).head(40).iloc[::-1]
     rows.to_csv(tmp_path / "new.csv", index=False)
     predict("models", str(tmp_path / "new.csv"), str(tmp_path / "preds.parquet"), None)
     ours = pd.read_parquet(tmp_path / "preds.parquet")
@@ -160,7 +151,7 @@ def _predict_command(rows: Path) -> list[str]:
 
 def test_fuseline_predict_command_writes_the_output(repo: Repo, tmp_path: Path) -> None:
     root, env = repo
-    _raw_rows(root).head(5).to_csv(tmp_path / "new.csv", index=False)
+    raw_demo_rows(root).head(5).to_csv(tmp_path / "new.csv", index=False)
     output = tmp_path / "out" / "preds.parquet"
     command = _predict_command(tmp_path / "new.csv")
     result = run_ok([*command, "--output", str(output)], root, env)
@@ -171,7 +162,7 @@ def test_fuseline_predict_command_writes_the_output(repo: Repo, tmp_path: Path) 
 def test_fuseline_predict_refuses_to_overwrite_what_it_reads(repo: Repo, tmp_path: Path) -> None:
     """Issue 11: `--output` equal to the input, inside the bundle, or a directory is one line, exit 2."""
     root, env = repo
-    _raw_rows(root).head(5).to_csv(tmp_path / "new.csv", index=False)
+    raw_demo_rows(root).head(5).to_csv(tmp_path / "new.csv", index=False)
     kept = {path: path.read_bytes() for path in (tmp_path / "new.csv", root / "models" / "bundle.json")}
     command = _predict_command(tmp_path / "new.csv")
     for output in (str(tmp_path / "new.csv"), "models/bundle.json", str(tmp_path)):
@@ -209,7 +200,7 @@ def test_a_wide_deep_bundle_predicts_from_raw_rows_as_from_its_features(
     assert meta.wide is not None and any(block.endswith("__wide__") for block in meta.in_dims)
     write_bundle(tmp_path / "wide_deep", result.model, meta)
 
-    rows = _raw_rows(in_repo, "test")
+    rows = raw_demo_rows(in_repo, "test")
     rows.to_csv(tmp_path / "new.csv", index=False)
     predict(str(tmp_path / "wide_deep"), str(tmp_path / "new.csv"), str(tmp_path / "preds.parquet"),
             str(tmp_path / "params.yaml"))  # fmt: skip
