@@ -1,7 +1,7 @@
 """A season of operation: scheduled monitoring and retraining over many data drops, scored by an oracle.
 
     python bench/lifecycle.py [--json] [--drops 24] [--rows 1500] [--dataset petfinder]
-                              [--events 4:covariate,7:text_mix] [--text-model tfidf]
+                              [--events 4:covariate,7:text_mix] [--text-model tfidf] [--images]
                               [--oracle-rows 5000] [--workdir .cache/bench/lifecycle] [--keep]
 
 A fresh git + DVC project (this checkout's code and dvc.yaml, as bench/scale.py makes one;
@@ -75,7 +75,10 @@ strongest checks, in lifecycle.json under --workdir):
   `retrain_outside_stages_per_drop` is what a drop's retrain spends outside them (each
   stage's process start-up and imports, DVC's own work), so where the time goes is visible.
   With tfidf the row cache has little to save (a refit re-encodes, and encoding is a second
-  or two); `--text-model minilm` measures it where encoding is the cost.
+  or two); `--text-model minilm` measures it where encoding is the cost, and `--images` adds
+  the demo generator's photo of each item (an image column on the shipped image encoder),
+  as the demo has: `--drops 2 --images --text-model minilm --oracle-rows 300` is the cost
+  probe (a few minutes).
 
 Mistaken edits: no data event makes two consecutive models differ by more than twice the
 tolerance on the oracle (each retrain adds 5 % rows of the same traffic), so on their own the
@@ -329,10 +332,14 @@ def _seed(*parts: object) -> int:
     return zlib.crc32("-".join(map(str, parts)).encode())
 
 
-def demo_rows(rows: int, seed: int, prefix: str, event: str | None = None) -> pd.DataFrame:
+def demo_rows(
+    rows: int, seed: int, prefix: str, event: str | None = None, images: Path | None = None
+) -> pd.DataFrame:
     """`rows` rows of the demo generator's text and tabular columns, ids `prefix`-N, label = score > 0.
 
     `event` changes them as the module docstring says, through the generator's latent parts.
+    With `images`, each row also gets the generator's photo of its item (`photo`, a JPEG
+    written there), whose part of the score the label already holds.
     """
     from tasks.data.demo import _CATEGORIES, _LOG_PRICE_MEAN, _LOG_PRICE_SD, _sample, _standardise
 
@@ -366,22 +373,45 @@ def demo_rows(rows: int, seed: int, prefix: str, event: str | None = None) -> pd
     frame["label"] = (score > 0).astype(np.int64)
     if event == "text_mix":  # chosen by the text alone: P(label | inputs) holds
         frame = frame[frame["title"].str.lower().str.contains("|".join(BUDGET))]
-    frame = frame.head(rows).reset_index(drop=True)
+    frame = frame.head(rows)
+    if images is not None:
+        frame["photo"] = write_photos(data, frame.index.to_numpy(), frame["item_id"], images)
+    frame = frame.reset_index(drop=True)
     if event == "empty_column":
         frame["description"] = None
     return frame
 
 
-def demo_source(rows: int, oracle_rows: int, seed: int = 7) -> Source:
+def write_photos(data: Any, rows: np.ndarray, ids: pd.Series, root: Path) -> list[str]:
+    """The demo generator's JPEG of each of `rows` (positions in `data`), named by id; the names."""
+    from tasks.data.demo import _render_image
+
+    root.mkdir(parents=True, exist_ok=True)
+    names = [f"{item_id}.jpg" for item_id in ids]
+    for row, name in zip(rows, names, strict=True):
+        write_bytes(_render_image(data, int(row)), root / name)
+    return names
+
+
+def demo_source(rows: int, oracle_rows: int, seed: int = 7, images: Path | None = None) -> Source:
+    """The demo's rows; with `images` (a folder outside the project) its photos too, as an image column."""
     from bench.scale import params_for
 
+    data = params_for("tfidf")["data"]
+    if images is not None:
+        data["columns"]["image"] = ["photo"]
+        data["image_root"] = str(images)
     return Source(
         name="demo",
-        data=params_for("tfidf")["data"],
+        data=data,
         signals={"covariate": {"price"}, "empty_column": {"description"}, "new_category": {"category"}},
-        initial=lambda: demo_rows(rows, _seed(seed, "initial"), "base"),
-        drop=lambda drop, n, event: demo_rows(n, _seed(seed, "drop", drop), f"drop{drop:02d}", event),
-        oracle=lambda drop: demo_rows(oracle_rows, _seed(seed, "oracle", drop), f"oracle{drop:02d}"),
+        initial=lambda: demo_rows(rows, _seed(seed, "initial"), "base", images=images),
+        drop=lambda drop, n, event: demo_rows(
+            n, _seed(seed, "drop", drop), f"drop{drop:02d}", event, images=images
+        ),
+        oracle=lambda drop: demo_rows(
+            oracle_rows, _seed(seed, "oracle", drop), f"oracle{drop:02d}", images=images
+        ),
     )
 
 
@@ -514,12 +544,14 @@ def set_split_seed(root: Path, seed: int) -> None:
 @contextmanager
 def mistaken_edit(root: Path, role: str | None) -> Iterator[None]:
     """params.yaml with `data.columns.<role>` emptied while the block runs, then as it was."""
+    if role is None:  # left alone: the params stage's first run wrote the defaults in, as a user commits
+        yield
+        return
     path = root / "params.yaml"
     before = path.read_text()
-    if role is not None:
-        params = yaml.safe_load(before)
-        params["data"]["columns"][role] = []
-        path.write_text(yaml.safe_dump(params, sort_keys=False))
+    params = yaml.safe_load(before)
+    params["data"]["columns"][role] = []
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         yield
     finally:
@@ -972,19 +1004,27 @@ def main() -> None:
     parser.add_argument(
         "--text-model", default="tfidf", help="encoders.text.model (minilm: the row cache pays)"
     )
+    parser.add_argument(
+        "--images",
+        action="store_true",
+        help="demo rows with their photos (the shipped image encoder): where the row cache pays most",
+    )
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "bench" / "lifecycle")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line, last")
     parser.add_argument("--keep", action="store_true", help="keep the project (default: delete it)")
     args = parser.parse_args()
     events = event_schedule(args.drops, args.events)
     edits = edit_schedule(args.drops, events, args.edits)
+    workdir = args.workdir.resolve()
+    images = workdir / "images" if args.images else None
+    if images is not None:
+        shutil.rmtree(images, ignore_errors=True)
     source = (
         shared_source(args.dataset, args.rows, args.drops, events)
         if args.dataset
-        else demo_source(args.rows or 1500, args.oracle_rows)
+        else demo_source(args.rows or 1500, args.oracle_rows, images=images)
     )
     started = time.perf_counter()
-    workdir = args.workdir.resolve()
     root = workdir / "project"
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -1005,6 +1045,7 @@ def main() -> None:
         season = Season(root, source, events, table, oracle, edits=edits)
         summary = play(season, args.drops, workdir, started)
         summary["text_model"] = args.text_model
+        summary["images"] = images is not None
     finally:
         os.chdir(REPO)
         stop_server(state_dir=state)
