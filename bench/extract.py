@@ -158,56 +158,52 @@ class Bare:
         return self.items / self.seconds
 
 
+def _contents(
+    params: Params, aligned: pd.DataFrame, name: str, device: torch.device
+) -> tuple[EncoderSpec, list[Any], Any]:
+    """The modality's spec, its distinct contents as extract plans them, its encoder on `device`."""
+    spec = EncoderSpec.from_params(params, name)
+    plugin = spec.modality
+    sources = plugin.contents(aligned, plugin.columns(params.data), plugin.root(params.data), "bench").sources
+    return spec, sources, plugin.prepare_encoder(spec.load(), device)
+
+
+def _warmed(forward: Callable[[Any], Any], batches: list[Any], items: int, device: torch.device) -> Bare:
+    """`forward` under the pipeline's autocast, after one warm-up batch: kernel selection is not
+    throughput."""
+
+    def run(batch: Any) -> None:
+        with autocast_for(device):
+            forward(batch)
+
+    with torch.inference_mode():
+        run(batches[0])
+    return Bare(run, batches, items)
+
+
 def bare_text(params: Params, aligned: pd.DataFrame, device: torch.device) -> Bare:
-    spec = EncoderSpec.from_params(params, "text")
-    texts = spec.modality.contents(aligned, list(params.data.columns.text), None, "bench").sources
+    spec, texts, encoder = _contents(params, aligned, "text", device)
     texts = sorted(texts, key=lambda t: (len(t), t))  # the pipeline's order, so the same batches
-    encoder = spec.modality.prepare_encoder(spec.load(), device)
     size = batch_size_on(device, spec.batch_size)
     batches = []
     for start in range(0, len(texts), size):
         tokens = encoder.tokenize(texts[start : start + size], spec.size)
         batches.append((tokens["input_ids"].to(device), tokens["attention_mask"].to(device)))
-
-    def run(batch: Any) -> None:
-        with autocast_for(device):
-            encoder(*batch)
-
-    with torch.inference_mode():
-        run(batches[0])  # one warm-up batch: kernel selection is not throughput
-    return Bare(run, batches, len(texts))
+    return _warmed(lambda batch: encoder(*batch), batches, len(texts), device)
 
 
 def bare_image(params: Params, aligned: pd.DataFrame, device: torch.device) -> Bare:
-    spec = EncoderSpec.from_params(params, "image")
-    paths = spec.modality.contents(
-        aligned, list(params.data.columns.image), Path(params.data.image_root), "bench"
-    ).sources
-    encoder = spec.modality.prepare_encoder(spec.load(), device)
+    spec, paths, encoder = _contents(params, aligned, "image", device)
     size = batch_size_on(device, spec.batch_size)
     batches = []
     for start in range(0, len(paths), size):
         pixels = np.stack([load_square_rgb(path, spec.size) for path in paths[start : start + size]])
         batches.append(normalise_images(torch.from_numpy(pixels), encoder.preprocessing, device))
-
-    def run(batch: Any) -> None:
-        with autocast_for(device):
-            encoder(batch)
-
-    with torch.inference_mode():
-        run(batches[0])
-    return Bare(run, batches, len(paths))
-
-
-# --- pipeline ---------------------------------------------------------------------------------
+    return _warmed(encoder, batches, len(paths), device)
 
 
 def bare_audio(params: Params, aligned: pd.DataFrame, device: torch.device) -> Bare:
-    spec = EncoderSpec.from_params(params, "audio")
-    paths = spec.modality.contents(
-        aligned, list(params.data.columns.audio), Path(params.data.audio_root), "bench"
-    ).sources
-    encoder = spec.modality.prepare_encoder(spec.load(), device)
+    spec, paths, encoder = _contents(params, aligned, "audio", device)
     framing = Framing(encoder.sample_rate, encoder.window_samples, encoder.peak_normalise, spec.size)
     windows = np.concatenate([clip_windows(path, framing) for path in paths])  # every clip's windows
     size = batch_size_on(device, spec.batch_size)
@@ -215,17 +211,13 @@ def bare_audio(params: Params, aligned: pd.DataFrame, device: torch.device) -> B
         {k: v.to(device) for k, v in encoder.featurize(windows[start : start + size]).items()}
         for start in range(0, len(windows), size)
     ]
-
-    def run(batch: Any) -> None:
-        with autocast_for(device):
-            encoder(**batch)
-
-    with torch.inference_mode():
-        run(batches[0])
-    return Bare(run, batches, len(paths))
+    return _warmed(lambda batch: encoder(**batch), batches, len(paths), device)
 
 
 BARE = {"text": bare_text, "image": bare_image, "audio": bare_audio}
+
+
+# --- pipeline ---------------------------------------------------------------------------------
 
 
 def with_cache(params: Params, directory: Path) -> Params:

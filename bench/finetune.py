@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -182,23 +182,32 @@ def feature_set(data: Texts, embeddings: np.ndarray) -> FeatureSet:
 # --- measurements -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Setup:
-    """Everything the measurements share: the data, the encoder, the configs, the cache."""
+DataT = TypeVar("DataT")
+EncoderT = TypeVar("EncoderT")
+SectionT = TypeVar("SectionT", TextEncoderConfig, ImageEncoderConfig)
 
-    data: Texts
-    encoder: HuggingFaceTextEncoder
-    text: TextEncoderConfig
+
+@dataclass(frozen=True)
+class Setup(Generic[DataT, EncoderT, SectionT]):
+    """Everything one modality's measurements share: the data, the encoder, the configs, the cache."""
+
+    name: str  # the modality: "text" or "image"
+    data: DataT
+    encoder: EncoderT
+    section: SectionT  # its `encoders.<name>` section, with the fine-tuning options
     fusion: FusionConfig
     train: TrainConfig
     cache_dir: Path
     device: torch.device
 
-    def with_finetune(self, **changes: Any) -> TextEncoderConfig:
-        return self.text.model_copy(update={"finetune": self.text.finetune.model_copy(update=changes)})
+    def with_finetune(self, **changes: Any) -> SectionT:
+        return self.section.model_copy(update={"finetune": self.section.finetune.model_copy(update=changes)})
 
-    def tuning(self, text: TextEncoderConfig | None = None) -> FineTuning:
-        return fine_tuning(modality("text"), text or self.text, self.encoder)
+    def tuning(self, section: SectionT | None = None) -> FineTuning:
+        return fine_tuning(modality(self.name), section or self.section, self.encoder)
+
+
+TextSetup = Setup[Texts, HuggingFaceTextEncoder, TextEncoderConfig]
 
 
 def by_digest(texts: list[str]) -> dict[str, str]:
@@ -211,18 +220,18 @@ def length_order(texts: list[str]) -> list[str]:
     return sorted(texts, key=lambda t: (len(t), t))
 
 
-def frozen_pass(setup: Setup) -> float:
+def frozen_pass(setup: TextSetup) -> float:
     """Seconds for one extraction pass over the train texts: sort, tokenise, full forward, copy back."""
-    text = setup.text
+    text = setup.section
     started = time.perf_counter()
     texts = length_order(setup.data.of("train"))
     encode_sorted_texts(setup.encoder, texts, text.max_length, text.batch_size, setup.device)
     return time.perf_counter() - started
 
 
-def frozen_embeddings(setup: Setup) -> np.ndarray:
+def frozen_embeddings(setup: TextSetup) -> np.ndarray:
     """(N, H) frozen embeddings of every row (zeros where the text is absent)."""
-    data, text = setup.data, setup.text
+    data, text = setup.data, setup.section
     real = length_order(sorted({t for t in data.texts if _real(t)}))  # type: ignore[type-var]
     vectors, _ = encode_sorted_texts(setup.encoder, real, text.max_length, text.batch_size, setup.device)
     row_of = {t: i for i, t in enumerate(real)}
@@ -233,9 +242,9 @@ def frozen_embeddings(setup: Setup) -> np.ndarray:
     return out
 
 
-def fill_lower_cache(setup: Setup) -> dict[str, Any]:
+def fill_lower_cache(setup: TextSetup) -> dict[str, Any]:
     """The one-off lower pass: train texts (comparable with a frozen pass), then the rest."""
-    encoder, text, data = setup.encoder, setup.text, setup.data
+    encoder, text, data = setup.encoder, setup.section, setup.data
     lower = TextTop.lower_part(encoder, TextTop.count(encoder) - text.finetune.layers)
 
     def cache() -> LowerOutputCache:
@@ -260,14 +269,14 @@ def fill_lower_cache(setup: Setup) -> dict[str, Any]:
     }
 
 
-def fine_tune(setup: Setup, features: FeatureSet, data: Texts, text: TextEncoderConfig) -> FineTuned:
+def fine_tune(setup: TextSetup, features: FeatureSet, data: Texts, text: TextEncoderConfig) -> FineTuned:
     return train_finetuned(
         setup.tuning(text), features, data.rows(), [COLUMN], "multiclass", setup.fusion, setup.train,
         setup.cache_dir, progress=False,
     )  # fmt: skip
 
 
-def paired_rounds(setup: Setup, features: FeatureSet, rounds: int) -> dict[str, Any]:
+def paired_rounds(setup: TextSetup, features: FeatureSet, rounds: int) -> dict[str, Any]:
     """Frozen pass, then one fine-tuning epoch, `rounds` times: both sides see the same noise."""
     one_epoch = setup.with_finetune(epochs=1)
     return paired_timings(
@@ -300,7 +309,7 @@ def paired_timings(
     }
 
 
-def all_layers_round(setup: Setup, features: FeatureSet, frozen_seconds: float) -> dict[str, Any]:
+def all_layers_round(setup: TextSetup, features: FeatureSet, frozen_seconds: float) -> dict[str, Any]:
     """One epoch of fine-tuning every layer (timing only: train and val rows), after a frozen pass."""
     frozen = frozen_pass(setup)
     every = setup.with_finetune(layers=TextTop.count(setup.encoder), epochs=1)
@@ -318,12 +327,12 @@ def all_layers_round(setup: Setup, features: FeatureSet, frozen_seconds: float) 
     }
 
 
-def quality(setup: Setup, features: FeatureSet) -> tuple[dict[str, Any], FineTuned]:
+def quality(setup: TextSetup, features: FeatureSet) -> tuple[dict[str, Any], FineTuned]:
     """The same head on frozen embeddings vs fine-tuned with the top layers, text column only."""
     data = setup.data
     frozen = train_model(features, "multiclass", setup.fusion, setup.train, progress=False)
     frozen_scores = scores(predict(frozen.model, features, "multiclass", None), data)
-    tuned = fine_tune(setup, features, data, setup.text)
+    tuned = fine_tune(setup, features, data, setup.section)
     tuned.head.to(setup.device)  # predict where training ran
     probabilities = predict_finetuned(
         setup.tuning(), tuned.head, tuned.top, features, data.rows(), [COLUMN], "multiclass", None,
@@ -430,27 +439,13 @@ def image_feature_set(data: Images, embeddings: np.ndarray) -> FeatureSet:
     )
 
 
-@dataclass(frozen=True)
-class ImageSetup:
-    data: Images
-    encoder: ImageEncoder
-    image: ImageEncoderConfig
-    fusion: FusionConfig
-    train: TrainConfig
-    cache_dir: Path
-    device: torch.device
-
-    def with_finetune(self, **changes: Any) -> ImageEncoderConfig:
-        return self.image.model_copy(update={"finetune": self.image.finetune.model_copy(update=changes)})
-
-    def tuning(self, image: ImageEncoderConfig) -> FineTuning:
-        return fine_tuning(modality("image"), image, self.encoder)
+ImageSetup = Setup[Images, ImageEncoder, ImageEncoderConfig]
 
 
 def image_frozen_pass(setup: ImageSetup) -> float:
     """Seconds for one extraction pass over the train images: read, verify, decode, forward, copy back."""
     started = time.perf_counter()
-    encode_frozen(setup.encoder, *setup.data.files("train"), setup.image.batch_size, setup.device)
+    encode_frozen(setup.encoder, *setup.data.files("train"), setup.section.batch_size, setup.device)
     return time.perf_counter() - started
 
 
@@ -527,7 +522,7 @@ def run_images(args: argparse.Namespace) -> dict[str, Any]:
     )
     with tempfile.TemporaryDirectory(prefix="bench-finetune-images-") as tmp:
         fusion = FusionConfig.model_validate(params["fusion"])
-        setup = ImageSetup(data, encoder, image, fusion, train, Path(tmp), device)
+        setup = ImageSetup("image", data, encoder, image, fusion, train, Path(tmp), device)
         features = image_feature_set(data, encode_frozen(encoder, *data.files(), image.batch_size, device))
         timing = [image_rounds(setup, features, blocks, args.rounds) for blocks in IMAGE_BLOCKS]
         quality_ = image_quality(setup, features, IMAGE_BLOCKS)
@@ -579,7 +574,7 @@ def summary_images(report: dict[str, Any]) -> str:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def setup_from(args: argparse.Namespace, cache_dir: Path) -> Setup:
+def setup_from(args: argparse.Namespace, cache_dir: Path) -> TextSetup:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     base = TextEncoderConfig.model_validate(params["encoders"]["text"])
     finetune = base.finetune.model_copy(
@@ -592,10 +587,11 @@ def setup_from(args: argparse.Namespace, cache_dir: Path) -> Setup:
         raise SystemExit(
             f"text encoder {encoder.model_id!r} is not a Hugging Face transformer: nothing to fine-tune"
         )
-    return Setup(
+    return TextSetup(
+        name="text",
         data=load_texts(args.data, args.rows, args.seed),
         encoder=encoder.to(device),
-        text=base.model_copy(update={"finetune": finetune}),
+        section=base.model_copy(update={"finetune": finetune}),
         fusion=FusionConfig.model_validate(params["fusion"]),
         train=train,
         cache_dir=cache_dir,
@@ -613,7 +609,7 @@ def run_text(args: argparse.Namespace) -> dict[str, Any]:
         timing = paired_rounds(setup, features, args.rounds)
         every = all_layers_round(setup, features, timing["frozen_seconds"])
         scores_, _ = quality(setup, features)
-    data, text = setup.data, setup.text
+    data, text = setup.data, setup.section
     train_texts = data.of("train")
     report = {
         "data": {

@@ -1,17 +1,27 @@
 """The `fuseline` command: run the pipeline or one stage, serve the schedule, predict, monitor, and the UI.
 
 The arguments and the checks the commands share are in flows/_commands.py; each command that
-a flow module also runs as `python -m flows.<name>` (serve, retrain, predict, monitor) is that
-module's `*_command`, imported here only when chosen, so `fuseline --help` stays fast and no
-flow imports this dispatcher back.
+a flow module also runs as `python -m flows.<name>` (serve, retrain, predict, api, monitor) is
+that module's `*_command` (`_FLOW_COMMANDS`), imported here only when chosen, so
+`fuseline --help` stays fast and no flow imports this dispatcher back.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib import import_module
 
 from flows._commands import build_parser, check, run_guarded, start_server
+
+# Commands a flow module also runs as `python -m flows.<name>`: (module, its `*_command`).
+_FLOW_COMMANDS = {
+    "serve": ("flows.deploy", "serve_command"),
+    "retrain": ("flows.deploy", "retrain_command"),
+    "predict": ("flows.predict", "predict_command"),
+    "api": ("flows.api", "api_command"),
+    "monitor": ("flows.monitor", "monitor_command"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,30 +43,9 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "ui":
         _ui(args.port)
         return
-    if args.command == "serve":
-        from flows.deploy import serve_command
-
-        serve_command(args)
-        return
-    if args.command == "retrain":
-        from flows.deploy import retrain_command
-
-        retrain_command(args)
-        return
-    if args.command == "predict":
-        from flows.predict import predict_command
-
-        predict_command(args)
-        return
-    if args.command == "api":
-        from flows.api import api_command
-
-        api_command(args)
-        return
-    if args.command == "monitor":
-        from flows.monitor import monitor_command
-
-        monitor_command(args)
+    if args.command in _FLOW_COMMANDS:
+        module_name, command = _FLOW_COMMANDS[args.command]
+        getattr(import_module(module_name), command)(args)
         return
     if args.command == "leaderboard":
         _leaderboard()
@@ -69,8 +58,6 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         pipeline(params_path=args.params)
         return
-    from importlib import import_module
-
     module = import_module(f"flows.{args.name}")
     flow_fn = {"align": "align_flow"}.get(args.name, args.name)
     kwargs = {"modality": args.modality} if args.name == "extract" and args.modality else {}

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -93,17 +93,30 @@ def load_by_name(
         ) from err
 
 
+def load_hf_model(
+    name_or_path: str | Path, preprocessor: str, *, local_files_only: bool = False
+) -> tuple[PreTrainedModel, Any]:
+    """The model in float32 and the preprocessor of its inputs (transformers' Auto class `preprocessor`).
+
+    float32 is the dtype CPU feature extraction is fast and exact in; the preprocessor is
+    `AutoTokenizer` for text, `AutoFeatureExtractor` for audio.
+    """
+    import transformers
+
+    processor = getattr(transformers, preprocessor).from_pretrained(
+        str(name_or_path), local_files_only=local_files_only
+    )
+    model = transformers.AutoModel.from_pretrained(
+        str(name_or_path), local_files_only=local_files_only, dtype=torch.float32
+    )
+    return model, processor
+
+
 def load_hf_pretrained(
     name_or_path: str | Path, *, local_files_only: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer in float32, the dtype CPU feature extraction is fast and exact in."""
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=local_files_only)
-    model = AutoModel.from_pretrained(
-        str(name_or_path), local_files_only=local_files_only, dtype=torch.float32
-    )
-    return model, tokenizer
+    """Model (float32) and tokenizer."""
+    return load_hf_model(name_or_path, "AutoTokenizer", local_files_only=local_files_only)
 
 
 class HuggingFaceTextEncoder(TextEncoder):

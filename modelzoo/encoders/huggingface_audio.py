@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from modelzoo.encoders.base import AudioEncoder, check_windows
-from modelzoo.encoders.huggingface import load_by_name, mean_pool
+from modelzoo.encoders.huggingface import load_by_name, load_hf_model, mean_pool
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -25,14 +25,8 @@ if TYPE_CHECKING:
 def load_hf_audio_pretrained(
     name_or_path: str | Path, *, local_files_only: bool = False
 ) -> tuple[PreTrainedModel, SequenceFeatureExtractor]:
-    """Model (float32, the dtype CPU extraction is fast and exact in) and its feature extractor."""
-    from transformers import AutoFeatureExtractor, AutoModel
-
-    extractor = AutoFeatureExtractor.from_pretrained(str(name_or_path), local_files_only=local_files_only)
-    model = AutoModel.from_pretrained(
-        str(name_or_path), local_files_only=local_files_only, dtype=torch.float32
-    )
-    return model, extractor
+    """Model (float32) and its feature extractor."""
+    return load_hf_model(name_or_path, "AutoFeatureExtractor", local_files_only=local_files_only)
 
 
 def frame_mask(
@@ -70,10 +64,10 @@ class HuggingFaceAudioEncoder(AudioEncoder):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> HuggingFaceAudioEncoder:
-        """Load a local directory, or a hub id from the local cache (or the hub when online).
+        """A local directory or a hub id, as for text; every failure is an OSError naming the model.
 
-        Every failure becomes an OSError naming the model, so a typo in params.yaml reads as
-        such rather than as a transformers traceback.
+        A model that loads but has no hidden size, or an extractor with no sampling rate, is
+        refused here: it is no audio encoder, and would otherwise fail deep in extraction.
         """
         model, extractor = load_by_name(
             name_or_path,

@@ -11,22 +11,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from modelzoo.heads.base import FusionHead, predict_through
-from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_out_dim, mlp
+from modelzoo.heads.base import ProjectedFusionHead, predict_through
+from modelzoo.heads.blocks import HeadOptions, mlp
 from modelzoo.registry import register
 
 
 @register("head", "attention")
-class AttentionFusion(FusionHead):
+class AttentionFusion(ProjectedFusionHead):
     """Per-block projection + block-type embedding -> additive attention over blocks -> MLP."""
 
-    class Config(HeadOptions):
-        """Options beside `head: attention` (only the shared ones)."""
-
-    def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
-        super().__init__()
-        check_out_dim(out_dim)
-        self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
+    def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: HeadOptions) -> None:
+        super().__init__(in_dims, out_dim, cfg)
         n_blocks = len(self.blocks.names)
         # Tells the scorer (and the MLP) which block an embedding came from.
         self.block_type = nn.Parameter(torch.empty(n_blocks, cfg.hidden))

@@ -13,6 +13,8 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_out_dim
+
 
 class FusionHead(nn.Module):
     """Input blocks (and their presence masks) -> one output per row; see the module docstring."""
@@ -42,6 +44,22 @@ class FusionHead(nn.Module):
     def block_weights(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor | None:
         """(B, K) weight of each block per row, in `block_names` order; None for heads without any."""
         return None
+
+
+class ProjectedFusionHead(FusionHead):
+    """A head that begins, as most do, by projecting every input block to `hidden`.
+
+    Its constructor checks `out_dim` and builds the `blocks` projections first, so every such
+    head lays them out (and draws their initial weights) the same way before its own layers.
+    A head without options of its own keeps the shared `Config`; one with more subclasses it.
+    """
+
+    Config: ClassVar[type[HeadOptions]] = HeadOptions
+
+    def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: HeadOptions) -> None:
+        super().__init__()
+        check_out_dim(out_dim)
+        self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
 
 
 def predict_through(network: nn.Sequential, fused: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,13 +19,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from modelzoo.heads.base import FusionHead, predict_through
-from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_out_dim, mlp
+from modelzoo.heads.base import ProjectedFusionHead, predict_through
+from modelzoo.heads.blocks import HeadOptions, mlp
 from modelzoo.registry import register
 
 
 @register("head", "bilinear")
-class BilinearFusion(FusionHead):
+class BilinearFusion(ProjectedFusionHead):
     """Per-block projection -> rank-R factors per block, multiplied across blocks -> MLP."""
 
     class Config(HeadOptions):
@@ -34,9 +34,7 @@ class BilinearFusion(FusionHead):
         rank: int = Field(4, ge=1, le=64)
 
     def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
-        super().__init__()
-        check_out_dim(out_dim)
-        self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
+        super().__init__(in_dims, out_dim, cfg)
         n_blocks, hidden = len(self.blocks.names), cfg.hidden
         factors = torch.randn(n_blocks, cfg.rank, hidden + 1, hidden) / math.sqrt(hidden)
         factors[:, :, hidden, :] = 1.0  # the row multiplied by the appended constant 1

@@ -11,22 +11,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from modelzoo.heads.base import FusionHead, predict_through
-from modelzoo.heads.blocks import BlockProjections, HeadOptions, check_out_dim, mlp
+from modelzoo.heads.base import ProjectedFusionHead, predict_through
+from modelzoo.heads.blocks import HeadOptions, mlp
 from modelzoo.registry import register
 
 
 @register("head", "late")
-class LateFusion(FusionHead):
+class LateFusion(ProjectedFusionHead):
     """Per-block projection -> per-block MLP predictor -> softmax-weighted sum of logits."""
 
-    class Config(HeadOptions):
-        """Options beside `head: late` (only the shared ones)."""
-
-    def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: Config) -> None:
-        super().__init__()
-        check_out_dim(out_dim)
-        self.blocks = BlockProjections(in_dims, cfg.hidden, cfg.dropout)
+    def __init__(self, in_dims: dict[str, int], out_dim: int, cfg: HeadOptions) -> None:
+        super().__init__(in_dims, out_dim, cfg)
         self.predictors = nn.ModuleList(
             mlp(cfg.hidden, cfg.hidden, out_dim, cfg.dropout) for _ in self.blocks.names
         )

@@ -128,6 +128,9 @@ def _declaration_problem(modality: EmbeddedModality) -> str | None:
         config()
     except ValueError as err:  # pydantic's ValidationError is one
         return f"encoder_config needs a valid default for every key ({err})".replace("\n", " ")
+    inherits_size_of = type(modality).size_of is EmbeddedModality.size_of
+    if inherits_size_of and getattr(modality, "size_key", None) not in config.model_fields:
+        return "size_key must name the encoder_config key that sizes an input (or define size_of)"
     return None
 
 

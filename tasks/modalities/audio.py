@@ -122,17 +122,12 @@ class AudioModality(FileModality):
     order = 3
     input_version = AUDIO_DECODE
     encoder_config = AudioEncoderConfig
+    size_key = "max_seconds"
     noun = "audio file"
     # Not fine-tunable: aisfx's conv blocks would split like a CNN's, but a clip's embedding is
     # the mean of up to max_seconds / 2.3 s windows, so a cached lower output would be a varying
     # stack of window maps and the top would need to pool windows per clip: not a declaration.
     fine_tuning = None
-
-    def size_of(self, config: Any) -> int:
-        return int(config.max_seconds)
-
-    def preprocessing(self, size: int) -> dict[str, Any]:
-        return {"max_seconds": size}
 
     def load_encoder(self, model: str, size: int) -> nn.Module:
         from modelzoo.encoders.loading import load_audio_encoder  # only when encoding

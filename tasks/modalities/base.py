@@ -62,6 +62,9 @@ class EmbeddedModality(ABC):
     # the linear baseline use these columns (`raw_text_columns`), whatever the modality is called.
     raw_text: ClassVar[bool] = False
     fine_tuning: ClassVar[type[FineTuning] | None] = None  # how its encoder splits; None: it cannot
+    # The `encoder_config` key that sizes an input (max_length, image_size, max_seconds): what
+    # `size_of` reads and `preprocessing` records. A plug-in sets it, or overrides both.
+    size_key: ClassVar[str]
 
     def data_keys(self) -> dict[str, tuple[Any, Any]]:
         """Keys the modality adds under `data` beside `data.columns.<name>`: key -> (type, default)."""
@@ -94,13 +97,17 @@ class EmbeddedModality(ABC):
 
         return encoder_fingerprint(encoder, **preprocessing)  # type: ignore[arg-type]
 
-    @abstractmethod
     def size_of(self, config: Any) -> int:
-        """The encoder config's size knob (max_length, image_size, ...)."""
+        """The encoder config's size knob: its `size_key` (max_length, image_size, ...)."""
+        return int(getattr(config, self.size_key))
 
-    @abstractmethod
     def preprocessing(self, size: int) -> dict[str, Any]:
-        """The caller-side settings that change the vectors; part of the encoder fingerprint."""
+        """The caller-side settings that change the vectors; part of the encoder fingerprint.
+
+        By default the size knob alone, under its own key; a plug-in whose vectors depend on
+        more of what it does outside the encoder overrides this.
+        """
+        return {self.size_key: size}
 
     @abstractmethod
     def load_encoder(self, model: str, size: int) -> nn.Module:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -138,15 +138,10 @@ class ImageModality(FileModality):
     order = 2
     input_version = IMAGE_DECODE
     encoder_config = ImageEncoderConfig
+    size_key = "image_size"
     fine_tuning = ImageFineTuning
     noun = "image file"
     max_bytes = MAX_FILE_BYTES
-
-    def size_of(self, config: Any) -> int:
-        return int(config.image_size)
-
-    def preprocessing(self, size: int) -> dict[str, Any]:
-        return {"image_size": size}
 
     def load_encoder(self, model: str, size: int) -> nn.Module:
         from modelzoo.encoders.loading import load_image_encoder  # timm: only when encoding

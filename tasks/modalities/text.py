@@ -149,15 +149,10 @@ class TextModality(EmbeddedModality):
     order = 1
     input_version = TEXT_INPUT
     encoder_config = TextEncoderConfig
+    size_key = "max_length"
     verbatim_cells = True
     raw_text = True
     fine_tuning = TextFineTuning
-
-    def size_of(self, config: Any) -> int:
-        return int(config.max_length)
-
-    def preprocessing(self, size: int) -> dict[str, Any]:
-        return {"max_length": size}
 
     def load_encoder(self, model: str, size: int) -> nn.Module:
         """A registered name, a Hugging Face id or directory, or a fitted state directory (tfidf)."""

@@ -252,7 +252,7 @@ def _check_shapes(
     bundle.json declaring absurd sizes is refused instead of exhausting memory. A head that
     cannot be built there (an overflowing size, say) is refused too, never waved through:
     the real build after it would be the allocation this check exists to prevent. Every
-    registered head builds on the meta device (tests/tasks/test_bundle_integrity.py).
+    registered head builds on the meta device (tests/tasks/train/test_bundle_integrity.py).
     """
     try:
         with torch.device("meta"):

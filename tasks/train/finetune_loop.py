@@ -30,7 +30,7 @@ from tasks.errors import FuselineError
 from tasks.train.best_epoch import EpochChoice
 from tasks.train.dataset import FeatureSet
 from tasks.train.lower_cache import LowerOutputCache
-from tasks.train.objectives import Objective, balanced_weights, check_target, check_task, to_prediction
+from tasks.train.objectives import Objective, check_task, to_prediction
 from tasks.train.schedules import warmup_then_linear_decay
 from tasks.train.training import (
     ModalityDropout,
@@ -38,9 +38,8 @@ from tasks.train.training import (
     _deterministic,
     _seed_everything,
     build_head,
-    fit_target_scaling,
+    fit_objective,
     head_features,
-    output_dim,
     split_indices,
 )
 
@@ -291,12 +290,7 @@ def fit_with_top(
         _seed_everything(train.seed)
         in_dims = {name: int(block.shape[1]) for name, block in sorted(features.inputs.items())}
         in_dims.update({part.block(column): part.dim for column in lower.columns})
-        out_dim = output_dim(task, features)
-        check_target(task, features.target, out_dim)
-        train_target = features.target[train_rows]
-        scaling = fit_target_scaling(train_target) if task == "regression" else None
-        weight = balanced_weights(task, train_target, out_dim) if train.class_weight else None
-        objective = Objective(task, weight).to(device)
+        out_dim, scaling, objective = fit_objective(task, features, train_rows, train, device)
         head = build_head(fusion, in_dims, out_dim).to(device)
         top.to(device)
         rows = _rows(features, lower, part, task, scaling, device)

@@ -3,7 +3,7 @@
 A pickled pipeline executes code when loaded, and its bytes depend on the scikit-learn
 version. What the fitted TF-IDF + one-hot + scaled-numerics + linear model actually needs to
 predict is a few arrays and a vocabulary, so they are stored as safetensors plus JSON and the
-transform is re-done here in NumPy. `tests/tasks/test_portable_linear.py` holds it to the
+transform is re-done here in NumPy. `tests/tasks/train/test_portable_linear.py` holds it to the
 fitted pipeline's own predictions.
 """
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,13 +79,22 @@ def fit_sklearn_baseline(
     (`evaluate.baseline_max_rows`) it fits on a seeded sample of them. Every choice is made on
     val `metric` (`evaluate.metric`; None: the task's default).
     """
+    with _fitting(task):
+        return _fit(aligned, columns, task, classes, max_rows, resolve_metric(task, metric))
+
+
+@contextmanager
+def _fitting(task: str) -> Iterator[None]:
+    """Refuse a task the baseline has no model for; fit within it on one thread.
+
+    One thread for OpenMP and BLAS: torch loads its own OpenMP runtime into the evaluate and
+    train processes, and two runtimes spinning on shared cores slow boosting and the SVD's QR
+    many times over. The baseline's tables are small: one thread costs little.
+    """
     if task not in TASKS:
         raise ValueError(f"the sklearn baseline supports {', '.join(TASKS)}, not {task!r}")
-    # One thread for OpenMP and BLAS: torch loads its own OpenMP runtime into the evaluate
-    # process, and two runtimes spinning on shared cores slow boosting and the SVD's QR
-    # many times over. The baseline's tables are small: one thread costs little.
     with threadpool_limits(limits=1):
-        return _fit(aligned, columns, task, classes, max_rows, resolve_metric(task, metric))
+        yield
 
 
 def _fit(
@@ -246,9 +256,7 @@ def fit_linear_member(
     Boosted trees are not offered as a member: their fitted trees have no stable format
     outside pickle, and a bundle never holds pickle.
     """
-    if task not in TASKS:
-        raise ValueError(f"the sklearn baseline supports {', '.join(TASKS)}, not {task!r}")
-    with threadpool_limits(limits=1):
+    with _fitting(task):
         parts, roles, classes, _ = _parts(aligned, columns, task, classes, ("train", "val"), max_rows)
         n_classes = len(classes) if task == "multiclass" else 2
         _, pipeline = _tuned_linear(task, roles, parts, n_classes, resolve_metric(task, metric))

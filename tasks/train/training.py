@@ -46,6 +46,7 @@ __all__ = [
     "TargetScaling",
     "TrainResult",
     "build_head",
+    "fit_objective",
     "fit_target_scaling",
     "head_features",
     "output_dim",
@@ -104,16 +105,11 @@ def train_model(
     check_task(task)
     features = head_features(features, fusion.head)
     train_at, val_at = split_indices(features)
-    train_target = features.target[train_at]
     device = pick_device(train.device)
     with _deterministic(device):
         _seed_everything(train.seed)
         in_dims = {name: int(block.shape[1]) for name, block in sorted(features.inputs.items())}
-        out_dim = output_dim(task, features)
-        check_target(task, features.target, out_dim)
-        scaling = fit_target_scaling(train_target) if task == "regression" else None
-        weight = balanced_weights(task, train_target, out_dim) if train.class_weight else None
-        objective = Objective(task, weight).to(device)
+        out_dim, scaling, objective = fit_objective(task, features, train_at, train, device)
         model = build_head(fusion, in_dims, out_dim).to(device)
         train_data = _to_device(features, train_at, task, scaling, device)
         val_data = _to_device(features, val_at, task, scaling, device)
@@ -191,6 +187,23 @@ def head_features(features: FeatureSet, head: str) -> FeatureSet:
     if not keep:
         raise DataError(f"head {head!r} has no input blocks to read (only hashed wide blocks)")
     return features.select_blocks(keep)
+
+
+def fit_objective(
+    task: str, features: FeatureSet, train_at: np.ndarray, train: TrainConfig, device: torch.device
+) -> tuple[int, TargetScaling | None, Objective]:
+    """(out_dim, regression scaling, loss) for the target, each fitted on the train rows alone.
+
+    The head and the fine-tuned top are trained against the same target the same way: the
+    target checked against its width, standardised for regression and, with
+    `train.class_weight`, its classes weighted, never looking at val or test rows.
+    """
+    out_dim = output_dim(task, features)
+    check_target(task, features.target, out_dim)
+    train_target = features.target[train_at]
+    scaling = fit_target_scaling(train_target) if task == "regression" else None
+    weight = balanced_weights(task, train_target, out_dim) if train.class_weight else None
+    return out_dim, scaling, Objective(task, weight).to(device)
 
 
 def fit_target_scaling(target: np.ndarray) -> TargetScaling:

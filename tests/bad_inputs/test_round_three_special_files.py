@@ -31,7 +31,7 @@ from tasks.errors import ConfigError, DataError
 from tests.bad_inputs.project import Project
 from tests.bad_inputs.test_round_three_settings import refused
 from tests.conftest import tiny_params
-from tests.tasks.test_predict_output import write_tiny_bundle
+from tests.tasks.serve.test_predict_output import write_tiny_bundle
 
 HANG = pytest.mark.timeout(120, method="signal")  # the old code blocked here for ever
 CSV = b"item_id,price\na,1.0\nb,2.0\n"

@@ -2,7 +2,7 @@
 
 Grouped by the issue's classes; each case is one user mistake with the one outcome it must
 have. Class 1 (predict outputs) and 7 (bundle integrity) need a trained bundle and live in
-tests/tasks/test_predict_output.py and test_bundle_integrity.py.
+tests/tasks/serve/test_predict_output.py and tests/tasks/train/test_bundle_integrity.py.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import yaml
 
 from tasks.paths import Layout
 from tests.conftest import REPO, SHARED_DATA, tiny_params
-from tests.tasks.test_feature_cache import demo_aligned
+from tests.tasks.features.test_cache import demo_aligned
 
 pytestmark = pytest.mark.slow
 

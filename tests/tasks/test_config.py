@@ -10,7 +10,7 @@ import yaml
 from modelzoo.registry import names
 from tasks.config import Params, load_params, params_from_dict
 from tasks.errors import ConfigError
-from tests.tasks.test_ingest import write_source
+from tests.tasks.data.test_ingest import write_source
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = REPO / "params.yaml"

@@ -10,7 +10,7 @@ import pytest
 from tasks.train.boosted import MODEL, BoostedModel
 from tasks.train.members import ENSEMBLE, load_final_model, load_member, write_ensemble
 from tasks.train.plan import BOOSTED
-from tests.tasks.test_evaluation_flow import _write_inputs
+from tests.tasks.evaluate.test_flow import _write_inputs
 
 pytestmark = pytest.mark.slow
 

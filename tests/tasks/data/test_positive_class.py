@@ -13,7 +13,7 @@ from tasks.config import params_from_dict
 from tasks.data.align import align
 from tasks.errors import ConfigError, DataError
 from tasks.train.assemble import encode_target
-from tests.tasks.test_evaluation_flow import _items, _params, _write_inputs
+from tests.tasks.evaluate.test_flow import _items, _params, _write_inputs
 
 
 def test_the_positive_class_is_put_second() -> None:

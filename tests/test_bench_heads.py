@@ -10,7 +10,7 @@ import pytest
 
 from tasks.config import TrainConfig
 from tests.bench_module import load_bench
-from tests.tasks.test_training import synthetic
+from tests.tasks.train.test_training import synthetic
 from tests.threads import torch_threads
 
 TINY = TrainConfig(epochs=3, lr=3e-3, batch_size=64, patience=3, device="cpu")

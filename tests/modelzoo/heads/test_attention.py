@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from tests.modelzoo.test_heads import BATCH, IN_DIMS, make_batch, make_head
+from tests.modelzoo.heads.test_contract import BATCH, IN_DIMS, make_batch, make_head
 from tests.threads import torch_threads
 
 

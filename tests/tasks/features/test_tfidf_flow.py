@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.tasks.test_tfidf import _frame, _raw
+from tests.conftest import REPO
+from tests.tasks.features.test_tfidf import _frame, _raw
 
 pytestmark = pytest.mark.slow
 
@@ -176,11 +177,10 @@ def test_the_command_line_writes_a_modality_without_columns_without_prefect_or_a
     copy = tmp_path / "copy" / "data" / "features"
     (copy / f"{modality}.parquet").unlink()
     shutil.rmtree(copy / f"{modality}.fitted")
-    repo = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "flows.extract", "--modality", modality],
         cwd=tmp_path / "copy",
-        env={**os.environ, "PYTHONPATH": str(repo)},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=120,

@@ -21,7 +21,7 @@ from modelzoo.encoders.base import AudioEncoder
 from modelzoo.encoders.huggingface_audio import HuggingFaceAudioEncoder
 from modelzoo.encoders.loading import encoder_fingerprint, hub_name_problem, load_audio_encoder
 from modelzoo.registry import names
-from tests.modelzoo.audio_samples import (
+from tests.modelzoo.encoders.audio_samples import (
     UTTERANCES,
     clip_windows,
     coloured_noise,

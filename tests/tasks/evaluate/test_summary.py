@@ -2,7 +2,7 @@
 
 The headline and the leaderboard are built from metrics_report's real output on small seeded
 predictions; the verdict cases from constructed intervals, one per outcome. The leaderboard
-command on files a real evaluate wrote is in test_evaluation_flow.py (it reuses that module's
+command on files a real evaluate wrote is in test_flow.py (it reuses that module's
 trained model).
 """
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.tasks.test_evaluation_flow import _params as evaluation_params
+from tests.tasks.evaluate.test_flow import _params as evaluation_params
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ COLOURS = {"no": (200, 50, 50), "yes": (50, 70, 210)}
 
 
 def _params() -> dict:
-    """test_evaluation_flow's project with a photo column instead of the text and category ones."""
+    """evaluate/test_flow.py's project with a photo column instead of the text and category ones."""
     raw = evaluation_params()
     raw["data"]["columns"] = {"numeric": ["noise"], "image": ["photo"]}
     raw["encoders"] = {"image": {"image_size": 64, "finetune": {"blocks": 1, "epochs": 2, "batch_size": 32}}}

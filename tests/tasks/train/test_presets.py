@@ -12,7 +12,7 @@ import yaml
 from tasks.config import params_from_dict
 from tasks.errors import ConfigError
 from tasks.train.plan import Budget, finetuned_kind, member_plan
-from tests.tasks.test_evaluation_flow import _params, _write_inputs
+from tests.tasks.evaluate.test_flow import _params, _write_inputs
 
 FINETUNED_TEXT, FINETUNED_IMAGE = finetuned_kind("text"), finetuned_kind("image")
 

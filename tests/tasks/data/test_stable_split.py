@@ -8,7 +8,7 @@ import pytest
 
 from tasks.config import params_from_dict
 from tasks.data.align import ID, SPLIT, align
-from tests.tasks.test_evaluation_flow import _items, _params
+from tests.tasks.evaluate.test_flow import _items, _params
 
 
 def _data(method: str, column: str | None = None):  # noqa: ANN202

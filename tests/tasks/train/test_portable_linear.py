@@ -13,7 +13,7 @@ from tasks.errors import BundleError
 from tasks.train import sklearn_baseline
 from tasks.train.portable_linear import META, WEIGHTS, read_linear, write_linear
 from tasks.train.sklearn_baseline import fit_linear_member, predict_linear
-from tests.tasks.test_sklearn_baseline import COLUMNS, MULTICLASS_ORDER, aligned_table
+from tests.tasks.train.test_sklearn_baseline import COLUMNS, MULTICLASS_ORDER, aligned_table
 
 
 @pytest.mark.parametrize(
