@@ -128,7 +128,10 @@ def _add_api(commands: argparse._SubParsersAction) -> None:
         "--root", action="append", default=[], metavar="MODALITY=DIR",
         help="where a file modality's path cells are relative to (default: the bundle's)",
     )  # fmt: skip
-    api.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for requests")
+    api.add_argument(
+        "--batch-wait-ms", type=float, default=50.0,
+        help="the longest a batch waits for requests on their way or expected back (docs/serving.md)",
+    )  # fmt: skip
     api.add_argument("--max-batch-rows", type=int, default=256, help="rows predicted together at most")
     api.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="larger request bodies get 413")
 

@@ -42,9 +42,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flows._commands import parse_roots
 from tasks.config import load_params
+from tasks.device import use_all_cores
 from tasks.errors import ConfigError, DataError, FuselineError
-from tasks.serve.http_batch import Batcher
-from tasks.serve.http_cache import ServingCache
+from tasks.serve.http_batch import DEFAULT_WAIT_S, Batcher
+from tasks.serve.http_cache import ServingCache, scratch_dir
 from tasks.serve.http_rows import (
     RequestProblem,
     RequestSchema,
@@ -55,7 +56,13 @@ from tasks.serve.http_rows import (
     staging_roots,
 )
 from tasks.serve.promotion import current_entry
-from tasks.serve.served import ModelSlot, ServedModel, load_served, machine_cache_dir
+from tasks.serve.served import (
+    ModelSlot,
+    ServedModel,
+    load_served,
+    machine_cache_dir,
+    with_encoders_loaded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +81,7 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None  # required (bearer) when set
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = DEFAULT_WAIT_S * 1000  # the longest a batch waits for requests arriving
     max_batch_rows: int = 256
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
@@ -98,16 +105,18 @@ class Server:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
         self.staging = Path(tempfile.mkdtemp(prefix="fuseline-api-"))
+        self.scratch = scratch_dir(self.staging / ".scratch")
         try:
             self._start(settings)
         except BaseException:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            self._remove_directories()
             raise
 
     def _start(self, settings: ApiSettings) -> None:
-        cache = ServingCache(machine_cache_dir(settings.params), self.staging / ".scratch")
+        cache = ServingCache(machine_cache_dir(settings.params), self.scratch)
         self.slot = ModelSlot(
-            Path(settings.model), lambda: load_served(settings.model, cache, settings.roots)
+            Path(settings.model),
+            lambda: with_encoders_loaded(load_served(settings.model, cache, settings.roots)),
         )
         self._schema: tuple[ServedModel, RequestSchema] | None = None
         wait_s = settings.batch_wait_ms / 1000
@@ -124,18 +133,32 @@ class Server:
 
     def close(self) -> None:
         self.batcher.close()
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self._remove_directories()
 
-    async def predict(self, body: bytes) -> dict[str, Any]:
-        """Validate and stage the rows (in a thread: a swap may load a model), then wait for their batch."""
+    def _remove_directories(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    async def predict(self, request: Request) -> dict[str, Any]:
+        """Read, validate and stage the rows (in a thread: a swap may load a model), then wait for
+        their batch; batches started meanwhile wait for this request (Batcher.arriving)."""
         request_dir = uuid.uuid4().hex
         try:
-            frame, ids = await run_in_threadpool(self._staged, body, request_dir)
-            table, predicted_by = await asyncio.wrap_future(self.batcher.submit(frame))
+            with self.batcher.arriving():
+                body = await request.body()
+                frame, ids = await run_in_threadpool(self._staged, body, request_dir)
+                prediction = self.batcher.submit(frame)
+            table, predicted_by = await asyncio.wrap_future(prediction)
         finally:
-            shutil.rmtree(self.staging / request_dir, ignore_errors=True)
+            self._remove(self.staging / request_dir)
         task = predicted_by.predictor.meta.task
         return {"version": predicted_by.version, "predictions": prediction_rows(table, task, ids)}
+
+    @staticmethod
+    def _remove(directory: Path) -> None:
+        """Delete a request's staged files off the event loop (unlinking blocks on a disk that discards)."""
+        if directory.exists():
+            asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
 
     def _staged(self, body: bytes, request_dir: str) -> tuple[Any, list[Any]]:
         model = self.slot.current()
@@ -184,7 +207,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.post("/predict", responses={200: {"model": PredictResponse}})
     async def predict(request: Request) -> JSONResponse:
         try:
-            return JSONResponse(await server.predict(await request.body()))
+            return JSONResponse(await server.predict(request))
         except RequestProblem as problem:
             return JSONResponse(problem.detail(), status_code=problem.status)
         except _TooLarge as too_large:
@@ -344,6 +367,8 @@ def api_command(args: argparse.Namespace) -> None:
         max_batch_rows=args.max_batch_rows,
         max_body_bytes=args.max_body_bytes,
     )
+    if "OMP_NUM_THREADS" not in os.environ:
+        use_all_cores()  # the encoders' forward on every usable core, as training's extraction runs it
     app = create_app(settings)
     print(f"serving {settings.model} on http://{settings.host}:{settings.port} (docs: /docs)")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")

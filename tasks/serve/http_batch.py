@@ -1,21 +1,37 @@
 """Dynamic batching: the rows of concurrent requests predicted as one table.
 
-Encoders and the head cost much less per row in a batch than one row at a time, so a
-worker thread takes the first waiting request, gathers whatever else arrives within a short
-wait (default 5 ms) up to a row budget, and predicts them together with the model current
-at that moment (the server's ModelSlot: a new version starts with the next batch, while a
-batch under way finishes with the model it began with). A batch that fails is predicted
-again request by request, so a request's bad row is its own error, not its neighbours'.
+Encoders and the head cost much less per row in a batch than one row at a time, so one
+worker thread predicts the requests waiting for it together, with the model current at that
+moment (the server's ModelSlot: a new version starts with the next batch, while a batch under
+way finishes with the model it began with).
+
+How long a batch waits is decided by what the server knows, not by a fixed timer. A request
+announces itself when it starts (`arriving()`: its body is read, its rows validated and its
+files staged, some milliseconds) and joins the queue when ready. The worker takes the queue
+and waits, up to `wait_s` after taking the first request (default 50 ms) and while fewer than
+`max_rows` rows are there, for
+- requests still arriving: they are a few milliseconds away;
+- as many requests as the previous batch answered: clients that post again once answered
+  (eight clients in a loop) come back together, a few milliseconds after the batch ends.
+  Without this, eight such clients split into two groups whose batches alternate (2 and 6
+  requests), each arriving while the other's batch runs.
+A request alone is not delayed: its batch starts as soon as it is ready, unless the previous
+batch held more requests (then, once, by at most `wait_s`). A fixed 5 ms wait, before this,
+caught one or two of eight clients' rows.
+
+A batch that fails is predicted again request by request, so a request's bad row is its own
+error, not its neighbours'.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -27,6 +43,7 @@ from tasks.serve.served import ServedModel
 log = logging.getLogger(__name__)
 
 Prediction = tuple[pd.DataFrame, ServedModel]  # fuseline predict's table for the rows, and who predicted
+DEFAULT_WAIT_S = 0.05
 
 
 @dataclass
@@ -39,7 +56,11 @@ class Batcher:
     """Predicts submitted tables in batches on one worker thread (see the module docstring)."""
 
     def __init__(
-        self, current: Callable[[], ServedModel], roots: Roots, wait_s: float = 0.005, max_rows: int = 256
+        self,
+        current: Callable[[], ServedModel],
+        roots: Roots,
+        wait_s: float = DEFAULT_WAIT_S,
+        max_rows: int = 256,
     ) -> None:
         self.current = current
         self.roots = roots
@@ -47,29 +68,72 @@ class Batcher:
         self.max_rows = max_rows
         self.batches = 0  # batches predicted so far (with `requests`: how much batching happened)
         self.requests = 0
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._ready: deque[_Job] = deque()
+        self._arriving = 0  # requests announced, not yet submitted (or failed)
+        self._answered = 0  # requests in the last batch: those likely to post again soon
+        self._closed = False
+        self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="predict-batches", daemon=True)
         self._thread.start()
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around a request's reading, validation and `submit`: batches started meanwhile wait for it."""
+        with self._changed:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._arriving -= 1
+                self._changed.notify()
 
     def submit(self, frame: pd.DataFrame) -> Future[Prediction]:
         """The prediction of `frame`'s rows, when its batch is done (an exception if they fail)."""
         job = _Job(frame)
-        self._queue.put(job)
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            self._ready.append(job)
+            self._changed.notify()
         return job.future
 
     def close(self) -> None:
-        self._queue.put(None)
+        """Predict what is queued, then stop the worker."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
         self._thread.join(timeout=30)
 
     def _work(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
+            jobs = self._gather()
+            if not jobs:
                 return
-            jobs, stop = self._gather(first)
             self._predict(jobs)
-            if stop:
-                return
+
+    def _gather(self) -> list[_Job]:
+        """The next batch: the first ready job and those ready or arriving within the wait; [] once closed."""
+        with self._changed:
+            while not self._ready and not self._closed:
+                self._changed.wait()
+            if not self._ready:
+                return []
+            jobs = [self._ready.popleft()]
+            rows = len(jobs[0].frame)
+            deadline = time.monotonic() + self.wait_s
+            while rows < self.max_rows:
+                if self._ready:
+                    jobs.append(self._ready.popleft())
+                    rows += len(jobs[-1].frame)
+                    continue
+                remaining = deadline - time.monotonic()
+                expected = self._arriving > 0 or len(jobs) < self._answered
+                if not expected or self._closed or remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            self._answered = len(jobs)
+            return jobs
 
     def _predict(self, jobs: list[_Job]) -> None:
         """Answer every job of the batch, whatever happens: the worker thread must not die."""
@@ -87,22 +151,6 @@ class Batcher:
             else:
                 job.future.set_result((outcome, model))
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
-        """The first job and whatever else arrives within the wait, up to the row budget."""
-        jobs, rows = [first], len(first.frame)
-        deadline = time.perf_counter() + self.wait_s
-        while rows < self.max_rows:
-            remaining = deadline - time.perf_counter()
-            try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                return jobs, True
-            jobs.append(job)
-            rows += len(job.frame)
-        return jobs, False
-
 
 def predict_batch(
     model: ServedModel, frames: list[pd.DataFrame], roots: Roots
@@ -112,7 +160,7 @@ def predict_batch(
     Ids are replaced by row numbers for the call (two requests may send the same id) and the
     tables are cut back by length: prediction keeps the rows' order.
     """
-    combined = pd.concat(frames, ignore_index=True)
+    combined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     combined[model.data.id] = [str(n) for n in range(len(combined))]
     try:
         table = model.predict(combined, source="request", roots=roots)
@@ -122,6 +170,8 @@ def predict_batch(
                 log.exception("prediction failed")
             return [err]
         return [outcome for frame in frames for outcome in predict_batch(model, [frame], roots)]
+    if len(frames) == 1:
+        return [table]
     outcomes: list[pd.DataFrame | Exception] = []
     start = 0
     for frame in frames:

@@ -12,6 +12,8 @@ ones `fuseline predict` would compute and read: the lookups and encodes are extr
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,23 @@ from tasks.features.cache.store import Shard, ShardIndex, ShardStore
 MEMORY = "memory"  # the name of the in-memory shard in a ServingStore's index
 DEFAULT_MEMORY_KEYS = 100_000  # encoded contents kept per namespace before the table starts over
 DISK_SHARD_BYTES = 512 * 2**20  # verified project shards kept in memory, per namespace
+MEMORY_FS = Path("/dev/shm")  # tmpfs on Linux: files that never touch a disk
+
+
+def scratch_dir(fallback: Path) -> Path:
+    """A private directory for extraction's per-request slot arrays: in memory where the system has
+    a tmpfs, else `fallback`.
+
+    Extraction keeps them in memory-mapped files whose blocks are reserved up front; making and
+    deleting one per modality per request cost 8 ms a request on an ext4 disk mounted with
+    `discard`, 0.7 ms on tmpfs. They hold a few rows' vectors: kilobytes.
+    """
+    if MEMORY_FS.is_dir() and os.access(MEMORY_FS, os.W_OK | os.X_OK):
+        try:
+            return Path(tempfile.mkdtemp(prefix="fuseline-api-slots-", dir=MEMORY_FS))
+        except OSError:
+            pass
+    return fallback
 
 
 class ServingCache(FeatureCache):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import re
 import shutil
@@ -114,25 +115,41 @@ def stage_rows(
 ) -> tuple[pd.DataFrame, list[Any]]:
     """The rows as a table for `ServedModel.predict` under the staging root, and each row's id.
 
-    File cells become paths relative to `staging`, inside `staging/request_dir`, which the
-    caller deletes once the request is answered. A row without its id gets its position.
+    File cells become paths relative to `staging`, inside `staging/request_dir` (made for the
+    first file), which the caller deletes once the request is answered. A row without its id
+    gets its position. Each column's type follows from its role alone (numbers float64, the
+    others Python values), never from the values a request happens to hold: a request's
+    rows are typed alike alone or concatenated with other requests' in a batch.
     """
     ids = [position if row.get(data.id) is None else row[data.id] for position, row in enumerate(rows)]
-    table = pd.DataFrame.from_records(
-        [{column: row.get(column) for column, _ in _column_roles(data)} for row in rows],
-        columns=[column for column, _ in _column_roles(data)],
-    )
-    table.insert(0, data.id, [str(i) for i in ids])
-    (staging / request_dir).mkdir(parents=True)
+    columns: dict[str, Any] = {data.id: pd.Series([str(i) for i in ids], dtype=object)}
+    for column, role in _column_roles(data):
+        cells = [row.get(column) for row in rows]
+        if role == "numeric":
+            columns[column] = pd.Series(cells, dtype="float64")
+        else:
+            columns[column] = pd.Series(
+                [_category_cell(v) for v in cells] if role == "categorical" else cells, dtype=object
+            )
     files = [(p, c) for p in embedded() if isinstance(p, FileModality) for c in p.columns(data)]
     for number, (plugin, column) in enumerate(files):
         cells = []
-        for position, value in enumerate(table[column].tolist()):
+        for position, value in enumerate(columns[column].tolist()):
             name = f"{request_dir}/{number}-{position}"  # never the column's name: it may hold a `/`
             where = f"rows[{position}].{column}"
             cells.append(_stage_cell(plugin, value, roots.get(plugin.name), staging, name, where))
-        table[column] = pd.Series(cells, dtype="object")
-    return table, ids
+        columns[column] = pd.Series(cells, dtype=object)
+    return pd.DataFrame(columns), ids
+
+
+def _category_cell(value: object) -> str | None:
+    """A JSON category as a file's cell holds it: 3 and 3.0 read "3" (as ingest reads a column of
+    whole floats), 2.5 "2.5", true "True"; the same whatever the other rows of the batch hold."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if value.is_integer() else str(value)
+    return None if value is None else str(value)
 
 
 def staging_roots(staging: Path) -> Roots:
@@ -152,9 +169,12 @@ def _stage_cell(
     if payload is not None:
         content = _decoded(payload, where)
         _check_size(plugin, len(content), where)
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
     else:
-        _place(plugin, _under_root(plugin, text, root, where), target, where)
+        source = _under_root(plugin, text, root, where)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _place(plugin, source, target, where)
     reason = plugin.probe(target)
     if reason is not None:
         raise RequestProblem(422, where, f"cannot be decoded as {_article(plugin.noun)}: {reason}")

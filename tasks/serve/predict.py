@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from tasks.features.tabular import TabularState, transform_tabular
 from tasks.features.wide import WideState, transform_wide
 from tasks.modalities import embedded, modality
 from tasks.schema import ID, PRESENT
+from tasks.serve.small_rows import presence_small, typed_small
 from tasks.train.bundle import BundleMeta, load_bundle
 from tasks.train.dataset import FeatureSet
 from tasks.train.finetuned_member import member_loaders
@@ -95,17 +96,29 @@ def new_rows(frame: pd.DataFrame, data: DataConfig, roots: Roots, source: str) -
             )
     # A target (or split) column in the new rows is irrelevant to prediction: never let it fail.
     ignored = [c for c in (data.target, data.split.column) if c is not None and c in frame.columns]
-    typed = typed_columns(data, source, frame.drop(columns=ignored))
+    frame = frame.drop(columns=ignored) if ignored else frame
+    small = typed_small(frame, data)  # a request's few rows: the same table without pandas' per-column costs
+    rows = _typed_rows(frame, data, source) if small is None else small
+    report = AlignReport()
+    for plugin in embedded():
+        plugin.inspect_cells(rows, rows[ID], data, roots.get(plugin.name), report)
+    masks = {PRESENT + column: _presence(rows[column], small is not None) for column in data.columns.all()}
+    return pd.concat([rows, pd.DataFrame(masks, index=rows.index)], axis=1)
+
+
+def _typed_rows(frame: pd.DataFrame, data: DataConfig, source: str) -> pd.DataFrame:
+    """row_id and the feature columns typed by ingest's steps; the id checked as align checks it."""
+    typed = typed_columns(data, source, frame)
     check_ids(typed[data.id], source, data.id)
     rows = pd.DataFrame({ID: typed[data.id].astype("string")})
     for column in data.columns.all():
         rows[column] = typed[column]
-    report = AlignReport()
-    for plugin in embedded():
-        plugin.inspect_cells(rows, rows[ID], data, roots.get(plugin.name), report)
-    for column in data.columns.all():
-        rows[PRESENT + column] = presence(rows[column]).to_numpy()
     return rows
+
+
+def _presence(values: pd.Series, small: bool) -> np.ndarray:
+    found = presence_small(values) if small else None
+    return presence(values).to_numpy() if found is None else found
 
 
 def absolute_file_cells(rows: pd.DataFrame, data: DataConfig, roots: dict[str, Path]) -> pd.DataFrame:
@@ -115,12 +128,14 @@ def absolute_file_cells(rows: pd.DataFrame, data: DataConfig, roots: dict[str, P
     members that open files themselves (the fine-tuned image model) then follow a `--root`
     override and a worker's own working directory, which they could not know otherwise.
     """
-    rows = rows.copy()
+    rows = rows.copy(deep=False)  # copy-on-write: the caller's table keeps its cells
     for plugin in embedded():
         if plugin.name in roots:
+            prefix = str(roots[plugin.name]) + os.sep
             for column in plugin.columns(data):
-                cells = rows[column].astype("string")
-                rows[column] = cells.where(cells.isna(), str(roots[plugin.name]) + os.sep + cells)
+                cells = rows[column].astype("string").tolist()  # str or pd.NA
+                absolute = [cell if cell is pd.NA else prefix + cell for cell in cells]
+                rows[column] = pd.array(absolute, dtype="string")
     return rows
 
 
@@ -236,8 +251,9 @@ class Predictor:
     specs: dict[str, EncoderSpec]
     final: FinalModel  # what is served: the ensemble chosen on val (members may read raw columns)
 
-    @property
+    @cached_property
     def data(self) -> DataConfig:
+        """The bundle's data section, validated once (read several times for every table predicted)."""
         return DataConfig.model_validate(self.meta.params["data"])
 
     def features(
@@ -307,6 +323,8 @@ class Predictor:
         """Cache hits read back, misses encoded in one chunk and committed as a shard."""
         record = self.meta.encoders[kind]
         precision = encoding_precision_of(self.bundle_dir, kind, record)
+        if not contents.keys:  # no cell of this kind (a request without a photo): nothing to look up
+            return absent_blocks(contents, n_rows, int(record["dim"]))
         job = plan_extraction(spec, contents, n_rows, cache, device, max(1, len(contents.keys)), precision)
         try:
             check_fingerprint(self.bundle_dir, kind, fingerprint_of(record), job.fingerprint)
@@ -391,6 +409,14 @@ def gather_blocks(job: Extraction, n_rows: int) -> tuple[dict[str, np.ndarray], 
         matrix[mask] = job.slots.vectors[block.slots[mask]]
         blocks[block.name], present[block.name] = matrix, mask
     return blocks, present
+
+
+def absent_blocks(
+    contents: Contents, n_rows: int, dim: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`gather_blocks` of contents without a single value: zero vectors, all absent."""
+    blocks = {block.name: np.zeros((n_rows, dim), dtype=np.float32) for block in contents.blocks}
+    return blocks, {block.name: np.zeros(n_rows, dtype=bool) for block in contents.blocks}
 
 
 def load_predictor(bundle_dir: str | Path, cache: FeatureCache) -> Predictor:

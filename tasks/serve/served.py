@@ -77,6 +77,14 @@ def load_served(
     return ServedModel(predictor, version, roots, cache, pick_device("auto"), metrics)
 
 
+def with_encoders_loaded(model: ServedModel) -> ServedModel:
+    """The model with its encoders in memory (loaded once per process), so that a server's first
+    new row does not wait seconds for them; a version promoted later shares those it has in common."""
+    for spec in model.predictor.specs.values():
+        spec.load()
+    return model
+
+
 def registry_version(model: Path) -> str | None:
     """The version current.json names, or None when `model` is a bundle (no pointer)."""
     entry = current_entry(model)
