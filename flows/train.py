@@ -3,22 +3,32 @@
 Members (tasks/train/plan.py): the fused head on all modalities, the same head on each
 modality alone (the baselines evaluate compares against), the gradient-boosted member
 (tasks/train/boosted.py), the scikit-learn linear baseline and, with `train.preset: best`,
-more seeds, more heads and fine-tuned encoders (each modality that can). Each member is its
-own Prefect task, run on `runtime.task_runner` (one after another locally, in parallel on a
+more seeds, more heads, fine-tuned encoders (each modality that can) and the winners of a
+hyperparameter search (tasks/train/search.py: the `train-search` subflow, each Optuna trial
+its own `search-trial` task, the trials in a `fuseline-search` table artifact). Each member is
+its own Prefect task, run on `runtime.task_runner` (one after another locally, in parallel on a
 Dask or Ray cluster). Greedy ensemble selection on the val rows then weighs them
 (tasks/train/ensemble.py); models/ensemble.json is what evaluate and prediction use.
 Training them here keeps evaluate a pure measurement and lets DVC cache them together.
+
+`train.time_limit` bounds the whole stage: the linear baseline is fitted first (seconds), the
+search gets its share of what is left, members after the deadline are skipped, the one
+running stops before an epoch that would end past it, and a fine-tuned member whose lower
+pass and first epochs would not fit is skipped saying so (tasks/train/finetuned_member.py).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows._entry import run_from_command_line
@@ -39,7 +49,7 @@ from tasks.train.boosted import BoostedResult, fit_boosted, write_boosted
 from tasks.train.bundle import BASELINES, BundleMeta, write_bundle
 from tasks.train.dataset import FeatureSet
 from tasks.train.ensemble import select_ensemble
-from tasks.train.finetuned_member import FinetunedResult, fit_finetuned
+from tasks.train.finetuned_member import FinetunedResult, OverBudget, fit_finetuned
 from tasks.train.lineage import write_lineage
 from tasks.train.members import (
     MEMBER_SECONDS,
@@ -56,34 +66,44 @@ from tasks.train.plan import (
     FUSED,
     Budget,
     MemberSpec,
+    Skipped,
     boosted_skip_reason,
     member_plan,
     requested_finetuned,
+    with_tuned,
 )
 from tasks.train.portable_linear import PortableLinear, write_linear
+from tasks.train.search import SearchOutcome, Trial, run_search, searchers
 from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
 from tasks.train.sklearn_baseline import fit_linear_member
 from tasks.train.training import TrainResult, train_model
+
+SEARCH_KEY = "fuseline-search"  # a fixed artifact key: the UI keeps every run's trials as versions
+Fitted = TrainResult | BoostedResult
 
 
 @task(name="train-member", cache_policy=NO_CACHE)
 def train_member(
     spec: MemberSpec, features: FeatureSet, params: Params, budget: Budget, aligned_path: str = ""
-) -> TrainResult | BoostedResult | None:
-    """One member; None when the time limit ran out before it could start."""
+) -> Fitted | Skipped:
+    """One member, or Skipped when the time limit leaves it no time (before or during its start)."""
     if budget.exhausted() and not spec.required:
         get_run_logger().info("%s: skipped, train.time_limit reached", spec.name)
-        return None
+        return Skipped("train.time_limit")
     rows = features if spec.modalities is None else features.only_modalities(set(spec.modalities))
-    result: TrainResult | BoostedResult
+    result: Fitted
     if spec.kind == BOOSTED:
         result = fit_boosted(
             rows, read_rows(aligned_path, features.ids), params.data.columns, params.data.task,
             params.evaluate.epoch_metric(params.data.task), spec.train.seed, spec.train.preset,
-            budget.deadline, spec.train.class_weight,
+            budget.deadline, spec.train.class_weight, dict(spec.searched) or None,
         )  # fmt: skip
     elif spec.tuned is not None:
-        result = fit_finetuned(rows, params, spec, budget, read_rows(aligned_path, features.ids))
+        try:
+            result = fit_finetuned(rows, params, spec, budget, read_rows(aligned_path, features.ids))
+        except OverBudget as over:
+            get_run_logger().info("%s: skipped, %s (train.time_limit)", spec.name, over)
+            return Skipped(str(over))
     else:
         task = params.data.task
         metric = params.evaluate.epoch_metric(task)
@@ -102,7 +122,7 @@ def train_member(
 @flow(name="train-members")
 def train_members(
     specs: list[MemberSpec], features: Unstored[FeatureSet], params: Params, budget: Budget, aligned_path: str
-) -> list[TrainResult | BoostedResult | None]:
+) -> list[Fitted | Skipped]:
     """Every member on whichever task runner this subflow was given (see `train`).
 
     The aligned table travels as its path, not its rows: a flow run's parameters are stored by
@@ -111,6 +131,47 @@ def train_members(
     """
     futures = [train_member.submit(spec, features.value, params, budget, aligned_path) for spec in specs]
     return [future.result() for future in futures]
+
+
+@task(name="search-trial", cache_policy=NO_CACHE, task_run_name="search-{study}-{number}")
+def search_trial(study: str, number: int, settings: dict[str, float], run: Callable[[], Trial]) -> Trial:
+    """One Optuna trial as its own task, so the UI lists each with its settings, state and time."""
+    record = run()
+    get_run_logger().info(
+        "%s: %s, val %s after %d %s, %.1f s, %s",
+        record.name, record.status(), "n/a" if record.value is None else f"{record.value:.4f}",
+        record.steps, "rounds" if study == BOOSTED else "epochs", record.seconds, record.settings,
+    )  # fmt: skip
+    return record
+
+
+@task(name="publish-search", cache_policy=NO_CACHE)
+def publish_search(trials: list[Trial], metric: str) -> None:
+    """The trials as a table artifact (from a task: Prefect 3.8 drops artifacts made in a flow body)."""
+    table = [
+        {"trial": t.name, "status": t.status(), f"val {metric}": _finite(t.value),
+         "seconds": round(t.seconds, 2), **t.settings}
+        for t in trials
+    ]  # fmt: skip
+    create_table_artifact(
+        key=SEARCH_KEY, table=table, description=f"train.preset best: hyperparameter trials, val {metric}"
+    )
+
+
+@flow(name="train-search")
+def search(
+    features: Unstored[FeatureSet], params: Params, budget: Budget, aligned_path: str
+) -> SearchOutcome:
+    """The Optuna studies of `train.preset: best` (tasks/train/search.py), each trial a task."""
+    studies = searchers(params, features.value, read_rows(aligned_path, features.value.ids))
+    outcome = run_search(studies, params, budget, search_trial)
+    publish_search(outcome.trials, params.evaluate.chosen(params.data.task))
+    get_run_logger().info(
+        "search: %d trials; members added: %s",
+        len(outcome.trials),
+        [m.name for m in outcome.members] or "none",
+    )
+    return outcome
 
 
 def bundle_meta(
@@ -174,17 +235,24 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     runner = task_runner_for(params.runtime.task_runner, params.runtime.address, params.runtime.workers)
     started = time.perf_counter()
     aligned_path = str(layout.aligned.resolve())
+    # The linear baseline first: it takes seconds, and it is fitted whatever the time limit.
+    linear, linear_tried = _linear_member(params, aligned, features)
+    searched = SearchOutcome([], [])
+    if params.train.preset == "best" and not budget.exhausted():
+        searched = search(Unstored(features), params, budget, aligned_path)
+        specs = with_tuned(specs, searched.members)
     results = train_members.with_options(task_runner=runner)(
         specs, Unstored(features), params, budget, aligned_path
     )
-    trained = {spec.name: (spec, r) for spec, r in zip(specs, results, strict=True) if r is not None}
+    trained = {
+        spec.name: (spec, r) for spec, r in zip(specs, results, strict=True) if not isinstance(r, Skipped)
+    }
     tried = [_tried(spec, r) for spec, r in zip(specs, results, strict=True)]
     skipped = boosted_skip_reason(params.data.task)
     if skipped is not None:
         logger.info("%s", skipped)
         tried.append({"name": BOOSTED, "kind": BOOSTED, "status": f"skipped ({skipped})", "seconds": 0.0})
-
-    linear = _linear_member(params, aligned, features, tried)
+    tried += linear_tried
     members: dict[str, Member] = {
         name: _as_member(spec, result, params, features, metadata) for name, (spec, result) in trained.items()
     }
@@ -192,6 +260,7 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
         members[SKLEARN_LINEAR] = LinearMember(linear)
     selection = _choose(params, members, features.of_split("val"), aligned, tried)
     selection["kinds"] = {name: trained[name][0].kind if name in trained else "sklearn" for name in members}
+    tried += [trial.tried() for trial in searched.trials]  # after the members: they are not models
     logger.info("ensemble on val: %s", selection["members"])
 
     with atomic_dir(layout.models) as tmp:
@@ -213,22 +282,22 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
 
 
 def _linear_member(
-    params: Params, aligned: pd.DataFrame, features: FeatureSet, tried: list[dict[str, Any]]
-) -> PortableLinear | None:
-    """The scikit-learn linear baseline as a member, when the task and columns allow one."""
+    params: Params, aligned: pd.DataFrame, features: FeatureSet
+) -> tuple[PortableLinear | None, list[dict[str, Any]]]:
+    """The scikit-learn linear baseline as a member, when the task and columns allow one, and
+    its entry for `tried` (none without it)."""
     columns = params.data.columns
     if params.data.task not in SKLEARN_TASKS or not (
         raw_text_columns(columns) or columns.categorical or columns.numeric
     ):
-        return None
+        return None, []
     started = time.perf_counter()
     linear = fit_linear_member(
         aligned, columns, params.data.task, features.classes, params.evaluate.baseline_max_rows,
         params.evaluate.chosen(params.data.task),
     )  # fmt: skip
     seconds = round(time.perf_counter() - started, 2)
-    tried.append({"name": SKLEARN_LINEAR, "kind": "sklearn", "status": "trained", "seconds": seconds})
-    return linear
+    return linear, [{"name": SKLEARN_LINEAR, "kind": "sklearn", "status": "trained", "seconds": seconds}]
 
 
 def _choose(
@@ -255,9 +324,10 @@ def check_metric_classes(params: Params, classes: tuple[str, ...], source: str =
         raise ConfigError(f"{source}: evaluate.metric: {problem}")
 
 
-def _tried(spec: MemberSpec, result: TrainResult | BoostedResult | None) -> dict[str, Any]:
-    if result is None:
-        return {"name": spec.name, "kind": spec.kind, "status": "skipped (train.time_limit)", "seconds": 0.0}
+def _tried(spec: MemberSpec, result: Fitted | Skipped) -> dict[str, Any]:
+    if isinstance(result, Skipped):
+        return {"name": spec.name, "kind": spec.kind, "status": f"skipped ({result.reason})", "seconds": 0.0}
+    searched = {"searched": dict(spec.searched)} if spec.searched else {}
     if isinstance(result, BoostedResult):
         return {
             "name": spec.name,
@@ -266,6 +336,7 @@ def _tried(spec: MemberSpec, result: TrainResult | BoostedResult | None) -> dict
             "status": "trained",
             "seconds": round(result.train_seconds, 2),
             "best_round": result.best_epoch,
+            **searched,
         }
     return {
         "name": spec.name,
@@ -275,12 +346,18 @@ def _tried(spec: MemberSpec, result: TrainResult | BoostedResult | None) -> dict
         "status": "trained",
         "seconds": round(result.train_seconds, 2),
         "best_epoch": result.best_epoch,
+        **searched,
     }
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN is not JSON: the artifact API would refuse the whole table for one undefined score."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _as_member(
     spec: MemberSpec,
-    result: TrainResult | BoostedResult,
+    result: Fitted,
     params: Params,
     features: FeatureSet,
     metadata: dict[str, dict],
@@ -297,7 +374,7 @@ def _write_member(
     models: Any,
     name: str,
     spec: MemberSpec,
-    result: TrainResult | BoostedResult,
+    result: Fitted,
     params: Params,
     features: FeatureSet,
     metadata: dict[str, dict],

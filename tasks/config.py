@@ -263,9 +263,12 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
     modality_dropout: float = Field(0.0, ge=0, lt=1)  # chance a row's modality is hidden in training
     # fast: one fused head (plus the single-modality and scikit-learn baselines), ensembled on val.
-    # best: also other heads and seeds and, when time allows, a fine-tuned text encoder.
+    # best: also other heads and seeds, a hyperparameter search and, when time allows, fine-tuned
+    # encoders.
     preset: Literal["fast", "best"] = "fast"
     time_limit: float | None = Field(None, gt=0)  # seconds for all of train; members stop cleanly
+    search_trials: int = Field(30, ge=1)  # best: Optuna trials per searched model, at most
+    search_share: float = Field(0.3, gt=0, le=1)  # best + time_limit: share of the time left to search
     ensemble: bool = True  # greedy ensemble selection (Caruana 2004) on val over every trained model
 
 

@@ -139,7 +139,8 @@ def leaderboard_table(detail: dict, sklearn_seconds: float | None = None) -> pd.
 
     The final model, then each member train fitted (the fused head, the single modalities,
     other heads and seeds, fine-tuned encoders, the scikit-learn linear member) with its
-    ensemble weight, then evaluate's scikit-learn baseline and the majority/mean baseline.
+    ensemble weight, then evaluate's scikit-learn baseline and the majority/mean baseline, then
+    the trials of `train.preset: best`'s search (a val score each, no test score).
     A member's val score is evaluate's where it made one (the fused head, single modalities),
     else what train recorded in ensemble.json (what the ensemble was chosen on); `seconds` are
     train's wall seconds (member_seconds.json). `sklearn_seconds`, evaluate's own fit of the
@@ -147,7 +148,7 @@ def leaderboard_table(detail: dict, sklearn_seconds: float | None = None) -> pd.
     writes the same bytes (a killed evaluate leaves each file old or new, never a third).
     """
     primary = detail["primary_metric"]
-    rows = [_final_row(detail)] + _member_rows(detail)
+    rows = [_final_row(detail)] + _member_rows(detail) + _trial_rows(detail)
     baselines, val = detail["baselines"], detail.get("val", {})
     if SKLEARN in baselines:
         selected = (detail.get("sklearn") or {}).get("selected")
@@ -215,6 +216,24 @@ def _member_rows(detail: dict) -> list[dict]:
     return rows
 
 
+def _trial_rows(detail: dict) -> list[dict]:
+    """The hyperparameter search's trials (`train.preset: best`): the val score each reached and
+    its seconds; no test score, as no trial is a model (each search's winner is a member above)."""
+    tried = (detail.get("ensemble") or {}).get("tried", [])
+    return [
+        _row(t["name"], _trial_role(t), None, t.get("val"), None, t.get("seconds"))
+        for t in tried
+        if t.get("kind") == "search"
+    ]
+
+
+def _trial_role(entry: dict) -> str:
+    """`search trial of fused`, with how it ended when it did not complete (pruned, failed)."""
+    return str(entry.get("status", "search trial")).replace(
+        "search trial", f"search trial of {entry.get('searched')}", 1
+    )
+
+
 def _member_val(name: str, entry: dict, val: dict) -> float | None:
     """Evaluate's val score where it made one (same rows, same metric), else train's.
 
@@ -238,7 +257,9 @@ def _member_role(name: str, entry: dict, singles: set[str]) -> str:
         return "single modality"
     if kind == "sklearn":
         return "scikit-learn linear member"
+    searched = ", tuned by the search" if entry.get("searched") else ""  # fused_tuned, boosted_tuned
     if kind == "head":
         head, seed = entry.get("head"), entry.get("seed")
-        return f"{head or 'fusion'} head, seed {seed}" if seed is not None else f"{head or 'fusion'} head"
-    return kind.replace("_", " ")
+        label = f"{head or 'fusion'} head, seed {seed}" if seed is not None else f"{head or 'fusion'} head"
+        return label + searched
+    return kind.replace("_", " ") + searched

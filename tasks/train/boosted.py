@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,25 @@ class BoostedResult:
         return int(self.model.info["best_round"])
 
 
+@dataclass(frozen=True)
+class BoostInputs:
+    """The booster's input matrix with its layout, target and splits: made once, boosted on as
+    often as a search asks (the principal components are the costly part)."""
+
+    layout: Layout
+    matrix: np.ndarray  # (N, F) float64, every row of the features
+    target: np.ndarray  # (N,)
+    train: np.ndarray  # (N,) bool
+    val: np.ndarray  # (N,) bool
+    task: str
+    classes: tuple[str, ...]
+
+    def val_predictions(self, model: BoostedModel) -> np.ndarray:
+        """`model`'s predictions of the val rows, in their order in the features."""
+        raw = model.booster.predict(self.matrix[self.val], num_threads=THREADS)
+        return np.asarray(raw, dtype=np.float64)
+
+
 def fit_boosted(
     features: FeatureSet,
     rows: pd.DataFrame,
@@ -187,15 +207,25 @@ def fit_boosted(
     preset: str = "fast",
     deadline: float | None = None,
     class_weight: str | None = None,
+    overrides: Mapping[str, float] | None = None,
 ) -> BoostedResult:
     """Boost on the train rows of `features` (`rows` their aligned rows, same order), stopping on val.
 
     `metric` is what stops it (`evaluate.epoch_metric`: None for the val loss); `deadline` a
-    time.time() after which boosting stops with the best round so far.
+    time.time() after which boosting stops with the best round so far; `overrides` replace
+    some of SETTINGS (a searched member's).
     """
+    started = time.perf_counter()
+    inputs = boost_inputs(features, rows, columns, task)
+    result = boost(inputs, metric, seed, preset, deadline, class_weight, overrides)
+    result.train_seconds = time.perf_counter() - started
+    return result
+
+
+def boost_inputs(features: FeatureSet, rows: pd.DataFrame, columns: ColumnsConfig, task: str) -> BoostInputs:
+    """The layout fitted on the train rows of `features` and every row laid out by it."""
     if task not in BOOSTED_TASKS:
         raise ValueError(f"the boosted member supports {', '.join(BOOSTED_TASKS)}, not {task!r}")
-    started = time.perf_counter()
     split = np.asarray(features.split)
     train, val = split == "train", split == "val"
     if not train.any() or not val.any():
@@ -204,12 +234,26 @@ def fit_boosted(
     matrix = layout.matrix(features, rows)
     if matrix.shape[1] == 0:
         raise DataError("the boosted member has no input: no categorical, numeric or embedded column")
-    target = np.asarray(features.target)
-    n_classes = len(features.classes)
-    settings = _settings(task, n_classes, seed, int(train.sum()))
+    return BoostInputs(layout, matrix, np.asarray(features.target), train, val, task, features.classes)
+
+
+def boost(
+    inputs: BoostInputs,
+    metric: str | None,
+    seed: int,
+    preset: str = "fast",
+    deadline: float | None = None,
+    class_weight: str | None = None,
+    overrides: Mapping[str, float] | None = None,
+) -> BoostedResult:
+    """Boost on `inputs`' train rows, stopping on its val rows (see fit_boosted)."""
+    started = time.perf_counter()
+    task, matrix, target, train, val = inputs.task, inputs.matrix, inputs.target, inputs.train, inputs.val
+    n_classes = len(inputs.classes)
+    settings = _settings(task, n_classes, seed, int(train.sum()), overrides)
     data = lgb.Dataset(
         matrix[train], target[train], weight=_weights(class_weight, task, target[train], n_classes),
-        categorical_feature=layout.categorical_positions, feature_name=_names(matrix.shape[1]),
+        categorical_feature=inputs.layout.categorical_positions, feature_name=_names(matrix.shape[1]),
         params={"verbosity": -1}, free_raw_data=True,
     )  # fmt: skip
     valid = lgb.Dataset(matrix[val], target[val], reference=data)
@@ -228,7 +272,7 @@ def fit_boosted(
     # Only the rounds kept are saved, and the member is the saved text read back: what is
     # served is exactly what was scored on val.
     text = booster.model_to_string(num_iteration=stopper.best_round)
-    model = BoostedModel(text, layout, task, features.classes, info)
+    model = BoostedModel(text, inputs.layout, task, inputs.classes, info)
     return BoostedResult(model, time.perf_counter() - started, stopper.history)
 
 
@@ -299,12 +343,15 @@ def _names(width: int) -> list[str]:
     return [f"f{i}" for i in range(width)]
 
 
-def _settings(task: str, n_classes: int, seed: int, train_rows: int) -> dict[str, Any]:
+def _settings(
+    task: str, n_classes: int, seed: int, train_rows: int, overrides: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    chosen = {**SETTINGS, **(overrides or {})}
     settings: dict[str, Any] = {
         "objective": _OBJECTIVES[task],
         "metric": "None",  # the project's own metric is given as feval
-        **SETTINGS,
-        "min_data_in_leaf": min(SETTINGS["min_data_in_leaf"], max(2, train_rows // 20)),
+        **chosen,
+        "min_data_in_leaf": min(chosen["min_data_in_leaf"], max(2, train_rows // 20)),
         "seed": seed,
         "deterministic": True,
         "force_row_wise": True,

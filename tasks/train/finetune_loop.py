@@ -40,6 +40,7 @@ from tasks.train.training import (
     build_head,
     fit_objective,
     head_features,
+    no_time_for_another,
     split_indices,
 )
 
@@ -277,9 +278,10 @@ def fit_with_top(
     """Fit `fusion.head` and `part.top` together on the rows' other blocks and cached lower outputs.
 
     The top's blocks replace the features' frozen ones. `deadline` (time.time()) ends training
-    after the epoch that passes it, keeping the best epoch so far, as train_model does for
-    `train.time_limit`; `metric` picks that epoch as there (None: val loss). Returns head and
-    top on CPU in eval mode, at their best epoch; the caller fills in the lower-part fields.
+    before an epoch that would not end by it, keeping the best epoch so far, as train_model
+    does for `train.time_limit`; `metric` picks that epoch as there (None: val loss), and
+    `train.patience` epochs without progress on it stop training. Returns head and top on CPU
+    in eval mode, at their best epoch; the caller fills in the lower-part fields.
     """
     check_task(task)
     features = head_features(features, fusion.head)
@@ -367,7 +369,7 @@ def _fit(
     best = _snapshot(head, top)
     with tqdm(range(1, schedule.epochs + 1), desc="fine-tune", unit="epoch", disable=not progress) as bar:
         for epoch in bar:
-            began = time.perf_counter()
+            began, wall = time.perf_counter(), time.time()
             batches = length_buckets(train_rows, lengths, schedule.batch_size, shuffler)
             present = (
                 _scatter_present(rows.present, train_rows, hider.epoch_masks())
@@ -390,7 +392,7 @@ def _fit(
                 best = _snapshot(head, top)
             elif choice.exhausted:
                 break
-            if deadline is not None and time.time() >= deadline:
+            if no_time_for_another(deadline, wall):
                 break
     head.load_state_dict(best[0])
     top.load_state_dict(best[1])

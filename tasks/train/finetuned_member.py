@@ -6,13 +6,21 @@ distinct content (the plug-in's `contents`, keyed as extraction keys them) and c
 (tasks.train.lower_cache); an epoch (tasks.train.finetune_loop) runs only the top and the head.
 The member's bundle adds the top's weights and finetune.json (tasks.train.finetuned_files);
 loading refuses weights changed since training and a base encoder other than the recorded one.
+
+Under a time limit the lower pass is what can blow it (14 minutes for 22,000 texts on a CPU),
+so it is paid for only when it fits: a few batches spread over the contents (shortest to
+longest) are run first and timed, with the top on one of them, and when the rest of the pass
+plus `ESTIMATED_EPOCHS` epochs would not end before the deadline the member is skipped
+(OverBudget, which `tried` records as `skipped (estimated N s > M s left)`). The rest runs in
+chunks, the estimate redone from the pace so far before each. Entries computed before a skip
+stay in the cache for the next run.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,11 +28,12 @@ from typing import Any, Self
 
 import numpy as np
 import pandas as pd
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from modelzoo.encoders.split import SplitTop
 from tasks.config import FusionConfig, Params, TrainConfig
-from tasks.device import pick_device
+from tasks.device import autocast_for, pick_device
 from tasks.errors import BundleError
 from tasks.modalities import fine_tunable, modality
 from tasks.modalities.base import EmbeddedModality, FineTuning
@@ -35,6 +44,19 @@ from tasks.train.finetuned_files import read_top_files, write_top_files
 from tasks.train.lower_cache import LowerOutputCache
 from tasks.train.plan import Budget, MemberSpec, finetuned_kind
 from tasks.train.training import TrainResult
+
+PROBE_BATCHES = 3  # lower-pass batches timed before committing to the rest: shortest, middle, longest
+CHUNK_BATCHES = 8  # lower-pass batches between two checks of the deadline
+ESTIMATED_EPOCHS = 2  # epochs the estimate counts: one to learn, one to see val move
+BACKWARD_FACTOR = 3.0  # a training step costs about three forward passes (forward + backward)
+
+
+class OverBudget(Exception):
+    """A fine-tuned member that cannot finish in the time left; its message is `tried`'s reason."""
+
+    def __init__(self, estimated: float, left: float) -> None:
+        super().__init__(f"estimated {estimated:.0f} s > {left:.0f} s left")
+        self.estimated, self.left = estimated, left
 
 
 def fine_tuning(modality: EmbeddedModality, section: Any, encoder: nn.Module | None = None) -> FineTuning:
@@ -68,11 +90,15 @@ def train_finetuned(
         raise ValueError(
             f"{tuning.setting}.{tuning.depth_key} is 0 (a frozen encoder): train with train_model"
         )
-    loop.split_indices(features)  # before the lower pass: a split without train or val rows fails now
+    train_at, val_at = loop.split_indices(features)  # before the lower pass: an empty split fails now
     lower, top = tuning.split(depth)
     started = time.perf_counter()
     cache = LowerOutputCache(cache_dir, tuning, lower, pick_device(train.device), progress)
-    lowered = _lower_rows(cache, features, rows, columns, root)
+    fill = None
+    if deadline is not None:
+        epochs = min(ESTIMATED_EPOCHS, tuning.section.finetune.epochs)
+        fill = FillBudget(deadline, top, epochs, len(train_at), len(val_at))
+    lowered = _lower_rows(cache, features, rows, columns, root, fill)
     lower_seconds = time.perf_counter() - started
     section = tuning.section
     fitted = loop.fit_with_top(features, lowered, _part(tuning, top), task, fusion, train, section.finetune,
@@ -101,9 +127,15 @@ def predict_finetuned(
 
 
 def _lower_rows(
-    cache: LowerOutputCache, features: FeatureSet, rows: pd.DataFrame, columns: list[str], root: Path | None
+    cache: LowerOutputCache,
+    features: FeatureSet,
+    rows: pd.DataFrame,
+    columns: list[str],
+    root: Path | None,
+    fill: FillBudget | None = None,
 ) -> loop.LowerRows:
-    """Each column's rows (each a block in `features`) pointing at their contents' lower outputs."""
+    """Each column's rows (each a block in `features`) pointing at their contents' lower outputs;
+    with `fill`, computed only while they fit the time limit (else OverBudget)."""
     tuning = cache.tuning
     present = {column: rows[column] for column in columns if column in rows}
     columns = list(loop.check_columns(features, present, tuning.modality.name))
@@ -113,8 +145,84 @@ def _lower_rows(
         column: [digests[slot] if slot >= 0 else None for slot in block.slots]
         for column, block in zip(columns, contents.blocks, strict=True)
     }
-    outputs = cache.outputs(dict(sorted(zip(digests, contents.sources, strict=True))))
+    wanted = dict(sorted(zip(digests, contents.sources, strict=True)))
+    outputs = cache.outputs(wanted) if fill is None else fill.outputs(cache, wanted, len(columns))
     return loop.lower_rows(keys, outputs, tuning.length)
+
+
+@dataclass
+class FillBudget:
+    """The time limit inside a fine-tuned member's lower pass (see the module docstring)."""
+
+    deadline: float  # time.time()
+    top: nn.Module  # the top to be trained: timed on one probe batch
+    epochs: int  # epochs the estimate counts
+    train_rows: int
+    val_rows: int
+    computed: int = 0  # contents run through the lower part so far
+    seconds: float = 0.0  # and the time they took
+    epoch_seconds: float = field(default=0.0, init=False)
+
+    def outputs(self, cache: LowerOutputCache, wanted: dict[str, Any], columns: int) -> dict[str, Tensor]:
+        """cache.outputs(wanted), in whole batches of the order one call would run them in (so the
+        outputs are the same), checking before each chunk that the rest still fits."""
+        stored = {d: s for d, s in wanted.items() if cache.path_of(d).is_file()}
+        found = cache.outputs(stored)  # reading is cheap beside computing
+        missing = cache.tuning.order([(d, s) for d, s in wanted.items() if d not in stored])
+        size = cache.batch_size
+        batches = [missing[i : i + size] for i in range(0, len(missing), size)]
+        probes = sorted(
+            {int(round(i)) for i in np.linspace(0, len(batches) - 1, min(PROBE_BATCHES, len(batches)))}
+        )
+        found.update(self._run(cache, [item for i in probes for item in batches[i]]))
+        self._time_top(cache, found, [batches[probes[len(probes) // 2]]] if probes else [], columns)
+        rest = [batch for i, batch in enumerate(batches) if i not in probes]
+        for start in range(0, len(rest), CHUNK_BATCHES):
+            remaining = sum(len(batch) for batch in rest[start:])
+            self._check(remaining * self.seconds / max(1, self.computed))
+            found.update(
+                self._run(cache, [item for batch in rest[start : start + CHUNK_BATCHES] for item in batch])
+            )
+        self._check(0.0)
+        return found
+
+    def _run(self, cache: LowerOutputCache, items: list[tuple[str, Any]]) -> dict[str, Tensor]:
+        began = time.perf_counter()
+        out = cache.outputs(dict(items)) if items else {}
+        self.seconds += time.perf_counter() - began
+        self.computed += len(items)
+        return out
+
+    def _time_top(
+        self,
+        cache: LowerOutputCache,
+        found: dict[str, Tensor],
+        probe: list[list[tuple[str, Any]]],
+        columns: int,
+    ) -> None:
+        """An epoch's cost from one batch through the top (forward only, in eval mode so that no
+        state moves; a training step counts BACKWARD_FACTOR times that)."""
+        digests = [d for batch in probe for d, _ in batch if d in found] or list(found)[: cache.batch_size]
+        if not digests:
+            return
+        device, was_training = cache.device, self.top.training
+        home = next(self.top.parameters()).device
+        self.top.to(device).eval()
+        began = time.perf_counter()
+        with torch.no_grad(), autocast_for(device):
+            self.top(*cache.tuning.collate([found[d] for d in digests], device))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        per_row = (time.perf_counter() - began) / len(digests)
+        self.top.to(home).train(was_training)
+        self.epoch_seconds = per_row * columns * (BACKWARD_FACTOR * self.train_rows + self.val_rows)
+
+    def _check(self, fill_left: float) -> None:
+        """OverBudget when the rest of the pass and the counted epochs would end past the deadline."""
+        estimated = fill_left + self.epochs * self.epoch_seconds
+        left = self.deadline - time.time()
+        if estimated > left:
+            raise OverBudget(estimated, max(0.0, left))
 
 
 def _part(tuning: FineTuning, top: SplitTop) -> loop.Part:

@@ -7,7 +7,13 @@ seeds, other fusion heads and, for each modality whose plug-in can fine-tune its
 (`fine_tunable`), a model with the encoder's top fine-tuned (the depth its plug-in picks),
 cheapest first, so a time limit cuts the expensive members rather than the baselines. A
 fine-tuned member asked for in params (`encoders.<modality>.finetune`) is trained under
-either preset.
+either preset. Under `best` a hyperparameter search (tasks/train/search.py) runs first, and
+its winners join the plan as `fused_tuned` and `boosted_tuned`, right after the boosted
+member (`with_tuned`).
+
+`train.time_limit` is a limit on the whole stage: members (and the search) work to a deadline
+`TAIL_SHARE` of the limit before it, which leaves the ensemble's val predictions and the
+writing of models/ room to finish inside it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ BOOSTED = "boosted"  # the gradient-boosted member's kind and name
 BOOSTED_TASKS = ("binary", "multiclass", "regression")
 BEST_EXTRA_SEEDS = 2  # the fused head again with seeds seed+1, seed+2
 BEST_OTHER_HEADS = ("gated", "attention", "concat")  # dense heads that read the same blocks
+# The share of `train.time_limit` kept for what follows the members: val predictions of every
+# member for the ensemble, the selection, and writing models/ (a few seconds on 20,000 rows).
+TAIL_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -37,11 +46,21 @@ class MemberSpec:
     modalities: tuple[str, ...] | None = None  # None: every modality
     tuned: str | None = None  # a fine-tuned member: the modality whose encoder it fine-tunes
     finetune_depth: int = 0  # its top units trained (`encoders.<tuned>.finetune.<depth key>`)
+    # A member the search chose (`*_tuned`): the settings of its best trial, in name order. A
+    # head's are already in `fusion` and `train`; a boosted member's override its SETTINGS.
+    searched: tuple[tuple[str, float], ...] = ()
 
     @property
     def required(self) -> bool:
         """The fused head is trained whatever the time limit: the pipeline needs one model."""
         return self.name == FUSED
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """What train_member returns for a member it did not train, and why (in `tried`'s status)."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -52,7 +71,13 @@ class Budget:
 
     @classmethod
     def start(cls, seconds: float | None) -> Budget:
-        return cls(None if seconds is None else time.time() + seconds)
+        """The members' deadline: `seconds` from now less the tail's share (TAIL_SHARE)."""
+        return cls(None if seconds is None else time.time() + seconds * (1 - TAIL_SHARE))
+
+    def share(self, fraction: float) -> Budget:
+        """A budget ending after `fraction` of the time left (unlimited stays unlimited)."""
+        left = self.left()
+        return self if left is None else Budget(time.time() + fraction * left)
 
     def exhausted(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
@@ -96,6 +121,18 @@ def member_plan(params: Params, modalities: list[str]) -> list[MemberSpec]:
             spec = MemberSpec(kind, kind, fusion, train, tuned=modality.name, finetune_depth=depth)
             tuned.append((tuning.cost, spec))
     return plan + [spec for _, spec in sorted(tuned, key=lambda pair: pair[0])]
+
+
+def with_tuned(plan: list[MemberSpec], tuned: list[MemberSpec]) -> list[MemberSpec]:
+    """`plan` with the search's members after the boosted member (else after the single
+    modalities): they cost what the member they tune costs, less than the extra seeds and heads."""
+    if not tuned:
+        return plan
+    cheap = [
+        i for i, spec in enumerate(plan) if spec.kind == BOOSTED or spec.name == FUSED or spec.modalities
+    ]
+    at = max(cheap) + 1
+    return plan[:at] + tuned + plan[at:]
 
 
 def boosted_skip_reason(task: str) -> str | None:

@@ -18,7 +18,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
@@ -56,6 +56,9 @@ __all__ = [
 ]  # fmt: skip  (TASKS is re-exported: callers have imported it from here)
 
 Batch = tuple[dict[str, Tensor], dict[str, Tensor]]
+# Called after each epoch with the val predictions in natural units (predict's form, in the val
+# rows' order); True stops training there. The search's pruner listens through it.
+EpochReport = Callable[[int, np.ndarray], bool]
 
 
 class TargetScaling(NamedTuple):
@@ -94,13 +97,15 @@ def train_model(
     progress: bool = True,
     deadline: float | None = None,
     metric: str | None = None,
+    on_epoch: EpochReport | None = None,
 ) -> TrainResult:
     """Fit `fusion.head` on the train rows, early-stopping on the val rows.
 
-    `deadline` (time.time()) ends training after the epoch that passes it, keeping the best
-    epoch so far: how `train.time_limit` stops a member cleanly. `metric` (a chosen
-    `evaluate.metric`) picks the best epoch on val, the val loss breaking ties; None: the val
-    loss alone (`auto`).
+    `deadline` (time.time()) ends training before an epoch that would not end by it (the last
+    epoch's duration says), keeping the best epoch so far: how `train.time_limit` stops a
+    member cleanly; the first epoch always runs. `metric` (a chosen `evaluate.metric`) picks
+    the best epoch on val, the val loss breaking ties; None: the val loss alone (`auto`).
+    `on_epoch` hears every epoch's val predictions and may stop training (a pruned trial).
     """
     check_task(task)
     features = head_features(features, fusion.head)
@@ -116,7 +121,7 @@ def train_model(
         choice = EpochChoice(task, metric, features.target[val_at], train.patience, scaling)
         started = time.perf_counter()
         history, best_epoch = _fit(model, objective, train_data, val_data, train, device, progress, deadline,
-                                   choice)  # fmt: skip
+                                   choice, on_epoch)  # fmt: skip
         seconds = time.perf_counter() - started
     model.cpu().eval()
     return TrainResult(model, in_dims, out_dim, scaling, history, best_epoch, seconds)
@@ -371,6 +376,7 @@ def _fit(
     progress: bool,
     deadline: float | None,
     choice: EpochChoice,
+    on_epoch: EpochReport | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Epochs with early stopping; leaves the best validation epoch's weights in `model`."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -384,24 +390,46 @@ def _fit(
     best_state = copy.deepcopy(model.state_dict())
     with tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", disable=not progress) as bar:
         for epoch in bar:
+            began = time.time()
             order = torch.randperm(train_data.n_rows, generator=shuffler).to(device)
             present = hider.epoch_masks()
             train_loss = _train_epoch(
                 model, objective, train_data, present, order, optimizer, scheduler, cfg, device
             )
-            task = choice.task if choice.wants_predictions else None
+            task = choice.task if choice.wants_predictions or on_epoch is not None else None
             val_loss, val_predictions = _evaluate_loss(model, objective, val_data, cfg.batch_size, task)
             extra = choice.observe(epoch, val_loss, val_predictions)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **extra})
             bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
             if choice.improved:
                 best_state = copy.deepcopy(model.state_dict())
-            elif choice.exhausted:
+            if on_epoch is not None and on_epoch(epoch, natural_units(val_predictions, choice.scaling)):
                 break
-            if deadline is not None and time.time() >= deadline:
+            if choice.exhausted or no_time_for_another(deadline, began):
                 break
     model.load_state_dict(best_state)
     return history, choice.best_epoch
+
+
+def no_time_for_another(deadline: float | None, began: float) -> bool:
+    """Whether an epoch as long as the one that began at `began` would end past `deadline`.
+
+    Stopping before such an epoch, not after it, keeps a time limit a limit when epochs are
+    long (a fine-tuned encoder's can take minutes).
+    """
+    if deadline is None:
+        return False
+    now = time.time()
+    return now + (now - began) > deadline
+
+
+def natural_units(predictions: np.ndarray | None, scaling: tuple[float, float] | None) -> np.ndarray:
+    """A loop's val predictions as predict returns them: regression back on the target's scale."""
+    assert predictions is not None  # the loop predicts whenever an EpochReport listens
+    if scaling is None:
+        return predictions
+    mean, std = scaling
+    return predictions.astype(np.float64) * std + mean
 
 
 class ModalityDropout:

@@ -54,7 +54,7 @@ def test_picking_the_cpu_keeps_a_forwards_freed_activations_for_the_next_one() -
     # again, zeroed (45,000-73,000 pages of 4 KiB here); kept, the first forward faults them
     # in and the next ones reuse them (a few thousand faults at most while the heap settles).
     assert min(untuned[1:]) > 20_000, untuned
-    assert picked[-1] < 1_000 and sum(picked[1:]) < min(untuned[1:]) / 4, (picked, untuned)
+    assert picked[-1] < 5_000 and sum(picked[1:]) < min(untuned[1:]) / 4, (picked, untuned)
 
 
 def test_the_environment_can_leave_glibcs_defaults() -> None:
