@@ -77,12 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "default: predictions/<input name>.parquet in the current directory",
     )
     predict.add_argument("--params", default="params.yaml", help="read for `runtime` only (where chunks run)")
-    predict.add_argument(
-        "--root",
-        action="append",
-        default=[],
-        metavar="MODALITY=DIR",
-        help="where a file modality's paths are relative to (e.g. image=photos/); default: the bundle's",
+    _add_root(
+        predict, "where a file modality's paths are relative to (e.g. image=photos/); default: the bundle's"
     )
     _add_api(commands)
     monitor = commands.add_parser(
@@ -100,14 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="bundle or registry to watch (default 'served': the registry's promoted version, else models/)",
     )
     monitor.add_argument("--inputs-only", action="store_true", help="compare inputs only, not predictions")
-    monitor.add_argument(
-        "--root", action="append", default=[], metavar="MODALITY=DIR",
-        help="where a file modality's paths in --input are relative to (default: params.yaml's)",
-    )  # fmt: skip
+    _add_root(monitor, "where a file modality's paths in --input are relative to (default: params.yaml's)")
     commands.add_parser(
         "leaderboard", help="every trained model's val and test metric and training time (after evaluate)"
     )
     return parser
+
+
+def _add_root(command: argparse.ArgumentParser, help_text: str) -> None:
+    """`--root MODALITY=DIR`, repeatable: the commands that read file cells share its form."""
+    command.add_argument("--root", action="append", default=[], metavar="MODALITY=DIR", help=help_text)
 
 
 def _add_api(commands: argparse._SubParsersAction) -> None:
@@ -124,10 +122,7 @@ def _add_api(commands: argparse._SubParsersAction) -> None:
     )
     api.add_argument("--port", type=_port, default=8000)
     api.add_argument("--params", default="params.yaml", help="read for cache.dir and schedule.registry")
-    api.add_argument(
-        "--root", action="append", default=[], metavar="MODALITY=DIR",
-        help="where a file modality's path cells are relative to (default: the bundle's)",
-    )  # fmt: skip
+    _add_root(api, "where a file modality's path cells are relative to (default: the bundle's)")
     api.add_argument(
         "--batch-wait-ms", type=float, default=50.0,
         help="the longest a batch waits for requests on their way or expected back (docs/serving.md)",

@@ -95,8 +95,9 @@ def train_member(
     if spec.kind == BOOSTED:
         result = fit_boosted(
             rows, read_rows(aligned_path, features.ids), params.data.columns, params.data.task,
-            params.evaluate.epoch_metric(params.data.task), spec.train.seed, spec.train.preset,
-            budget.deadline, spec.train.class_weight, dict(spec.searched) or None,
+            params.evaluate.epoch_metric(params.data.task), spec.train.seed, preset=spec.train.preset,
+            deadline=budget.deadline, class_weight=spec.train.class_weight,
+            overrides=dict(spec.searched) or None,
         )  # fmt: skip
     elif spec.tuned is not None:
         try:

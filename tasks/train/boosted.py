@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import lightgbm as lgb
 import numpy as np
@@ -197,6 +197,15 @@ class BoostInputs:
         return np.asarray(raw, dtype=np.float64)
 
 
+class BoostOptions(TypedDict, total=False):
+    """boost's optional settings, which fit_boosted passes through (see boost)."""
+
+    preset: str
+    deadline: float | None
+    class_weight: str | None
+    overrides: Mapping[str, float] | None
+
+
 def fit_boosted(
     features: FeatureSet,
     rows: pd.DataFrame,
@@ -204,20 +213,12 @@ def fit_boosted(
     task: str,
     metric: str | None,
     seed: int,
-    preset: str = "fast",
-    deadline: float | None = None,
-    class_weight: str | None = None,
-    overrides: Mapping[str, float] | None = None,
+    **options: Unpack[BoostOptions],
 ) -> BoostedResult:
-    """Boost on the train rows of `features` (`rows` their aligned rows, same order), stopping on val.
-
-    `metric` is what stops it (`evaluate.epoch_metric`: None for the val loss); `deadline` a
-    time.time() after which boosting stops with the best round so far; `overrides` replace
-    some of SETTINGS (a searched member's).
-    """
+    """Boost on the train rows of `features` (`rows` their aligned rows, same order), stopping on val."""
     started = time.perf_counter()
     inputs = boost_inputs(features, rows, columns, task)
-    result = boost(inputs, metric, seed, preset, deadline, class_weight, overrides)
+    result = boost(inputs, metric, seed, **options)
     result.train_seconds = time.perf_counter() - started
     return result
 
@@ -246,7 +247,12 @@ def boost(
     class_weight: str | None = None,
     overrides: Mapping[str, float] | None = None,
 ) -> BoostedResult:
-    """Boost on `inputs`' train rows, stopping on its val rows (see fit_boosted)."""
+    """Boost on `inputs`' train rows, stopping on its val rows.
+
+    `metric` is what stops it (`evaluate.epoch_metric`: None for the val loss); `deadline` a
+    time.time() after which boosting stops with the best round so far; `overrides` replace
+    some of SETTINGS (a searched member's).
+    """
     started = time.perf_counter()
     task, matrix, target, train, val = inputs.task, inputs.matrix, inputs.target, inputs.train, inputs.val
     n_classes = len(inputs.classes)

@@ -100,7 +100,7 @@ def test_the_winners_become_members_that_train_to_their_trials_val_score(
         best = winners[member.kind if member.kind == BOOSTED else FUSED]
         assert best is not None and dict(member.searched) == best.settings
         if member.kind == BOOSTED:
-            result = fit_boosted(features, rows, COLUMNS, "binary", None, member.train.seed, "best",
+            result = fit_boosted(features, rows, COLUMNS, "binary", None, member.train.seed, preset="best",
                                  overrides=dict(member.searched))  # fmt: skip
             predicted = result.model.predict(features, rows)[val]
         else:
