@@ -52,6 +52,7 @@ from flows._runtime import cron_deployment
 from tasks import escape
 from tasks.config import DataConfig, MonitorConfig, Params, load_params
 from tasks.device import pick_device
+from tasks.errors import BundleError
 from tasks.features.cache import FeatureCache
 from tasks.monitor.checks import Check, holm
 from tasks.monitor.embeddings import embed_rows, embedding_checks, encoder_specs
@@ -75,6 +76,7 @@ from tasks.monitor.rows import (
     batch_from_sources,
     model_reference,
     new_batch,
+    newest_rows,
     sample_rows,
     served_model_dir,
     with_file_labels,
@@ -96,6 +98,7 @@ MARKDOWN_KEY, TABLE_KEY = "fuseline-drift", "fuseline-drift-table"
 PERFORMANCE_TABLE_KEY, PERFORMANCE_PLOT_KEY = "monitor-performance", "monitor-performance-plot"
 DRIFT_STATE = "Drift detected"
 SERVED = "served"  # `model`'s default: the registry's promoted version, else models/
+NEWEST = "newest rows"  # the aspect suffix of checks on the rows no model has trained on yet
 
 
 @task(name="read-reference", cache_policy=NO_CACHE)
@@ -131,6 +134,23 @@ def read_batch(
         batch = with_file_labels(batch, input_path, data)
     rows = sample_rows(batch.rows, settings.max_rows, settings.seed)
     return replace(batch, rows=rows, description=_sampled(batch.description, len(batch.rows), len(rows)))
+
+
+@task(name="read-newest", cache_policy=NO_CACHE)
+def read_newest(layout: Layout, bundle: Bundle | None, batch: Batch) -> Batch | None:
+    """The batch's rows no model has trained on yet (newest_rows), when models/ is not the served model.
+
+    models/ is the last retrain's candidate, kept or promoted; a lineage it cannot vouch for
+    (missing, edited) leaves the batch as the only comparison rather than failing the monitor.
+    """
+    if bundle is None or Path(bundle.path).resolve() == layout.models.resolve():
+        return None
+    try:
+        record = json.loads((layout.models / META).read_text()).get("lineage")
+        latest = read_lineage(layout.models, record)
+    except (OSError, ValueError, AttributeError, BundleError):
+        return None
+    return newest_rows(batch, latest)
 
 
 @task(name="tabular-drift", cache_policy=NO_CACHE)
@@ -291,6 +311,12 @@ def monitor(
     else:
         checks += tabular_drift(reference.train, batch.rows, params, schema.compared)
         checks += embedding_drift(reference.train, batch.rows, params, bundle, sides, schema.compared)
+        newest = read_newest(layout, bundle, batch) if not input_path else None
+        if newest is not None:  # a shift in the last drop alone, not diluted by older unseen rows
+            recent = tabular_drift(reference.train, newest.rows, params, schema.compared)
+            recent += embedding_drift(reference.train, newest.rows, params, bundle, sides, schema.compared)
+            checks += [replace(check, aspect=f"{check.aspect}, {NEWEST}") for check in recent]
+            notes.append(f"also compared on their own: {newest.description}")
         if predictor is None:
             notes.append("no model given: the model's predictions were not compared")
         elif reference.held_out.empty:

@@ -111,3 +111,32 @@ def test_a_last_run_without_a_column_the_served_model_reads_is_no_schema_change(
     summary = _monitor()
     assert not [c for c in summary["checks"] if c["aspect"] == "schema"]
     assert "as the current sources" in summary["reference"] and _price(summary)["drifted"]
+
+
+def test_a_shift_since_the_last_retrain_is_not_diluted_by_older_rows_the_served_model_missed(
+    prefect_api: str, grown: Path
+) -> None:
+    """v0001 (10,000 rows) is promoted; 4,000 quiet rows arrive and their retrain is kept, not
+    promoted (models/); then 500 rows priced one std higher. The served model has seen none of
+    the 4,500, where the shift is diluted (a season's covariate event went unflagged so); the
+    500 that no model has trained on yet are compared on their own as well, and carry it."""
+    promote(grown / "registry", grown / "models", {}, decide("auc", 0.8, None, 0.0))
+    quiet = pd.concat([items(OLD), items(4_000, start=OLD, seed=2)])
+    params = write_project(grown, quiet)
+    write_model(grown / "models", run_align(grown, params), params, seed=1)
+    write_project(grown, pd.concat([quiet, items(500, start=OLD + 4_000, shift=1.0, seed=3)]))
+    summary = _monitor()
+    whole = _price(summary)
+    newest = next(
+        c for c in summary["checks"] if c["column"] == "price" and c["aspect"] == "distribution, newest rows"
+    )
+    assert whole["batch_rows"] == 4_500 and not whole["drifted"]
+    assert newest["batch_rows"] == 500 and newest["drifted"] and newest["score"] > 0.5
+    assert summary["drifted"]
+
+
+def test_with_the_served_model_the_last_trained_there_are_no_newest_rows_apart(
+    prefect_api: str, grown: Path
+) -> None:
+    summary = _monitor()  # models/ is served: its unseen rows are all since the last retrain
+    assert not [c for c in summary["checks"] if c["aspect"].endswith("newest rows")]
