@@ -150,7 +150,8 @@ def promote_if_not_worse(
     if refused is not None:
         decision = Decision(False, metric, candidate, current, schedule.tolerance, refused)
     else:
-        decision = decide(metric, candidate, current, schedule.tolerance)
+        interval = same.interval if same is not None else None
+        decision = decide(metric, candidate, current, schedule.tolerance, interval)
     if same is not None:
         changes = "".join(f"; {note}" for note in same.notes)
         decision = replace(decision, reason=f"on the same {same.rows} test rows: {decision.reason}{changes}")

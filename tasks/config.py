@@ -284,8 +284,9 @@ class ScheduleConfig(Strict):
     """Scheduled retraining (`fuseline serve`): when it runs and when its model replaces the current one.
 
     `tolerance` is in units of `evaluate.metric` (by default auc, accuracy or rmse): a new model
-    is promoted unless it is worse than the promoted one by more than this, so retraining on
-    fresh data is not blocked by noise-level differences.
+    is promoted unless it is worse than the promoted one by more than this, and significantly so
+    (the paired interval on the rows neither trained on lies below zero): retraining on fresh
+    data is not blocked by noise-level differences (tasks/serve/promotion.py `decide`).
     """
 
     cron: str = "0 3 * * *"

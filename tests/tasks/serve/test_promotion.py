@@ -41,6 +41,31 @@ def test_score_worse_by_more_than_tolerance_is_kept_out() -> None:
     assert "keeping the current model" in decision.reason
 
 
+def test_a_gap_the_paired_interval_calls_chance_does_not_keep_the_champion() -> None:
+    """Worse by more than the tolerance on the shared rows, but the interval holds zero: promote.
+
+    The same test rows judge every retrain, so the champion that was lucky on them would
+    otherwise beat every fresh candidate (bench/lifecycle.py measured it).
+    """
+    decision = decide("auc", 0.776, 0.7955, 0.005, interval={"low": -0.045, "high": 0.006})
+    assert decision.promote
+    assert "includes zero" in decision.reason
+
+
+def test_a_significantly_worse_candidate_is_kept_out() -> None:
+    decision = decide("auc", 0.72, 0.76, 0.005, interval={"low": -0.061, "high": -0.018})
+    assert not decision.promote
+    assert "worse side of zero" in decision.reason
+
+
+def test_the_interval_reads_in_the_metric_s_direction() -> None:
+    # rmse: candidate minus current above zero is worse
+    assert not decide("rmse", 1.2, 1.0, 0.1, interval={"low": 0.05, "high": 0.35}).promote
+    assert decide("rmse", 1.2, 1.0, 0.1, interval={"low": -0.02, "high": 0.35}).promote
+    # within tolerance: promoted whatever the interval says
+    assert decide("auc", 0.860, 0.862, 0.005, interval={"low": -0.004, "high": -0.001}).promote
+
+
 def test_error_metric_direction_is_respected() -> None:
     # rmse: lower is better, so a higher candidate is the worse one
     assert not decide("rmse", candidate=1.20, current=1.00, tolerance=0.1).promote
