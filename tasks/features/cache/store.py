@@ -38,6 +38,21 @@ _STALE_TEMP_SECONDS = 24 * 3600
 log = logging.getLogger(__name__)
 
 
+# Each shard's key column as read once in this process, by path (see ShardStore.scan).
+_KEYS_READ: dict[Path, np.ndarray] = {}
+
+
+def _shard_keys(path: Path) -> np.ndarray:
+    """A shard's keys, read from its file the first time only."""
+    keys = _KEYS_READ.get(path)
+    if keys is None:
+        column = pq.ParquetFile(path).read(columns=[KEY]).column(KEY)
+        if column.type != pa.binary(DIGEST_BYTES):
+            raise CorruptShard(f"key column has type {column.type}")
+        keys = _KEYS_READ[path] = column.to_numpy(zero_copy_only=False)
+    return keys
+
+
 class CorruptShard(Exception):
     """A shard whose bytes no longer match its name, or that Parquet cannot read."""
 
@@ -89,7 +104,13 @@ class ShardStore:
         return self.shard_dir / f"{name}.parquet"
 
     def scan(self) -> ShardIndex:
-        """Read the key column of every committed shard (a few KB each, not the vectors)."""
+        """Read the key column of every committed shard (a few KB each, not the vectors).
+
+        Each shard's keys are read once per process (`_shard_keys`): a name is its checksum, so
+        a shard never changes under it. A notebook predicting a row at a time commits a shard
+        per call, and re-reading every earlier shard's keys made each call 0.28 ms slower than
+        the one before it.
+        """
         self._sweep_stale_temp_files()
         index = ShardIndex()
         key_arrays: list[np.ndarray] = []
@@ -97,9 +118,7 @@ class ShardStore:
         rows: list[np.ndarray] = []
         for name in self.names():
             try:
-                keys = pq.ParquetFile(self.path(name)).read(columns=[KEY]).column(KEY)
-                if keys.type != pa.binary(DIGEST_BYTES):
-                    raise CorruptShard(f"key column has type {keys.type}")
+                keys = _shard_keys(self.path(name))
             except FileNotFoundError:
                 continue  # another run discarded it a moment ago
             except (CorruptShard, pa.ArrowException, OSError) as err:
@@ -108,7 +127,7 @@ class ShardStore:
                 continue
             position = len(index.shards)
             index.shards.append(name)
-            key_arrays.append(keys.to_numpy(zero_copy_only=False))
+            key_arrays.append(keys)
             shard_ids.append(np.full(len(keys), position, np.int32))
             rows.append(np.arange(len(keys), dtype=np.int32))
         if key_arrays:
@@ -161,6 +180,7 @@ class ShardStore:
 
     def discard(self, name: str, reason: str) -> None:
         log.warning("cache shard %s is %s; deleted, its rows will be recomputed", self.path(name), reason)
+        _KEYS_READ.pop(self.path(name), None)
         self.path(name).unlink(missing_ok=True)
 
     def _sweep_stale_temp_files(self) -> None:

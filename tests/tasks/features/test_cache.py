@@ -403,3 +403,21 @@ def test_two_runs_sharing_a_cache_at_once_leave_it_consistent(
     assert 48 <= sum(computed) <= 96 and again.computed == 0 and encoders.encoded["image"] == 0
     first, rerun = read_blocks(tmp_path / "0.parquet")[1], read_blocks(tmp_path / "again.parquet")[1]
     np.testing.assert_allclose(first["image.photo"], rerun["image.photo"], atol=1e-5)
+
+
+def test_a_scan_reads_only_the_shards_it_has_not_read_before(tmp_path: Path, monkeypatch) -> None:
+    """A row-at-a-time caller commits a shard per call: each scan must not re-read every earlier one."""
+    store = ShardStore(tmp_path, dim=2)
+    for i in range(30):
+        store.commit([text_digest(str(i))], np.full((1, 2), i, np.float32), np.ones(1, bool))
+    first = store.scan()
+    opened: list[str] = []
+    real = pq.ParquetFile
+    monkeypatch.setattr(pq, "ParquetFile", lambda path, *a, **k: opened.append(path) or real(path, *a, **k))
+    name = store.commit([text_digest("new")], np.ones((1, 2), np.float32), np.ones(1, bool))
+    second = store.scan()
+    assert opened == [store.path(name)]
+    assert len(second.keys) == len(first.keys) + 1
+    new, old = second.locate([text_digest("new"), text_digest("7")])
+    assert second.shards[second.shard[new]] == name
+    assert second.shards[second.shard[old]] == first.shards[first.shard[first.locate([text_digest("7")])[0]]]
