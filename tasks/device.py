@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
 
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from tasks.allocator import keep_freed_memory
 from tasks.errors import ConfigError
@@ -51,10 +52,27 @@ def single_threaded() -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with threadpool_limits(limits=1):
+        with _threadpools().limit(limits=1):
             yield
     finally:
         torch.set_num_threads(previous)
+
+
+_controller: tuple[int, ThreadpoolController] | None = None
+
+
+def _threadpools() -> ThreadpoolController:
+    """The process's OpenMP/BLAS libraries, found again only after a new import.
+
+    Finding them walks every loaded shared library (3.5 ms, a twentieth of an API request
+    that predicts one row); a library is loaded by an import, so the count of imported
+    modules says when the walk must be redone.
+    """
+    global _controller
+    modules = len(sys.modules)
+    if _controller is None or _controller[0] != modules:
+        _controller = (modules, ThreadpoolController())
+    return _controller[1]
 
 
 # A GPU idles below a few hundred rows per batch; a CPU gains nothing from more.
