@@ -52,10 +52,16 @@ def single_threaded() -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with _threadpools().limit(limits=1):
+        with one_library_thread():
             yield
     finally:
         torch.set_num_threads(previous)
+
+
+def one_library_thread() -> contextlib.AbstractContextManager:
+    """OpenMP and BLAS on one thread for the duration (threadpoolctl's limit, on the libraries
+    `_threadpools` last found); torch's own thread count is left as it is."""
+    return _threadpools().limit(limits=1)
 
 
 _controller: tuple[int, ThreadpoolController] | None = None

@@ -39,11 +39,11 @@ import pandas as pd
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
-from threadpoolctl import threadpool_limits
 
 from modelzoo.heads.blocks import is_wide_block
 from tasks.config import ColumnsConfig
 from tasks.data.align import SPLIT
+from tasks.device import one_library_thread
 from tasks.errors import BundleError, DataError
 from tasks.scores.metric_names import higher_is_better
 from tasks.scores.metrics import score
@@ -311,7 +311,7 @@ def principal_components(values: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     values = values.astype(np.float64)
     mean = values.mean(axis=0)
     centred = values - mean
-    with threadpool_limits(limits=1):
+    with one_library_thread():
         covariance = centred.T @ centred / max(len(values) - 1, 1)  # (D, D)
         eigenvalues, vectors = np.linalg.eigh(covariance)
     keep = min(k, values.shape[1], len(values) - 1)

@@ -26,10 +26,10 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
-from threadpoolctl import threadpool_limits
 
 from tasks.config import ColumnsConfig
 from tasks.data.align import ID, SPLIT, TARGET
+from tasks.device import one_library_thread
 from tasks.errors import DataError
 from tasks.modalities import raw_text_columns
 from tasks.scores.metrics import compute_metrics, higher_is_better, resolve_metric
@@ -93,7 +93,7 @@ def _fitting(task: str) -> Iterator[None]:
     """
     if task not in TASKS:
         raise ValueError(f"the sklearn baseline supports {', '.join(TASKS)}, not {task!r}")
-    with threadpool_limits(limits=1):
+    with one_library_thread():
         yield
 
 
