@@ -15,9 +15,18 @@ that loads by parsing, never by running code. It reads:
 
 Boosting stops on the val rows as the heads' epochs do: on the smooth val loss (log loss, or
 squared error) under `evaluate.metric: auto`, else on the chosen metric with ties (frequent for
-accuracy) going to the lower loss, as in ensemble selection; or at the time limit. On disk
-(models/members/boosted/) it is the trimmed text model, the PCA arrays as safetensors and a
-JSON of how the inputs are laid out, with the digest of all three; loading refuses any other.
+accuracy) going to the lower loss, as in ensemble selection; or at the time limit.
+
+The member is the mean of `BAGS` boosters with consecutive seeds, each stopped on val on its
+own. One booster's row and feature subsamples are redrawn whenever the rows change, so a
+scheduled retrain on 5 % more rows moved it by up to 0.015 AUC on a fixed pool, and a
+promotion gate cannot tell that apart from a real change; the mean of three moved a quarter
+less and scored higher (demo season lineage: SD of version-to-version changes 0.0062 -> 0.0047,
+mean AUC 0.7474 -> 0.7519), for three times the boosting (seconds beside the heads).
+
+On disk (models/members/boosted/) it is each booster's trimmed text model (boosted.txt, then
+boosted.bag<i>.txt), the PCA arrays as safetensors and a JSON of how the inputs are laid out,
+with the digest of all of them; loading refuses any other. Format 1 (one booster) still loads.
 Training is deterministic: fixed seeds, a fixed thread count, `deterministic` and a forced
 histogram layout (LightGBM otherwise picks one by timing them).
 """
@@ -54,7 +63,9 @@ from tasks.train.plan import BOOSTED_TASKS
 MODEL = "boosted.txt"
 ARRAYS = "boosted.safetensors"
 META = "boosted.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: BAGS boosters (boosted.txt, boosted.bag<i>.txt); 1: boosted.txt alone
+READABLE_FORMATS = (1, 2)
+BAGS = 3  # boosters averaged, seeds seed .. seed + BAGS - 1 (see the module docstring)
 TABULAR = "tabular"  # the one-hot/scaled block: read as raw columns instead
 MAX_CATEGORIES = 255  # codes per categorical column; the rest share one
 COMPONENTS = 32  # principal components kept per embedding block
@@ -146,22 +157,30 @@ class Layout:
 
 @dataclass
 class BoostedModel:
-    """The trained booster and its input layout: an ensemble member (tasks.train.members.Member)."""
+    """The trained boosters and their input layout: an ensemble member (tasks.train.members.Member)."""
 
-    text: str  # LightGBM's text model: what is written, and what `booster` was parsed from
+    texts: tuple[str, ...]  # LightGBM's text models: what is written, and what `boosters` were parsed from
     layout: Layout
     task: str
     classes: tuple[str, ...]
     info: dict[str, Any]  # how it was trained: metric, rounds, settings (written to boosted.json)
-    booster: lgb.Booster = field(init=False, repr=False)
+    boosters: list[lgb.Booster] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.booster = lgb.Booster(model_str=self.text)
+        if not self.texts:
+            raise ValueError("a boosted model needs at least one booster")
+        self.boosters = [lgb.Booster(model_str=text) for text in self.texts]
 
     def predict(self, features: FeatureSet, rows: pd.DataFrame) -> np.ndarray:
         """P(second class) (N,), class probabilities (N, C) or values (N,): the heads' forms."""
-        raw = self.booster.predict(self.layout.matrix(features, rows), num_threads=THREADS)
-        return np.asarray(raw, dtype=np.float64)
+        return self.predict_matrix(self.layout.matrix(features, rows))
+
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """The boosters' mean prediction of rows already laid out by `layout`."""
+        total = np.asarray(self.boosters[0].predict(matrix, num_threads=THREADS), dtype=np.float64)
+        for booster in self.boosters[1:]:
+            total = total + booster.predict(matrix, num_threads=THREADS)
+        return total / len(self.boosters)
 
 
 @dataclass
@@ -174,7 +193,7 @@ class BoostedResult:
 
     @property
     def best_epoch(self) -> int:
-        """The round kept (the name the other members' results use)."""
+        """The round kept by the first booster (the name the other members' results use)."""
         return int(self.model.info["best_round"])
 
 
@@ -193,8 +212,7 @@ class BoostInputs:
 
     def val_predictions(self, model: BoostedModel) -> np.ndarray:
         """`model`'s predictions of the val rows, in their order in the features."""
-        raw = model.booster.predict(self.matrix[self.val], num_threads=THREADS)
-        return np.asarray(raw, dtype=np.float64)
+        return model.predict_matrix(self.matrix[self.val])
 
 
 class BoostOptions(TypedDict, total=False):
@@ -218,7 +236,7 @@ def fit_boosted(
     """Boost on the train rows of `features` (`rows` their aligned rows, same order), stopping on val."""
     started = time.perf_counter()
     inputs = boost_inputs(features, rows, columns, task)
-    result = boost(inputs, metric, seed, **options)
+    result = boost(inputs, metric, seed, bags=BAGS, **options)
     result.train_seconds = time.perf_counter() - started
     return result
 
@@ -246,14 +264,51 @@ def boost(
     deadline: float | None = None,
     class_weight: str | None = None,
     overrides: Mapping[str, float] | None = None,
+    bags: int = 1,
 ) -> BoostedResult:
-    """Boost on `inputs`' train rows, stopping on its val rows.
+    """Boost `bags` boosters (seeds `seed`, `seed` + 1, ...) on `inputs`' train rows, each
+    stopping on its val rows; the model is their mean. A search's trials boost one.
 
     `metric` is what stops it (`evaluate.epoch_metric`: None for the val loss); `deadline` a
-    time.time() after which boosting stops with the best round so far; `overrides` replace
-    some of SETTINGS (a searched member's).
+    time.time() after which boosting stops with the best round so far, and no further booster
+    starts; `overrides` replace some of SETTINGS (a searched member's).
     """
     started = time.perf_counter()
+    texts: list[str] = []
+    rounds: list[dict[str, int]] = []
+    history: list[dict[str, float]] = []
+    settings: dict[str, Any] = {}
+    for bag in range(max(1, bags)):
+        if texts and deadline is not None and time.time() >= deadline:
+            break
+        text, stopper, settings = _boost_one(
+            inputs, metric, (seed + bag) % 2**31, deadline, class_weight, overrides, preset
+        )
+        texts.append(text)
+        rounds.append({"seed": settings["seed"], "best_round": stopper.best_round, "rounds": len(stopper.history)})
+        history = history or stopper.history
+    info = {
+        "stopped_on": metric or "val loss",
+        "best_round": rounds[0]["best_round"],
+        "rounds": rounds[0]["rounds"],
+        "bags": rounds,
+        "settings": {**settings, "seed": seed},
+        "lightgbm": lgb.__version__,
+    }
+    model = BoostedModel(tuple(texts), inputs.layout, inputs.task, inputs.classes, info)
+    return BoostedResult(model, time.perf_counter() - started, history)
+
+
+def _boost_one(
+    inputs: BoostInputs,
+    metric: str | None,
+    seed: int,
+    deadline: float | None,
+    class_weight: str | None,
+    overrides: Mapping[str, float] | None,
+    preset: str,
+) -> tuple[str, _Stopper, dict[str, Any]]:
+    """One booster's text model (the rounds kept only), its stopper and its settings."""
     task, matrix, target, train, val = inputs.task, inputs.matrix, inputs.target, inputs.train, inputs.val
     n_classes = len(inputs.classes)
     settings = _settings(task, n_classes, seed, int(train.sum()), overrides)
@@ -268,18 +323,9 @@ def boost(
         settings, data, num_boost_round=MAX_ROUNDS.get(preset, MAX_ROUNDS["fast"]), valid_sets=[valid],
         valid_names=["val"], feval=_evaluation(task, metric), callbacks=[stopper],
     )  # fmt: skip
-    info = {
-        "stopped_on": metric or "val loss",
-        "best_round": stopper.best_round,
-        "rounds": len(stopper.history),
-        "settings": settings,
-        "lightgbm": lgb.__version__,
-    }
     # Only the rounds kept are saved, and the member is the saved text read back: what is
     # served is exactly what was scored on val.
-    text = booster.model_to_string(num_iteration=stopper.best_round)
-    model = BoostedModel(text, inputs.layout, task, inputs.classes, info)
-    return BoostedResult(model, time.perf_counter() - started, stopper.history)
+    return booster.model_to_string(num_iteration=stopper.best_round), stopper, settings
 
 
 def fit_layout(features: FeatureSet, rows: pd.DataFrame, columns: ColumnsConfig, train: np.ndarray) -> Layout:
@@ -441,9 +487,9 @@ class _Stopper:
 
 
 def write_boosted(directory: Path, model: BoostedModel) -> None:
-    """boosted.txt, boosted.safetensors and boosted.json (with the digest of all three)."""
+    """Each booster's text model, boosted.safetensors and boosted.json (with the digest of all)."""
     directory.mkdir(parents=True, exist_ok=True)
-    text = model.text.encode("utf-8")
+    texts = [text.encode("utf-8") for text in model.texts]
     arrays = save_arrays({k: np.ascontiguousarray(v) for k, v in sorted(model.layout.arrays.items())})
     meta = {
         "format_version": FORMAT_VERSION,
@@ -451,49 +497,72 @@ def write_boosted(directory: Path, model: BoostedModel) -> None:
         "classes": list(model.classes),
         "layout": model.layout.to_json(),
         "info": model.info,
+        "boosters": len(texts),
     }
     meta = json.loads(json.dumps(meta))  # the digest covers what a reader will parse back
     meta["digest"] = {
-        "model": hashlib.sha256(text).hexdigest(),
+        "model": hashlib.sha256(texts[0]).hexdigest(),
+        "bags": [hashlib.sha256(text).hexdigest() for text in texts[1:]],
         "arrays": hashlib.sha256(arrays).hexdigest(),
         "meta": meta_digest(meta),
     }
-    (directory / MODEL).write_bytes(text)
+    for name, text in zip(_model_files(len(texts)), texts, strict=True):
+        (directory / name).write_bytes(text)
     (directory / ARRAYS).write_bytes(arrays)
     (directory / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
+def _model_files(boosters: int) -> list[str]:
+    """boosted.txt, then boosted.bag1.txt, boosted.bag2.txt, ..."""
+    return [MODEL] + [f"boosted.bag{i}.txt" for i in range(1, boosters)]
+
+
 def read_boosted(directory: Path) -> BoostedModel:
-    """The stored member; a one-line BundleError naming the file unless all three parts are intact."""
+    """The stored member; a one-line BundleError naming the file unless every part is intact."""
     directory = Path(directory)
     meta_path = directory / META
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        text = (directory / MODEL).read_bytes()
-        arrays = (directory / ARRAYS).read_bytes()
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BundleError(f"{directory}: unreadable boosted model ({_one_line(err)})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format_version") not in READABLE_FORMATS:
         version = meta.get("format_version") if isinstance(meta, dict) else None
         raise BundleError(f"{meta_path}: boosted model format {version!r} is not supported")
-    _check_digest(directory, meta, text, arrays)
+    boosters = meta.get("boosters", 1)
+    if not isinstance(boosters, int) or isinstance(boosters, bool) or boosters < 1:
+        raise BundleError(f"{meta_path}: unreadable boosted model (boosters {boosters!r})")
+    try:
+        texts = [(directory / name).read_bytes() for name in _model_files(boosters)]
+        arrays = (directory / ARRAYS).read_bytes()
+    except OSError as err:
+        raise BundleError(f"{directory}: unreadable boosted model ({_one_line(err)})") from None
+    _check_digest(directory, meta, texts, arrays)
     try:
         task, classes = str(meta["task"]), tuple(str(c) for c in meta["classes"])
         layout = Layout.from_json(meta["layout"], dict(load_arrays(arrays)))
-        model = BoostedModel(text.decode("utf-8"), layout, task, classes, dict(meta.get("info", {})))
+        decoded = tuple(text.decode("utf-8") for text in texts)
+        model = BoostedModel(decoded, layout, task, classes, dict(meta.get("info", {})))
     except (KeyError, TypeError, ValueError, SafetensorError, lgb.basic.LightGBMError) as err:
         raise BundleError(f"{meta_path}: unreadable boosted model ({_one_line(err)})") from None
-    _check_consistency(meta_path, task, classes, model.booster)
+    for booster in model.boosters:
+        _check_consistency(meta_path, task, classes, booster)
     return model
 
 
-def _check_digest(directory: Path, meta: dict[str, Any], text: bytes, arrays: bytes) -> None:
+def _check_digest(directory: Path, meta: dict[str, Any], texts: list[bytes], arrays: bytes) -> None:
     digest = meta.get("digest")
-    parts = {"model": (MODEL, text), "arrays": (ARRAYS, arrays)}
     if not isinstance(digest, dict):
         raise BundleError(f"{directory / META}: has no digest; retrain (dvc repro) or restore it")
-    for key, (name, data) in parts.items():
-        if digest.get(key) != hashlib.sha256(data).hexdigest():
+    expected = [digest.get("model"), *(digest.get("bags") or [])]
+    parts = [*zip(_model_files(len(texts)), texts, strict=True), (ARRAYS, arrays)]
+    expected.append(digest.get("arrays"))
+    if len(expected) != len(parts):
+        raise BundleError(
+            f"{directory / META}: lists {len(expected) - 1} model files, not {len(texts)}; "
+            "retrain (dvc repro) or restore it"
+        )
+    for (name, data), wanted in zip(parts, expected, strict=True):
+        if wanted != hashlib.sha256(data).hexdigest():
             raise BundleError(
                 f"{directory / name}: changed after the boosted model was written (digest mismatch); "
                 "retrain (dvc repro) or restore it"

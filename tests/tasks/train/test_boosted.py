@@ -18,7 +18,20 @@ from tasks.features.tabular import fit_tabular, transform_tabular
 from tasks.paths import Layout
 from tasks.scores.metrics import score
 from tasks.train.assemble import load_feature_set, rows_in_order
-from tasks.train.boosted import ARRAYS, META, MODEL, BoostedResult, fit_boosted, read_boosted, write_boosted
+from tasks.train.boosted import (
+    ARRAYS,
+    BAGS,
+    META,
+    MODEL,
+    BoostedModel,
+    BoostedResult,
+    boost,
+    boost_inputs,
+    fit_boosted,
+    read_boosted,
+    write_boosted,
+)
+from tasks.train.bundle import meta_digest
 from tasks.train.dataset import FeatureSet
 from tasks.train.members import load_member
 from tasks.train.plan import BOOSTED, boosted_skip_reason, member_plan
@@ -144,12 +157,41 @@ def test_the_saved_member_predicts_exactly_what_was_trained(
 def test_the_same_seed_gives_the_same_model_and_another_seed_another(tmp_path: Path) -> None:
     features, rows = _prepare(tmp_path, "binary")
     first, again, other = (fit_boosted(features, rows, COLUMNS, "binary", "auc", seed=s) for s in (7, 7, 8))
-    assert first.model.text == again.model.text
+    assert first.model.texts == again.model.texts
     assert np.array_equal(first.model.predict(features, rows), again.model.predict(features, rows))
-    assert other.model.text != first.model.text
+    assert other.model.texts != first.model.texts
 
 
-@pytest.mark.parametrize("name", [MODEL, ARRAYS, META])
+def test_the_member_is_the_mean_of_boosters_with_consecutive_seeds(
+    fitted: tuple[str, Prepared, BoostedResult],
+) -> None:
+    task, (features, rows), result = fitted
+    inputs = boost_inputs(features, rows, COLUMNS, task)
+    singles = [boost(inputs, METRIC[task], seed, bags=1).model for seed in range(BAGS)]
+    assert BAGS > 1 and result.model.texts == tuple(single.texts[0] for single in singles)
+    mean = sum(single.predict(features, rows) for single in singles) / BAGS
+    assert np.allclose(result.model.predict(features, rows), mean, rtol=0, atol=1e-12)
+    assert [bag["seed"] for bag in result.model.info["bags"]] == list(range(BAGS))
+
+
+def test_a_member_written_in_format_one_still_loads(
+    fitted: tuple[str, Prepared, BoostedResult], tmp_path: Path
+) -> None:
+    """Registry versions trained before bagging hold one booster and no booster count."""
+    task, (features, rows), result = fitted
+    single = BoostedModel(result.model.texts[:1], result.model.layout, task, result.model.classes, {})
+    write_boosted(tmp_path, single)
+    meta = json.loads((tmp_path / META).read_text())
+    meta["format_version"] = 1
+    del meta["boosters"], meta["digest"]["bags"]
+    meta["digest"]["meta"] = meta_digest(meta)
+    (tmp_path / META).write_text(json.dumps(meta))
+    loaded = read_boosted(tmp_path)
+    assert len(loaded.boosters) == 1
+    assert np.array_equal(loaded.predict(features, rows), single.predict(features, rows))
+
+
+@pytest.mark.parametrize("name", [MODEL, "boosted.bag2.txt", ARRAYS, META])
 def test_a_changed_file_is_refused_in_one_line_naming_it(
     name: str, fitted: tuple[str, Prepared, BoostedResult], tmp_path: Path
 ) -> None:
@@ -167,6 +209,9 @@ def test_a_changed_file_is_refused_in_one_line_naming_it(
     with pytest.raises(BundleError) as refused:
         read_boosted(tmp_path)
     assert name in str(refused.value) and "\n" not in str(refused.value)
+    (tmp_path / "boosted.bag1.txt").unlink()
+    with pytest.raises(BundleError, match="boosted.bag1.txt"):
+        read_boosted(tmp_path)
     write_boosted(tmp_path / "intact", result.model)
     read_boosted(tmp_path / "intact")
 
@@ -174,7 +219,7 @@ def test_a_changed_file_is_refused_in_one_line_naming_it(
 def test_a_spent_deadline_keeps_the_first_round(tmp_path: Path) -> None:
     features, rows = _prepare(tmp_path, "binary")
     result = fit_boosted(features, rows, COLUMNS, "binary", "auc", seed=0, deadline=time.time() - 1)
-    assert result.best_epoch == 1 and len(result.history) == 1
+    assert result.best_epoch == 1 and len(result.history) == 1 and len(result.model.texts) == 1
 
 
 def test_every_preset_plans_it_but_multilabel_says_why_not() -> None:
