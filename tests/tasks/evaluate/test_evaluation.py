@@ -242,6 +242,22 @@ def test_projection_is_two_dimensional_and_names_its_method() -> None:
     assert coords.shape == (60, 2) and method == "t-SNE"
 
 
+def test_the_shortened_t_sne_still_keeps_neighbours_and_clusters() -> None:
+    """TSNE_ITERATIONS is half scikit-learn's default: the plot must still show the structure."""
+    from sklearn.manifold import trustworthiness
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 150)
+    centres = rng.normal(scale=4.0, size=(3, 32))
+    points = centres[labels] + rng.normal(size=(450, 32))
+    coords, method = project_2d(points)
+    assert method == "t-SNE" and trustworthiness(points, coords, n_neighbors=10) > 0.9
+    spread = max(coords[labels == k].std(axis=0).max() for k in range(3))
+    centroids = np.array([coords[labels == k].mean(axis=0) for k in range(3)])
+    gaps = [np.linalg.norm(centroids[i] - centroids[j]) for i in range(3) for j in range(i + 1, 3)]
+    assert min(gaps) > 3 * spread, (gaps, spread)
+
+
 def test_projection_of_large_sets_uses_pca() -> None:
     coords, method = project_2d(np.random.default_rng(0).normal(size=(1500, 4)))
     assert coords.shape == (1500, 2) and method == "PCA"
