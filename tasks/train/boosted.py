@@ -285,7 +285,8 @@ def boost(
             inputs, metric, (seed + bag) % 2**31, deadline, class_weight, overrides, preset
         )
         texts.append(text)
-        rounds.append({"seed": settings["seed"], "best_round": stopper.best_round, "rounds": len(stopper.history)})
+        kept, ran = stopper.best_round, len(stopper.history)
+        rounds.append({"seed": settings["seed"], "best_round": kept, "rounds": ran})
         history = history or stopper.history
     info = {
         "stopped_on": metric or "val loss",

@@ -113,7 +113,7 @@ class PortableLinear:
                 position = index.get(gram)
                 if position is not None:
                     counts[position] = counts.get(position, 0) + 1
-            weighed = {position: (1.0 + math.log(count)) * float(idf[position]) for position, count in counts.items()}
+            weighed = {p: (1.0 + math.log(count)) * float(idf[p]) for p, count in counts.items()}
             norm = math.sqrt(math.fsum(value * value for value in weighed.values())) or 1.0
             for position, value in weighed.items():
                 rows.append(row)
