@@ -38,6 +38,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
@@ -52,7 +53,7 @@ from safetensors.numpy import save as save_arrays
 from modelzoo.heads.blocks import is_wide_block
 from tasks.config import ColumnsConfig
 from tasks.data.align import SPLIT
-from tasks.device import one_library_thread
+from tasks.device import cores, one_library_thread
 from tasks.errors import BundleError, DataError
 from tasks.scores.metric_names import higher_is_better
 from tasks.scores.metrics import score
@@ -274,20 +275,23 @@ def boost(
     starts; `overrides` replace some of SETTINGS (a searched member's).
     """
     started = time.perf_counter()
-    texts: list[str] = []
-    rounds: list[dict[str, int]] = []
-    history: list[dict[str, float]] = []
-    settings: dict[str, Any] = {}
-    for bag in range(max(1, bags)):
-        if texts and deadline is not None and time.time() >= deadline:
-            break
-        text, stopper, settings = _boost_one(
-            inputs, metric, (seed + bag) % 2**31, deadline, class_weight, overrides, preset
-        )
-        texts.append(text)
-        kept, ran = stopper.best_round, len(stopper.history)
-        rounds.append({"seed": settings["seed"], "best_round": kept, "rounds": ran})
-        history = history or stopper.history
+
+    def one(bag: int) -> tuple[str, _Stopper, dict[str, Any]] | None:
+        if bag and deadline is not None and time.time() >= deadline:
+            return None
+        return _boost_one(inputs, metric, (seed + bag) % 2**31, deadline, class_weight, overrides, preset)
+
+    # Boosters side by side, one thread each: LightGBM leaves the GIL while it builds trees,
+    # and each booster's trees depend on its own seed alone, not on what runs beside it.
+    bags = max(1, bags)
+    with ThreadPoolExecutor(max_workers=min(bags, cores())) as pool:
+        fitted = [result for result in pool.map(one, range(bags)) if result is not None]
+    texts = [text for text, _, _ in fitted]
+    rounds = [
+        {"seed": settings["seed"], "best_round": stopper.best_round, "rounds": len(stopper.history)}
+        for _, stopper, settings in fitted
+    ]
+    history, settings = fitted[0][1].history, fitted[0][2]
     info = {
         "stopped_on": metric or "val loss",
         "best_round": rounds[0]["best_round"],
