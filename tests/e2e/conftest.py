@@ -1,7 +1,10 @@
 """One reproduced git + DVC project per test session, shared by every end-to-end module.
 
-`dvc repro` of the tiny demo is the slowest thing the suite does, so it runs once; tests
-that change the project (experiments, retraining, push/pull) work on a copy (`copy_repo`).
+Reproducing the tiny demo is the slowest thing the suite does, so it runs once, as `make demo`
+runs it (`fuseline repro`: DVC's repro with its stages forked from one warm process, 47 s
+against 110 s when each stage imports torch and Prefect itself; tests/e2e/test_stage_host.py
+holds the two ways to the same outputs). Tests that change the project (experiments,
+retraining, push/pull) work on a copy (`copy_repo`).
 """
 
 from __future__ import annotations
@@ -68,5 +71,5 @@ def repo(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     run_ok(["dvc", "init", "-q"], root, env)
     run_ok([*GIT, "add", "-A"], root, env)
     run_ok([*GIT, "commit", "-qm", "init"], root, env)
-    run_ok(["dvc", "repro"], root, env)
+    run_ok([sys.executable, "-m", "flows.cli", "repro"], root, env)
     return root, env

@@ -165,7 +165,8 @@ def test_served_deployment_runs_when_triggered(prefect_api: str, repo: Repo, tmp
     from prefect.deployments import run_deployment
 
     root = copy_repo(repo[0], tmp_path / "served")
-    env = dict(repo[1], PREFECT_API_URL=prefect_api)
+    # The runner looks for scheduled runs every 10 s by default; a second keeps the wait short.
+    env = dict(repo[1], PREFECT_API_URL=prefect_api, PREFECT_RUNNER_POLL_FREQUENCY="1")
     log = (tmp_path / "serve.log").open("w")
     serve = subprocess.Popen(
         [sys.executable, "-m", "flows.deploy", "--name", "served-test"],
