@@ -113,16 +113,25 @@ class Server:
             raise
 
     def _start(self, settings: ApiSettings) -> None:
+        """The batcher's worker loads every version and predicts every batch: the model's torch
+        work stays on that one thread (tasks/serve/http_batch.py says why). The other threads
+        read the loaded version only (`loaded()`); the worker follows the registry's pointer."""
         cache = ServingCache(machine_cache_dir(settings.params), self.scratch)
-        self.slot = ModelSlot(
-            Path(settings.model),
-            lambda: with_encoders_loaded(load_served(settings.model, cache, settings.roots)),
-        )
         self._schema: tuple[ServedModel, RequestSchema] | None = None
         wait_s = settings.batch_wait_ms / 1000
         self.batcher = Batcher(
-            self.slot.current, staging_roots(self.staging), wait_s, settings.max_batch_rows
+            lambda: self.slot.current(), staging_roots(self.staging), wait_s, settings.max_batch_rows
         )
+        try:
+            self.slot = self.batcher.on_worker(
+                lambda: ModelSlot(
+                    Path(settings.model),
+                    lambda: with_encoders_loaded(load_served(settings.model, cache, settings.roots)),
+                )
+            )
+        except BaseException:
+            self.batcher.close()
+            raise
 
     def schema(self, model: ServedModel) -> RequestSchema:
         """The request models of this version (built once per loaded version)."""
@@ -140,7 +149,7 @@ class Server:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     async def predict(self, request: Request) -> dict[str, Any]:
-        """Read, validate and stage the rows (in a thread: a swap may load a model), then wait for
+        """Read, validate and stage the rows (in a thread: decoding and writing files block), then wait for
         their batch; batches started meanwhile wait for this request (Batcher.arriving)."""
         request_dir = uuid.uuid4().hex
         try:
@@ -161,13 +170,13 @@ class Server:
             asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
 
     def _staged(self, body: bytes, request_dir: str) -> tuple[Any, list[Any]]:
-        model = self.slot.current()
+        model = self.slot.loaded()
         rows = parse_request(self.schema(model), body)
         return stage_rows(rows, model.data, model.roots, self.staging, request_dir)
 
     def describe(self) -> dict[str, Any]:
         """GET /model: what is served and what it expects."""
-        model = self.slot.current()
+        model = self.slot.loaded()
         meta, data = model.predictor.meta, model.data
         return {
             "version": model.version,
@@ -197,7 +206,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.get("/health")
     def health() -> dict[str, Any]:
         batcher = server.batcher
-        version = server.slot.current().version
+        version = server.slot.loaded().version
         return {"status": "ok", "version": version, "batches": batcher.batches, "requests": batcher.requests}
 
     @app.get("/model")
@@ -233,7 +242,7 @@ def _problem(status: int, field_name: str, message: str) -> JSONResponse:
 
 def _openapi(app: FastAPI, server: Server) -> dict[str, Any]:
     """FastAPI's schema with /predict's body described by the served version's row model."""
-    model = server.slot.current()
+    model = server.slot.loaded()
     schema = get_openapi(title=app.title, version=model.version or "bundle", routes=app.routes)
     body = server.schema(model).request.model_json_schema(ref_template="#/components/schemas/{model}")
     components = schema.setdefault("components", {}).setdefault("schemas", {})

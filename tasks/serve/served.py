@@ -127,6 +127,10 @@ class ModelSlot:
         self._stamp = _pointer_stamp(self.source)
         self._model = load()
 
+    def loaded(self) -> ServedModel:
+        """The version in memory now, without looking at the pointer (never loads)."""
+        return self._model
+
     def current(self) -> ServedModel:
         stamp = _pointer_stamp(self.source)
         if stamp == self._stamp:

@@ -208,6 +208,37 @@ def test_a_promoted_version_is_served_without_failing_a_request(project: Path, t
     assert app.state.server.batcher.batches < len(statuses)  # concurrent requests shared batches
 
 
+def test_every_version_is_loaded_on_the_thread_that_predicts(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch work stays on the batcher's worker (tasks/serve/http_batch.py: an encoder's forward
+    ran 2-3x slower on a thread other than the one that had loaded it), and a promoted version
+    is loaded there while idle: no request waits for it, and /health names it."""
+    import flows.api
+
+    loaded_on: list[str] = []
+    load_served = flows.api.load_served
+
+    def recording_load(*args: Any, **kwargs: Any) -> Any:
+        loaded_on.append(threading.current_thread().name)
+        return load_served(*args, **kwargs)
+
+    monkeypatch.setattr(flows.api, "load_served", recording_load)
+    registry = tmp_path / "registry"
+    decision = decide("auc", 0.8, None, 1.0)
+    promote(registry, project / "models", {"test": {"auc": 0.8}}, decision)
+    try:
+        with TestClient(create_app(ApiSettings(model=str(registry), params="params.yaml"))) as client:
+            assert client.get("/health").json()["version"] == "v0001"
+            promote(registry, project / "models", {"test": {"auc": 0.81}}, decision)
+            _wait_for(lambda: client.get("/health").json()["version"] == "v0002", timeout=30)
+            body = {"rows": raw_demo_rows(project).head(1).to_dict("records")}
+            assert client.post("/predict", json=body).json()["version"] == "v0002"
+    finally:
+        shutil.rmtree(registry, ignore_errors=True)
+    assert loaded_on == ["predict-batches", "predict-batches"]
+
+
 def _wait_until_up(url: str, server: Any) -> None:
     def up() -> bool:
         try:

@@ -32,8 +32,11 @@ class RecordingModel:
     batches: list[list[float]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
 
+    threads: list[str] = field(default_factory=list)
+
     def predict(self, frame: pd.DataFrame, source: str, roots: dict) -> pd.DataFrame:
         self.batches.append(frame["x"].tolist())
+        self.threads.append(threading.current_thread().name)
         self.release.wait(timeout=10)
         return pd.DataFrame({"item_id": frame["item_id"], "prediction": frame["x"]})
 
@@ -129,3 +132,49 @@ def test_clients_answered_together_are_waited_for_together(batcher: Batcher, mod
     for future in again:
         future.result(timeout=10)
     assert model.batches == [[0.0, 1.0, 2.0], [10.0, 11.0, 12.0]]
+
+
+def test_a_call_runs_on_the_thread_that_predicts(batcher: Batcher, model: RecordingModel) -> None:
+    """Loading a version goes through `on_worker`: torch's thread teams stay on one thread (a
+    forward on a second thread ran 2-3x slower on 2 cores), and the call waits for the batch."""
+    model.release.set()
+    batcher.submit(_frame(1.0)).result(timeout=10)
+    called_on = batcher.on_worker(lambda: threading.current_thread().name)
+    assert called_on == model.threads[0] == "predict-batches"
+    assert called_on != threading.current_thread().name
+    with pytest.raises(KeyError, match="raised on the worker"):
+        batcher.on_worker(lambda: {}["raised on the worker"])
+    assert batcher.submit(_frame(2.0)).result(timeout=10)[0]["prediction"].tolist() == [2.0]
+
+
+def test_a_call_waits_for_the_batch_under_way(batcher: Batcher, model: RecordingModel) -> None:
+    running = batcher.submit(_frame(1.0))
+    time.sleep(0.2)  # the worker is in predict, held until released
+    order: list[str] = []
+    caller = threading.Thread(target=lambda: order.append(batcher.on_worker(lambda: "call")))
+    caller.start()
+    time.sleep(0.2)
+    assert order == []  # not while the batch runs
+    model.release.set()
+    running.result(timeout=10)
+    caller.join(timeout=10)
+    assert order == ["call"]
+
+
+def test_an_idle_worker_asks_for_the_current_model() -> None:
+    """A promoted version is loaded by the worker while idle, not by the next request."""
+    asked: list[str] = []
+    model = RecordingModel()
+
+    def current() -> RecordingModel:
+        asked.append(threading.current_thread().name)
+        return model
+
+    batcher = Batcher(current, {}, wait_s=0.05, max_rows=4)  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 10
+        while not asked and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        batcher.close()
+    assert asked and set(asked) == {"predict-batches"}
