@@ -153,6 +153,8 @@ class FileModality(EmbeddedModality):
             except OSError as err:  # removed or unreadable since it was resolved
                 return "", f"cannot be read ({err.strerror})"
 
+        if len(values) < 2:  # a served request's one file: a thread pool and a progress bar cost more
+            return {value: probe(value) for value in values}
         verdicts: dict[str, Verdict] = {}
         progress = tqdm(total=len(values), desc=f"{column}: hashing {self.noun}s", unit="file", disable=None)
         with ThreadPoolExecutor(cores(), thread_name_prefix="probe") as pool, progress:

@@ -159,18 +159,30 @@ def test_fuseline_predict_command_writes_the_output(repo: Repo, tmp_path: Path) 
     assert len(pd.read_parquet(output)) == 5
 
 
-def test_fuseline_predict_refuses_to_overwrite_what_it_reads(repo: Repo, tmp_path: Path) -> None:
-    """Issue 11: `--output` equal to the input, inside the bundle, or a directory is one line, exit 2."""
+def test_fuseline_predict_refuses_to_overwrite_what_it_reads(
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: `--output` equal to the input, inside the bundle, or a directory is one line, exit 2.
+
+    The command runs once (a process start is most of its cost); the other two outputs go
+    through the check it makes before any work, on the same project."""
+    from flows.predict import check_predict_paths
+    from tasks.errors import DataError
+
     root, env = repo
     raw_demo_rows(root).head(5).to_csv(tmp_path / "new.csv", index=False)
     kept = {path: path.read_bytes() for path in (tmp_path / "new.csv", root / "models" / "bundle.json")}
     command = _predict_command(tmp_path / "new.csv")
-    for output in (str(tmp_path / "new.csv"), "models/bundle.json", str(tmp_path)):
-        result = subprocess.run(
-            [*command, "--output", output], cwd=root, env=env, capture_output=True, text=True, timeout=600
-        )
-        assert result.returncode == 2, result.stderr
-        assert result.stderr.splitlines()[-1].startswith("fuseline: ") and "Traceback" not in result.stderr
+    result = subprocess.run(
+        [*command, "--output", str(tmp_path / "new.csv")], cwd=root, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("fuseline: ") and "Traceback" not in result.stderr
+    monkeypatch.chdir(root)
+    for output, why in (("models/bundle.json", "is inside models"), (str(tmp_path), "existing directory")):
+        with pytest.raises(DataError, match=why):
+            check_predict_paths("models", str(tmp_path / "new.csv"), output, "params.yaml")
     assert {path: path.read_bytes() for path in kept} == kept
 
 
