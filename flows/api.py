@@ -122,13 +122,15 @@ class Server:
         self.batcher = Batcher(
             lambda: self.slot.current(), staging_roots(self.staging), wait_s, settings.max_batch_rows
         )
-        try:
-            self.slot = self.batcher.on_worker(
-                lambda: ModelSlot(
-                    Path(settings.model),
-                    lambda: with_encoders_loaded(load_served(settings.model, cache, settings.roots)),
-                )
+
+        def load_slot() -> None:  # assigned on the worker: its first idle check finds the slot there
+            self.slot = ModelSlot(
+                Path(settings.model),
+                lambda: with_encoders_loaded(load_served(settings.model, cache, settings.roots)),
             )
+
+        try:
+            self.batcher.on_worker(load_slot)
         except BaseException:
             self.batcher.close()
             raise
