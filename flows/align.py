@@ -17,6 +17,8 @@ from tasks.data.align import align
 from tasks.data.ingest import read_snapshots
 from tasks.paths import Layout
 
+PROBE_MEMO = "probes"
+
 
 @task(name="read-snapshots", **IO_RETRIES)
 def load_snapshots(layout: Layout) -> list[tuple[str, pd.DataFrame]]:
@@ -24,8 +26,10 @@ def load_snapshots(layout: Layout) -> list[tuple[str, pd.DataFrame]]:
 
 
 @task(name="align-rows")
-def align_rows(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd.DataFrame, AlignReport]:
-    return align(data, sources)
+def align_rows(
+    data: DataConfig, sources: list[tuple[str, pd.DataFrame]], probe_memo: Path
+) -> tuple[pd.DataFrame, AlignReport]:
+    return align(data, sources, probe_memo)
 
 
 @task(name="write-aligned")
@@ -42,7 +46,8 @@ def align_flow(params_path: str = "params.yaml") -> AlignReport:
     """Write data/aligned/aligned.parquet (schema in tasks/data/align.py) and its summary."""
     params = load_params(params_path)
     layout = Layout()
-    aligned, report = align_rows(params.data, load_snapshots(layout))
+    # beside the feature cache: a memo of files already hashed, which only makes align faster
+    aligned, report = align_rows(params.data, load_snapshots(layout), Path(params.cache.dir) / PROBE_MEMO)
     write_aligned(aligned, report, layout)
     logger = get_run_logger()
     logger.info("aligned %d rows: %s", report.rows, report.rows_per_split)

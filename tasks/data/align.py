@@ -59,8 +59,13 @@ def recorded_target_type(summary: Path) -> str | None:
         return None
 
 
-def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd.DataFrame, AlignReport]:
+def align(
+    data: DataConfig, sources: list[tuple[str, pd.DataFrame]], probe_memo: Path | None = None
+) -> tuple[pd.DataFrame, AlignReport]:
     """The aligned table and its report, from the typed snapshots written by ingest.
+
+    `probe_memo`: a folder where the digests of the files probed are kept, so the next run
+    reads only files that are new or changed (tasks/modalities/probe_memo.py); None reads all.
 
     Ends with `check_runnable`: a table that would fail in extract, train or evaluate (an
     empty split, a column with no usable value, a constant target) fails here, in seconds.
@@ -85,7 +90,7 @@ def align(data: DataConfig, sources: list[tuple[str, pd.DataFrame]]) -> tuple[pd
     key = pd.DataFrame({ID: table[data.id].astype("string"), TARGET: target})
     aligned = pd.concat([key, table[columns]], axis=1)
     for plugin in embedded():
-        plugin.inspect_cells(aligned, aligned[ID], data, None, report)
+        plugin.inspect_cells(aligned, aligned[ID], data, None, report, memo_dir=probe_memo)
     present = presence_masks(aligned, columns)  # (rows, columns)
     report.present = dict(zip(columns, present.sum(axis=0).tolist(), strict=True))
     masks = pd.DataFrame(present, columns=[PRESENT + c for c in columns], index=aligned.index)

@@ -124,6 +124,7 @@ class AudioModality(FileModality):
     encoder_config = AudioEncoderConfig
     size_key = "max_seconds"
     noun = "audio file"
+    probe_libraries = ("soundfile",)
     # Not fine-tunable: aisfx's conv blocks would split like a CNN's, but a clip's embedding is
     # the mean of up to max_seconds / 2.3 s windows, so a cached lower output would be a varying
     # stack of window maps and the top would need to pool windows per clip: not a declaration.

@@ -121,9 +121,19 @@ class EmbeddedModality(ABC):
         return None
 
     def inspect_cells(
-        self, table: pd.DataFrame, ids: pd.Series, data: DataConfig, root: Path | None, report: AlignReport
+        self,
+        table: pd.DataFrame,
+        ids: pd.Series,
+        data: DataConfig,
+        root: Path | None,
+        report: AlignReport,
+        memo_dir: Path | None = None,
     ) -> None:
-        """Align's (and prediction's) pass over the cells, in place: nothing for plain values."""
+        """Align's (and prediction's) pass over the cells, in place: nothing for plain values.
+
+        `memo_dir`: a folder where a modality may keep what it learned about cells it reads
+        from elsewhere (files), so a rerun skips the unchanged ones; None keeps nothing.
+        """
         return None
 
     @abstractmethod

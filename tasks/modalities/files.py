@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -27,10 +28,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from tasks.atomic import OutputError
 from tasks.contents import Contents, contents_by_digest
 from tasks.device import cores
 from tasks.errors import DataError
 from tasks.modalities.base import EmbeddedModality
+from tasks.modalities.probe_memo import ProbeMemo, library_versions
 from tasks.schema import DIGEST
 
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ class FileModality(EmbeddedModality):
     has_files = True
     noun = "file"  # "image", "audio file": in messages
     max_bytes: ClassVar[int | None] = None  # a bigger file is refused unread (None: any size)
+    probe_libraries: ClassVar[tuple[str, ...]] = ()  # distributions whose version decides a verdict
 
     @property
     def root_key(self) -> str:
@@ -84,6 +88,12 @@ class FileModality(EmbeddedModality):
             return "", too_big
         return file_sha256(path), self.probe(path)
 
+    def probe_fingerprint(self) -> str:
+        """What a file's verdict depends on besides its bytes: another fingerprint probes afresh."""
+        cls = type(self)
+        versions = library_versions(*self.probe_libraries)
+        return json.dumps([cls.__module__, cls.__qualname__, self.input_version, self.max_bytes, versions])
+
     def refuse_size(self, size: int) -> str | None:
         """Why a file of `size` bytes is refused unread, or None."""
         if self.max_bytes is not None and size > self.max_bytes:
@@ -91,28 +101,48 @@ class FileModality(EmbeddedModality):
         return None
 
     def inspect_cells(
-        self, table: pd.DataFrame, ids: pd.Series, data: DataConfig, root: Path | None, report: AlignReport
+        self,
+        table: pd.DataFrame,
+        ids: pd.Series,
+        data: DataConfig,
+        root: Path | None,
+        report: AlignReport,
+        memo_dir: Path | None = None,
     ) -> None:
+        """`memo_dir`: where the digests of files seen before are kept (align's row cache), or None."""
         root = self.root(data) if root is None else root
+        memo = ProbeMemo(memo_dir, root, self.probe_fingerprint()) if memo_dir is not None else None
         for column in self.columns(data):
             resolved = resolve_paths(table[column], root, column, report)
             table[column], table[DIGEST + column] = self._inspect(
-                resolved, ids, root, column, self.on_bad(data), report
+                resolved, ids, root, column, self.on_bad(data), report, memo
             )
+        if memo is not None:
+            try:
+                memo.save()
+            except (OSError, OutputError) as err:  # only a later run's speed depends on it
+                log.warning("could not save the probe memo %s: %s", memo.path, err)
 
     def contents(self, table: pd.DataFrame, columns: list[str], root: Path | None, source: str) -> Contents:
         assert root is not None
         return contents_by_digest(table, columns, root, source, prefix=self.name)
 
     def _inspect(
-        self, paths: pd.Series, ids: pd.Series, root: Path, column: str, on_bad: str, report: AlignReport
+        self,
+        paths: pd.Series,
+        ids: pd.Series,
+        root: Path,
+        column: str,
+        on_bad: str,
+        report: AlignReport,
+        memo: ProbeMemo | None = None,
     ) -> tuple[pd.Series, pd.Series]:
         """(paths, SHA-256 digests): each distinct file is read once, hashed and test-decoded.
 
         A file that does not decode is a DataError under `on_bad == "error"`; otherwise its
         cell becomes absent, counted and logged, so later stages see a row without it.
         """
-        verdicts = self._probe_distinct(root, paths.dropna().unique().tolist(), column)
+        verdicts = self._probe_distinct(root, paths.dropna().unique().tolist(), column, memo)
         kept: list[str | None] = []
         digests: list[str | None] = []
         bad: list[tuple[str, str, str]] = []  # (row id, path, reason)
@@ -139,13 +169,48 @@ class FileModality(EmbeddedModality):
         index = paths.index
         return pd.Series(kept, index=index, dtype="string"), pd.Series(digests, index=index, dtype="string")
 
-    def _probe_distinct(self, root: Path, values: list[str], column: str) -> dict[str, Verdict]:
+    def _probe_distinct(
+        self, root: Path, values: list[str], column: str, memo: ProbeMemo | None = None
+    ) -> dict[str, Verdict]:
         """(SHA-256 hex, why unusable or None) per distinct path, probed on a thread per core.
 
         Reading, hashing and decoding release the GIL: on flipkart's photos two threads probe
         1.6x as fast as one (tiny files are bound by Python's own work, and gain nothing). Files
         are handed out a block at a time, so a million paths never become a million futures.
+        With a memo, a file unchanged since an earlier run is not read at all.
         """
+        known, stats = self._recalled(root, values, memo)
+        verdicts = known | self._probed(root, [v for v in values if v not in known], column)
+        if memo is not None:
+            for value, stat in stats.items():
+                digest, reason = verdicts[value]
+                if reason is None:
+                    memo.remember(value, stat, digest)
+        return verdicts
+
+    @staticmethod
+    def _recalled(
+        root: Path, values: list[str], memo: ProbeMemo | None
+    ) -> tuple[dict[str, Verdict], dict[str, os.stat_result]]:
+        """(verdicts the memo holds, the stat of each other file taken before it is read)."""
+        known: dict[str, Verdict] = {}
+        stats: dict[str, os.stat_result] = {}
+        if memo is None:
+            return known, stats
+        for value in values:
+            try:
+                stat = os.stat(root / value)
+            except OSError:
+                continue  # probing it says why
+            digest = memo.digest(value, stat)
+            if digest is None:
+                stats[value] = stat
+            else:
+                known[value] = (digest, None)
+        return known, stats
+
+    def _probed(self, root: Path, values: list[str], column: str) -> dict[str, Verdict]:
+        """Each file read, hashed and test-decoded."""
 
         def probe(value: str) -> Verdict:
             try:

@@ -142,6 +142,7 @@ class ImageModality(FileModality):
     fine_tuning = ImageFineTuning
     noun = "image file"
     max_bytes = MAX_FILE_BYTES
+    probe_libraries = ("pillow",)
 
     def load_encoder(self, model: str, size: int) -> nn.Module:
         from modelzoo.encoders.loading import load_image_encoder  # timm: only when encoding
