@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "leaderboard", help="every trained model's val and test metric and training time (after evaluate)"
     )
+    export = commands.add_parser(
+        "export", help="the fused head as ONNX, checked against PyTorch (needs fuseline[onnx])"
+    )
+    export.add_argument("output", help="the .onnx file to write; its check report goes beside it (.json)")
+    export.add_argument("--model", default="models", help="bundle directory (models/) or registry")
     return parser
 
 

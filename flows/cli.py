@@ -1,4 +1,4 @@
-"""The `fuseline` command: run the pipeline or one stage, serve the schedule, predict, monitor, and the UI.
+"""The `fuseline` command: run the pipeline or a stage, serve the schedule, predict, monitor, export, UI.
 
 The arguments and the checks the commands share are in flows/_commands.py; each command that
 a flow module also runs as `python -m flows.<name>` (serve, retrain, predict, api, monitor) is
@@ -50,6 +50,9 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "leaderboard":
         _leaderboard()
         return
+    if args.command == "export":
+        _export(args.output, args.model)
+        return
     if args.command == "repro":
         _repro(args.dvc_args)
         return
@@ -87,6 +90,21 @@ def _leaderboard() -> None:
     path = Layout().leaderboard
     print(format_leaderboard(read_leaderboard(path)))
     print(f"({path}, written by evaluate; the detail is in {Layout().evaluation})")
+
+
+def _export(output: str, model: str) -> None:
+    """Write the fused head as ONNX (checked on this project's test rows when it has them)."""
+    from pathlib import Path
+
+    from tasks.paths import Layout
+    from tasks.serve.onnx_export import export_bundle
+
+    report = export_bundle(Path(model), Path(output), Layout())
+    checked = ", ".join(f"{c['rows']} {name.replace('_', ' ')}" for name, c in report["checked"].items())
+    worst = max(c["max_abs_diff"] for c in report["checked"].values())
+    print(f"{output}: the {report['head']} head, {report['task']}; agrees with PyTorch on {checked} "
+          f"(largest difference {worst:.1e})")  # fmt: skip
+    print(f"served model: {report['served_model']}")
 
 
 def _ui(port: int | None) -> None:
