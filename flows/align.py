@@ -15,9 +15,8 @@ from tasks.atomic import atomic_dir, write_json
 from tasks.config import DataConfig, load_params
 from tasks.data.align import align
 from tasks.data.ingest import read_snapshots
+from tasks.modalities.probe_memo import memo_folder
 from tasks.paths import Layout
-
-PROBE_MEMO = "probes"
 
 
 @task(name="read-snapshots", **IO_RETRIES)
@@ -47,7 +46,7 @@ def align_flow(params_path: str = "params.yaml") -> AlignReport:
     params = load_params(params_path)
     layout = Layout()
     # beside the feature cache: a memo of files already hashed, which only makes align faster
-    aligned, report = align_rows(params.data, load_snapshots(layout), Path(params.cache.dir) / PROBE_MEMO)
+    aligned, report = align_rows(params.data, load_snapshots(layout), memo_folder(params.cache.dir))
     write_aligned(aligned, report, layout)
     logger = get_run_logger()
     logger.info("aligned %d rows: %s", report.rows, report.rows_per_split)

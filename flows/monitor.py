@@ -54,6 +54,7 @@ from tasks.config import DataConfig, MonitorConfig, Params, load_params
 from tasks.device import pick_device
 from tasks.errors import BundleError
 from tasks.features.cache import FeatureCache
+from tasks.modalities.probe_memo import memo_folder
 from tasks.monitor.checks import Check, holm
 from tasks.monitor.embeddings import embed_rows, embedding_checks, encoder_specs
 from tasks.monitor.history import (
@@ -111,7 +112,7 @@ def read_reference(layout: Layout, bundle: Bundle | None, params: Params) -> Ref
         # The last run aligned without columns the served model reads (a params.yaml edit since
         # reverted, or a candidate that was kept out): its train rows are read afresh from the
         # sources, as the batch is, rather than reported as a schema change of the data.
-        rows, where = batch_from_sources(params.data), "the current sources"
+        rows, where = batch_from_sources(params.data, memo_folder(params.cache.dir)), "the current sources"
     found = model_reference(rows, lineage, bundle.path if bundle else None, where)
     settings = params.monitor
     train = sample_rows(found.train, settings.max_rows, settings.seed)
@@ -126,10 +127,15 @@ def read_reference(layout: Layout, bundle: Bundle | None, params: Params) -> Ref
 
 @task(name="read-batch", cache_policy=NO_CACHE, **IO_RETRIES)
 def read_batch(
-    data: DataConfig, input_path: str | None, roots: Roots, settings: MonitorConfig, reference: Reference
+    data: DataConfig,
+    input_path: str | None,
+    roots: Roots,
+    settings: MonitorConfig,
+    reference: Reference,
+    probe_memo: Path | None = None,
 ) -> Batch:
     """The new rows (retried: they may sit on flaky storage), sampled like the reference."""
-    batch = new_batch(data, input_path, roots, reference.lineage)
+    batch = new_batch(data, input_path, roots, reference.lineage, probe_memo)
     if input_path:  # labels that arrived for these rows: the model's realized performance
         batch = with_file_labels(batch, input_path, data)
     rows = sample_rows(batch.rows, settings.max_rows, settings.seed)
@@ -297,7 +303,7 @@ def monitor(
         logger.info("model: %s (%s)", bundle.path, bundle.chosen)
     sides = (file_roots(params.data), file_roots(params.data, roots if input_path else None))
     reference = read_reference(layout, bundle, params)
-    batch = read_batch(params.data, input_path, sides[1], settings, reference)
+    batch = read_batch(params.data, input_path, sides[1], settings, reference, memo_folder(params.cache.dir))
     schema = _schema(predictor, params, reference, batch)
     logger.info("comparing %s with %s", batch.description, reference.description)
     checks: list[Check] = []

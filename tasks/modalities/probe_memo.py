@@ -28,9 +28,15 @@ import pandas as pd
 
 from tasks.atomic import atomic_path
 
+FOLDER = "probes"  # under cache.dir
 _SETTLED_NS = 2_000_000_000  # a file changed this recently is probed again next time
 _COLUMNS = ("path", "size", "mtime_ns", "ctime_ns", "inode", "digest")
 Identity = tuple[int, int, int, int]
+
+
+def memo_folder(cache_dir: str | Path) -> Path:
+    """Where align (and the monitor's alignment of the sources) keeps the memo, for `cache.dir`."""
+    return Path(cache_dir) / FOLDER
 
 
 def identity(stat: os.stat_result) -> Identity:

@@ -110,11 +110,14 @@ def batch_from_file(path: str | Path, data: DataConfig, roots: Roots) -> pd.Data
     return read_new_rows(path, data, roots)
 
 
-def batch_from_sources(data: DataConfig) -> pd.DataFrame:
-    """Every row the sources hold now, snapshotted and aligned as the pipeline would (in a temp dir)."""
+def batch_from_sources(data: DataConfig, probe_memo: Path | None = None) -> pd.DataFrame:
+    """Every row the sources hold now, snapshotted and aligned as the pipeline would (in a temp dir).
+
+    `probe_memo`: align's memo of files already hashed (tasks/modalities/probe_memo.py), so a
+    scheduled run reads only the files added since; None reads every file."""
     with tempfile.TemporaryDirectory(prefix="fuseline-monitor-") as tmp:
         ingest_sources(data, Path(tmp) / "raw")
-        aligned, _ = align(data, read_snapshots(Path(tmp) / "raw"))
+        aligned, _ = align(data, read_snapshots(Path(tmp) / "raw"), probe_memo)
     return aligned
 
 
@@ -127,7 +130,9 @@ class Batch:
     notes: list[str] = field(default_factory=list)
 
 
-def new_batch(data: DataConfig, input_path: str | None, roots: Roots, lineage: Lineage) -> Batch:
+def new_batch(
+    data: DataConfig, input_path: str | None, roots: Roots, lineage: Lineage, probe_memo: Path | None = None
+) -> Batch:
     """`input_path` as a whole, or else the rows of the current sources the model has never seen.
 
     Comparing every current row would count the train rows themselves as "new": ten thousand
@@ -136,7 +141,7 @@ def new_batch(data: DataConfig, input_path: str | None, roots: Roots, lineage: L
     if input_path:
         rows = batch_from_file(input_path, data, roots)
         return Batch(rows, f"{len(rows)} rows of {input_path}")
-    current = batch_from_sources(data)
+    current = batch_from_sources(data, probe_memo)
     rows = unseen_rows(current, lineage)
     described = f"{len(rows)} rows of the current sources the model has not seen ({len(current)} rows in all)"
     unfit = lineage.unfit(current)

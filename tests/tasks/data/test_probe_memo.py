@@ -156,3 +156,22 @@ def test_a_damaged_memo_costs_a_full_pass_not_a_failure(
     aligned, _ = align(image_config(photos), [("a.csv", rows(2))], memo)
     assert sorted(probed) == ["0.png", "1.png"]
     assert digests(aligned)["id-0000"] == sha256(photos / "0.png")
+
+
+@pytest.mark.usefixtures("settled_at_once")
+def test_the_scheduled_monitor_s_read_of_the_sources_reads_only_new_files(
+    photos: Path, tmp_path: Path, probed: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitor aligns every source row to find those the served model never saw."""
+    from tasks.modalities.probe_memo import memo_folder
+    from tasks.monitor.rows import batch_from_sources
+
+    monkeypatch.chdir(tmp_path)
+    data = image_config(photos)  # sources: items.csv
+    rows(4).to_csv(tmp_path / "items.csv", index=False)
+    batch_from_sources(data, memo_folder(".cache/features"))
+    probed.clear()
+    rows(6).to_csv(tmp_path / "items.csv", index=False)  # a drop adds rows with new photos
+    aligned = batch_from_sources(data, memo_folder(".cache/features"))
+    assert sorted(probed) == ["4.png", "5.png"]
+    assert digests(aligned)["id-0004"] == sha256(photos / "4.png")
