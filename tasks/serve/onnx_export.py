@@ -153,6 +153,7 @@ def export_head(head: nn.Module, meta: BundleMeta, rows: FeatureSet | None = Non
         "outputs": ["logits", "prediction"],
         "opset": OPSET,
         "checked": checks,
+        "max_abs_diff": worst,
         "tolerance": TOLERANCE,
         "torch": torch.__version__,
     }

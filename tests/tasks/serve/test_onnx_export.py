@@ -60,6 +60,7 @@ def test_every_registered_head_exports_and_predicts_as_pytorch_does(head: str) -
     model, meta = head_and_meta(head)
     exported = export_head(model, meta)
     assert exported.report["checked"]["random_rows"]["max_abs_diff"] <= 1e-4
+    assert exported.report["max_abs_diff"] == exported.report["checked"]["random_rows"]["max_abs_diff"]
     graph = HeadGraph(model, meta)
     for count in (1, 37):  # any number of rows: the first axis is free
         inputs = rows_of(meta, count)
