@@ -51,7 +51,6 @@ from tasks.scores.model_names import FUSED, FUSED_HEAD, SKLEARN
 from tasks.train.assemble import load_feature_set, rows_in_order
 from tasks.train.bundle import BundleMeta, baseline_dirs, load_bundle, predict_with
 from tasks.train.dataset import FeatureSet, with_blocks
-from tasks.train.ensemble import blend
 from tasks.train.finetuned_member import member_loaders
 from tasks.train.members import MEMBER_SECONDS, load_final_model, load_member, read_ensemble
 from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
@@ -167,7 +166,7 @@ def _evaluate(params: Params) -> dict:
     # fused_minus_<model> interval compares what users get with what they could have used.
     test_rows = rows_of(aligned, test)
     each = final.predict_each(test, test_rows)  # scored one by one for the leaderboard too
-    predictions = {FUSED: blend(each, final.weights)}
+    predictions = {FUSED: final.combine(each)}
     if not final.is_fused_head:
         predictions[FUSED_HEAD] = predict_with(model, meta, test)
     predictions |= {m: predict_with(bm, bmeta, test) for m, (bm, bmeta) in sorted(baselines.items())}

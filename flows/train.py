@@ -48,7 +48,6 @@ from tasks.train.assemble import feature_metadata, load_feature_set, read_rows, 
 from tasks.train.boosted import BoostedResult, fit_boosted, write_boosted
 from tasks.train.bundle import BASELINES, BundleMeta, write_bundle
 from tasks.train.dataset import FeatureSet
-from tasks.train.ensemble import select_ensemble
 from tasks.train.finetuned_member import FinetunedResult, OverBudget, fit_finetuned
 from tasks.train.lineage import write_lineage
 from tasks.train.members import (
@@ -76,6 +75,7 @@ from tasks.train.portable_linear import PortableLinear, write_linear
 from tasks.train.search import SearchOutcome, Trial, run_search, searchers
 from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
 from tasks.train.sklearn_baseline import fit_linear_member
+from tasks.train.stacking import combine
 from tasks.train.training import TrainResult, train_model
 
 SEARCH_KEY = "fuseline-search"  # a fixed artifact key: the UI keeps every run's trials as versions
@@ -311,7 +311,7 @@ def _choose(
         if entry["name"] in val_predictions:
             entry["val"] = primary_score(task, val.target, val_predictions[entry["name"]], metric)
     if params.train.ensemble:
-        return select_ensemble(task, val.target, val_predictions, metric=metric).to_json()
+        return combine(task, val.target, val_predictions, metric=metric, mode=params.train.combine)
     # Without an ensemble, a requested fine-tuned model is the model (when trained in time);
     # the first modality's when several were asked for.
     requested = [name for name in requested_finetuned(params) if name in members]

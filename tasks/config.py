@@ -270,6 +270,9 @@ class TrainConfig(Strict):
     search_trials: int = Field(30, ge=1)  # best: Optuna trials per searched model, at most
     search_share: float = Field(0.3, gt=0, le=1)  # best + time_limit: share of the time left to search
     ensemble: bool = True  # greedy ensemble selection (Caruana 2004) on val over every trained model
+    # how the ensemble's members are made one: caruana (weights chosen greedily on val), stacking
+    # (a log-linear pool fitted on val) or auto (whichever scores higher out of fold on val)
+    combine: Literal["caruana", "stacking", "auto"] = "caruana"
 
 
 @functools.cache

@@ -308,11 +308,27 @@ def _ensemble_section(inputs: ReportInputs) -> str:
             "",
             f"Every model train fitted, and the ensemble of them chosen by "
             f"{ensemble.get('method', 'greedy selection')} on val {primary} "
-            f"(ensemble on val: {_fmt(ensemble.get('val', float('nan')))}). Test was not used to choose.",
+            f"(ensemble on val: {_fmt(ensemble.get('val', float('nan')))}). Test was not used to choose."
+            + _combined_note(ensemble),
             "",
             _table(["model", "kind", "status", "seconds", f"val {primary}", "weight"], body),
         ]
     )
+
+
+def _combined_note(ensemble: dict) -> str:
+    """How `train.combine` chose between Caruana's weights and the stacker, when it was asked to."""
+    if "combined_by" not in ensemble:
+        return ""
+    oof = ensemble.get("out_of_fold")
+    scores = (
+        f" Out of fold on val ({oof['folds']} folds, {oof['metric']}): caruana {_fmt(oof['caruana'])}, "
+        f"stacking {_fmt(oof['stacking'])}."
+        if oof
+        else ""
+    )
+    shares = " Each weight is the member's share of the pool's total weight." if "stacker" in ensemble else ""
+    return f" Combined by {ensemble['combined_by']}.{scores}{shares}"
 
 
 def _contributions_section(inputs: ReportInputs) -> str:
@@ -492,7 +508,8 @@ def _final_label(metrics: dict) -> str:
     if not members or set(members) == {FUSED}:
         return "Fused model"
     shown = ", ".join(f"{name} {weight:.2f}" for name, weight in sorted(members.items(), key=lambda i: -i[1]))
-    return f"Final model (ensemble chosen on val: {shown})"
+    how = "stacked on val" if "stacker" in metrics.get("ensemble", {}) else "ensemble chosen on val"
+    return f"Final model ({how}: {shown})"
 
 
 def _maybe(value: float | None) -> str:

@@ -94,13 +94,13 @@ def select_ensemble(
             bag_counts, _ = _greedy(task, metric, y_val[rows], drawn, names, rounds)
             total.update(_normalised(bag_counts))
         weights = _normalised(Counter({n: w for n, w in total.items() if w / bags >= MIN_WEIGHT}))
-        best_member = max(names, key=lambda n: _key(task, metric, y_val, val_predictions[n]))
-        if _key(task, metric, y_val, blend(val_predictions, weights)) < _key(
+        best_member = max(names, key=lambda n: selection_key(task, metric, y_val, val_predictions[n]))
+        if selection_key(task, metric, y_val, blend(val_predictions, weights)) < selection_key(
             task, metric, y_val, val_predictions[best_member]
         ):
             weights = {best_member: 1.0}
-    value = _key(task, metric, y_val, blend(val_predictions, weights))[0]
-    return Ensemble(weights, _signed(metric, value), metric, member_val, trace)
+    value = selection_key(task, metric, y_val, blend(val_predictions, weights))[0]
+    return Ensemble(weights, signed_score(metric, value), metric, member_val, trace)
 
 
 def _greedy(
@@ -121,13 +121,13 @@ def _greedy(
         scored = []
         for name in names:
             candidate = val_predictions[name] if total is None else total + val_predictions[name]
-            scored.append((_key(task, metric, y_val, candidate / round_number), name))
+            scored.append((selection_key(task, metric, y_val, candidate / round_number), name))
         key, chosen = max(scored, key=lambda item: item[0])  # max is stable: ties keep the first name
         counts[chosen] += 1
         total = (
             val_predictions[chosen].astype(np.float64) if total is None else total + val_predictions[chosen]
         )
-        trace.append({"round": round_number, "val": _signed(metric, key[0])})
+        trace.append({"round": round_number, "val": signed_score(metric, key[0])})
         if best is None or key > best[0]:
             best = (key, counts.copy())
     assert best is not None
@@ -140,15 +140,15 @@ def _normalised(counts: Mapping[str, float]) -> dict[str, float]:
     return {name: count / size for name, count in sorted(counts.items())}
 
 
-def _key(task: str, metric: str, y: np.ndarray, prediction: np.ndarray) -> tuple[float, float]:
+def selection_key(task: str, metric: str, y: np.ndarray, prediction: np.ndarray) -> tuple[float, float]:
     """(signed metric, minus the smooth loss): larger is better in both places."""
     value = score(task, metric, y, prediction)
     if not np.isfinite(value):
         value = -np.inf if higher_is_better(metric) else np.inf
-    return _signed(metric, float(value)), -_smooth_loss(task, y, prediction)
+    return signed_score(metric, float(value)), -_smooth_loss(task, y, prediction)
 
 
-def _signed(metric: str, value: float) -> float:
+def signed_score(metric: str, value: float) -> float:
     return value if higher_is_better(metric) else -value
 
 

@@ -35,6 +35,7 @@ from tasks.train.ensemble import blend
 from tasks.train.plan import BOOSTED
 from tasks.train.portable_linear import PortableLinear, read_linear
 from tasks.train.sklearn_baseline import predict_linear
+from tasks.train.stacking import Stacker
 
 ENSEMBLE = "ensemble.json"
 MEMBERS = "members"
@@ -73,14 +74,23 @@ class LinearMember:
 
 @dataclass
 class FinalModel:
-    """The weighted members; `weights` sum to 1 and name only members with a positive weight."""
+    """The weighted members; `weights` sum to 1 and name only members with a positive weight.
+
+    With a `stacker` (`train.combine`), the members are pooled by it rather than averaged, and
+    `weights` are its members' shares of its total weight.
+    """
 
     members: dict[str, Member]
     weights: dict[str, float]
+    stacker: Stacker | None = None
 
     def predict(self, features: FeatureSet, rows: pd.DataFrame) -> np.ndarray:
-        """Weighted average of the members' predictions; `rows` are the raw rows in `features` order."""
-        return blend(self.predict_each(features, rows), self.weights)
+        """The final prediction; `rows` are the raw rows in `features` order."""
+        return self.combine(self.predict_each(features, rows))
+
+    def combine(self, each: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The members' own predictions (predict_each) made one: pooled, or their weighted average."""
+        return self.stacker.predict(each) if self.stacker is not None else blend(each, self.weights)
 
     def predict_each(self, features: FeatureSet, rows: pd.DataFrame) -> dict[str, np.ndarray]:
         """Each member's own predictions, before blending: evaluate scores them one by one too."""
@@ -160,7 +170,21 @@ def load_final_model(
         else:
             members[name] = load_member(models, name, data.get("kinds", {}).get(name, "head"), loaders)
     total = float(sum(data["members"].values()))
-    return FinalModel(members, {name: float(w) / total for name, w in sorted(data["members"].items())})
+    weights = {name: float(w) / total for name, w in sorted(data["members"].items())}
+    return FinalModel(members, weights, _stacker(models, fused_member.meta.task, data))
+
+
+def _stacker(models: Path, task: str, ensemble: dict[str, Any]) -> Stacker | None:
+    """The stacker ensemble.json names, which must read exactly its members; None without one."""
+    if "stacker" not in ensemble:
+        return None
+    try:
+        stacker = Stacker.from_json(task, ensemble["stacker"])
+    except ValueError as err:
+        raise BundleError(f"{Path(models) / ENSEMBLE}: {err}") from None
+    if set(stacker.members) != set(ensemble["members"]):
+        raise BundleError(f"{Path(models) / ENSEMBLE}: 'stacker.members' must name exactly its 'members'")
+    return stacker
 
 
 def load_member(models: Path, name: str, kind: str, loaders: Mapping[str, Any] | None = None) -> Member:
