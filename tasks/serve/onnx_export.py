@@ -98,7 +98,7 @@ def export_bundle(model: Path, out: Path, layout: Layout | None = None) -> dict[
     weights = ensemble.get("members", {})
     served = (
         "the fused head alone"
-        if set(weights) <= {"fused"}
+        if set(weights) <= {"fused"} and "stacker" not in ensemble
         else ("a stacked ensemble: " if "stacker" in ensemble else "an ensemble: ")
         + ", ".join(f"{name} {weight:.2f}" for name, weight in sorted(weights.items()))
         + "; this file is its fused head only, so its predictions are not the served ones"

@@ -98,7 +98,7 @@ class FinalModel:
 
     @property
     def is_fused_head(self) -> bool:
-        return self.weights == {FUSED: 1.0}
+        return self.stacker is None and self.weights == {FUSED: 1.0}  # a pool of one still rescales it
 
 
 def member_dir(models: Path, name: str) -> Path:

@@ -90,6 +90,15 @@ def test_the_file_form_predicts_the_same_and_bad_files_are_refused(tmp_path: Pat
         _stacker(tmp_path, "binary", {**ensemble, "stacker": {**stacker.to_json(), "weights": zeros}})
 
 
+def test_a_pool_of_the_fused_head_alone_is_not_the_fused_head() -> None:
+    """Its bias and total weight rescale the head's probabilities, so evaluate scores both."""
+    from tasks.train.members import FinalModel
+
+    pool = Stacker("binary", ("fused",), (1.7,), (0.0, 0.4))
+    assert not FinalModel({}, {"fused": 1.0}, pool).is_fused_head
+    assert FinalModel({}, {"fused": 1.0}).is_fused_head
+
+
 def test_caruana_is_the_default_and_unchanged() -> None:
     y, predictions = _shifted()
     assert combine("binary", y, predictions) == select_ensemble("binary", y, predictions).to_json()
