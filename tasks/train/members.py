@@ -171,15 +171,17 @@ def load_final_model(
             members[name] = load_member(models, name, data.get("kinds", {}).get(name, "head"), loaders)
     total = float(sum(data["members"].values()))
     weights = {name: float(w) / total for name, w in sorted(data["members"].items())}
-    return FinalModel(members, weights, _stacker(models, fused_member.meta.task, data))
+    return FinalModel(members, weights, _stacker(models, fused_member.meta, data))
 
 
-def _stacker(models: Path, task: str, ensemble: dict[str, Any]) -> Stacker | None:
-    """The stacker ensemble.json names, which must read exactly its members; None without one."""
+def _stacker(models: Path, meta: BundleMeta, ensemble: dict[str, Any]) -> Stacker | None:
+    """The stacker ensemble.json names, which must read exactly its members and give the bundle's
+    outputs a bias each; None without one."""
     if "stacker" not in ensemble:
         return None
+    outputs = {"regression": 1, "binary": 2}.get(meta.task, len(meta.classes))
     try:
-        stacker = Stacker.from_json(task, ensemble["stacker"])
+        stacker = Stacker.from_json(meta.task, ensemble["stacker"], outputs)
     except ValueError as err:
         raise BundleError(f"{Path(models) / ENSEMBLE}: {err}") from None
     if set(stacker.members) != set(ensemble["members"]):

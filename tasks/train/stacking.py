@@ -77,8 +77,9 @@ class Stacker:
         }
 
     @classmethod
-    def from_json(cls, task: str, data: Any) -> Stacker:
-        """The stacker ensemble.json holds; ValueError naming what is wrong with it."""
+    def from_json(cls, task: str, data: Any, outputs: int | None = None) -> Stacker:
+        """The stacker ensemble.json holds, with `outputs` biases when given (1 for regression, 2 for
+        binary, one per class); ValueError naming what is wrong with it."""
         if not isinstance(data, dict):
             raise ValueError("'stacker' must be an object")
         members, weights, bias = data.get("members"), data.get("weights"), data.get("bias")
@@ -90,6 +91,8 @@ class Stacker:
             raise ValueError("'stacker.weights' must be positive")
         if not (isinstance(bias, list) and bias and all(_finite(v) for v in bias)):
             raise ValueError("'stacker.bias' must hold finite numbers")
+        if outputs is not None and len(bias) != outputs:
+            raise ValueError(f"'stacker.bias' must hold {outputs} numbers (one per output), not {len(bias)}")
         return cls(task, tuple(members), tuple(float(w) for w in weights), tuple(float(v) for v in bias))
 
 

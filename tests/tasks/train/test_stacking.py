@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -83,11 +84,15 @@ def test_the_file_form_predicts_the_same_and_bad_files_are_refused(tmp_path: Pat
             Stacker.from_json("binary", broken)
     # ensemble.json's members must be exactly what the stacker reads, so none is loaded in vain
     # or left out of the digests
+    binary = SimpleNamespace(task="binary", classes=("no", "yes"))
     ensemble = {"members": {"a": 1.0}, "stacker": stacker.to_json()}
     with pytest.raises(BundleError, match=f"{ENSEMBLE}: 'stacker.members' must name exactly"):
-        _stacker(tmp_path, "binary", ensemble)
+        _stacker(tmp_path, binary, ensemble)  # type: ignore[arg-type]
     with pytest.raises(BundleError, match="positive"):
-        _stacker(tmp_path, "binary", {**ensemble, "stacker": {**stacker.to_json(), "weights": zeros}})
+        _stacker(tmp_path, binary, {**ensemble, "stacker": {**stacker.to_json(), "weights": zeros}})  # type: ignore[arg-type]
+    three = SimpleNamespace(task="multiclass", classes=("a", "b", "c"))  # a bias per class: 3, not 2
+    with pytest.raises(BundleError, match="'stacker.bias' must hold 3 numbers"):
+        _stacker(tmp_path, three, {**ensemble, "members": stacker.shares()})  # type: ignore[arg-type]
 
 
 def test_a_pool_of_the_fused_head_alone_is_not_the_fused_head() -> None:
