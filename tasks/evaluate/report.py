@@ -306,14 +306,20 @@ def _ensemble_section(inputs: ReportInputs) -> str:
         [
             "## Models tried and the ensemble",
             "",
-            f"Every model train fitted, and the ensemble of them chosen by "
-            f"{ensemble.get('method', 'greedy selection')} on val {primary} "
+            f"Every model train fitted, and {_made_by(ensemble, primary)} "
             f"(ensemble on val: {_fmt(ensemble.get('val', float('nan')))}). Test was not used to choose."
             + _combined_note(ensemble),
             "",
             _table(["model", "kind", "status", "seconds", f"val {primary}", "weight"], body),
         ]
     )
+
+
+def _made_by(ensemble: dict, primary: str) -> str:
+    """How the ensemble was made: weights chosen on the metric, or a pool fitted by log loss."""
+    if "stacker" in ensemble:
+        return f"the ensemble of them, {ensemble.get('method', 'stacking')}, scored on val {primary}"
+    return f"the ensemble of them chosen by {ensemble.get('method', 'greedy selection')} on val {primary}"
 
 
 def _combined_note(ensemble: dict) -> str:

@@ -42,6 +42,10 @@ RIDGE = 1.0  # penalty (per val row) pulling the weights to 1/M and the biases t
 MIN_ROWS = 2 * FOLDS  # fewer val rows cannot be split into folds that each hold a row to score
 _SEED = 0
 _EPS = 1e-6
+_METHOD = (  # ensemble.json's `method`, for classification and for regression
+    "stacked: a log-linear pool of the members (weights >= 0, a bias per class) fitted on val by log loss",
+    "stacked: a linear pool of the members' values (weights >= 0, a bias) fitted on val by squared error",
+)
 
 
 @dataclass(frozen=True)
@@ -181,8 +185,7 @@ def combine(
         "val": score(task, metric, y_val, stacker.predict(val_predictions)),
         "selected_by": f"val {metric}",
         "member_val": caruana["member_val"],
-        "method": "stacking: a log-linear pool of the members (non-negative weights, a bias per class), "
-        "fitted on val by log loss",
+        "method": _METHOD[task == "regression"],
         "stacker": stacker.to_json(),
         "combined_by": chosen,
         **outcome,

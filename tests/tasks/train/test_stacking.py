@@ -65,6 +65,8 @@ def test_a_regression_pool_recovers_the_mix() -> None:
     stacker = fit_stacker("regression", y, {"a": a, "b": b})
     assert stacker.weights == pytest.approx((0.7, 0.3), abs=0.02)
     assert stacker.bias[0] == pytest.approx(1.0, abs=0.02)
+    chosen = combine("regression", y, {"a": a, "b": b}, mode="stacking")
+    assert "by squared error" in chosen["method"] and chosen["stacker"]["kind"] == "linear pool"
 
 
 def test_the_file_form_predicts_the_same_and_bad_files_are_refused(tmp_path: Path) -> None:
@@ -186,4 +188,6 @@ def test_a_stacked_model_is_trained_evaluated_and_served_as_one(
     written = pd.read_parquet(tmp_path / "reports" / "test_predictions.parquet").set_index("row_id")
     assert np.allclose(written.loc[test.ids, "prob_yes"].to_numpy(), served, atol=1e-6)
     assert report["test"]["auc"] == pytest.approx(score("binary", "auc", test.target, served))
-    assert "Combined by stacking (train.combine)" in (tmp_path / "reports" / "report.md").read_text()
+    written_report = (tmp_path / "reports" / "report.md").read_text()
+    assert "the ensemble of them, stacked: a log-linear pool" in written_report
+    assert "Combined by stacking (train.combine)" in written_report
