@@ -1,7 +1,7 @@
 """The whole pipeline on the real datasets in ../shared/data, next to the baselines a user would try.
 
     python bench/real.py [--json] [--datasets flipkart,pokemon,petfinder] [--presets fast,best]
-                         [--workdir DIR]
+                         [--workdir DIR] [--set train.combine=auto ...]
 
 Per dataset, in a fresh working directory (a temporary one unless --workdir), this writes a
 params.yaml (the repository's params.yaml with the dataset's `data:` section: default
@@ -22,6 +22,10 @@ modality masked, what the preset tried and each stage's wall time.
   petfinder petfinder.csv, multiclass `AdoptionSpeed` (5 ordered classes), text + tabular, the
             published test split (`split` column; val carved from its train rows). RescuerID
             is a group key, not a feature. Compared with the published fine-tuned BERT.
+
+`--set KEY=VALUE` (repeatable) applies a params.yaml setting to every dataset, as `dvc exp run
+-S` takes it: `--set train.combine=auto` measures stacking against the default selection
+(docs/pipeline.md has that table). The JSON lists the settings it ran with.
 
 Timing: seconds are wall time on a CPU other processes may share, so absolute numbers are
 noisy; `share` is each stage's fraction of the dataset's total, measured in the same run.
@@ -112,8 +116,9 @@ PRESETS = ("fast", "best")
 PETFINDER_REFERENCE = {"published_bert": [0.380, 0.275], "sklearn_readme": [0.361, 0.281]}
 
 
-def dataset_params(name: str, data_root: Path) -> dict[str, Any]:
-    """The repository's params.yaml with this dataset's `data:` (absolute paths), validated."""
+def dataset_params(name: str, data_root: Path, settings: list[str] | None = None) -> dict[str, Any]:
+    """The repository's params.yaml with this dataset's `data:` (absolute paths) and `settings`
+    (`--set`), validated."""
     spec = json.loads(json.dumps(DATASETS[name]))  # deep copy
     spec["sources"] = [{"path": str(data_root / s["path"])} for s in spec["sources"]]
     if "image_root" in spec:
@@ -121,8 +126,25 @@ def dataset_params(name: str, data_root: Path) -> dict[str, Any]:
     split = {**spec.pop("split", {}), "seed": SPLIT_SEED}
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"] = {**spec, "split": split, "demo": None}
+    for setting in settings or []:
+        set_param(params, setting)
     params_from_dict(params)  # a typo fails here, before minutes of extraction
     return params
+
+
+def set_param(params: dict[str, Any], setting: str) -> None:
+    """Apply one `KEY.PATH=VALUE` (VALUE read as YAML), as `dvc exp run -S` does, so one run can
+    compare a setting (`--set train.combine=auto`) without editing the repository's params.yaml."""
+    key, sep, value = setting.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set {setting!r}: expected KEY.PATH=VALUE, e.g. train.combine=auto")
+    *parents, leaf = key.split(".")
+    node = params
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {setting!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(value)
 
 
 def run_stages(workdir: Path, only: tuple[str, ...] | None = None) -> dict[str, float]:
@@ -222,9 +244,11 @@ def _pair(interval: dict[str, float] | None) -> list[float | None] | None:
     return [_round(interval["low"]), _round(interval["high"])] if interval else None
 
 
-def bench_dataset(name: str, data_root: Path, workdir: Path, presets: list[str]) -> dict[str, Any]:
+def bench_dataset(
+    name: str, data_root: Path, workdir: Path, presets: list[str], settings: list[str] | None = None
+) -> dict[str, Any]:
     """Every preset on one dataset; the later presets reuse the first one's ingest to extract."""
-    params = dataset_params(name, data_root)
+    params = dataset_params(name, data_root, settings)
     workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     upstream: dict[str, float] = {}
@@ -247,7 +271,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=SHARED, help="the shared data folder")
     parser.add_argument("--workdir", type=Path, default=None, help="keep each run under DIR/<dataset>")
     parser.add_argument("--presets", default="fast", help="comma-separated train.preset values: fast,best")
+    parser.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+        help="a params.yaml setting for every dataset, as dvc exp run -S takes it (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    for setting in args.settings:
+        try:
+            set_param({}, setting)  # the form only; the keys are checked with each dataset's params
+        except ValueError as err:
+            parser.error(str(err))
     wanted = [d for d in args.datasets.split(",") if d]
     unknown = sorted(set(wanted) - set(DATASETS))
     if unknown:
@@ -257,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "bench/real.py",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "timing_note": "wall seconds on a possibly shared CPU; stage_share is within one run",
+        "settings": args.settings,
         "datasets": {},
         "skipped": {},
     }
@@ -269,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         presets = [p for p in args.presets.split(",") if p]
         if set(presets) - set(PRESETS):
             parser.error(f"unknown presets {presets}; known: {', '.join(PRESETS)}")
-        report["datasets"][name] = bench_dataset(name, args.data_root, root / name, presets)
+        report["datasets"][name] = bench_dataset(name, args.data_root, root / name, presets, args.settings)
         if not args.json:
             results = report["datasets"][name]
             for preset, result in results.items() if len(presets) > 1 else [(presets[0], results)]:
