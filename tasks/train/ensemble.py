@@ -80,7 +80,7 @@ def select_ensemble(
         raise ValueError("ensemble selection needs at least one member")
     metric = resolve_metric(task, metric)
     names = sorted(val_predictions)
-    member_val = {n: score(task, metric, y_val, val_predictions[n]) for n in names}
+    member_val = member_scores(task, metric, y_val, val_predictions)
     y_val = np.asarray(y_val)
     counts, trace = _greedy(task, metric, y_val, val_predictions, names, rounds)
     weights = _normalised(counts)
@@ -101,6 +101,13 @@ def select_ensemble(
             weights = {best_member: 1.0}
     value = selection_key(task, metric, y_val, blend(val_predictions, weights))[0]
     return Ensemble(weights, signed_score(metric, value), metric, member_val, trace)
+
+
+def member_scores(
+    task: str, metric: str, y_val: np.ndarray, val_predictions: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """Each member alone on val by `metric`: ensemble.json's `member_val`."""
+    return {name: score(task, metric, y_val, val_predictions[name]) for name in sorted(val_predictions)}
 
 
 def _greedy(

@@ -9,7 +9,7 @@ the log scale (Caruana's blend averages probabilities), whose total weight acts 
 temperature and whose biases correct the class priors the members share. It has one weight
 per member and one bias per class (M + C numbers), not the M x C x C of a logistic
 regression on every member's every class: fitted on a few hundred val rows, the full
-regression lost 1.7-9 points of test accuracy on PetFinder and pokemon, where this form
+regression lost 1.7-7.5 points of test accuracy on PetFinder and pokemon, where this form
 stays within noise of the selection. The loss is convex in (w, b) and ridge-penalised
 towards equal weights and no bias, so its fit is unique and moves smoothly as weekly drops
 add rows (the bagged selection was built for the same reason). Members whose weight fits to
@@ -33,7 +33,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax
 
 from tasks.scores.metrics import resolve_metric, score
-from tasks.train.ensemble import blend, select_ensemble, selection_key, signed_score
+from tasks.train.ensemble import blend, member_scores, select_ensemble, selection_key, signed_score
 
 Combine = Literal["caruana", "stacking", "auto"]
 TASKS = ("binary", "multiclass", "regression")
@@ -59,12 +59,11 @@ class Stacker:
 
     def predict(self, predictions: Mapping[str, np.ndarray]) -> np.ndarray:
         """The pooled prediction in the members' own form (P(positive), class probabilities, values)."""
-        w = np.asarray(self.weights)
-        b = np.asarray(self.bias)
+        pooled = np.tensordot(np.asarray(self.weights), _stacked(self.task, predictions, self.members), 1)
+        pooled = pooled + np.asarray(self.bias)  # (N,) + (1,) for regression, (N, C) + (C,) otherwise
         if self.task == "regression":
-            return np.tensordot(w, _stacked(self.task, predictions, self.members), 1) + b[0]
-        logs = _stacked(self.task, predictions, self.members)  # (M, N, C)
-        probabilities = np.exp(log_softmax(np.tensordot(w, logs, 1) + b, axis=1))
+            return pooled
+        probabilities = np.exp(log_softmax(pooled, axis=1))
         return probabilities[:, 1] if self.task == "binary" else probabilities
 
     def shares(self) -> dict[str, float]:
@@ -84,6 +83,8 @@ class Stacker:
     def from_json(cls, task: str, data: Any, outputs: int | None = None) -> Stacker:
         """The stacker ensemble.json holds, with `outputs` biases when given (1 for regression, 2 for
         binary, one per class); ValueError naming what is wrong with it."""
+        if task not in TASKS:
+            raise ValueError(f"a stacker serves {', '.join(TASKS)} targets, not {task}")
         if not isinstance(data, dict):
             raise ValueError("'stacker' must be an object")
         members, weights, bias = data.get("members"), data.get("weights"), data.get("bias")
@@ -161,34 +162,43 @@ def combine(
     where it scores higher out of fold on val); `auto` records both out-of-fold scores."""
     metric = resolve_metric(task, metric)
     y_val = np.asarray(y_val)
+    applies = task in TASKS and len(y_val) >= MIN_ROWS
+    if mode == "stacking" and applies:  # the selection is fitted only where it may be kept
+        return _pooled(task, metric, y_val, val_predictions, "stacking (train.combine)")
     caruana = select_ensemble(task, y_val, val_predictions, metric=metric).to_json()
     if mode == "caruana":
         return caruana
-    if task not in TASKS or len(y_val) < MIN_ROWS:
+    if not applies:
         why = f"{task} targets" if task not in TASKS else f"{len(y_val)} val rows"
         return {**caruana, "combined_by": f"caruana (stacking does not apply to {why})"}
-    outcome: dict[str, Any] = {}
-    if mode == "auto":
-        caruana_oof, stacking_oof = _out_of_fold(task, metric, y_val, val_predictions)
-        outcome["out_of_fold"] = {
+    caruana_oof, stacking_oof = _out_of_fold(task, metric, y_val, val_predictions)
+    outcome = {
+        "out_of_fold": {
             "caruana": signed_score(metric, caruana_oof[0]),
             "stacking": signed_score(metric, stacking_oof[0]),
             "folds": FOLDS,
             "metric": metric,
         }
-        if stacking_oof <= caruana_oof:
-            return {**caruana, **outcome, "combined_by": "caruana (scored higher out of fold on val)"}
+    }
+    if stacking_oof <= caruana_oof:
+        return {**caruana, **outcome, "combined_by": "caruana (scored higher out of fold on val)"}
+    chosen = "stacking (scored higher out of fold on val)"
+    return {**_pooled(task, metric, y_val, val_predictions, chosen), **outcome}
+
+
+def _pooled(
+    task: str, metric: str, y_val: np.ndarray, val_predictions: Mapping[str, np.ndarray], chosen: str
+) -> dict[str, Any]:
+    """ensemble.json's selection for the stacker fitted on every val row."""
     stacker = fit_stacker(task, y_val, val_predictions)
-    chosen = "stacking (scored higher out of fold on val)" if mode == "auto" else "stacking (train.combine)"
     return {
         "members": stacker.shares(),
         "val": score(task, metric, y_val, stacker.predict(val_predictions)),
         "selected_by": f"val {metric}",
-        "member_val": caruana["member_val"],
+        "member_val": member_scores(task, metric, y_val, val_predictions),
         "method": _METHOD[task == "regression"],
         "stacker": stacker.to_json(),
         "combined_by": chosen,
-        **outcome,
     }
 
 

@@ -65,6 +65,7 @@ def test_a_regression_pool_recovers_the_mix() -> None:
     stacker = fit_stacker("regression", y, {"a": a, "b": b})
     assert stacker.weights == pytest.approx((0.7, 0.3), abs=0.02)
     assert stacker.bias[0] == pytest.approx(1.0, abs=0.02)
+    assert stacker.predict({"a": a, "b": b}) == pytest.approx(y, abs=0.05)
     chosen = combine("regression", y, {"a": a, "b": b}, mode="stacking")
     assert "by squared error" in chosen["method"] and chosen["stacker"]["kind"] == "linear pool"
 
@@ -84,6 +85,8 @@ def test_the_file_form_predicts_the_same_and_bad_files_are_refused(tmp_path: Pat
     ]:
         with pytest.raises(ValueError, match=message):
             Stacker.from_json("binary", broken)
+    with pytest.raises(ValueError, match="not multilabel"):
+        Stacker.from_json("multilabel", stacker.to_json())
     # ensemble.json's members must be exactly what the stacker reads, so none is loaded in vain
     # or left out of the digests
     binary = SimpleNamespace(task="binary", classes=("no", "yes"))
