@@ -155,3 +155,19 @@ def test_the_timeline_is_a_png(bench: ModuleType, tmp_path: Path) -> None:
     records = [_record(bench, 1, None), _record(bench, 2, "covariate", flags=[("price", "numeric")])]
     path = bench.write_timeline(records, {2: "covariate"}, "auc", tmp_path / "timeline.png", {1: "text"})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_cost_probe_decides_the_cost_criterion_and_the_season_ratio_stays_beside(
+    bench: ModuleType,
+) -> None:
+    records = [_record(bench, 1, None), _record(bench, 2, "covariate")]
+    season = bench.summarise(records, {2: "covariate"}, 0.005, SIGNALS) | {"incremental_cost_ratio": 1.05}
+    probe = {"incremental_cost_ratio": 0.21, "cold_seconds": 300.0, "rows_initial": 16000, "images": True}
+    merged = bench.with_cost_probe(season | {"done": bench.done(season)}, probe)
+    assert (merged["season_cost_ratio"], merged["incremental_cost_ratio"]) == (1.05, 0.21)
+    assert merged["cost_probe"]["rows_initial"] == 16000 and merged["cost_probe"]["images"]
+    assert merged["done"]["incremental_cost"] and not bench.done(season)["incremental_cost"]
+    costly = bench.with_cost_probe(season, probe | {"incremental_cost_ratio": 0.3})
+    assert not costly["done"]["incremental_cost"]
+    spec = bench.cost_probe_spec(16000)
+    assert (spec.text_model, spec.images, spec.events, spec.edits) == ("minilm", True, {}, {})
