@@ -102,6 +102,7 @@ oracle scores, promotions. `--json` prints the summary as one JSON line, last.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -601,6 +602,12 @@ class Taps:
         self.batch = self.compared = None
 
 
+@functools.cache
+def process_taps() -> Taps:
+    """The process's one Taps: the season and the cost probe after it share the wrappers."""
+    return Taps()
+
+
 def lineage_of(bundle: Path) -> pd.DataFrame:
     return pd.read_parquet(Path(bundle) / "lineage.parquet", columns=["row_id", "split"])
 
@@ -965,7 +972,7 @@ def play(season: Season, drops: int, workdir: Path, started: float) -> dict[str,
     """Drop 0 (the cold run), then each drop (lifecycle.json after every one); the summary and timeline."""
     from tasks.config import load_params
 
-    season.taps, season.flows = Taps(), scheduled_flows()
+    season.taps, season.flows = process_taps(), scheduled_flows()
     season.tolerance = load_params("params.yaml").schedule.tolerance
     season_start = time.time()
     cold = cold_end = 0.0
