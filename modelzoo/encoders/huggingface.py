@@ -21,6 +21,9 @@ from modelzoo.encoders.base import TextEncoder
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+# Pack a batch (HuggingFaceTextEncoder._packed) only where its estimated cost is this share of
+# the padded batch's or less: the estimate counts FLOPs, not the packed path's mask and gathers.
+PACKING_MARGIN = 0.8
 # Tokenizers report this (or larger) when they do not know their model's limit.
 _UNKNOWN_MAX_LENGTH = 1_000_000
 # Files a Hugging Face tokenizer may read besides those its class names (`vocab_files_names`):
@@ -162,9 +165,73 @@ class HuggingFaceTextEncoder(TextEncoder):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # input_ids, attention_mask: (B, T)
+        if self._packs(input_ids) and packing_pays(attention_mask, self._pair_cost):
+            return F.normalize(self._packed(input_ids, attention_mask), p=2, dim=1)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = mean_pool(hidden, attention_mask)  # (B, D)
         return F.normalize(pooled, p=2, dim=1)  # (B, D)
+
+    def _packs(self, input_ids: torch.Tensor) -> bool:
+        """Whether this forward may run packed: a BERT-family model, inference on a CPU.
+
+        BERT takes explicit position ids and an additive 4-D mask, so its packed output is the
+        padded one to float rounding (1e-7 on MiniLM); other families number positions their own
+        way (RoBERTa from its padding index) and keep the padded forward. On a GPU the padded
+        batch runs in parallel anyway, and that path is the one tested there.
+        """
+        return (
+            self.model.config.model_type == "bert"
+            and input_ids.device.type == "cpu"
+            and not self.training
+            and not torch.is_grad_enabled()
+        )
+
+    @property
+    def _pair_cost(self) -> float:
+        """Attention's cost per (query, key) pair over a dense layer's per token, from the config."""
+        config = self.model.config
+        hidden = int(config.hidden_size)
+        inner = int(getattr(config, "intermediate_size", 4 * hidden))
+        return 4 * hidden / (2 * (4 * hidden * hidden + 2 * hidden * inner))
+
+    def _packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled states of every row's real tokens, run as one sequence with no padding.
+
+        Each token attends only to its own row's (a block-diagonal additive mask) at the
+        position the padded forward gives it, so rows cannot see each other.
+        """
+        real = attention_mask.bool()  # (B, T)
+        rows, width = real.shape
+        positions = torch.arange(width, device=input_ids.device).expand(rows, width)[real]  # (N,)
+        row_of = torch.arange(rows, device=input_ids.device)[:, None].expand(rows, width)[real]  # (N,)
+        blocked = row_of[:, None] != row_of[None, :]  # (N, N)
+        mask = torch.zeros(blocked.shape, dtype=torch.float32, device=input_ids.device)
+        mask = mask.masked_fill(blocked, torch.finfo(torch.float32).min)[None, None]  # (1, 1, N, N)
+        tokens = input_ids[real][None]  # (1, N)
+        hidden = self.model(
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions[None],
+            token_type_ids=torch.zeros_like(tokens),
+        ).last_hidden_state[0]  # (N, D)
+        summed = torch.zeros(rows, hidden.shape[1], dtype=hidden.dtype).index_add_(0, row_of, hidden)
+        counts = real.sum(dim=1, keepdim=True).clamp(min=1).to(hidden.dtype)  # (B, 1)
+        return summed / counts  # (B, D)
+
+
+def packing_pays(attention_mask: torch.Tensor, pair_cost: float) -> bool:
+    """Whether one unpadded sequence costs less than the padded batch.
+
+    Padding spends a dense layer on every pad token; packing spends attention on every pair of
+    the batch's tokens, across rows too. A small batch of mixed lengths (a served request's
+    texts: 197 real tokens in a 16 x 32 batch) packs; a large length-sorted batch (batch
+    extraction) has little padding and would pay N^2 attention, so it stays padded.
+    """
+    rows, width = attention_mask.shape
+    real = float(attention_mask.sum())
+    padded = rows * width * (1.0 + pair_cost * width)
+    packed = real * (1.0 + pair_cost * real)
+    return packed < PACKING_MARGIN * padded
 
 
 def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from skimage.data import chelsea
 from torch import nn
 
+from modelzoo.encoders import huggingface
 from modelzoo.encoders.base import ImageEncoder, ImagePreprocessing, TextEncoder
 from modelzoo.encoders.efficientnet_lite0 import (
     build_timm_lite0,
@@ -17,6 +18,7 @@ from modelzoo.encoders.efficientnet_lite0 import (
     remap_efficientnet_pytorch_keys,
     stage_depths_of,
 )
+from modelzoo.encoders.huggingface import packing_pays
 from modelzoo.encoders.loading import encoder_fingerprint, load_image_encoder, load_text_encoder
 from modelzoo.encoders.minilm import packaged_model_dir
 from modelzoo.encoders.vision import strip_classifier
@@ -81,6 +83,54 @@ def test_minilm_tokenize_pads_to_longest_row_not_max_length(minilm: TextEncoder)
     longest = len(minilm.tokenize(texts[1:], max_length=128)["input_ids"][0])
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, longest)
     assert longest < 128
+
+
+MIXED = [
+    "mug",
+    "a stoneware mug with a speckled glaze, hand thrown and fired twice",
+    "steel water bottle",
+    "a folding chair of beech and canvas that seats one adult and packs flat for the car boot",
+]
+
+
+def test_a_small_mixed_batch_runs_packed_and_gives_the_padded_embeddings(
+    minilm: TextEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packed (no padding, rows masked from each other) equals padded to float rounding."""
+    batch = minilm.tokenize(MIXED, max_length=64)
+    assert packing_pays(batch["attention_mask"], minilm._pair_cost)
+    calls: list[tuple[int, ...]] = []
+    forward = minilm.model.forward
+    monkeypatch.setattr(
+        minilm.model, "forward", lambda **kw: calls.append(tuple(kw["input_ids"].shape)) or forward(**kw)
+    )
+    packed = embed(minilm, MIXED)
+    real_tokens = int(batch["attention_mask"].sum())
+    assert calls == [(1, real_tokens)]  # one sequence of the real tokens only
+    monkeypatch.setattr(huggingface, "packing_pays", lambda mask, cost: False)
+    padded = embed(minilm, MIXED)
+    assert calls[-1] == tuple(batch["input_ids"].shape)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=0)
+    # each row alone (no neighbours at all) agrees too: rows cannot see each other packed
+    alone = torch.cat([embed(minilm, [text]) for text in MIXED])
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
+
+
+def test_packing_is_for_padded_small_batches_at_inference_on_bert(
+    minilm: TextEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cost = minilm._pair_cost
+    assert not packing_pays(torch.ones(64, 12, dtype=torch.int64), cost)  # no padding to save
+    sorted_long = torch.ones(64, 200, dtype=torch.int64)
+    sorted_long[:, 190:] = 0  # a length-sorted batch: little padding, N^2 attention would cost more
+    assert not packing_pays(sorted_long, cost)
+    ids = minilm.tokenize(MIXED, max_length=64)["input_ids"]
+    with torch.inference_mode():
+        assert minilm._packs(ids)
+    assert not minilm._packs(ids)  # gradients on: fine-tuning keeps the padded forward
+    monkeypatch.setattr(minilm.model.config, "model_type", "roberta")
+    with torch.inference_mode():
+        assert not minilm._packs(ids)  # positions numbered its own way: padded
 
 
 def test_generic_hf_encoder_loads_a_local_directory(minilm: TextEncoder) -> None:
