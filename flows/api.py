@@ -382,4 +382,5 @@ def api_command(args: argparse.Namespace) -> None:
         use_all_cores()  # the encoders' forward on every usable core, as training's extraction runs it
     app = create_app(settings)
     print(f"serving {settings.model} on http://{settings.host}:{settings.port} (docs: /docs)")
+    # http and loop "auto": httptools and uvloop, dependencies for this server (pyproject.toml)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
