@@ -184,6 +184,7 @@ class HuggingFaceTextEncoder(TextEncoder):
             and input_ids.device.type == "cpu"
             and not self.training
             and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")  # the mask is float32
         )
 
     @property
@@ -214,7 +215,8 @@ class HuggingFaceTextEncoder(TextEncoder):
             position_ids=positions[None],
             token_type_ids=torch.zeros_like(tokens),
         ).last_hidden_state[0]  # (N, D)
-        summed = torch.zeros(rows, hidden.shape[1], dtype=hidden.dtype).index_add_(0, row_of, hidden)
+        summed = torch.zeros(rows, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
+        summed = summed.index_add_(0, row_of, hidden)
         counts = real.sum(dim=1, keepdim=True).clamp(min=1).to(hidden.dtype)  # (B, 1)
         return summed / counts  # (B, D)
 
@@ -223,9 +225,10 @@ def packing_pays(attention_mask: torch.Tensor, pair_cost: float) -> bool:
     """Whether one unpadded sequence costs less than the padded batch.
 
     Padding spends a dense layer on every pad token; packing spends attention on every pair of
-    the batch's tokens, across rows too. A small batch of mixed lengths (a served request's
-    texts: 197 real tokens in a 16 x 32 batch) packs; a large length-sorted batch (batch
-    extraction) has little padding and would pay N^2 attention, so it stays padded.
+    the batch's tokens, across rows too. A small batch of mixed lengths (a served 8-row
+    request's 16 texts: 160-200 real tokens in a 16 x 20-32 batch) packs; a large batch of
+    similar lengths (extraction's length-sorted chunks, once there are more texts than one
+    chunk holds) has little padding and would pay N^2 attention, so it stays padded.
     """
     rows, width = attention_mask.shape
     real = float(attention_mask.sum())
