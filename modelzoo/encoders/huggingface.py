@@ -166,9 +166,10 @@ class HuggingFaceTextEncoder(TextEncoder):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # input_ids, attention_mask: (B, T)
         if self._packs(input_ids) and packing_pays(attention_mask, self._pair_cost):
-            return F.normalize(self._packed(input_ids, attention_mask), p=2, dim=1)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = mean_pool(hidden, attention_mask)  # (B, D)
+            pooled = self._packed(input_ids, attention_mask)  # (B, D)
+        else:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            pooled = mean_pool(hidden, attention_mask)  # (B, D)
         return F.normalize(pooled, p=2, dim=1)  # (B, D)
 
     def _packs(self, input_ids: torch.Tensor) -> bool:

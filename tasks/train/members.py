@@ -179,7 +179,7 @@ def _stacker(models: Path, meta: BundleMeta, ensemble: dict[str, Any]) -> Stacke
     outputs a bias each; None without one."""
     if "stacker" not in ensemble:
         return None
-    outputs = {"regression": 1, "binary": 2}.get(meta.task, len(meta.classes))
+    outputs = len(meta.classes) or 1  # a bias per class; regression (no classes) has one
     try:
         stacker = Stacker.from_json(meta.task, ensemble["stacker"], outputs)
     except ValueError as err:
