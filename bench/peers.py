@@ -2,7 +2,7 @@
 
     python bench/peers.py [--json] [--datasets flipkart,pokemon,petfinder] [--presets fast,best]
                           [--time-limit SECONDS] [--rows N] [--autogluon-preset medium_quality]
-                          [--workdir DIR] [--peers-python PYTHON]
+                          [--workdir DIR] [--peers-python PYTHON] [--set train.refit=false ...]
 
 Per dataset, in this one invocation: fuseline runs as bench/real.py runs it (its params, its
 stages, in a working directory under --workdir or a temporary one), then AutoGluon 1.6.3
@@ -14,7 +14,11 @@ code, on the same test rows.
             train and chooses on val (early stopping, epochs, ensemble weights, the baseline's
             settings); AutoGluon with tuning_data (medium_quality does not bag) does the same:
             its models fit on train, and val picks their iterations and its weighted
-            ensemble. Neither fits on a val row, and neither ever sees a test row.
+            ensemble. With fuseline's `train.refit` (the default) fuseline then fits its kept
+            members again on train + val, and AutoGluon gets the same step, its own
+            `refit_full` (every model retrained on train + val, the refit versions predict);
+            with `--set train.refit=false` neither fits on a val row. Neither ever sees a test
+            row.
   columns   the columns and roles fuseline's params declare (categorical, numeric, text;
             images are left out: TabularPredictor needs a pretrained model for pixels). Text
             columns are marked `text`, so AutoGluon builds its own n-gram and text-statistic
@@ -122,10 +126,16 @@ def sample_source(source: Path, target: str, rows: int, out_dir: Path) -> tuple[
 
 
 def fuseline_params(
-    name: str, data_root: Path, workdir: Path, time_limit: float | None, rows: int | None
+    name: str,
+    data_root: Path,
+    workdir: Path,
+    time_limit: float | None,
+    rows: int | None,
+    settings: list[str] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """bench/real.py's params for `name`, with the time limit and, for --rows, a sampled source."""
-    params = real().dataset_params(name, data_root)
+    """bench/real.py's params for `name` with `settings` (`--set`), the time limit and, for
+    --rows, a sampled source."""
+    params = real().dataset_params(name, data_root, settings)
     if time_limit is not None:
         params["train"]["time_limit"] = float(time_limit)
     dropped: list[str] = []
@@ -235,12 +245,15 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
-def run_autogluon(python: Path, split_dir: Path, time_limit: int, preset: str) -> dict[str, Any]:
-    """Fit AutoGluon in its venv on the exported split; its result and test predictions."""
+def run_autogluon(
+    python: Path, split_dir: Path, time_limit: int, preset: str, refit_full: bool = False
+) -> dict[str, Any]:
+    """Fit AutoGluon in its venv on the exported split (then refit on train + val with
+    `refit_full`, as fuseline's `train.refit`); its result and test predictions."""
     import pandas as pd
 
     spec = json.loads((split_dir / "spec.json").read_text())
-    spec |= {"time_limit": time_limit, "presets": preset}
+    spec |= {"time_limit": time_limit, "presets": preset, "refit_full": refit_full}
     (split_dir / "spec.json").write_text(json.dumps(spec, indent=2))
     shutil.rmtree(split_dir / "autogluon", ignore_errors=True)  # a rerun in the same --workdir
     started = time.perf_counter()
@@ -283,6 +296,8 @@ def autogluon_worker(split_dir: Path) -> None:
         time_limit=spec["time_limit"],
         feature_metadata=metadata,
     )
+    if spec.get("refit_full"):  # retrain on train + val; predict() then uses the refit models
+        predictor.refit_full(model="all", set_best_to_refit_full=True)
     fit_seconds = time.perf_counter() - started
     test = frames["test"].drop(columns=[label])
     if spec["problem_type"] == "regression":
@@ -413,7 +428,7 @@ def _pair(interval: dict[str, float]) -> list[float | None]:
 def bench_dataset(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """fuseline (each preset) then AutoGluon on the same split; the dataset's report entry."""
     workdir = root / name
-    params, dropped = fuseline_params(name, args.data_root, workdir, args.time_limit, args.rows)
+    params, dropped = fuseline_params(name, args.data_root, workdir, args.time_limit, args.rows, args.set)
     runs = run_fuseline(params, workdir, [p for p in args.presets.split(",") if p])
     first = next(iter(runs.values()))["summary"]
     budget = math.ceil(args.time_limit or max(run["fit_seconds"] for run in runs.values()))
@@ -422,9 +437,11 @@ def bench_dataset(name: str, args: argparse.Namespace, root: Path) -> dict[str, 
         aligned, params["data"]["columns"], first["task"], first["primary_metric"], workdir / "peers"
     )
     python = args.peers_python or peers_python()
-    peer = run_autogluon(python, workdir / "peers", budget, args.autogluon_preset)
+    refit = bool(params["train"].get("refit", True))  # fuseline's TrainConfig default
+    peer = run_autogluon(python, workdir / "peers", budget, args.autogluon_preset, refit)
     entry = dataset_entry(runs, peer, aligned, spec)
     entry["autogluon"]["preset"] = args.autogluon_preset
+    entry["autogluon"]["refit_full"] = refit
     return {
         **entry,
         "time_budget_seconds": budget,
@@ -526,6 +543,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-limit", type=float, default=None, help="seconds, for both (see above)")
     parser.add_argument("--rows", type=int, default=None, help="a sample of N source rows: a quick check")
     parser.add_argument("--autogluon-preset", default=AUTOGLUON_PRESET)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a fuseline params.yaml setting, as bench/real.py --set takes it")  # fmt: skip
     parser.add_argument("--peers-python", type=Path, default=None, help="an interpreter with autogluon")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -557,6 +576,7 @@ def run(args: argparse.Namespace, wanted: list[str]) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "autogluon_requirement": REQUIREMENT,
         "split_seed": real().SPLIT_SEED,
+        "settings": list(args.set),
         "timing_note": "wall seconds on a possibly shared CPU; both systems ran in this invocation",
         "datasets": {},
         "skipped": {},

@@ -53,6 +53,7 @@ from tasks.train.bundle import BundleMeta, baseline_dirs, load_bundle, predict_w
 from tasks.train.dataset import FeatureSet, with_blocks
 from tasks.train.finetuned_member import member_loaders
 from tasks.train.members import MEMBER_SECONDS, load_final_model, load_member, read_ensemble
+from tasks.train.refit import val_before_refit
 from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
 from tasks.train.sklearn_baseline import SklearnBaseline, fit_sklearn_baseline
 
@@ -199,6 +200,8 @@ def _evaluate(params: Params) -> dict:
         report["val"][SKLEARN] = baseline.candidates[baseline.selected]["val"].get(chosen, math.nan)
     ensemble = read_ensemble(layout.models)
     if ensemble is not None:
+        # a refit member has learned the val rows: its val score is the one measured before
+        report["val"] |= {k: v for k, v in val_before_refit(ensemble).items() if k in report["val"]}
         report["ensemble"] = {k: v for k, v in ensemble.items() if k not in ("files", "format_version")}
         seconds_file = layout.train_plots / MEMBER_SECONDS
         seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}

@@ -8,13 +8,17 @@ hyperparameter search (tasks/train/search.py: the `train-search` subflow, each O
 its own `search-trial` task, the trials in a `fuseline-search` table artifact). Each member is
 its own Prefect task, run on `runtime.task_runner` (one after another locally, in parallel on a
 Dask or Ray cluster). Greedy ensemble selection on the val rows then weighs them
-(tasks/train/ensemble.py); models/ensemble.json is what evaluate and prediction use.
+(tasks/train/ensemble.py), and with `train.refit` the members it kept are fitted again on train
++ val for the epochs val chose (tasks/train/refit.py, the `refit` task); models/ensemble.json
+is what evaluate and prediction use.
 Training them here keeps evaluate a pure measurement and lets DVC cache them together.
 
 `train.time_limit` bounds the whole stage: the linear baseline is fitted first (seconds), the
-search gets its share of what is left, members after the deadline are skipped, the one
-running stops before an epoch that would end past it, and a fine-tuned member whose lower
-pass and first epochs would not fit is skipped saying so (tasks/train/finetuned_member.py).
+search gets its share of what is left, the refit keeps `REFIT_SHARE` of the members' time (a
+member whose refit would not fit in what is left keeps its train-only fit), members after the
+deadline are skipped, the one running stops before an epoch that would end past it, and a
+fine-tuned member whose lower pass and first epochs would not fit is skipped saying so
+(tasks/train/finetuned_member.py).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from tasks.train.members import (
 from tasks.train.plan import (
     BOOSTED,
     FUSED,
+    REFIT_SHARE,
     Budget,
     MemberSpec,
     Skipped,
@@ -71,10 +76,11 @@ from tasks.train.plan import (
     requested_finetuned,
     with_tuned,
 )
-from tasks.train.portable_linear import PortableLinear, write_linear
+from tasks.train.portable_linear import write_linear
+from tasks.train.refit import LinearFit, Refitted, refit_members
 from tasks.train.search import SearchOutcome, Trial, run_search, searchers
 from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
-from tasks.train.sklearn_baseline import fit_linear_member
+from tasks.train.sklearn_baseline import tune_linear_member
 from tasks.train.stacking import combine
 from tasks.train.training import TrainResult, train_model
 
@@ -132,6 +138,26 @@ def train_members(
     """
     futures = [train_member.submit(spec, features.value, params, budget, aligned_path) for spec in specs]
     return [future.result() for future in futures]
+
+
+@task(name="refit", cache_policy=NO_CACHE)
+def refit(
+    chosen: list[str],
+    trained: dict[str, tuple[MemberSpec, Fitted]],
+    linear: LinearFit | None,
+    features: Unstored[FeatureSet],
+    aligned: pd.DataFrame,
+    params: Params,
+    budget: Budget,
+) -> Refitted:
+    """The kept members fitted again on train + val (tasks/train/refit.py), as one task in the UI."""
+    started = time.perf_counter()
+    out = refit_members(chosen, trained, linear, features.value, aligned, params, budget)
+    get_run_logger().info(
+        "refit on %s rows: %s in %.1f s; kept as trained: %s", out.record.get("rows", 0),
+        out.record.get("members", []), time.perf_counter() - started, out.record.get("kept", {}) or "none",
+    )  # fmt: skip
+    return out
 
 
 @task(name="search-trial", cache_policy=NO_CACHE, task_run_name="search-{study}-{number}")
@@ -223,7 +249,7 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     layout = Layout()
     logger = get_run_logger()
     use_all_cores()
-    budget = Budget.start(params.train.time_limit)
+    budget = Budget.start(params.train.time_limit)  # the refit's deadline; the members' ends earlier
     features = load_feature_set(
         layout, params.data.task, positive=params.data.positive_class, mapped=mapped_root(params.cache.dir)
     )
@@ -239,11 +265,12 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     # The linear baseline first: it takes seconds, and it is fitted whatever the time limit.
     linear, linear_tried = _linear_member(params, aligned, features)
     searched = SearchOutcome([], [])
-    if params.train.preset == "best" and not budget.exhausted():
-        searched = search(Unstored(features), params, budget, aligned_path)
+    members_budget = budget.share(1 - REFIT_SHARE) if params.train.refit else budget
+    if params.train.preset == "best" and not members_budget.exhausted():
+        searched = search(Unstored(features), params, members_budget, aligned_path)
         specs = with_tuned(specs, searched.members)
     results = train_members.with_options(task_runner=runner)(
-        specs, Unstored(features), params, budget, aligned_path
+        specs, Unstored(features), params, members_budget, aligned_path
     )
     trained = {
         spec.name: (spec, r) for spec, r in zip(specs, results, strict=True) if not isinstance(r, Skipped)
@@ -258,22 +285,31 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
         name: _as_member(spec, result, params, features, metadata) for name, (spec, result) in trained.items()
     }
     if linear is not None:
-        members[SKLEARN_LINEAR] = LinearMember(linear)
+        members[SKLEARN_LINEAR] = LinearMember(linear.model)
     selection = _choose(params, members, features.of_split("val"), aligned, tried)
     selection["kinds"] = {name: trained[name][0].kind if name in trained else "sklearn" for name in members}
     tried += [trial.tried() for trial in searched.trials]  # after the members: they are not models
     logger.info("ensemble on val: %s", selection["members"])
+    refitted = Refitted(trained, linear)
+    if params.train.refit:
+        refitted = refit(
+            list(selection["members"]), trained, linear, Unstored(features), aligned, params, budget
+        )
+        trained, linear = refitted.trained, refitted.linear
+        if refitted.record:
+            selection["refit"] = refitted.record
 
     with atomic_dir(layout.models) as tmp:
         copy_states(tmp, layout, states)
-        lineage = write_lineage(tmp, aligned, params.data.split)  # the rows it saw: the monitor's reference
+        # the rows it saw, and those it learned from: the monitor's reference
+        lineage = write_lineage(tmp, aligned, params.data.split, refitted.fitted_splits)
         for name, (spec, result) in trained.items():
             _write_member(
                 tmp, name, spec, result, params, features, metadata, lineage if name == FUSED else None,
                 target_type,
             )  # fmt: skip
         if linear is not None:
-            write_linear(tmp / SKLEARN_DIR, linear)
+            write_linear(tmp / SKLEARN_DIR, linear.model)
         # Seconds stay out of models/: a rerun with the same params must give the same bytes.
         write_ensemble(tmp, selection, [{k: v for k, v in t.items() if k != "seconds"} for t in tried])
     fused = trained[FUSED][1]
@@ -284,7 +320,7 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
 
 def _linear_member(
     params: Params, aligned: pd.DataFrame, features: FeatureSet
-) -> tuple[PortableLinear | None, list[dict[str, Any]]]:
+) -> tuple[LinearFit | None, list[dict[str, Any]]]:
     """The scikit-learn linear baseline as a member, when the task and columns allow one, and
     its entry for `tried` (none without it)."""
     columns = params.data.columns
@@ -293,12 +329,14 @@ def _linear_member(
     ):
         return None, []
     started = time.perf_counter()
-    linear = fit_linear_member(
+    strength, linear = tune_linear_member(
         aligned, columns, params.data.task, features.classes, params.evaluate.baseline_max_rows,
         params.evaluate.chosen(params.data.task),
     )  # fmt: skip
     seconds = round(time.perf_counter() - started, 2)
-    return linear, [{"name": SKLEARN_LINEAR, "kind": "sklearn", "status": "trained", "seconds": seconds}]
+    return LinearFit(linear, strength, seconds), [
+        {"name": SKLEARN_LINEAR, "kind": "sklearn", "status": "trained", "seconds": seconds}
+    ]
 
 
 def _choose(

@@ -273,6 +273,9 @@ class TrainConfig(Strict):
     # how the ensemble's members are made one: caruana (weights chosen greedily on val), stacking
     # (a log-linear pool fitted on val) or auto (whichever scores higher out of fold on val)
     combine: Literal["caruana", "stacking", "auto"] = "caruana"
+    # after the selection, fit each kept member again on train + val for the epochs (rounds) val
+    # chose, weights unchanged (tasks/train/refit.py); false: the members stay fitted on train alone
+    refit: bool = True
 
 
 @functools.cache

@@ -308,7 +308,8 @@ def _ensemble_section(inputs: ReportInputs) -> str:
             "",
             f"Every model train fitted, and {_made_by(ensemble, primary)} "
             f"(ensemble on val: {_fmt(ensemble.get('val', float('nan')))}). Test was not used to choose."
-            + _combined_note(ensemble),
+            + _combined_note(ensemble)
+            + _refit_note(ensemble),
             "",
             _table(["model", "kind", "status", "seconds", f"val {primary}", "weight"], body),
         ]
@@ -335,6 +336,22 @@ def _combined_note(ensemble: dict) -> str:
     )
     shares = " Each weight is the member's share of the pool's total weight." if "stacker" in ensemble else ""
     return f" Combined by {ensemble['combined_by']}.{scores}{shares}"
+
+
+def _refit_note(ensemble: dict) -> str:
+    """Which members learned the val rows after the selection (`train.refit`), and which did not."""
+    refit = ensemble.get("refit") or {}
+    kept = refit.get("kept", {})
+    if not refit.get("members") and not kept:
+        return ""
+    done = (
+        f" After the selection, {', '.join(refit['members'])} were fitted again on the {refit['rows']:,} "
+        "train and val rows for the epochs (rounds) val chose, weights unchanged (`train.refit`); "
+        "the val scores above are from before."
+        if refit.get("members")
+        else ""
+    )
+    return done + "".join(f" {name} was not refit ({why})." for name, why in sorted(kept.items()))
 
 
 def _contributions_section(inputs: ReportInputs) -> str:

@@ -3,7 +3,7 @@
 Each run appends its record to `monitor.output`/performance.json (a JSON list, oldest first)
 and redraws performance.png from the whole list, so a person sees the model's health week
 by week: the estimate as a line, realized values as points with their interval, the
-reference level (the model on its own val/test rows) as a band, runs that found drift in
+reference level (the model on its own held-out rows) as a band, runs that found drift in
 red, and a dotted line where the watched model changed. The read-modify-write holds a lock
 on the directory's `.performance.lock` (two runs at once cannot drop each other's record)
 and replaces the file atomically (tasks/atomic.py). A history that cannot be read is moved
@@ -119,7 +119,7 @@ def summary_line(record: dict[str, Any]) -> str:
     if record.get("estimate") is not None:
         parts.append(f"estimated {record['estimate']:.3f} (CBPE)")
     if record.get("reference") is not None:
-        parts.append(f"reference {record['reference']:.3f} on val/test")
+        parts.append(f"reference {record['reference']:.3f} on held-out rows")
     return f"{metric}: " + "; ".join(parts)
 
 
@@ -161,7 +161,7 @@ def history_figure(records: list[dict[str, Any]]) -> Figure:
     low, high = _series(records, "low"), _series(records, "high")
     ref_low, ref_high = _series(records, "reference_low"), _series(records, "reference_high")
     band = {"step": "mid", "color": "tab:green", "alpha": 0.15}
-    ax.fill_between(x, ref_low, ref_high, label="reference (val/test)", **band)
+    ax.fill_between(x, ref_low, ref_high, label="reference (held-out rows)", **band)
     ax.plot(x, _series(records, "reference"), color="tab:green", lw=1, ls=":", drawstyle="steps-mid")
     ax.plot(x, estimate, marker="o", ms=4, color="tab:blue", label="estimated (CBPE)")
     errors = np.vstack([realized - low, high - realized])

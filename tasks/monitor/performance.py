@@ -9,7 +9,8 @@ Estimated: confidence-based performance estimation (CBPE), the method NannyML's 
 implements. Where a model's probabilities are calibrated, they say how often it is right:
 of the rows it gives 0.8, eight in ten are positive. The batch's expected confusion counts
 then follow from its probabilities alone, and the metric from those, with no label at all.
-The probabilities are first calibrated on the model's own held-out rows (val and test,
+The probabilities are first calibrated on the model's own held-out rows (val and test, or test
+alone after a refit taught it val: `train.refit`,
 whose labels are known); rows it never fitted, so the calibration is not flattered. CBPE
 follows covariate shift (the inputs move, P(label | inputs) stays): the batch moves to
 regions where the model is surer or less sure, and the estimate moves with it. It cannot
@@ -66,7 +67,7 @@ class Calibration:
 
     task: str
     maps: tuple[Mapping | None, ...]
-    description: str  # for the report, e.g. "isotonic on 3000 labelled val/test rows"
+    description: str  # for the report, e.g. "isotonic on 3000 labelled held-out rows"
 
     def apply(self, probabilities: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, same shape; multiclass rows are renormalised to sum to 1."""
@@ -93,11 +94,11 @@ def fit_calibration(task: str, truth: np.ndarray, probabilities: np.ndarray) -> 
     n = len(columns)
     if n < MIN_CALIBRATION_ROWS:
         kept = (None,) * columns.shape[1]
-        reason = f"none: {n} labelled val/test rows, fewer than {MIN_CALIBRATION_ROWS}"
+        reason = f"none: {n} labelled held-out rows, fewer than {MIN_CALIBRATION_ROWS}"
         return Calibration(task, kept, reason)
     method = "isotonic" if n >= ISOTONIC_ROWS else "platt"
     maps = tuple(_fit_column(columns[:, c], hits[:, c], method) for c in range(columns.shape[1]))
-    return Calibration(task, maps, f"{method} on {n} labelled val/test rows")
+    return Calibration(task, maps, f"{method} on {n} labelled held-out rows")
 
 
 def _fit_column(scores: np.ndarray, hits: np.ndarray, method: str) -> Mapping | None:
@@ -273,7 +274,7 @@ class Performance:
     realized: float | None  # on the labelled rows; None before labels arrive
     low: float | None  # realized's bootstrap interval
     high: float | None
-    reference: float | None  # realized on the model's labelled val/test rows, the calibration set
+    reference: float | None  # realized on the model's labelled held-out rows, the calibration set
     reference_low: float | None
     reference_high: float | None
     calibration: str

@@ -41,7 +41,7 @@ class Reference:
     """The served model's rows as the aligned table holds them, and what they are."""
 
     train: pd.DataFrame  # what it learned from: the drift reference
-    held_out: pd.DataFrame  # its val and test rows: the reference of its predictions
+    held_out: pd.DataFrame  # rows it never fitted (val and test; test after a refit): CBPE's reference
     lineage: Lineage  # every row it has seen, to tell the rows it has not
     description: str  # for the report, e.g. "700 of the 700 train rows of models"
     notes: list[str] = field(default_factory=list)
@@ -72,7 +72,7 @@ def aligned_rows(layout: Layout) -> pd.DataFrame:
 def model_reference(
     aligned: pd.DataFrame, lineage: Lineage | None, model: str | None, aligned_path: str
 ) -> Reference:
-    """The rows `model` was trained on (train) and held out (val, test), found in `aligned`.
+    """The rows `model` learned from (train; val too after a refit) and held out, found in `aligned`.
 
     Without a lineage (no model, or a bundle trained before lineage was kept) the model is
     taken to have seen exactly `aligned`, with its own split, as before lineage existed.
@@ -88,9 +88,12 @@ def model_reference(
         notes.append(f"{aligned_path} no longer holds {', '.join(map(repr, unfit))} as the model saw them: "
                      "its rows were matched by id alone")  # fmt: skip
     splits = lineage.splits_of(aligned)  # the model's own: the last run may have split otherwise
-    train = aligned[splits == "train"].reset_index(drop=True)
-    held_out = aligned[np.isin(splits, ("val", "test"))].reset_index(drop=True)
-    expected, owner = lineage.counts()["train"], model or "the last pipeline run"
+    # the rows it learned from (train, and val after a refit) and those it never fitted
+    train = aligned[np.isin(splits, lineage.fitted)].reset_index(drop=True)
+    unfitted = [s for s in ("val", "test") if s not in lineage.fitted]
+    held_out = aligned[np.isin(splits, unfitted)].reset_index(drop=True)
+    counts = lineage.counts()
+    expected, owner = sum(counts[s] for s in lineage.fitted), model or "the last pipeline run"
     if train.empty:
         raise DataError(
             f"none of the {expected} train rows of {owner} are in the aligned table (edited or gone since); "

@@ -333,6 +333,36 @@ def _boost_one(
     return booster.model_to_string(num_iteration=stopper.best_round), stopper, settings
 
 
+def refit_boosted(
+    model: BoostedModel,
+    features: FeatureSet,
+    rows: pd.DataFrame,
+    class_weight: str | None = None,
+    overrides: Mapping[str, float] | None = None,
+) -> BoostedModel:
+    """Each of `model`'s boosters boosted afresh on the train and val rows, for the rounds val
+    chose for it (tasks/train/refit.py), with its seed and settings; the layout (category codes,
+    principal directions) stays the train rows'. `overrides` as boost's (a searched member's)."""
+    fit = np.isin(np.asarray(features.split), ("train", "val"))
+    matrix = model.layout.matrix(features, rows)[fit]
+    target, n_classes = np.asarray(features.target)[fit], len(model.classes)
+
+    def one(bag: dict[str, Any]) -> str:
+        settings = _settings(model.task, n_classes, int(bag["seed"]), len(target), overrides)
+        data = lgb.Dataset(
+            matrix, target, weight=_weights(class_weight, model.task, target, n_classes),
+            categorical_feature=model.layout.categorical_positions, feature_name=_names(matrix.shape[1]),
+            params={"verbosity": -1}, free_raw_data=True,
+        )  # fmt: skip
+        return lgb.train(settings, data, num_boost_round=max(1, int(bag["best_round"]))).model_to_string()
+
+    bags = model.info["bags"]
+    with ThreadPoolExecutor(max_workers=min(len(bags), cores())) as pool:  # side by side, as boost's
+        texts = tuple(pool.map(one, bags))
+    info = {**model.info, "refit": {"rows": len(target)}}
+    return BoostedModel(texts, model.layout, model.task, model.classes, info)
+
+
 def fit_layout(features: FeatureSet, rows: pd.DataFrame, columns: ColumnsConfig, train: np.ndarray) -> Layout:
     """Category codes and each embedding block's principal components, from the train rows only."""
     train_rows = rows.iloc[np.flatnonzero(train)]

@@ -18,8 +18,9 @@ their kinds are recorded with it; a table that lacks one of them, or holds it as
 (a column removed or retyped since), cannot be compared by content, and rows then match by
 id alone (`Lineage.unfit` names the columns, so a caller can say so).
 
-The file's SHA-256, the column list and the split settings live in the fused bundle's
-bundle.json (`lineage`), which the bundle digest covers: an edited lineage is refused.
+The file's SHA-256, the column list, the split settings and the splits the model learned
+from (`fitted`: train, and val too after a refit, tasks/train/refit.py) live in the fused
+bundle's bundle.json (`lineage`), which the bundle digest covers: an edited lineage is refused.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Lineage:
 
     rows: pd.DataFrame  # row_id, split, digest
     columns: dict[str, str]  # content column -> kind (number | bool | text)
+    fitted: tuple[str, ...] = ("train",)  # the splits whose rows the model learned from
 
     def unfit(self, table: pd.DataFrame) -> list[str]:
         """Content columns `table` lacks or holds as another kind: its rows match by id alone."""
@@ -123,8 +125,11 @@ def lineage_of(aligned: pd.DataFrame) -> Lineage:
     return Lineage(rows, columns)
 
 
-def write_lineage(directory: Path, aligned: pd.DataFrame, split: SplitConfig) -> dict[str, Any]:
-    """lineage.parquet in `directory` (atomically); the record bundle.json keeps of it."""
+def write_lineage(
+    directory: Path, aligned: pd.DataFrame, split: SplitConfig, fitted: tuple[str, ...] = ("train",)
+) -> dict[str, Any]:
+    """lineage.parquet in `directory` (atomically); the record bundle.json keeps of it, with the
+    splits the model learned from (`fitted`)."""
     lineage = lineage_of(aligned)
     path = Path(directory) / LINEAGE
     write_parquet(pa.Table.from_pandas(lineage.rows, preserve_index=False), path)
@@ -134,6 +139,7 @@ def write_lineage(directory: Path, aligned: pd.DataFrame, split: SplitConfig) ->
         "rows": lineage.counts(),
         "columns": lineage.columns,
         "split": split.model_dump(mode="json"),
+        "fitted": list(fitted),
     }
 
 
@@ -158,7 +164,10 @@ def read_lineage(bundle_dir: Path, record: dict[str, Any] | None) -> Lineage | N
             f"{path}: changed after the bundle was written (digest mismatch); retrain or restore it"
         )
     rows = pq.read_table(pa.BufferReader(raw)).to_pandas()
-    return Lineage(rows, dict(record["columns"]))
+    fitted = fields.get("fitted", ["train"])  # bundles written before refit learned from train alone
+    if not isinstance(fitted, list) or not set(fitted) <= set(SPLITS) or "train" not in fitted:
+        raise BundleError(f"{path}: the bundle's lineage record names no valid fitted splits; retrain it")
+    return Lineage(rows, dict(record["columns"]), tuple(fitted))
 
 
 def _kind(series: pd.Series) -> str:

@@ -13,7 +13,8 @@ member (`with_tuned`).
 
 `train.time_limit` is a limit on the whole stage: members (and the search) work to a deadline
 `TAIL_SHARE` of the limit before it, which leaves the ensemble's val predictions and the
-writing of models/ room to finish inside it.
+writing of models/ room to finish inside it; with `train.refit` they stop `REFIT_SHARE` of
+their time earlier still, which the refit of the kept members (tasks/train/refit.py) uses.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ BEST_OTHER_HEADS = ("gated", "attention", "concat")  # dense heads that read the
 # The share of `train.time_limit` kept for what follows the members: val predictions of every
 # member for the ensemble, the selection, and writing models/ (a few seconds on 20,000 rows).
 TAIL_SHARE = 0.05
+# With `train.refit`, the share of the members' time (search included) kept for refitting the
+# kept ones on train + val: a head's refit costs its best epochs again, a booster its kept rounds,
+# a few seconds on tables of thousands of rows; fine-tuned members are not refit.
+REFIT_SHARE = 0.1
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def _parts(
         train = np.sort(np.random.default_rng(_SEED).choice(train, max_rows, replace=False))
     positions = {s: train if s == "train" else np.flatnonzero(split == s) for s in splits}
     parts = {s: (clean_frame(aligned.iloc[rows], roles), target[rows]) for s, rows in positions.items()}
-    if not len(parts["train"][0]) or not len(parts["val"][0]):
+    if any(not len(parts[s][0]) for s in ("train", "val") if s in parts):
         raise DataError("the sklearn baseline needs train and val rows", column=SPLIT)
     return parts, roles, classes, available
 
@@ -256,10 +256,40 @@ def fit_linear_member(
     Boosted trees are not offered as a member: their fitted trees have no stable format
     outside pickle, and a bundle never holds pickle.
     """
+    return tune_linear_member(aligned, columns, task, classes, max_rows, metric)[1]
+
+
+def tune_linear_member(
+    aligned: pd.DataFrame,
+    columns: ColumnsConfig,
+    task: str,
+    classes: tuple[str, ...] = (),
+    max_rows: int | None = None,
+    metric: str | None = None,
+) -> tuple[float, PortableLinear]:
+    """fit_linear_member's model and the strength val chose for it, which a refit reuses."""
     with _fitting(task):
         parts, roles, classes, _ = _parts(aligned, columns, task, classes, ("train", "val"), max_rows)
         n_classes = len(classes) if task == "multiclass" else 2
-        _, pipeline = _tuned_linear(task, roles, parts, n_classes, resolve_metric(task, metric))
+        strength, pipeline = _tuned_linear(task, roles, parts, n_classes, resolve_metric(task, metric))
+        return strength, export_linear(pipeline, task, n_classes, _TOKEN)
+
+
+def refit_linear_member(
+    aligned: pd.DataFrame,
+    columns: ColumnsConfig,
+    task: str,
+    strength: float,
+    classes: tuple[str, ...] = (),
+    max_rows: int | None = None,
+) -> PortableLinear:
+    """The linear member at `strength` (val's choice) fitted on the train and val rows
+    together (tasks/train/refit.py); `max_rows` caps them as it caps train."""
+    pooled = aligned.assign(**{SPLIT: aligned[SPLIT].where(aligned[SPLIT] != "val", "train")})
+    with _fitting(task):
+        parts, roles, classes, _ = _parts(pooled, columns, task, classes, ("train",), max_rows)
+        n_classes = len(classes) if task == "multiclass" else 2
+        pipeline = make_pipeline(_linear_features(roles), _linear_model(task, strength)).fit(*parts["train"])
         return export_linear(pipeline, task, n_classes, _TOKEN)
 
 

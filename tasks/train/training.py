@@ -51,6 +51,7 @@ __all__ = [
     "head_features",
     "output_dim",
     "predict",
+    "refit_model",
     "split_indices",
     "train_model",
 ]  # fmt: skip  (TASKS is re-exported: callers have imported it from here)
@@ -125,6 +126,46 @@ def train_model(
         seconds = time.perf_counter() - started
     model.cpu().eval()
     return TrainResult(model, in_dims, out_dim, scaling, history, best_epoch, seconds)
+
+
+def refit_model(
+    features: FeatureSet,
+    task: str,
+    fusion: FusionConfig,
+    train: TrainConfig,
+    epochs: int,
+    progress: bool = True,
+) -> TrainResult:
+    """Fit `fusion.head` afresh on the train and val rows together, for `epochs` epochs.
+
+    Early stopping on val chose `epochs`; with val's rows now learned from, nothing is left to
+    stop on, so the count is fixed and the last epoch's weights are kept (tasks/train/refit.py
+    says when this pays). Same seed, options and schedule shape as train_model: an epoch is
+    the same share of the schedule, only longer. The history records the train loss alone.
+    """
+    check_task(task)
+    features = head_features(features, fusion.head)
+    rows = np.flatnonzero(np.isin(features.split, ("train", "val")))
+    if len(rows) == 0:
+        raise DataError("no rows in the train and val splits to refit on; check data.split")
+    device = pick_device(train.device)
+    with _deterministic(device):
+        _seed_everything(train.seed)
+        in_dims = {name: int(block.shape[1]) for name, block in sorted(features.inputs.items())}
+        out_dim, scaling, objective = fit_objective(task, features, rows, train, device)
+        model = build_head(fusion, in_dims, out_dim).to(device)
+        data = _to_device(features, rows, task, scaling, device)
+        optimizer, scheduler, shuffler, hider = _optimisation(model, data, train)
+        history: list[dict[str, float]] = []
+        started = time.perf_counter()
+        for epoch in tqdm(range(1, epochs + 1), desc="refit", unit="epoch", disable=not progress):
+            order = torch.randperm(data.n_rows, generator=shuffler).to(device)
+            present = hider.epoch_masks()
+            loss = _train_epoch(model, objective, data, present, order, optimizer, scheduler, train, device)
+            history.append({"epoch": epoch, "train_loss": loss})
+        seconds = time.perf_counter() - started
+    model.cpu().eval()
+    return TrainResult(model, in_dims, out_dim, scaling, history, epochs, seconds)
 
 
 def predict(
@@ -379,13 +420,7 @@ def _fit(
     on_epoch: EpochReport | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Epochs with early stopping; leaves the best validation epoch's weights in `model`."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg, math.ceil(train_data.n_rows / cfg.batch_size))
-    # Shuffle with a private CPU generator: the order depends on the seed alone, not on the
-    # device or on whatever else consumed the global RNG. Modality dropout has its own, so
-    # switching it on does not change the order of the batches.
-    shuffler = torch.Generator().manual_seed(cfg.seed)
-    hider = ModalityDropout(train_data.present, cfg.modality_dropout, cfg.seed)
+    optimizer, scheduler, shuffler, hider = _optimisation(model, train_data, cfg)
     history: list[dict[str, float]] = []
     best_state = copy.deepcopy(model.state_dict())
     with tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", disable=not progress) as bar:
@@ -409,6 +444,21 @@ def _fit(
                 break
     model.load_state_dict(best_state)
     return history, choice.best_epoch
+
+
+def _optimisation(
+    model: nn.Module, data: _DeviceData, cfg: TrainConfig
+) -> tuple[
+    torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None, torch.Generator, ModalityDropout
+]:
+    """The optimiser, its per-batch schedule, the batch shuffler and modality dropout of a fit."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg, math.ceil(data.n_rows / cfg.batch_size))
+    # Shuffle with a private CPU generator: the order depends on the seed alone, not on the
+    # device or on whatever else consumed the global RNG. Modality dropout has its own, so
+    # switching it on does not change the order of the batches.
+    shuffler = torch.Generator().manual_seed(cfg.seed)
+    return optimizer, scheduler, shuffler, ModalityDropout(data.present, cfg.modality_dropout, cfg.seed)
 
 
 def no_time_for_another(deadline: float | None, began: float) -> bool:

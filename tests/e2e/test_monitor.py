@@ -40,13 +40,22 @@ def project(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         yield root
 
 
+# The project's rows are seed 7. A 120-row sample can itself sit far from the generator: seed 8's
+# held 13 % kitchen items against the generator's 24 % (3.0 standard errors), and a chi-square
+# test rightly told it from the project's 161 reference rows (p 0.0006). Seed 11 is the first
+# after it whose every category is within 1.5 standard errors; test_the_fresh_sample_is_typical
+# checks that premise, so the no-drift test below asks about a sample that is "the same data".
+FRESH_SEED = 11
+TYPICAL_Z = 1.5
+
+
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """New demo rows from the same generator (seed 8; the project's rows are seed 7)."""
+    """New demo rows from the same generator (FRESH_SEED; the project's rows are seed 7)."""
     from tasks.data.demo import generate_demo
 
     out = tmp_path_factory.mktemp("fresh")
-    generate_demo(out / "items.csv", out / "images", rows=ROWS, seed=8, audio_root=out / "audio")
+    generate_demo(out / "items.csv", out / "images", rows=ROWS, seed=FRESH_SEED, audio_root=out / "audio")
     return out
 
 
@@ -95,6 +104,17 @@ def fresh_run(project: Path, fresh: Path) -> tuple[Any, dict[str, Any], float]:
 @pytest.fixture(scope="module")
 def shifted_run(project: Path, shifted: Path) -> tuple[Any, dict[str, Any], float]:
     return _run(shifted)
+
+
+def test_the_fresh_sample_is_typical_of_the_generator(fresh: Path) -> None:
+    from tasks.data.demo import _CATEGORIES
+
+    cells = pd.read_csv(fresh / "items.csv", dtype=str, keep_default_na=False)["category"]
+    cells = cells[cells != ""]
+    for name, frequency, _ in _CATEGORIES:
+        share = float((cells == name).mean())
+        standard_error = (frequency * (1 - frequency) / len(cells)) ** 0.5
+        assert abs(share - frequency) <= TYPICAL_Z * standard_error, (name, share, frequency)
 
 
 def test_a_fresh_sample_of_the_same_data_reports_no_drift(fresh_run: tuple) -> None:

@@ -82,7 +82,13 @@ def run_align(root: Path, params: Params) -> pd.DataFrame:
     return aligned
 
 
-def write_model(directory: Path, aligned: pd.DataFrame, params: Params, seed: int = 0) -> Path:
+def write_model(
+    directory: Path,
+    aligned: pd.DataFrame,
+    params: Params,
+    seed: int = 0,
+    fitted: tuple[str, ...] = ("train",),
+) -> Path:
     """A bundle "trained" on `aligned` as flows/train.py writes one: fused head, lineage, metadata."""
     columns = params.data.columns
     state = fit_tabular(aligned[aligned[SPLIT] == "train"], columns.categorical, columns.numeric)
@@ -90,7 +96,7 @@ def write_model(directory: Path, aligned: pd.DataFrame, params: Params, seed: in
     torch.manual_seed(seed)
     head = head_cls({"tabular": state.width}, 1, head_cls.Config(hidden=4, dropout=0.0))
     directory.mkdir(parents=True, exist_ok=True)
-    lineage = write_lineage(directory, aligned, params.data.split)
+    lineage = write_lineage(directory, aligned, params.data.split, fitted)
     meta = BundleMeta(
         task="binary", fusion=dict(FUSION), in_dims={"tabular": state.width}, out_dim=1,
         classes=("no", "yes"), target_scaling=None, encoders={}, tabular=state.to_json(), best_epoch=1,

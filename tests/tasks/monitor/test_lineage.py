@@ -90,3 +90,33 @@ def test_none_of_the_models_rows_left_is_a_one_line_error(trained: tuple[Path, p
     elsewhere = aligned.assign(**{ID: aligned[ID] + "-renamed"})
     with pytest.raises(DataError, match=r"none of the \d+ train rows of models are in the aligned table"):
         model_reference(elsewhere, _lineage(bundle), "models", "data/aligned/aligned.parquet")
+
+
+def test_a_refit_models_val_rows_are_reference_rows_and_only_test_rows_are_held_out(
+    trained: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    """After a refit (train.refit) the model learned the val rows: the monitor must not take them
+    as rows it never fitted, and CBPE calibrates on the test rows alone."""
+    bundle, aligned = trained
+    plain = model_reference(aligned, _lineage(bundle), "models", "data/aligned/aligned.parquet")
+    assert set(plain.train[SPLIT]) == {"train"} and set(plain.held_out[SPLIT]) == {"val", "test"}
+
+    params = write_project(tmp_path, items(300))
+    refit = write_model(tmp_path / "refit", aligned, params, fitted=("train", "val"))
+    lineage = _lineage(refit)
+    assert lineage.fitted == ("train", "val")
+    found = model_reference(aligned, lineage, "refit", "data/aligned/aligned.parquet")
+    assert set(found.train[SPLIT]) == {"train", "val"} and set(found.held_out[SPLIT]) == {"test"}
+    assert len(found.train) + len(found.held_out) == len(aligned)
+
+
+def test_a_lineage_record_without_fitted_splits_learned_from_train_and_a_bad_one_is_refused(
+    trained: tuple[Path, pd.DataFrame],
+) -> None:
+    bundle, _ = trained
+    record = dict(verify_bundle(bundle).lineage)
+    del record["fitted"]  # a bundle written before refit existed
+    assert read_lineage(bundle, record).fitted == ("train",)
+    for bad in (["val"], ["train", "holdout"], "train"):
+        with pytest.raises(BundleError, match="names no valid fitted splits"):
+            read_lineage(bundle, {**record, "fitted": bad})
