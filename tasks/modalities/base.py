@@ -164,7 +164,8 @@ class FineTuning(ABC):
     """A modality's encoder cut for fine-tuning: a frozen lower part and a trainable top.
 
     A plug-in names a subclass in `fine_tuning` and adds `finetune` to its encoder section:
-    `<depth_key>` (units that learn, 0: frozen) and the loop's lr, warmup, epochs, batch_size.
+    `<depth_key>` (units that learn, 0: frozen) and the loop's lr, warmup, epochs, batch_size
+    (and `patience`; without it fine-tuning stops on `train.patience`).
     The subclass gives only the modality's own part; one member, cache, loop and bundle format
     (tasks/train/finetuned_member.py, finetune_loop.py, lower_cache.py) serve every modality.
     """

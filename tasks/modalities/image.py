@@ -57,6 +57,7 @@ class ImageFinetuneConfig(Strict):
     warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a linear LR warm-up
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)  # images per step
+    patience: int = Field(2, ge=1)  # epochs without progress on val before it stops (see text's)
 
 
 class ImageEncoderConfig(Strict):

@@ -65,6 +65,9 @@ class TextFinetuneConfig(Strict):
     warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a linear LR warm-up
     epochs: int = Field(8, ge=1)  # each epoch costs about one frozen extraction pass
     batch_size: int = Field(32, ge=1)  # texts per step
+    # epochs without progress on val before it stops: past its best epoch, fine-tuning on a few
+    # thousand rows overfits, and each further epoch costs a pass (train.patience is the heads')
+    patience: int = Field(2, ge=1)
 
 
 class TfidfConfig(Strict):

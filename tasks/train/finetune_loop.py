@@ -67,6 +67,8 @@ class FinetuneSchedule(Protocol):
     warmup: float  # share of steps warming up
     epochs: int
     batch_size: int
+    # and, where the section has one, `patience`: epochs without progress on val before it
+    # stops (an epoch is a pass); a plug-in's section without one gets the heads' train.patience
 
 
 @dataclass(frozen=True)
@@ -280,8 +282,10 @@ def fit_with_top(
     The top's blocks replace the features' frozen ones. `deadline` (time.time()) ends training
     before an epoch that would not end by it, keeping the best epoch so far, as train_model
     does for `train.time_limit`; `metric` picks that epoch as there (None: val loss), and
-    `train.patience` epochs without progress on it stop training. Returns head and top on CPU
-    in eval mode, at their best epoch; the caller fills in the lower-part fields.
+    `schedule.patience` epochs without progress on it stop training (a fine-tuning epoch costs
+    about an extraction pass, so it gets its own, shorter patience than the heads'). Returns
+    head and top on CPU in eval mode, at their best epoch; the caller fills in the lower-part
+    fields.
     """
     check_task(task)
     features = head_features(features, fusion.head)
@@ -297,7 +301,8 @@ def fit_with_top(
         top.to(device)
         rows = _rows(features, lower, part, task, scaling, device)
         val_order = _val_order(val_rows, lower)
-        choice = EpochChoice(task, metric, features.target[val_order], train.patience, scaling)
+        patience = getattr(schedule, "patience", train.patience)
+        choice = EpochChoice(task, metric, features.target[val_order], patience, scaling)
         began = time.perf_counter()
         fit = _fit(head, part, objective, rows, train_rows, val_order, train, schedule, eval_batch_size,
                    progress, deadline, choice)  # fmt: skip

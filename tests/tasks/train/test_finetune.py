@@ -6,6 +6,7 @@ of noise, MiniLM from its package, max_length 32.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -300,3 +301,19 @@ def test_a_chosen_metric_picks_the_fine_tuning_epoch_in_the_rows_own_order(minil
     assert score("multiclass", "log_loss", features.target[val], prediction) == pytest.approx(
         best["val_log_loss"], rel=1e-3
     )
+
+
+def test_fine_tuning_stops_on_its_own_patience_not_the_heads(minilm, cache_dir: Path) -> None:
+    """`encoders.text.finetune.patience` (1 here) ends a run whose val loss stopped improving,
+    though `train.patience` (3) would go on: each further epoch costs a pass of the encoder."""
+    features, rows = synthetic("multiclass")
+    val = features.split == "val"
+    target = features.target.copy()
+    target[val] = (target[val] + 1) % 3  # val's labels contradict train's: learning makes val worse
+    features = dataclasses.replace(features, target=target)
+    tuned = TextFinetuneConfig(layers=2, lr=2e-4, epochs=8, batch_size=16, patience=1)
+    text = TEXT.model_copy(update={"finetune": tuned})
+    result = fine_tune(minilm, features, rows, "multiclass", cache_dir, text)
+    losses = [epoch["val_loss"] for epoch in result.history]
+    assert len(losses) == result.best_epoch + 1 < TRAIN.patience + result.best_epoch, losses
+    assert losses[-1] >= losses[result.best_epoch - 1]  # one epoch past its best, as patience 1 says
