@@ -241,24 +241,6 @@ def _best_on_val(
     return best[1], best[2]
 
 
-def fit_linear_member(
-    aligned: pd.DataFrame,
-    columns: ColumnsConfig,
-    task: str,
-    classes: tuple[str, ...] = (),
-    max_rows: int | None = None,
-    metric: str | None = None,
-) -> PortableLinear:
-    """The tuned linear baseline in portable form: the scikit-learn model an ensemble can carry.
-
-    Its strength is chosen on val `metric` (None: the task's default), as fit_sklearn_baseline's.
-
-    Boosted trees are not offered as a member: their fitted trees have no stable format
-    outside pickle, and a bundle never holds pickle.
-    """
-    return tune_linear_member(aligned, columns, task, classes, max_rows, metric)[1]
-
-
 def tune_linear_member(
     aligned: pd.DataFrame,
     columns: ColumnsConfig,
@@ -267,7 +249,13 @@ def tune_linear_member(
     max_rows: int | None = None,
     metric: str | None = None,
 ) -> tuple[float, PortableLinear]:
-    """fit_linear_member's model and the strength val chose for it, which a refit reuses."""
+    """The tuned linear baseline in portable form (the scikit-learn model an ensemble can
+    carry) and the strength val `metric` chose for it (None: the task's default), as
+    fit_sklearn_baseline chooses it; a refit reuses the strength.
+
+    Boosted trees are not offered as a member: their fitted trees have no stable format
+    outside pickle, and a bundle never holds pickle.
+    """
     with _fitting(task):
         parts, roles, classes, _ = _parts(aligned, columns, task, classes, ("train", "val"), max_rows)
         n_classes = len(classes) if task == "multiclass" else 2

@@ -12,7 +12,7 @@ from tasks.data.align import SPLIT
 from tasks.errors import BundleError
 from tasks.train import sklearn_baseline
 from tasks.train.portable_linear import META, WEIGHTS, read_linear, write_linear
-from tasks.train.sklearn_baseline import fit_linear_member, predict_linear
+from tasks.train.sklearn_baseline import predict_linear, tune_linear_member
 from tests.tasks.train.test_sklearn_baseline import COLUMNS, MULTICLASS_ORDER, aligned_table
 
 
@@ -28,7 +28,7 @@ def test_portable_predictions_equal_the_pipeline(task: str, classes: tuple[str, 
     aligned["a_size"] = aligned["colour"].map({"red": "S", "blue": "M"}).astype("string")
     aligned["a_note"] = aligned["title"].str.split().str[0]
     columns = ColumnsConfig(categorical=["colour", "a_size"], numeric=["price"], text=["title", "a_note"])
-    linear = fit_linear_member(aligned, columns, task, classes)
+    _, linear = tune_linear_member(aligned, columns, task, classes)
 
     # the same pipeline, fitted the baseline's way, predicts the reference numbers
     roles = sklearn_baseline._usable_columns(aligned, columns)
@@ -48,13 +48,13 @@ def test_portable_predictions_equal_the_pipeline(task: str, classes: tuple[str, 
 
 
 def test_an_edited_linear_model_is_refused(tmp_path: Path) -> None:
-    write_linear(tmp_path, fit_linear_member(aligned_table("binary"), COLUMNS, "binary", ("no", "yes")))
+    write_linear(tmp_path, tune_linear_member(aligned_table("binary"), COLUMNS, "binary", ("no", "yes"))[1])
     weights = bytearray((tmp_path / WEIGHTS).read_bytes())
     weights[-1] ^= 1
     (tmp_path / WEIGHTS).write_bytes(bytes(weights))
     with pytest.raises(BundleError, match="digest"):
         read_linear(tmp_path)
-    write_linear(tmp_path, fit_linear_member(aligned_table("binary"), COLUMNS, "binary", ("no", "yes")))
+    write_linear(tmp_path, tune_linear_member(aligned_table("binary"), COLUMNS, "binary", ("no", "yes"))[1])
     meta = (tmp_path / META).read_text().replace('"binary"', '"regression"')
     (tmp_path / META).write_text(meta)
     with pytest.raises(BundleError, match="digest"):
