@@ -58,7 +58,7 @@ from tasks.errors import BundleError, DataError
 from tasks.scores.metric_names import higher_is_better
 from tasks.scores.metrics import score
 from tasks.train.bundle import meta_digest
-from tasks.train.dataset import FeatureSet
+from tasks.train.dataset import REFIT_SPLITS, FeatureSet
 from tasks.train.plan import BOOSTED_TASKS
 
 MODEL = "boosted.txt"
@@ -343,7 +343,7 @@ def refit_boosted(
     """Each of `model`'s boosters boosted afresh on the train and val rows, for the rounds val
     chose for it (tasks/train/refit.py), with its seed and settings; the layout (category codes,
     principal directions) stays the train rows'. `overrides` as boost's (a searched member's)."""
-    fit = np.isin(np.asarray(features.split), ("train", "val"))
+    fit = np.isin(np.asarray(features.split), REFIT_SPLITS)
     matrix = model.layout.matrix(features, rows)[fit]
     target, n_classes = np.asarray(features.target)[fit], len(model.classes)
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The splits a refit member learns from (tasks/train/refit.py): val's rows join train's once
+# they have chosen the epochs, rounds and weights.
+REFIT_SPLITS = ("train", "val")
+
 
 @dataclass(frozen=True)
 class FeatureSet:

@@ -33,7 +33,7 @@ from tasks.config import Params
 from tasks.scores.model_names import FUSED, FUSED_HEAD
 from tasks.train.assemble import rows_in_order
 from tasks.train.boosted import BoostedResult, refit_boosted
-from tasks.train.dataset import FeatureSet
+from tasks.train.dataset import REFIT_SPLITS, FeatureSet
 from tasks.train.finetuned_member import FinetunedResult
 from tasks.train.members import SKLEARN_LINEAR
 from tasks.train.plan import Budget, MemberSpec
@@ -41,7 +41,6 @@ from tasks.train.portable_linear import PortableLinear
 from tasks.train.sklearn_baseline import LINEAR_STRENGTHS, refit_linear_member
 from tasks.train.training import TrainResult, refit_model
 
-REFIT_SPLITS = ("train", "val")  # what a refit member has learned from
 Fitted = TrainResult | BoostedResult
 
 

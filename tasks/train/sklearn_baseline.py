@@ -205,15 +205,17 @@ def _tuned_linear(
     task: str, roles: dict[str, list[str]], parts: dict, n_classes: int, metric: str | None = None
 ) -> tuple[float, Pipeline]:
     """The linear pipeline with the regularisation strength that scores best on val."""
-    x_train, y_train = parts["train"]
     fitted = (
-        (
-            strength,
-            make_pipeline(_linear_features(roles), _linear_model(task, strength)).fit(x_train, y_train),
-        )
-        for strength in LINEAR_STRENGTHS
+        (strength, _linear_pipeline(task, roles, strength, *parts["train"])) for strength in LINEAR_STRENGTHS
     )
     return _best_on_val(task, parts["val"], n_classes, fitted, metric)
+
+
+def _linear_pipeline(
+    task: str, roles: dict[str, list[str]], strength: float, x: pd.DataFrame, y: np.ndarray
+) -> Pipeline:
+    """The linear features and model at one regularisation strength, fitted on (x, y)."""
+    return make_pipeline(_linear_features(roles), _linear_model(task, strength)).fit(x, y)
 
 
 def _best_on_val(
@@ -277,7 +279,7 @@ def refit_linear_member(
     with _fitting(task):
         parts, roles, classes, _ = _parts(pooled, columns, task, classes, ("train",), max_rows)
         n_classes = len(classes) if task == "multiclass" else 2
-        pipeline = make_pipeline(_linear_features(roles), _linear_model(task, strength)).fit(*parts["train"])
+        pipeline = _linear_pipeline(task, roles, strength, *parts["train"])
         return export_linear(pipeline, task, n_classes, _TOKEN)
 
 

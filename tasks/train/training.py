@@ -35,7 +35,7 @@ from tasks.config import FusionConfig, TrainConfig
 from tasks.device import pick_device
 from tasks.errors import DataError, FuselineError
 from tasks.train.best_epoch import EpochChoice
-from tasks.train.dataset import FeatureSet, modality_of
+from tasks.train.dataset import REFIT_SPLITS, FeatureSet, modality_of
 from tasks.train.objectives import TASKS, Objective, balanced_weights, check_target, check_task, to_prediction
 from tasks.train.objectives import output_dim as _output_dim
 from tasks.train.schedules import make_scheduler
@@ -145,7 +145,7 @@ def refit_model(
     """
     check_task(task)
     features = head_features(features, fusion.head)
-    rows = np.flatnonzero(np.isin(features.split, ("train", "val")))
+    rows = np.flatnonzero(np.isin(features.split, REFIT_SPLITS))
     if len(rows) == 0:
         raise DataError("no rows in the train and val splits to refit on; check data.split")
     device = pick_device(train.device)
