@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from flows._entry import exit_without_final_collection
 from tasks.errors import ConfigError, FuselineError
 from tasks.modalities import modality_names
 
@@ -150,7 +151,11 @@ def run_command(
 ) -> None:
     """`python -m flows.<module> ARGS` as `fuseline <command> ARGS`: the same parser, the same errors."""
     args = build_parser().parse_args([command, *(sys.argv[1:] if argv is None else argv)])
-    run_guarded(lambda: run(args))
+    try:
+        run_guarded(lambda: run(args))
+    finally:
+        if argv is None:  # the process ends after it
+            exit_without_final_collection()
 
 
 def one_line(message: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Callable
 
@@ -23,3 +24,19 @@ def run_from_command_line(
     except FuselineError as err:
         print(f"fuseline: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        exit_without_final_collection()
+
+
+def exit_without_final_collection() -> None:
+    """Spare the exiting command the garbage collections of the interpreter's teardown.
+
+    A process that has imported torch, Prefect and pandas spent 1.5-2 s in those collections
+    after its stage had finished (`python -m flows.train` on a 60-row project: 11.7 s, 9.7 s
+    with this), which every `dvc repro` stage and scheduled run pays again. Freezing the
+    objects alive now leaves them out of the collections; the rest of a normal exit still runs
+    (threads joined, atexit handlers such as Prefect's log drain, streams flushed), and outputs
+    never wait on it: tasks.atomic has flushed, fsynced and renamed them. Only for a process
+    about to end: objects frozen in a process that goes on are never collected.
+    """
+    gc.freeze()

@@ -13,6 +13,7 @@ import sys
 from importlib import import_module
 
 from flows._commands import build_parser, check, run_guarded, start_server
+from flows._entry import exit_without_final_collection
 
 # Commands a flow module also runs as `python -m flows.<name>`: (module, its `*_command`).
 _FLOW_COMMANDS = {
@@ -25,7 +26,15 @@ _FLOW_COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """The console script (no `argv`: the process ends after it) or a call with `argv` (tests)."""
+    try:
+        _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        if argv is None:
+            exit_without_final_collection()
+
+
+def _main(argv: list[str]) -> None:
     if argv[:1] == ["repro"]:  # argparse cannot pass on options it does not know (`-f`, `--single-item`)
         run_guarded(lambda: _repro(argv[1:]))
         return
