@@ -1,5 +1,6 @@
 """`fuseline ui`'s server for real: a Prefect server on SQLite on a free loopback port, the
-pipeline run against it, then what the server recorded, read back through the client API.
+pipeline run against it (`python -m flows.pipeline`), then what the server recorded, read back
+through the client API, and what the run wrote: the one pipeline run the suite makes.
 
 The browser check (headless Chromium renders the flow-run page) takes ~30 s and needs
 Chromium, so it runs only with FUSELINE_BROWSER_TESTS=1 (`make ui-screenshot` is the
@@ -124,6 +125,21 @@ def test_metrics_artifact_belongs_to_the_runs_evaluate_subflow(pipeline_run: tup
     evaluate = [run.id for name, run in _query(pipeline_run[0], "flow_runs") if name == "evaluate"]
     artifacts = _query(pipeline_run[0], "artifacts")
     assert [a.flow_run_id for a in artifacts] == evaluate
+
+
+def test_pipeline_writes_metrics_with_the_documented_shape(pipeline_run: tuple[str, Path]) -> None:
+    metrics = json.loads((pipeline_run[1] / "reports" / "evaluation.json").read_text())
+    assert metrics["task"] == "binary" and metrics["primary_metric"] == "auc"
+    assert set(metrics["test"]) == {"auc", "accuracy", "f1", "log_loss"}
+    expected = {"tabular", "text", "image", "audio", "sklearn", "majority"}
+    assert set(metrics["baselines"]) - {"fused_head"} == expected
+
+
+def test_pipeline_writes_a_loadable_bundle(pipeline_run: tuple[str, Path]) -> None:
+    from tasks.train.bundle import load_bundle
+
+    model, meta = load_bundle(pipeline_run[1] / "models")
+    assert set(meta.encoders) == {"text", "image", "audio"} and meta.tabular is not None
 
 
 @pytest.mark.skipif(
