@@ -14,8 +14,10 @@ is what evaluate and prediction use.
 Training them here keeps evaluate a pure measurement and lets DVC cache them together.
 
 `train.time_limit` bounds the whole stage: the linear baseline is fitted first (seconds), the
-search gets its share of what is left, the refit keeps `REFIT_SHARE` of the members' time (a
-member whose refit would not fit in what is left keeps its train-only fit), members after the
+search gets its share of what is left, the refit keeps back what refitting the members trained
+so far would take (`RefitReserve`; `REFIT_SHARE` of the members' time on a cluster, where they
+train side by side; a member whose refit would not fit in what is left keeps its train-only
+fit), members after the
 deadline are skipped, the one running stops before an epoch that would end past it, and a
 fine-tuned member whose lower pass and first epochs would not fit is skipped saying so
 (tasks/train/finetuned_member.py).
@@ -77,7 +79,7 @@ from tasks.train.plan import (
     with_tuned,
 )
 from tasks.train.portable_linear import write_linear
-from tasks.train.refit import LinearFit, Refitted, refit_members
+from tasks.train.refit import LinearFit, RefitReserve, Refitted, refit_growth, refit_members
 from tasks.train.search import SearchOutcome, Trial, run_search, searchers
 from tasks.train.sklearn_baseline import TASKS as SKLEARN_TASKS
 from tasks.train.sklearn_baseline import tune_linear_member
@@ -128,16 +130,33 @@ def train_member(
 
 @flow(name="train-members")
 def train_members(
-    specs: list[MemberSpec], features: Unstored[FeatureSet], params: Params, budget: Budget, aligned_path: str
+    specs: list[MemberSpec],
+    features: Unstored[FeatureSet],
+    params: Params,
+    budget: Budget,
+    aligned_path: str,
+    reserve: RefitReserve | None = None,
 ) -> list[Fitted | Skipped]:
     """Every member on whichever task runner this subflow was given (see `train`).
+
+    With a `reserve` (train.refit, members one after another) each member is submitted once the
+    one before it is done, with the refit's deadline less what refitting those before it would
+    take; otherwise all at once, with `budget`.
 
     The aligned table travels as its path, not its rows: a flow run's parameters are stored by
     the Prefect server, which refuses large ones (and a fine-tuned member reads raw columns).
     The features travel `Unstored`, which Prefect records without copying them first.
     """
-    futures = [train_member.submit(spec, features.value, params, budget, aligned_path) for spec in specs]
-    return [future.result() for future in futures]
+    if reserve is None:
+        futures = [train_member.submit(spec, features.value, params, budget, aligned_path) for spec in specs]
+        return [future.result() for future in futures]
+    results: list[Fitted | Skipped] = []
+    for spec in specs:
+        member_budget = reserve.members_budget()
+        result = train_member.submit(spec, features.value, params, member_budget, aligned_path).result()
+        reserve.add(result)
+        results.append(result)
+    return results
 
 
 @task(name="refit", cache_policy=NO_CACHE)
@@ -242,6 +261,20 @@ def bundle_meta(
     )
 
 
+def _refit_room(
+    params: Params, budget: Budget, features: FeatureSet, linear: LinearFit | None
+) -> tuple[RefitReserve | None, Budget]:
+    """How the members leave the refit its time: a reserve they add to one after another (the
+    local runner), or a fixed share on a cluster; and the budget of what comes first (the search)."""
+    if not params.train.refit:
+        return None, budget
+    if params.runtime.task_runner != "local":
+        return None, budget.share(1 - REFIT_SHARE)
+    reserve = RefitReserve(budget, refit_growth(features))
+    reserve.add(linear)
+    return reserve, reserve.members_budget()
+
+
 @flow(name="train")
 def train(params_path: str = "params.yaml") -> dict[str, Any]:
     """Write models/ (members + ensemble.json, see tasks/train/members.py) and the learning curve."""
@@ -265,12 +298,12 @@ def train(params_path: str = "params.yaml") -> dict[str, Any]:
     # The linear baseline first: it takes seconds, and it is fitted whatever the time limit.
     linear, linear_tried = _linear_member(params, aligned, features)
     searched = SearchOutcome([], [])
-    members_budget = budget.share(1 - REFIT_SHARE) if params.train.refit else budget
+    reserve, members_budget = _refit_room(params, budget, features, linear)
     if params.train.preset == "best" and not members_budget.exhausted():
         searched = search(Unstored(features), params, members_budget, aligned_path)
         specs = with_tuned(specs, searched.members)
     results = train_members.with_options(task_runner=runner)(
-        specs, Unstored(features), params, members_budget, aligned_path
+        specs, Unstored(features), params, members_budget, aligned_path, reserve
     )
     trained = {
         spec.name: (spec, r) for spec, r in zip(specs, results, strict=True) if not isinstance(r, Skipped)

@@ -13,8 +13,11 @@ member (`with_tuned`).
 
 `train.time_limit` is a limit on the whole stage: members (and the search) work to a deadline
 `TAIL_SHARE` of the limit before it, which leaves the ensemble's val predictions and the
-writing of models/ room to finish inside it; with `train.refit` they stop `REFIT_SHARE` of
-their time earlier still, which the refit of the kept members (tasks/train/refit.py) uses.
+writing of models/ room to finish inside it. With `train.refit` the refit of the kept members
+(tasks/train/refit.py) needs time after them too: members trained one after another (the
+local runner) each stop early by what refitting those before them would take (`RefitReserve`,
+known once they are trained); members trained side by side on a cluster stop `REFIT_SHARE` of
+their time earlier.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ BEST_OTHER_HEADS = ("gated", "attention", "concat")  # dense heads that read the
 # The share of `train.time_limit` kept for what follows the members: val predictions of every
 # member for the ensemble, the selection, and writing models/ (a few seconds on 20,000 rows).
 TAIL_SHARE = 0.05
-# With `train.refit`, the share of the members' time (search included) kept for refitting the
-# kept ones on train + val: a head's refit costs its best epochs again, a booster its kept rounds,
-# a few seconds on tables of thousands of rows; fine-tuned members are not refit.
+# With `train.refit` and members trained side by side (dask, ray), the share of the members' time
+# (search included) kept for refitting the kept ones on train + val: a head's refit costs its
+# best epochs again, a booster its kept rounds; fine-tuned members are not refit. One after
+# another, the members keep back what they measured instead (RefitReserve).
 REFIT_SHARE = 0.1
 
 
@@ -83,6 +87,10 @@ class Budget:
         """A budget ending after `fraction` of the time left (unlimited stays unlimited)."""
         left = self.left()
         return self if left is None else Budget(time.time() + fraction * left)
+
+    def less(self, seconds: float) -> Budget:
+        """A budget ending `seconds` before this one (unlimited stays unlimited)."""
+        return self if self.deadline is None else Budget(self.deadline - seconds)
 
     def exhausted(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline

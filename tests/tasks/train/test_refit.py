@@ -21,10 +21,18 @@ from tasks.data.align import SPLIT
 from tasks.scores.model_names import FUSED, FUSED_HEAD
 from tasks.train.boosted import fit_boosted, refit_boosted
 from tasks.train.dataset import FeatureSet
-from tasks.train.plan import BOOSTED, Budget, MemberSpec
-from tasks.train.refit import LinearFit, refit_members, val_before_refit
+from tasks.train.finetuned_member import FinetunedResult
+from tasks.train.plan import BOOSTED, Budget, MemberSpec, Skipped
+from tasks.train.refit import (
+    LinearFit,
+    RefitReserve,
+    refit_growth,
+    refit_members,
+    refit_seconds,
+    val_before_refit,
+)
 from tasks.train.sklearn_baseline import predict_linear, refit_linear_member, tune_linear_member
-from tasks.train.training import predict, refit_model, train_model
+from tasks.train.training import TrainResult, predict, refit_model, train_model
 from tests.tasks.train.test_boosted import COLUMNS, _prepare
 from tests.tasks.train.test_sklearn_baseline import COLUMNS as LINEAR_COLUMNS
 from tests.tasks.train.test_sklearn_baseline import MULTICLASS_ORDER, aligned_table
@@ -132,6 +140,53 @@ def test_only_the_kept_members_are_refit_and_a_spent_budget_keeps_them_saying_wh
     assert set(spent.record["kept"]) == set(chosen)
     assert all(why.startswith("train.time_limit: refit needs about") for why in spent.record["kept"].values())
     assert spent.trained[FUSED][1] is head and spent.linear is kept_linear
+
+
+def test_each_member_keeps_back_what_refitting_those_before_it_would_take(prepared: Prepared) -> None:
+    """The reserve grows by each trained member's refit cost: the share of its fit up to the
+    kept epoch or rounds, on train + val's rows; what is never refit costs nothing."""
+    features, rows = prepared
+    growth = refit_growth(features)
+    assert growth == (features.split != "test").sum() / (features.split == "train").sum() > 1
+    head = TrainResult(torch.nn.Linear(1, 1), {}, 1, None, [{}] * 10, best_epoch=4, train_seconds=10.0)
+    boosted = fit_boosted(features, rows, COLUMNS, "binary", "auc", seed=0)
+    bags = boosted.model.info["bags"]
+    kept_rounds = sum(b["best_round"] for b in bags) / sum(b["rounds"] for b in bags)
+    assert 0 < kept_rounds < 1  # early stopping kept fewer rounds than it boosted
+    tuned = FinetunedResult(torch.nn.Linear(1, 1), {}, 1, None, [{}] * 3, best_epoch=1, train_seconds=50.0)
+    budget = Budget(time.time() + 600)
+
+    reserve = RefitReserve(budget, growth)
+    reserve.add(LinearFit(None, 1.0, 0.9))  # type: ignore[arg-type] - its model is not read
+    reserve.add(head)
+    reserve.add(boosted)
+    for never_refit in (tuned, Skipped("train.time_limit"), None):
+        reserve.add(never_refit)
+    expected = (0.9 / 3 + 10.0 * 4 / 10 + boosted.train_seconds * kept_rounds) * growth
+    assert reserve.seconds == pytest.approx(expected)
+    assert reserve.members_budget().deadline == pytest.approx(budget.deadline - expected)
+    assert refit_seconds(boosted, growth) == pytest.approx(boosted.train_seconds * kept_rounds * growth)
+    assert RefitReserve(Budget(None), growth, 1e6).members_budget() == Budget(None)  # no limit, no reserve
+
+
+def test_members_one_after_another_are_given_the_budget_less_the_reserve(
+    prefect_api: str, prepared: Prepared, tmp_path: Path
+) -> None:
+    """A reserve as long as the time left: the required fused head is trained, the next member
+    finds its time already spent; without the reserve both are trained."""
+    from flows._runtime import Unstored
+    from flows.train import train_members
+
+    features, _ = prepared
+    params = _params(tmp_path)
+    specs = [MemberSpec(FUSED, "head", FUSION, TRAIN),
+             MemberSpec("text", "head", FUSION, TRAIN, modalities=("text",))]  # fmt: skip
+    budget = Budget(time.time() + 600)
+    full = RefitReserve(budget, refit_growth(features), 600.0)
+    reserved = train_members(specs, Unstored(features), params, budget, "", full)
+    assert isinstance(reserved[0], TrainResult) and reserved[1] == Skipped("train.time_limit")
+    free = train_members(specs, Unstored(features), params, budget, "", RefitReserve(budget, 1.0))
+    assert all(isinstance(result, TrainResult) for result in free)
 
 
 def test_evaluate_reports_the_val_scores_measured_before_the_refit() -> None:
