@@ -7,14 +7,25 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from tasks.config import Params, params_from_dict
+from tasks.data.align import ID
 from tasks.scores.metrics import score
-from tasks.train.boosted import SETTINGS, _settings, fit_boosted
+from tasks.train.boosted import SETTINGS, _settings, boost, boost_inputs
 from tasks.train.plan import BOOSTED, FUSED, Budget, Skipped, member_plan, with_tuned
-from tasks.train.search import SEARCH, HeadSearch, Trial, best_trial, run_search, searchers
+from tasks.train.search import (
+    SEARCH,
+    TRIAL_VAL_SHARE,
+    HeadSearch,
+    Trial,
+    best_trial,
+    run_search,
+    searchers,
+    trial_rows,
+)
 from tasks.train.training import _deterministic, predict, train_model
 from tests.tasks.evaluate.test_summary import _detail, _with_members
 from tests.tasks.train.test_boosted import COLUMNS, Prepared, _prepare
@@ -89,9 +100,10 @@ def test_the_trials_are_recorded_for_ensemble_json_and_the_leaderboard(searched)
 def test_the_winners_become_members_that_train_to_their_trials_val_score(
     searched, prepared: Prepared
 ) -> None:
-    """A tuned member is the best trial trained again like any member: the same val score."""
+    """A tuned member is the best trial trained again like any member: on the trials' rows, the
+    trial's own score (train then trains it on train and stops it on val, as any member)."""
     params, outcome = searched
-    features, rows = prepared
+    features, rows = trial_rows(*prepared, params.train.seed)
     winners = {study: best_trial(_by_study(outcome.trials, study), higher=True) for study in (BOOSTED, FUSED)}
     expected = {f"{study}_tuned" for study, best in winners.items() if best is not None and best.number != 0}
     assert {m.name for m in outcome.members} == expected
@@ -99,16 +111,35 @@ def test_the_winners_become_members_that_train_to_their_trials_val_score(
     for member in outcome.members:
         best = winners[member.kind if member.kind == BOOSTED else FUSED]
         assert best is not None and dict(member.searched) == best.settings
-        if member.kind == BOOSTED:
-            result = fit_boosted(features, rows, COLUMNS, "binary", None, member.train.seed, preset="best",
-                                 overrides=dict(member.searched))  # fmt: skip
-            predicted = result.model.predict(features, rows)[val]
+        if member.kind == BOOSTED:  # the member's first booster (it bags three, a trial boosts one)
+            inputs = boost_inputs(features, rows, COLUMNS, "binary")
+            first = boost(inputs, None, member.train.seed, "best", overrides=dict(member.searched))
+            predicted = inputs.val_predictions(first.model)
         else:
             assert member.fusion.options()["hidden"] == best.settings["hidden"]
             assert member.train.lr == best.settings["lr"] and member.train.epochs == best.settings["epochs"]
             trained = train_model(features, "binary", member.fusion, member.train, progress=False)
             predicted = predict(trained.model, features.rows(val), "binary", None)
         assert score("binary", "auc", features.target[val], predicted) == pytest.approx(best.value, abs=1e-12)
+
+
+def test_the_trials_fit_and_score_on_train_rows_a_fifth_of_each_class_in_the_val_role(
+    prepared: Prepared,
+) -> None:
+    """The val rows, on which ensemble selection weighs the tuned members, are not the trials'."""
+    features, rows = prepared
+    inner, inner_rows = trial_rows(features, rows, seed=0)
+    train = features.split == "train"
+    assert set(inner.ids) == set(features.ids[train]) and list(inner_rows[ID].astype(str)) == list(inner.ids)
+    for label in (0.0, 1.0):
+        of_class = inner.target == label
+        assert (inner.split[of_class] == "val").sum() == round(TRIAL_VAL_SHARE * of_class.sum())
+    assert set(inner.split) == {"train", "val"}
+    other = trial_rows(features, rows, seed=1)[0]
+    assert set(other.ids[other.split == "val"]) != set(inner.ids[inner.split == "val"])  # another seed
+    first = np.flatnonzero(train)[:1]  # one train row: none to hold out, the splits stay as they are
+    single = features.rows(first)
+    assert trial_rows(single, rows.iloc[first], seed=0)[0] is single
 
 
 def test_the_search_is_deterministic_without_a_time_limit(searched, prepared: Prepared) -> None:
