@@ -17,10 +17,9 @@ Training them here keeps evaluate a pure measurement and lets DVC cache them tog
 search gets its share of what is left, the refit keeps back what refitting the members trained
 so far would take (`RefitReserve`; `REFIT_SHARE` of the members' time on a cluster, where they
 train side by side; a member whose refit would not fit in what is left keeps its train-only
-fit), members after the
-deadline are skipped, the one running stops before an epoch that would end past it, and a
-fine-tuned member whose lower pass and first epochs would not fit is skipped saying so
-(tasks/train/finetuned_member.py).
+fit), members after the deadline are skipped, the one running stops before an epoch that would
+end past it, and a fine-tuned member whose lower pass and first epochs would not fit is
+skipped saying so (tasks/train/finetuned_member.py).
 """
 
 from __future__ import annotations

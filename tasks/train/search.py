@@ -62,8 +62,8 @@ BOOSTED_SEARCHED = ("num_leaves", "learning_rate", "min_data_in_leaf", "feature_
 # Prune only against a few finished trials, and never before a trial's third epoch: early
 # epochs of a slower learning rate look worse than they end.
 PRUNE_AFTER_TRIALS = 4
-TRIAL_VAL_SHARE = 0.2  # of the train rows: the trials' val rows (trial_rows)
 PRUNE_AFTER_EPOCHS = 2
+TRIAL_VAL_SHARE = 0.2  # of the train rows: the trials' val rows (trial_rows)
 
 
 @dataclass(frozen=True)
