@@ -174,7 +174,7 @@ class RefitReserve:
     With members trained one after another, each one's deadline is the refit's own less what
     refitting those before it would cost, measured on them: on pokemon under `preset: best`
     with a 120 s limit, the boosted member's refit needed 23 s where a fixed tenth of the time
-    (REFIT_SHARE) left 10, so the member most of the weight rested on was not refit. The sum
+    (REFIT_SHARE) left 10, so the booster kept its train-only fit. The sum
     covers every member, kept or not: which ones the ensemble keeps is known only after them.
     """
 
