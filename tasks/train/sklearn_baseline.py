@@ -255,8 +255,9 @@ def tune_linear_member(
     carry) and the strength val `metric` chose for it (None: the task's default), as
     fit_sklearn_baseline chooses it; a refit reuses the strength.
 
-    Boosted trees are not offered as a member: their fitted trees have no stable format
-    outside pickle, and a bundle never holds pickle.
+    scikit-learn's boosted trees are not offered as a member: their fitted trees have no
+    stable format outside pickle, and a bundle never holds pickle. The ensemble's trees are
+    LightGBM's (the boosted member, tasks/train/boosted.py), saved in LightGBM's text format.
     """
     with _fitting(task):
         parts, roles, classes, _ = _parts(aligned, columns, task, classes, ("train", "val"), max_rows)
