@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="dvc repro with its stages in one warm process (flows/_stage_host.py): ~4 s less per stage",
     )
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed to dvc repro as they are")
+    experiment = commands.add_parser(
+        "exp", help="dvc exp run with its stages in one warm process, as fuseline repro: ~4 s less per stage"
+    )
+    experiment.add_argument("action", choices=("run",))
+    experiment.add_argument(
+        "dvc_args", nargs=argparse.REMAINDER, help="passed to dvc exp run as they are (-S key=value, -n name)"
+    )
     server = commands.add_parser(
         "server", help="this checkout's local Prefect server (UI on 127.0.0.1; one per checkout)"
     )

@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> None:
-    if argv[:1] == ["repro"]:  # argparse cannot pass on options it does not know (`-f`, `--single-item`)
-        run_guarded(lambda: _repro(argv[1:]))
+    # argparse cannot pass on options it does not know (`-f`, `--single-item`, `-S`)
+    if argv[:1] == ["repro"] or argv[:2] == ["exp", "run"]:
+        run_guarded(lambda: _hosted_dvc(argv))
         return
     args = build_parser().parse_args(argv)
     run_guarded(lambda: _dispatch(args))
@@ -63,7 +64,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         _export(args.output, args.model)
         return
     if args.command == "repro":
-        _repro(args.dvc_args)
+        _hosted_dvc(["repro", *args.dvc_args])
+        return
+    if args.command == "exp":
+        _hosted_dvc(["exp", args.action, *args.dvc_args])
         return
     if args.command == "run":
         from flows.pipeline import pipeline
@@ -76,17 +80,19 @@ def _dispatch(args: argparse.Namespace) -> None:
     getattr(module, flow_fn)(params_path=args.params, **kwargs)
 
 
-def _repro(dvc_args: list[str]) -> None:
-    """`dvc repro`, unchanged in what it runs and records, with a warm host for its stages."""
+def _hosted_dvc(dvc_args: list[str]) -> None:
+    """`dvc repro` or `dvc exp run`, unchanged in what it runs and records, with a warm host for
+    its stages: an experiment reruns several stages, each otherwise paying its own imports."""
     import os
     import subprocess
 
     from flows._stage_host import hosted_stages, stage_host
 
     with stage_host(dict(os.environ)) as env:
-        code = subprocess.run([sys.executable, "-m", "dvc", "repro", *dvc_args], env=env).returncode
+        code = subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=env).returncode
         hosted = hosted_stages(env)
-    print(f"fuseline repro: {len(hosted)} stage(s) ran in the warm stage host")
+    command = "exp run" if dvc_args[:1] == ["exp"] else "repro"
+    print(f"fuseline {command}: {len(hosted)} stage(s) ran in the warm stage host")
     if code:
         raise SystemExit(code)
 

@@ -3,10 +3,10 @@
 The dataset has text and tabular columns and no image or audio column, as a new user's
 first dataset often has; before the `params` stage, DVC refused it at parse time
 (`Could not find 'data.image_root'`) and after each stage (`Parameters 'data.on_bad_value'
-are missing`). The first run is `fuseline repro` (DVC's own repro, its stages forked from a
-warm host: what DVC parses and records is the same, and it saves the suite 40 s of imports);
-the experiment is a bare `dvc exp run`, as users run it, so each stage's own start is
-exercised too.
+are missing`). The first run is `fuseline repro` and the experiment `fuseline exp run`: DVC's
+own commands, their stages forked from a warm host, so what DVC parses and records is the
+same and the suite saves a minute of imports. A stage's own start, as a bare `dvc exp run`
+makes it, is in tests/e2e/test_stage_host.py (no host) and tests/test_faults.py.
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ def reproduced(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def test_an_experiment_is_set_as_typed_and_compared_with_the_commit(reproduced: tuple[Path, dict]) -> None:
-    """`dvc exp run -S train.lr=0.003` on a params.yaml that never named train.lr; then the
-    experiment and the committed run side by side in `dvc exp show`, `dvc metrics diff` and
-    `dvc plots diff`, each revision's numbers read from git (issue 25)."""
+    """`fuseline exp run -S train.lr=0.003` (DVC's `dvc exp run`, hosted) on a params.yaml that
+    never named train.lr; then the experiment and the committed run side by side in `dvc exp
+    show`, `dvc metrics diff` and `dvc plots diff`, each revision's numbers read from git
+    (issue 25)."""
     root, env = reproduced
     committed = yaml.safe_load(run_ok(["git", "show", "HEAD:params.yaml"], root, env).stdout)
     assert committed["train"] == {**committed["train"], "epochs": 3, "lr": 0.001}  # written by the first run
@@ -94,10 +95,14 @@ def test_an_experiment_is_set_as_typed_and_compared_with_the_commit(reproduced: 
     headline = json.loads(run_ok(["git", "show", "HEAD:reports/metrics.json"], root, env).stdout)
     assert headline["metric"] == "auc" and isinstance(headline["final"], float)
     ran = run_ok(
-        ["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.003"], root, env, timeout=900
+        [sys.executable, "-m", "flows.cli", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.003"],
+        root,
+        env,
+        timeout=900,
     ).stdout
     stages = {line.split("'")[1] for line in ran.splitlines() if line.startswith("Running stage")}
     assert stages == {"params", "train", "evaluate"}  # what train.lr reaches, nothing else
+    assert "fuseline exp run: 2 stage(s) ran in the warm stage host" in ran  # params runs itself
     shown_csv = run_ok(["dvc", "exp", "show", "--csv"], root, env).stdout
     table = list(csv.DictReader(io.StringIO(shown_csv[shown_csv.index("Experiment,") :])))
     by_name = {row["Experiment"] or row["rev"]: row for row in table}

@@ -168,3 +168,19 @@ def leave_one_out_centroid_accuracy(features: np.ndarray, labels: np.ndarray) ->
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
         correct += int(classes[np.argmax(centroids @ z[i])] == labels[i])
     return correct / len(features)
+
+
+def reference_clip(rate: int, samples: int) -> np.ndarray:
+    """The clip the aiSFX parity tests compare on: tones, noise and a silent gap, peak 0.3."""
+    rng = np.random.default_rng(1)
+    clip = harmonic_phrase(rng, rate, samples / rate) + 0.05 * coloured_noise(rng, samples, 1.0)
+    clip[30000:40000] = 0.0
+    return (0.3 * clip / np.abs(clip).max()).astype(np.float32)
+
+
+def clip_summary(clip: np.ndarray) -> np.ndarray:
+    """Enough of a clip to tell whether it is the one a stored reference was computed from:
+    length, sum, energy and the first samples (compared with a tolerance, not as bytes, so a
+    last-bit difference in another machine's sine does not read as a changed clip)."""
+    clip = clip.astype(np.float64)
+    return np.concatenate([[clip.size, clip.sum(), np.square(clip).sum()], clip[:16]])

@@ -12,7 +12,6 @@ from scipy.io import wavfile
 
 import modelzoo.encoders.aisfx as aisfx_module
 from modelzoo.encoders.aisfx import (
-    SPEC_MAX,
     embedding_weights,
     load_checkpoint,
     packaged_weights_path,
@@ -23,6 +22,7 @@ from modelzoo.encoders.loading import encoder_fingerprint, hub_name_problem, loa
 from modelzoo.registry import names
 from tests.modelzoo.encoders.audio_samples import (
     UTTERANCES,
+    clip_summary,
     clip_windows,
     coloured_noise,
     embed_clips,
@@ -32,10 +32,12 @@ from tests.modelzoo.encoders.audio_samples import (
     leave_one_out_centroid_accuracy,
     mix_at_snr,
     read_wav,
+    reference_clip,
     resample,
     speak,
     speech_shaped_noise,
 )
+from tests.modelzoo.encoders.make_aisfx_reference import REFERENCE
 
 RATE = 44100
 
@@ -123,29 +125,22 @@ def test_aisfx_featurize_rejects_windows_it_was_not_built_for(aisfx: AudioEncode
 
 @pytest.fixture(scope="module")
 def reference_case(aisfx: AudioEncoder, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """One window-length clip (tones, noise and a silent gap, peak 0.3) run through the package's
-    own librosa front end from a WAV file, as its inference code does."""
-    librosa_spectrogram = pytest.importorskip("aisfx.spectrogram.spectrogram_librosa")
-    rng = np.random.default_rng(1)
-    clip = harmonic_phrase(rng, RATE, aisfx.window_samples / RATE) + 0.05 * coloured_noise(
-        rng, aisfx.window_samples, 1.0
+    """The reference clip read back from a float WAV, and the package's own librosa front end's
+    log-mel of it, as its inference code computes it from that file (stored by
+    make_aisfx_reference.py: librosa's first call compiles for ~17 s)."""
+    clip = reference_clip(RATE, aisfx.window_samples)
+    stored = np.load(REFERENCE)
+    np.testing.assert_allclose(
+        clip_summary(clip),
+        stored["clip_summary"],
+        rtol=1e-6,
+        err_msg=f"the clip is not the one {REFERENCE.name} was computed from: rerun "
+        "python -m tests.modelzoo.encoders.make_aisfx_reference",
     )
-    clip[30000:40000] = 0.0
-    clip = (0.3 * clip / np.abs(clip).max()).astype(np.float32)
     path = tmp_path_factory.mktemp("reference") / "clip.wav"
     wavfile.write(path, RATE, clip)  # 32-bit float WAV: no quantisation between the two sides
-    spectrogram = librosa_spectrogram.compute_spectrogram(
-        filename=str(path),
-        sr=float(RATE),
-        block_size=2048,
-        hop_size=1024,
-        n_mels=96,
-        f_min=0.0,
-        f_max=22050.0,
-    )
-    reference_log_mel = (spectrogram / SPEC_MAX).T.astype(np.float32)  # (frames, mels), as the model takes it
     read_back, _ = read_wav(path)
-    return read_back, reference_log_mel
+    return read_back, stored["log_mel"]
 
 
 def test_aisfx_log_mel_matches_reference_front_end(aisfx: AudioEncoder, reference_case: tuple) -> None:
