@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> None:
-    # argparse cannot pass on options it does not know (`-f`, `--single-item`, `-S`)
+    # argparse cannot pass on options it does not know (`-f`, `--single-item`, `-S`): these two
+    # go to DVC before parsing, and the parser only describes them (`--help`)
     if argv[:1] == ["repro"] or argv[:2] == ["exp", "run"]:
         run_guarded(lambda: _hosted_dvc(argv))
         return
@@ -62,12 +63,6 @@ def _dispatch(args: argparse.Namespace) -> None:
         return
     if args.command == "export":
         _export(args.output, args.model)
-        return
-    if args.command == "repro":
-        _hosted_dvc(["repro", *args.dvc_args])
-        return
-    if args.command == "exp":
-        _hosted_dvc(["exp", args.action, *args.dvc_args])
         return
     if args.command == "run":
         from flows.pipeline import pipeline
